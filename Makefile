@@ -1,0 +1,32 @@
+# Two entry points for a fresh clone (see README):
+#   make train   -> set up .venv, then `python run.py train --scenario highway`
+#   make test    -> set up .venv, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch first, pinned to the CPU wheel available on these machines, so that no resolver
+# pulls the multi-GB CUDA build; then the project itself (editable) with its test extras.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup train test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+train: setup
+	$(PY) run.py train --scenario highway
+
+test: setup
+	$(PY) -m pytest -q -n 2
+
+bench: setup
+	$(PY) run.py bench env
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
