@@ -1,0 +1,38 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scenarios.loader import SCENARIO_DIR
+
+
+@pytest.fixture
+def write_scenario(tmp_path: Path):
+    """Write a variant of a shipped scenario to a temporary YAML file and return its path.
+
+    `changes` maps dotted keys to new values; a value of `DELETE` removes the key.
+    """
+
+    def write(changes: dict, base: str = "highway", name: str = "custom") -> Path:
+        data = yaml.safe_load((SCENARIO_DIR / f"{base}.yaml").read_text())
+        for dotted, value in changes.items():
+            *parents, leaf = dotted.split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+            if value is DELETE:
+                node.pop(leaf, None)
+            else:
+                node[leaf] = value
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return write
+
+
+DELETE = object()
