@@ -55,6 +55,17 @@ def cmd_bench(args: argparse.Namespace) -> None:
     bench_env(scenarios=args.scenarios, steps=args.steps, seed=args.seed)
 
 
+def cmd_perception_collect(args: argparse.Namespace) -> None:
+    from perception.collect import collect
+
+    out = args.out or Path("data/perception") / "+".join(Path(name).stem for name in args.scenario)
+    manifest = collect(
+        scenarios=args.scenario, frames=args.frames, out=out, camera=args.camera,
+        seed=args.seed, shard_frames=args.shard_frames, workers=args.workers,
+    )
+    print(f"{out}: {manifest.frames} frames in {len(manifest.shards)} shards")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     raise ValueError(
         "`train` is not available yet: it arrives with the agents issue. "
@@ -85,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench_env.add_argument("--steps", type=positive_int, default=300, help="env steps per measurement")
     bench_env.add_argument("--seed", type=non_negative_int, default=0)
     bench_env.set_defaults(func=cmd_bench)
+
+    perception = commands.add_parser("perception", help="perception data, training, distillation, export")
+    perception_steps = perception.add_subparsers(dest="step", required=True, metavar="STEP")
+    collect = perception_steps.add_parser("collect", help="record camera frames and privileged labels")
+    collect.add_argument("--scenario", nargs="+", default=["highway"], help="one or more names or .yaml paths (a mix)")
+    collect.add_argument("--frames", type=positive_int, default=20_000, help="frames to record (about)")
+    collect.add_argument("--out", type=Path, default=None, help="dataset folder (default data/perception/<scenarios>)")
+    collect.add_argument("--camera", choices=("bev", "front"), default="bev")
+    collect.add_argument("--seed", type=non_negative_int, default=0)
+    collect.add_argument("--shard-frames", type=positive_int, default=1000, help="frames per shard")
+    collect.add_argument("--workers", type=positive_int, default=1, help="processes (use the number of cores)")
+    collect.set_defaults(func=cmd_perception_collect)
 
     train = commands.add_parser("train", help="train an agent (arrives with the agents issue)")
     train.add_argument("--scenario", default="highway")

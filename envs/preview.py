@@ -1,0 +1,235 @@
+"""Preview videos: the camera frame the agent sees, beside highway-env's own top-down view.
+
+A preview is how a user checks that a scenario (or their own YAML file) and the camera look
+right before training on them. Each video frame is
+
+    +------------------------------+--------------------------------------+
+    | camera (what the agent sees) | highway-env top-down                 |
+    | clean camera frame, upscaled | env.top_down()                       |
+    | (INTER_NEAREST) to the       |                                      |
+    | top-down's height            |                                      |
+    +------------------------------+--------------------------------------+
+    | scenario  step  speed  TTC  headway  action                         |
+    +---------------------------------------------------------------------+
+
+`.mp4` is H.264 (plays in browsers) through imageio-ffmpeg; `.gif` goes through Pillow.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import imageio.v2 as imageio
+import numpy as np
+
+from envs.driving_env import DrivingEnv, with_camera_view
+from envs.policies import make_policy
+from scenarios import Scenario, load_scenario
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+CAMERA_CAPTION = "camera (what the agent sees)"
+TOP_DOWN_CAPTION = "highway-env top-down"
+PREVIEW_POLICY = "lane-changing"
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_FONT_SCALE = 0.45
+_BAND_PX = 22  # height of the caption band above and the status band below [px]
+_GAP_PX = 4  # dark gap between the two panels [px]
+_BACKGROUND = (24, 24, 24)  # RGB
+_TEXT = (235, 235, 235)
+_ALERT = (255, 80, 80)
+
+
+def write_preview(
+    scenario: str | Path | Scenario,
+    out: str | Path,
+    camera: str | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    fps: float | None = None,
+) -> Path:
+    """Drive the scenario with `LaneChangingPolicy` and write a side-by-side video to `out`.
+
+    `steps=None` records one episode; otherwise exactly `steps` policy steps, starting a new
+    episode (seed + 1, ...) when one ends. The video has one frame per policy step plus the
+    first one after reset, at `fps` (default: the policy frequency, i.e. real time).
+    Returns the path written.
+    """
+    out = Path(out)
+    suffix = _video_suffix(out)
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive integer or None, got {steps!r}")
+    if fps is not None and not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+
+    env = DrivingEnv(_scenario(scenario, camera), render_mode="rgb_array")
+    try:
+        fps = fps or float(env.metadata["render_fps"])
+        # Frames stream into the writer: a long preview never sits in memory as a whole.
+        _atomic_write(out, lambda tmp: _write_video(tmp, _episode_frames(env, seed, steps), fps, suffix))
+    finally:
+        env.close()
+    logger.debug("preview of %s at %.3g fps -> %s", env.scenario.name, fps, out)
+    return out
+
+
+def save_still(
+    scenario: str | Path | Scenario,
+    out: str | Path,
+    camera: str | None = None,
+    seed: int = 0,
+    step: int = 5,
+) -> Path:
+    """Write one composite frame, after `step` policy steps, as a PNG (for docs and reports)."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"a still must be a .png file, got {out.name!r}")
+    if not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    env = DrivingEnv(_scenario(scenario, camera), render_mode="rgb_array")
+    try:
+        frame = list(_episode_frames(env, seed, step))[-1]
+    finally:
+        env.close()
+    _atomic_write(out, lambda tmp: imageio.imwrite(tmp, frame, format="PNG"))
+    return out
+
+
+def composite_frame(env: DrivingEnv, info: dict[str, Any], step: int, action: int | None = None) -> np.ndarray:
+    """(h, w, 3) uint8 RGB: captioned camera frame beside the top-down view, status line below."""
+    top_down = env.top_down()  # (h, w_td, 3)
+    height = top_down.shape[0]
+    camera = env.clean_frame  # (H, W, 3)
+    scale = height / camera.shape[0]
+    camera = cv2.resize(camera, (max(1, round(camera.shape[1] * scale)), height), interpolation=cv2.INTER_NEAREST)
+
+    # The camera panel is at least as wide as its caption; the frame sits centred in it.
+    panel_width = max(camera.shape[1], _text_width(CAMERA_CAPTION) + 12)
+    width = panel_width + _GAP_PX + top_down.shape[1]
+    frame = np.empty((_BAND_PX + height + _BAND_PX, width, 3), np.uint8)
+    frame[:] = _BACKGROUND
+    left = (panel_width - camera.shape[1]) // 2
+    frame[_BAND_PX : _BAND_PX + height, left : left + camera.shape[1]] = camera
+    frame[_BAND_PX : _BAND_PX + height, panel_width + _GAP_PX :] = top_down
+
+    _put(frame, CAMERA_CAPTION, (panel_width - _text_width(CAMERA_CAPTION)) // 2, _BAND_PX - 7)
+    _put(frame, TOP_DOWN_CAPTION, panel_width + _GAP_PX + 6, _BAND_PX - 7)
+    status, alert = _status_line(env, info, step, action)
+    _put(frame, status, 6, frame.shape[0] - 7, _ALERT if alert else _TEXT)
+    return frame
+
+
+# -- Internals ---------------------------------------------------------------------------------
+
+
+def _scenario(scenario: str | Path | Scenario, camera: str | None) -> Scenario:
+    base = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    return with_camera_view(base, camera)
+
+
+def _video_suffix(out: Path) -> str:
+    suffix = out.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(
+            f"cannot write a preview to {out.name!r}: the file name must end in one of "
+            f"{', '.join(VIDEO_SUFFIXES)} (e.g. preview.mp4)"
+        )
+    return suffix
+
+
+def _episode_frames(env: DrivingEnv, seed: int, steps: int | None) -> Iterator[np.ndarray]:
+    """Yield composite frames: one after reset, then one per policy step."""
+    policy = make_policy(PREVIEW_POLICY, env, np.random.default_rng(seed))
+    episode_seed = seed
+    _, info = env.reset(seed=episode_seed)
+    policy.reset()
+    yield composite_frame(env, info, 0)
+    limit = env.scenario.episode_steps if steps is None else steps
+    episode_step = 0
+    for _ in range(limit):
+        action = policy(info)
+        _, _, terminated, truncated, info = env.step(action)
+        episode_step += 1
+        yield composite_frame(env, info, episode_step, action)
+        if terminated or truncated:
+            if steps is None:
+                return
+            episode_seed += 1
+            _, info = env.reset(seed=episode_seed)
+            policy.reset()
+            episode_step = 0
+
+
+def _status_line(env: DrivingEnv, info: dict[str, Any], step: int, action: int | None) -> tuple[str, bool]:
+    safety = info["safety"]
+    names = {index: name for name, index in env.sim.action_type.actions_indexes.items()}
+    parts = [
+        env.scenario.name,
+        f"step {step}/{env.scenario.episode_steps}",
+        f"speed {safety['speed']:.1f} m/s",
+        f"TTC {_seconds(safety['ttc'])}",
+        f"headway {_seconds(safety['headway'])}",
+        f"action {names.get(action, '-') if action is not None else '-'}",
+    ]
+    if safety["crashed"]:
+        parts.append("CRASHED")
+    elif safety["off_road"]:
+        parts.append("OFF ROAD")
+    return "  ".join(parts), bool(safety["crashed"] or safety["off_road"])
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if math.isfinite(value) else "inf"
+
+
+def _text_width(text: str) -> int:
+    (width, _), _ = cv2.getTextSize(text, _FONT, _FONT_SCALE, 1)
+    return width
+
+
+def _put(frame: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int] = _TEXT) -> None:
+    cv2.putText(frame, text, (x, y), _FONT, _FONT_SCALE, color, 1, cv2.LINE_AA)
+
+
+def _pad_even(frame: np.ndarray) -> np.ndarray:
+    """Pad the bottom/right edge by one background pixel where a side is odd."""
+    pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
+    if not (pad_h or pad_w):
+        return frame
+    return cv2.copyMakeBorder(frame, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=_BACKGROUND)
+
+
+def _write_video(path: Path, frames: Iterable[np.ndarray], fps: float, suffix: str) -> None:
+    if suffix == ".mp4":
+        writer = imageio.get_writer(
+            path, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+            pixelformat="yuv420p", macro_block_size=1, quality=7,
+        )
+        frames = map(_pad_even, frames)  # yuv420p needs even width and height
+    else:
+        # GIF frame duration [ms]; loop=0 repeats forever.
+        writer = imageio.get_writer(path, format="GIF", mode="I", duration=1000.0 / fps, loop=0)
+    try:
+        for frame in frames:
+            writer.append_data(frame)
+    finally:
+        writer.close()
+
+
+def _atomic_write(out: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: no half-written files."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)

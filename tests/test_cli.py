@@ -1,0 +1,74 @@
+"""`run.py` subcommands in a subprocess, on tiny budgets; user mistakes give one line, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    error_lines = [line for line in lines if line.startswith("error:") or ": error:" in line]
+    assert len(error_lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in error_lines[0], (fragment, error_lines[0])
+
+
+def test_scenarios_lists_every_scenario_with_a_description():
+    result = run_cli("scenarios")
+    assert result.returncode == 0, result.stderr
+    for name in ("highway", "highway-dense", "merge", "roundabout", "intersection", "exit"):
+        line = next(line for line in result.stdout.splitlines() if line.startswith(name + " "))
+        assert len(line.split()) > 3  # name, highway-env id, description
+
+
+def test_preview_writes_a_gif_with_the_camera_and_top_down_view(tmp_path):
+    out = tmp_path / "clip.gif"
+    result = run_cli("preview", "--scenario", "roundabout", "--steps", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    frames = iio.imread(out, index=None)
+    assert frames.shape[0] >= 2 and frames.std() > 10
+
+
+def test_bench_env_runs_on_a_tiny_budget():
+    result = run_cli("bench", "env", "--scenarios", "merge", "--steps", "3")
+    assert result.returncode == 0, result.stderr
+    assert "merge" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["preview", "--scenario", "hihgway"], ["unknown scenario 'hihgway'", "valid names:", "roundabout"]),
+        (["preview", "--scenario", "missing/file.yaml"], ["scenario file not found", "missing/file.yaml"]),
+        (["preview", "--seed", "-3"], ["--seed", "non-negative"]),
+        (["preview", "--out", "clip.avi", "--steps", "1"], [".avi"]),
+        (["train", "--scenario", "highway"], ["not available yet"]),
+    ],
+)
+def test_user_mistakes_get_one_clear_line(args, fragments):
+    assert_one_line_error(run_cli(*args), *fragments)
+
+
+def test_misspelled_key_and_too_small_camera_in_a_user_file(write_scenario):
+    misspelled = write_scenario({"camera.bev.hieght": 64}, name="typo")
+    assert_one_line_error(run_cli("preview", "--scenario", str(misspelled), "--steps", "1"),
+                          "camera.bev.hieght", "unknown key", "height")
+    tiny = write_scenario({"camera.bev.height": 4}, name="tiny")
+    assert_one_line_error(run_cli("preview", "--scenario", str(tiny), "--steps", "1"),
+                          "camera.bev.height", "greater than or equal to 16")
