@@ -66,6 +66,49 @@ def cmd_perception_collect(args: argparse.Namespace) -> None:
     print(f"{out}: {manifest.frames} frames in {len(manifest.shards)} shards")
 
 
+def cmd_perception_train(args: argparse.Namespace) -> None:
+    from perception.dataset import FrameDataset, split_shards
+    from perception.attacks import parse_eps
+    from perception.training import TrainConfig, train
+
+    train_shards, held_out = split_shards(args.data)
+    config = TrainConfig(
+        arch=args.arch, mode=args.mode, eps=parse_eps(args.eps), epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, device=args.device, resume=args.resume, init=args.init,
+        out=str(args.out), logdir=str(args.logdir or Path(args.out).with_suffix("")),
+    )
+    metrics = train(config, FrameDataset(args.data, train_shards), FrameDataset(args.data, held_out))
+    print(f"wrote {args.out}: " + ", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
+
+
+def cmd_perception_eval(args: argparse.Namespace) -> None:
+    import shlex
+
+    from perception.attacks import parse_eps
+    from perception.evaluate import evaluate_models, write_report
+
+    models: dict[str, Path] = {}
+    for item in args.models:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(
+                f"--models takes NAME=PATH pairs, got {item!r} (e.g. robust-student=runs/perception/student.safetensors)"
+            )
+        if name in models:
+            raise ValueError(f"--models: the name {name!r} is given twice")
+        models[name] = Path(path)
+    results = evaluate_models(
+        models, args.data, eps_list=[parse_eps(text) for text in args.eps], attack_frames=args.attack_frames,
+        pgd_steps=args.pgd_steps, device=args.device, threads=args.threads, seed=args.seed,
+    )
+    command = "python run.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    path = write_report(results, args.out, command=command)
+    for check in results["targets"]:
+        value = "n/a" if check["value"] is None else f"{check['value']:.3g}{check['unit']}"
+        print(f"{check['status']:>4}  {check['what']}: {value} (target {check['target']})")
+    print(f"wrote {path} and {path.with_name('perception_eval.json')}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     raise ValueError(
         "`train` is not available yet: it arrives with the agents issue. "
@@ -108,6 +151,39 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--shard-frames", type=positive_int, default=1000, help="frames per shard")
     collect.add_argument("--workers", type=positive_int, default=1, help="processes (use the number of cores)")
     collect.set_defaults(func=cmd_perception_collect)
+
+    p_train = perception_steps.add_parser("train", help="train a teacher or student, clean or adversarially")
+    p_train.add_argument("--data", type=Path, default=Path("data/perception/highway-mix"), help="dataset folder")
+    p_train.add_argument("--arch", choices=("teacher", "student"), default="teacher")
+    p_train.add_argument("--mode", choices=("clean", "pgd", "fgsm_rs", "trades"), default="clean")
+    p_train.add_argument("--eps", default="4/255", help="l-inf budget in [0, 1] pixels, e.g. 4/255")
+    p_train.add_argument("--epochs", type=positive_int, default=10)
+    p_train.add_argument("--batch-size", type=positive_int, default=64)
+    p_train.add_argument("--lr", type=float, default=1e-3)
+    p_train.add_argument("--seed", type=non_negative_int, default=0)
+    p_train.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p_train.add_argument("--out", type=Path, default=Path("runs/perception/teacher.safetensors"))
+    p_train.add_argument("--logdir", type=Path, default=None, help="TensorBoard folder (default: next to --out)")
+    p_train.add_argument("--init", default=None, help="start from this checkpoint's weights")
+    p_train.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is --out")
+    p_train.set_defaults(func=cmd_perception_train)
+
+    p_eval = perception_steps.add_parser(
+        "eval", help="accuracy, robustness (PGD, noise, corruptions), size and CPU speed of models -> docs/PERCEPTION.md"
+    )
+    p_eval.add_argument(
+        "--models", nargs="+", required=True, metavar="NAME=PATH",
+        help="checkpoints to compare; the names teacher, robust-teacher, robust-student, clean-student get target checks",
+    )
+    p_eval.add_argument("--data", type=Path, default=Path("data/perception/highway-mix"), help="dataset (held-out shards)")
+    p_eval.add_argument("--attack-frames", type=positive_int, default=256, help="held-out frames attacked (seeded choice)")
+    p_eval.add_argument("--eps", nargs="+", default=["1/255", "2/255", "4/255", "8/255"], help="l-inf budgets")
+    p_eval.add_argument("--pgd-steps", nargs="+", type=positive_int, default=[10, 50], help="PGD step counts")
+    p_eval.add_argument("--threads", nargs="+", type=positive_int, default=[1, 2], help="CPU threads for latency")
+    p_eval.add_argument("--device", default="auto", help="where the attacks run: auto | cpu | cuda (speed: always CPU)")
+    p_eval.add_argument("--seed", type=non_negative_int, default=0, help="attack subset, random starts, noise")
+    p_eval.add_argument("--out", type=Path, default=Path("docs/PERCEPTION.md"), help="report (JSON written next to it)")
+    p_eval.set_defaults(func=cmd_perception_eval)
 
     train = commands.add_parser("train", help="train an agent (arrives with the agents issue)")
     train.add_argument("--scenario", default="highway")

@@ -37,7 +37,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from perception.attacks import fgsm_rs, pgd
-from perception.checkpoint import load_training_state, save_checkpoint, save_training_state, training_state_path
+from perception.checkpoint import (
+    load_model,
+    load_training_state,
+    save_checkpoint,
+    save_training_state,
+    training_state_path,
+)
 from perception.labels import LABEL_DIM
 from perception.models import ARCHS, PerceptionNet, build_model, label_error, label_loss
 
@@ -88,6 +94,8 @@ class TrainConfig:
     """checkpoint path; the training state is written next to it as <stem>.state.pt"""
     resume: bool = False
     """continue from the training state next to `out` when there is one"""
+    init: str | None = None
+    """start from this checkpoint's weights (e.g. adversarial fine-tuning of a clean teacher)"""
     num_workers: int = 0
     """DataLoader worker processes"""
     progress: bool = True
@@ -302,6 +310,10 @@ def train(config: TrainConfig, train_set: Dataset, val_set: Dataset) -> dict[str
         logger.info("resuming %s from %s: %d of %d epochs done", config.arch, state_path, start_epoch, config.epochs)
     elif config.resume:
         logger.warning("resume requested but %s does not exist; training from scratch", state_path)
+    if config.init is not None and start_epoch == 0:
+        initial, _ = load_model(config.init, device, expected_arch=config.arch, expected_input_shape=input_shape)
+        model.load_state_dict(initial.state_dict())
+        logger.info("initialised %s from %s", config.arch, config.init)
 
     writer = None
     if config.logdir is not None:
