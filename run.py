@@ -109,6 +109,29 @@ def cmd_perception_eval(args: argparse.Namespace) -> None:
     print(f"wrote {path} and {path.with_name('perception_eval.json')}")
 
 
+def cmd_perception_distill(args: argparse.Namespace) -> None:
+    from perception.attacks import parse_eps
+    from perception.dataset import FrameDataset, split_shards
+    from perception.distill import DistillConfig, distill
+
+    train_shards, held_out = split_shards(args.data)
+    config = DistillConfig(
+        teacher=str(args.teacher), mode=args.mode, eps=parse_eps(args.eps), epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, pgd_steps=args.pgd_steps, seed=args.seed, device=args.device,
+        resume=args.resume, init=args.init, out=str(args.out),
+        logdir=str(args.logdir or Path(args.out).with_suffix("")),
+    )
+    metrics = distill(config, FrameDataset(args.data, train_shards), FrameDataset(args.data, held_out))
+    print(f"wrote {args.out}: " + ", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
+
+
+def cmd_perception_export(args: argparse.Namespace) -> None:
+    from perception.export import export
+
+    out, max_abs_diff = export(args.model, out=args.out, opset=args.opset)
+    print(f"wrote {out} (max |ONNX Runtime - PyTorch| = {max_abs_diff:.2e})")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     raise ValueError(
         "`train` is not available yet: it arrives with the agents issue. "
@@ -167,6 +190,29 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--init", default=None, help="start from this checkpoint's weights")
     p_train.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is --out")
     p_train.set_defaults(func=cmd_perception_train)
+
+    distill = perception_steps.add_parser("distill", help="distil a (robust) teacher into the small student")
+    distill.add_argument("--teacher", type=Path, default=Path("runs/perception/robust-teacher.safetensors"), help="teacher checkpoint")
+    distill.add_argument("--data", type=Path, default=Path("data/perception/highway-mix"), help="dataset folder")
+    distill.add_argument("--mode", choices=("robust", "clean"), default="robust", help="robust: RSLAD-style adversarial term")
+    distill.add_argument("--eps", default="4/255", help="l-inf budget of the training attack in [0, 1] pixels, e.g. 4/255")
+    distill.add_argument("--pgd-steps", type=positive_int, default=3, help="steps of the training attack")
+    distill.add_argument("--epochs", type=positive_int, default=20)
+    distill.add_argument("--batch-size", type=positive_int, default=64)
+    distill.add_argument("--lr", type=float, default=2e-3)
+    distill.add_argument("--seed", type=non_negative_int, default=0)
+    distill.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    distill.add_argument("--out", type=Path, default=Path("runs/perception/student.safetensors"))
+    distill.add_argument("--logdir", type=Path, default=None, help="TensorBoard folder (default: next to --out)")
+    distill.add_argument("--init", default=None, help="start the student from this checkpoint's weights")
+    distill.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is --out")
+    distill.set_defaults(func=cmd_perception_distill)
+
+    p_export = perception_steps.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
+    p_export.add_argument("--model", type=Path, default=Path("perception/weights/student.safetensors"), help="checkpoint")
+    p_export.add_argument("--out", type=Path, default=None, help=".onnx file (default: --model with suffix .onnx)")
+    p_export.add_argument("--opset", type=positive_int, default=17, help="ONNX opset")
+    p_export.set_defaults(func=cmd_perception_export)
 
     p_eval = perception_steps.add_parser(
         "eval", help="accuracy, robustness (PGD, noise, corruptions), size and CPU speed of models -> docs/PERCEPTION.md"

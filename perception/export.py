@@ -1,0 +1,102 @@
+"""Export a perception checkpoint to ONNX and check that ONNX Runtime computes the same function.
+
+    path, max_abs_diff = export("runs/perception/student.safetensors")   # -> student.onnx
+
+The graph (perception.models.export_onnx) has one input "frames" (B, C, H, W) float in [0, 1]
+with a dynamic batch, and three outputs "embedding" (B, E), "labels" (B, D), "attention" (B, h, w).
+perception.onboard.OnnxPerception runs it on uint8 camera frames.
+
+The file is first written next to `out` under a temporary name, checked against PyTorch on a few
+random inputs (batch 1 and a larger batch), and only then renamed to `out`: a failed check never
+leaves a wrong model where a good one was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perception.checkpoint import load_model
+from perception.models import ONNX_INPUT, ONNX_OUTPUTS, export_onnx
+
+logger = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-3
+"""largest |ONNX Runtime - PyTorch| over all outputs that `export` accepts"""
+
+
+def onnx_session(path: str | os.PathLike, threads: int = 1):
+    """An onnxruntime CPU InferenceSession for `path` using `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def parity(
+    model: torch.nn.Module,
+    onnx_path: str | os.PathLike,
+    batch_sizes: tuple[int, ...] = (1, 5),
+    seed: int = 0,
+) -> float:
+    """Max |ONNX Runtime - PyTorch| over all outputs, for random inputs in [0, 1] of each batch size."""
+    session = onnx_session(onnx_path)
+    generator = torch.Generator().manual_seed(seed)
+    parameter = next(model.parameters())
+    worst = 0.0
+    for batch in batch_sizes:
+        x = torch.rand((batch, *model.input_shape), generator=generator)  # (B, C, H, W) in [0, 1]
+        with torch.no_grad():
+            expected = model(x.to(parameter.device))
+        got = session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: x.numpy()})
+        for name, reference, value in zip(ONNX_OUTPUTS, expected, got):
+            reference = reference.detach().float().cpu().numpy()
+            if value.shape != reference.shape:
+                raise ValueError(
+                    f"{onnx_path}: output {name!r} has shape {value.shape} in ONNX Runtime, "
+                    f"{reference.shape} in PyTorch (batch {batch})"
+                )
+            worst = max(worst, float(np.max(np.abs(value - reference))))
+    return worst
+
+
+def export(model_path: str | os.PathLike, out: str | os.PathLike | None = None, opset: int = 17) -> tuple[Path, float]:
+    """Export the checkpoint at `model_path` to ONNX -> (path written, max abs difference vs PyTorch).
+
+    out: the .onnx file (default: `model_path` with the suffix .onnx). Raises ValueError, and
+    writes nothing at `out`, when ONNX Runtime and PyTorch differ by more than PARITY_TOLERANCE.
+    """
+    model_path = Path(model_path)
+    out = model_path.with_suffix(".onnx") if out is None else Path(out)
+    if out.resolve() == model_path.resolve():
+        raise ValueError(f"--out {out} would overwrite the checkpoint; give a .onnx path")
+    model, _ = load_model(model_path, "cpu")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.onnx", dir=out.parent)
+    os.close(fd)
+    try:
+        export_onnx(model, tmp, opset=opset)
+        max_abs_diff = parity(model, tmp)
+        if not max_abs_diff <= PARITY_TOLERANCE:  # also catches NaN
+            raise ValueError(
+                f"ONNX export of {model_path} does not match PyTorch: max |difference| {max_abs_diff:.3g} > "
+                f"{PARITY_TOLERANCE:g}; nothing was written to {out}. Try another --opset (now {opset}) or "
+                f"report the onnx/onnxruntime/torch versions"
+            )
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    logger.info("wrote %s (max |ONNX Runtime - PyTorch| = %.2e)", out, max_abs_diff)
+    return out, max_abs_diff
