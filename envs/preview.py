@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import imageio.v2 as imageio
 import numpy as np
 
 from envs.driving_env import DrivingEnv, with_camera_view
+from envs.files import atomic_write
 from envs.policies import make_policy
 from scenarios import Scenario, load_scenario
 
@@ -74,7 +74,7 @@ def write_preview(
     try:
         fps = fps or float(env.metadata["render_fps"])
         # Frames stream into the writer: a long preview never sits in memory as a whole.
-        _atomic_write(out, lambda tmp: _write_video(tmp, _episode_frames(env, seed, steps), fps, suffix))
+        atomic_write(out, lambda tmp: _write_video(tmp, _episode_frames(env, seed, steps), fps, suffix))
     finally:
         env.close()
     logger.debug("preview of %s at %.3g fps -> %s", env.scenario.name, fps, out)
@@ -99,7 +99,7 @@ def save_still(
         frame = list(_episode_frames(env, seed, step))[-1]
     finally:
         env.close()
-    _atomic_write(out, lambda tmp: imageio.imwrite(tmp, frame, format="PNG"))
+    atomic_write(out, lambda tmp: imageio.imwrite(tmp, frame, format="PNG"))
     return out
 
 
@@ -224,12 +224,3 @@ def _write_video(path: Path, frames: Iterable[np.ndarray], fps: float, suffix: s
         writer.close()
 
 
-def _atomic_write(out: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: no half-written files."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from envs.files import atomic_write
 from perception.labels import LABEL_DIM
 from perception.models import ArchConfig, PerceptionNet
 
@@ -42,21 +42,6 @@ FORMAT_VERSION = 1
 TRAINING_STATE_FORMAT = "clearlane-perception-training-state"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Call write(binary file object) on a temporary file next to `path`, then rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def save_checkpoint(
@@ -94,7 +79,7 @@ def save_checkpoint(
     }
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     data = safetensors_save(tensors, metadata=metadata)
-    return atomic_write(path, lambda handle: handle.write(data))
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _not_a_checkpoint(path: Path, reason: str) -> ValueError:
@@ -234,7 +219,7 @@ def save_training_state(
         },
         "extra": extra or {},
     }
-    return atomic_write(path, lambda handle: torch.save(state, handle))
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_training_state(

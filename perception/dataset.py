@@ -11,7 +11,6 @@ so a killed collection keeps every finished shard and resumes after the last one
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from envs.files import atomic_write
 from perception.labels import LABEL_DIM
 
 MANIFEST = "manifest.json"
@@ -44,19 +44,10 @@ class Manifest:
         return sum(shard["frames"] for shard in self.shards)
 
 
-def write_atomic(path: Path, write) -> None:
-    """Call `write(tmp_path)` then rename onto `path`: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_manifest(root: Path, manifest: Manifest) -> None:
-    write_atomic(root / MANIFEST, lambda tmp: tmp.write_text(json.dumps(asdict(manifest), indent=2)))
+    atomic_write(root / MANIFEST, lambda tmp: tmp.write_text(json.dumps(asdict(manifest), indent=2)))
 
 
 def load_manifest(root: Path) -> Manifest:
@@ -80,10 +71,10 @@ def save_shard(path: Path, frames: np.ndarray, targets: np.ndarray, masks: np.nd
     """frames (N, C, H, W) uint8, targets/masks (N, D) float32, compressed (flat colours compress well)."""
 
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
+        with open(tmp, "wb") as handle:  # a handle: np.savez would append ".npz" to a name
             np.savez_compressed(handle, frames=frames, targets=targets, masks=masks)
 
-    write_atomic(path, write)
+    atomic_write(path, write)
 
 
 class FrameDataset(Dataset):

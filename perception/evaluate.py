@@ -468,7 +468,7 @@ def _ratios_and_targets(results: dict, roles: Mapping[str, str], targets: Target
         return models.get(name) if name is not None else None
 
     teacher, robust_teacher = get("teacher"), get("robust_teacher")
-    student, clean_student = get("robust_student"), get("clean_student")
+    student = get("robust_student")
     ratios: dict[str, float] = {}
 
     def ort_p50(entry: dict, threads: str) -> float:
@@ -659,7 +659,7 @@ def write_report(
 ) -> Path:
     """Write the evaluation section between the markers of `path` (created with a title if missing;
     text outside the markers is kept) and the raw results as JSON (default: perception_eval.json next to it)."""
-    from perception.checkpoint import atomic_write
+    from envs.files import atomic_write
 
     path = Path(path)
     json_path = Path(json_path) if json_path is not None else path.with_name("perception_eval.json")
@@ -682,7 +682,7 @@ def write_report(
             text = text.rstrip("\n") + "\n\n" + section + "\n"
     else:
         text = f"{REPORT_TITLE}\n\n{section}\n"
-    atomic_write(path, lambda handle: handle.write(text.encode()))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     payload = dict(results, command=command)
-    atomic_write(json_path, lambda handle: handle.write(json.dumps(payload, indent=2).encode() + b"\n"))
+    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
     return path

@@ -45,7 +45,7 @@ from perception.checkpoint import (
     training_state_path,
 )
 from perception.labels import LABEL_DIM
-from perception.models import ARCHS, PerceptionNet, build_model, label_error, label_loss
+from perception.models import ARCHS, PerceptionNet, build_model, label_loss
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from pydantic.dataclasses import dataclass
 
 # Unknown keys are errors: highway-env's own config dicts silently ignore typos, ours never do.

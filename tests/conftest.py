@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from scenarios.loader import SCENARIO_DIR
+
+# Tests use tiny tensors, where one thread is fastest; pytest-xdist already runs one worker per
+# core, and two threads per worker on a 2-core machine are 10-100x slower (oversubscription).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from envs.files import atomic_write
 from perception.checkpoint import (
     FORMAT_NAME,
-    atomic_write,
     load_model,
     load_training_state,
     read_metadata,
@@ -25,14 +25,6 @@ from perception.models import STUDENT, PerceptionNet, build_model
 
 SHAPE = (9, 32, 16)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is fastest, and two threads on a busy 2-core machine are ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -153,8 +145,8 @@ def test_failed_write_keeps_the_old_file(saved) -> None:
     _, path = saved
     before = path.read_bytes()
 
-    def crash(handle) -> None:
-        handle.write(b"half a checkpoint")
+    def crash(tmp) -> None:
+        tmp.write_bytes(b"half a checkpoint")
         raise KeyboardInterrupt  # killed mid-write
 
     with pytest.raises(KeyboardInterrupt):

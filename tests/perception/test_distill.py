@@ -25,7 +25,6 @@ from perception.distill import (
 from perception.labels import LABEL_DIM
 from perception.models import ArchConfig, build_model, label_loss
 
-torch.set_num_threads(1)  # tiny tensors: one thread is fastest on a busy 2-core machine
 
 SHAPE = (9, 32, 16)  # (C, H, W): three stacked RGB frames
 EPS = 8 / 255

@@ -17,7 +17,6 @@ from perception.latency import measure_latency, measure_throughput
 from perception.models import STUDENT, ArchConfig, PerceptionNet
 from scenarios import CorruptionConfig
 
-torch.set_num_threads(1)  # tiny tensors, a shared 2-core machine
 
 SHAPE = (9, 32, 16)  # (C, H, W): 3 stacked RGB frames
 EPS = (4 / 255, 16 / 255)

@@ -13,7 +13,6 @@ from perception.labels import LABEL_DIM
 from perception.models import build_model, export_onnx
 from perception.onboard import OnnxPerception, TorchPerception
 
-torch.set_num_threads(1)  # tiny tensors: one thread is fastest on a busy 2-core machine
 
 SHAPE = (9, 32, 16)  # (C, H, W)
 

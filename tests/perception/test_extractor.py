@@ -16,7 +16,6 @@ from perception.extractor import PerceptionExtractor
 from perception.labels import LABEL_DIM
 from perception.models import STUDENT, build_model
 
-torch.set_num_threads(1)  # tiny tensors: one thread is fastest on a busy 2-core machine
 
 SHAPE = (9, 32, 16)  # (C, H, W): three stacked RGB frames, like the env's (9, 96, 48) but smaller
 

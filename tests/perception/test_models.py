@@ -26,14 +26,6 @@ from perception.models import (
 SHAPES = [(9, 32, 16), (3, 32, 32)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is fastest, and two threads on a busy 2-core machine are ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _perturb(model: nn.Module, seed: int = 0) -> nn.Module:
     """Make every parameter non-trivial (residual branches start at zero)."""

@@ -16,14 +16,6 @@ SHAPE = (3, 16, 16)
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is fastest, and two threads on a busy 2-core machine are ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def shortcut_task(n: int, seed: int) -> TensorDataset:
     """A regression task with a robust and a non-robust way to read the target y ~ U(0, 1).
