@@ -132,6 +132,13 @@ def cmd_perception_export(args: argparse.Namespace) -> None:
     print(f"wrote {out} (max |ONNX Runtime - PyTorch| = {max_abs_diff:.2e})")
 
 
+def cmd_perception_ship(args: argparse.Namespace) -> None:
+    from perception.ship import ship
+
+    card = ship(args.model, data=args.data, eval_json=args.eval_json)
+    print(f"shipped {args.model} -> {card.parent} (card: {card.name})")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     raise ValueError(
         "`train` is not available yet: it arrives with the agents issue. "
@@ -217,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_export.add_argument("--out", type=Path, default=None, help=".onnx file (default: --model with suffix .onnx)")
     p_export.add_argument("--opset", type=positive_int, default=17, help="ONNX opset")
     p_export.set_defaults(func=cmd_perception_export)
+
+    p_ship = perception_steps.add_parser("ship", help="copy a student into perception/weights/ with ONNX and a card")
+    p_ship.add_argument("--model", type=Path, default=Path("runs/perception/student.safetensors"), help="student checkpoint")
+    p_ship.add_argument("--data", type=Path, default=Path("data/perception/highway-mix"), help="the dataset it was trained on")
+    p_ship.add_argument("--eval-json", type=Path, default=Path("docs/perception_eval.json"), help="evaluation results")
+    p_ship.set_defaults(func=cmd_perception_ship)
 
     p_eval = perception_steps.add_parser(
         "eval", help="accuracy, robustness (PGD, noise, corruptions), size and CPU speed of models -> docs/PERCEPTION.md"
