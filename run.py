@@ -139,6 +139,16 @@ def cmd_perception_ship(args: argparse.Namespace) -> None:
     print(f"shipped {args.model} -> {card.parent} (card: {card.name})")
 
 
+def cmd_bench_perception_training(args: argparse.Namespace) -> None:
+    from perception.latency import training_step_seconds
+
+    shape = tuple(args.input_shape)
+    seconds = training_step_seconds(args.arch, shape, batch=args.batch_size, steps=args.steps, threads=args.threads_per_step)
+    print(f"{args.arch} {shape}, batch {args.batch_size}, {args.threads_per_step} thread(s): seconds per optimizer step")
+    for mode, value in seconds.items():
+        print(f"  {mode:<8} {value:7.3f} s   {value / seconds['clean']:.2f}x clean")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     raise ValueError(
         "`train` is not available yet: it arrives with the agents issue. "
@@ -173,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench_env.add_argument("--steps", type=positive_int, default=300, help="env steps per measurement")
     bench_env.add_argument("--seed", type=non_negative_int, default=0)
     bench_env.set_defaults(func=cmd_bench)
+    bench_training = bench_kinds.add_parser(
+        "perception-training", help="seconds per training step: clean vs FGSM-RS vs PGD, back to back"
+    )
+    bench_training.add_argument("--arch", choices=("teacher", "student"), default="teacher")
+    bench_training.add_argument("--input-shape", type=positive_int, nargs=3, default=[9, 96, 48], metavar=("C", "H", "W"))
+    bench_training.add_argument("--batch-size", type=positive_int, default=64)
+    bench_training.add_argument("--steps", type=positive_int, default=8, help="timed steps per mode (median)")
+    bench_training.add_argument("--threads-per-step", type=positive_int, default=1, help="torch threads")
+    bench_training.set_defaults(func=cmd_bench_perception_training)
 
     perception = commands.add_parser("perception", help="perception data, training, distillation, export")
     perception_steps = perception.add_subparsers(dest="step", required=True, metavar="STEP")

@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from perception.labels import LABEL_DIM
 from perception.models import ONNX_INPUT, PerceptionNet, export_onnx
 
 BACKENDS = ("torch", "onnx")
@@ -178,3 +179,47 @@ def measure_throughput(
     shape = _input_shape(model, input_shape)
     seconds = _measure(model, shape, threads, backend, batch, repeats, warmup, onnx_path, seed)
     return float(batch / np.median(seconds))
+
+
+def training_step_seconds(
+    arch: str,
+    input_shape: tuple[int, int, int],
+    modes: tuple[str, ...] = ("clean", "fgsm_rs", "pgd"),
+    batch: int = 64,
+    steps: int = 8,
+    warmup: int = 2,
+    threads: int = 1,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Median wall time [s] of one optimizer step (forward, attack, backward, update) per mode.
+
+    Epoch times of separate runs depend on what else the machine was doing; this measures the
+    modes back to back on the same batch, so their ratio is the honest cost of adversarial training.
+    """
+    from perception.models import build_model
+    from perception.training import TrainConfig, training_loss
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.rand(batch, *input_shape, generator=generator)  # (B, C, H, W) in [0, 1]
+        target = torch.rand(batch, LABEL_DIM, generator=generator)  # (B, D)
+        mask = torch.ones_like(target)
+        result = {}
+        for mode in modes:
+            torch.manual_seed(seed)
+            model = build_model(arch, *input_shape)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            config = TrainConfig(arch=arch, mode=mode, logdir=None, progress=False)
+
+            def step() -> None:
+                loss = training_loss(model, x, target, mask, config)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+            result[mode] = float(np.median(_time_calls(step, repeats=steps, warmup=warmup)))
+        return result
+    finally:
+        torch.set_num_threads(previous)

@@ -169,3 +169,11 @@ def test_latency_rejects_bad_settings() -> None:
         measure_latency(model, backend="tensorrt")
     with pytest.raises(ValueError, match="threads"):
         measure_latency(model, threads=0)
+
+
+def test_training_step_seconds_times_every_mode():
+    from perception.latency import training_step_seconds
+
+    seconds = training_step_seconds("student", SHAPE, modes=("clean", "fgsm_rs", "pgd"), batch=4, steps=2, warmup=1)
+    assert set(seconds) == {"clean", "fgsm_rs", "pgd"}
+    assert all(math.isfinite(value) and value > 0 for value in seconds.values())
