@@ -4,6 +4,8 @@
     python run.py scenarios
     python run.py preview --scenario highway [--camera front] --out preview.mp4
     python run.py bench env
+    python run.py train --scenario highway [--algo a2c] [--resume RUN]
+    python run.py evaluate --run RUN [--episodes 50] [--scenario OTHER]
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def cmd_perception_eval(args: argparse.Namespace) -> None:
         models[name] = Path(path)
     results = evaluate_models(
         models, args.data, eps_list=[parse_eps(text) for text in args.eps], attack_frames=args.attack_frames,
-        pgd_steps=args.pgd_steps, device=args.device, threads=args.threads, seed=args.seed,
+        pgd_steps=args.pgd_steps, device=args.device, threads=args.latency_threads, seed=args.seed,
     )
     command = "python run.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     path = write_report(results, args.out, command=command)
@@ -150,10 +152,30 @@ def cmd_bench_perception_training(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    raise ValueError(
-        "`train` is not available yet: it arrives with the agents issue. "
-        "Meanwhile try `python run.py scenarios` and `python run.py preview --scenario highway --out preview.mp4`."
+    import shlex
+
+    from agents.train import TrainOptions, format_summary, train
+
+    result = train(TrainOptions(
+        scenario=args.scenario, algo=args.algo, timesteps=args.timesteps, n_envs=args.n_envs, seed=args.seed,
+        device=args.device, logdir=args.logdir, name=args.name, resume=args.resume, force=args.force,
+        config=args.config, fine_tune=args.fine_tune, threads=args.threads,
+        command="python run.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]),
+    ))
+    print(format_summary(result))
+    if result.interrupted:
+        raise SystemExit(130)  # after a clean save: scripts chaining `train && evaluate` stop here
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from agents.evaluate import evaluate_run, print_report
+
+    report, path = evaluate_run(
+        args.run, episodes=args.episodes, scenario=args.scenario, seed=args.seed, logdir=args.logdir,
+        device=args.device,
     )
+    print_report(report)
+    print(f"wrote {path} and eval_final/{report['scenario']}/* (TensorBoard) in {report['run']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,15 +283,40 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--attack-frames", type=positive_int, default=256, help="held-out frames attacked (seeded choice)")
     p_eval.add_argument("--eps", nargs="+", default=["1/255", "2/255", "4/255", "8/255"], help="l-inf budgets")
     p_eval.add_argument("--pgd-steps", nargs="+", type=positive_int, default=[10, 50], help="PGD step counts")
-    p_eval.add_argument("--threads", nargs="+", type=positive_int, default=[1, 2], help="CPU threads for latency")
+    p_eval.add_argument("--latency-threads", nargs="+", type=positive_int, default=[1, 2], help="CPU threads for latency")
     p_eval.add_argument("--device", default="auto", help="where the attacks run: auto | cpu | cuda (speed: always CPU)")
     p_eval.add_argument("--seed", type=non_negative_int, default=0, help="attack subset, random starts, noise")
     p_eval.add_argument("--out", type=Path, default=Path("docs/PERCEPTION.md"), help="report (JSON written next to it)")
     p_eval.set_defaults(func=cmd_perception_eval)
 
-    train = commands.add_parser("train", help="train an agent (arrives with the agents issue)")
-    train.add_argument("--scenario", default="highway")
+    train = commands.add_parser(
+        "train", help="train a PPO or A2C agent on the perception student's features",
+        description="Train an agent; hyperparameters come from agents/defaults.yaml (per scenario) and --config.",
+    )
+    train.add_argument("--scenario", default=None, help="scenario name or path to a .yaml file (default: highway)")
+    train.add_argument("--algo", type=str.lower, default=None, metavar="{ppo,a2c}", help="algorithm (default: ppo)")
+    train.add_argument("--timesteps", type=positive_int, default=None, help="total env steps (default: from the config)")
+    train.add_argument("--n-envs", type=positive_int, default=None, help="parallel envs (default: number of cores)")
+    train.add_argument("--seed", type=non_negative_int, default=None, help="seed of the run (default: 0)")
+    train.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: cuda when available)")
+    train.add_argument("--logdir", type=Path, default=Path("runs"), help="where run folders go (default: runs/)")
+    train.add_argument("--name", default=None, help="run folder name (default: <scenario>-<algo>-<YYYYmmdd-HHMMSS>)")
+    train.add_argument("--config", type=Path, default=None, metavar="FILE", help="YAML overriding agents/defaults.yaml")
+    train.add_argument("--fine-tune", action="store_true", default=None, help="train the perception student too (default: frozen)")
+    train.add_argument("--resume", default=None, metavar="RUN", help="continue this run folder from its newest checkpoint")
+    train.add_argument("--force", action="store_true", help="replace an existing run folder of the same name")
     train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="deterministic evaluation of a run on the scenario's evaluation seeds: safety table, 95% CIs",
+    )
+    evaluate.add_argument("--run", required=True, help="run folder (or its name in --logdir)")
+    evaluate.add_argument("--episodes", type=positive_int, default=50, help="episodes (default: 50)")
+    evaluate.add_argument("--scenario", default=None, help="another scenario with the same camera (default: the run's)")
+    evaluate.add_argument("--seed", type=non_negative_int, default=0, help="start this many seeds into the evaluation seeds")
+    evaluate.add_argument("--logdir", type=Path, default=Path("runs"), help="where to look up a run name")
+    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 

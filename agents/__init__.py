@@ -1,4 +1,11 @@
-"""SB3 PPO/A2C agents on perception features: training, callbacks, evaluation, explanations.
+"""SB3 PPO/A2C agents on the perception student's features: training, callbacks, evaluation.
 
-Arrives with the issue "Agents"; the package exists so the project layout is complete.
+    python run.py train --scenario highway [--algo a2c] [--resume RUN]
+    python run.py evaluate --run RUN [--episodes 50] [--scenario OTHER]
+
+- `agents.config`    hyperparameters: `agents/defaults.yaml` per scenario, `--config` overrides (strict)
+- `agents.runs`      run folders, checkpoints, building and loading an agent without unpickling
+- `agents.train`     the training loop: envs, callbacks, Ctrl-C, resume
+- `agents.callbacks` safety/*, eval/*, checkpoints, hparams for TensorBoard
+- `agents.evaluate`  deterministic evaluation on the scenario's evaluation seeds, 95 % t intervals
 """

@@ -105,6 +105,16 @@ class PerceptionExtractor(BaseFeaturesExtractor):
                 parameter.requires_grad_(False)
             self.model.eval()
 
+    def apply(self, fn) -> "PerceptionExtractor":
+        """Apply `fn` to this module only, never to the loaded perception model.
+
+        SB3's ActorCriticPolicy runs its orthogonal initialisation (`ortho_init=True`) through
+        `features_extractor.apply`; recursing into the model would overwrite the pretrained
+        weights with random ones. (Device moves use `_apply` and still reach the model.)
+        """
+        fn(self)
+        return self
+
     def train(self, mode: bool = True) -> "PerceptionExtractor":
         """As nn.Module.train, but a frozen perception model stays in eval mode."""
         super().train(mode)

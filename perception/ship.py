@@ -26,7 +26,6 @@ def ship(
     data: str | Path,
     out_dir: str | Path = WEIGHTS_DIR,
     eval_json: str | Path | None = None,
-    commands: list[str] | None = None,
 ) -> Path:
     """Copy `model_path` to `out_dir/student.safetensors` (+ .onnx, + .json card); returns the card's path."""
     model_path, out_dir = Path(model_path), Path(out_dir)
@@ -62,7 +61,7 @@ def ship(
         "training": metadata.get("extra", {}),
         "teacher_training": _teacher_config(metadata),
         "evaluation": _student_rows(eval_json),
-        "commands": commands or [],
+        "how_to_rebuild": "docs/PERCEPTION.md, section 'How the shipped student was made' (every command)",
     }
     card_path = out_dir / "student.json"
     atomic_write(card_path, lambda tmp: tmp.write_text(json.dumps(card, indent=2, default=str) + "\n"))

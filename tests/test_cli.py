@@ -58,7 +58,9 @@ def test_bench_env_runs_on_a_tiny_budget():
         (["preview", "--scenario", "missing/file.yaml"], ["scenario file not found", "missing/file.yaml"]),
         (["preview", "--seed", "-3"], ["--seed", "non-negative"]),
         (["preview", "--out", "clip.avi", "--steps", "1"], [".avi"]),
-        (["train", "--scenario", "highway"], ["not available yet"]),
+        (["train", "--scenario", "highway", "--algo", "dqn"], ["dqn"]),
+        (["train", "--scenario", "highway", "--timesteps", "0"], ["--timesteps", "positive"]),
+        (["perception", "eval", "--models", "no-equals-sign"], ["NAME=PATH"]),
     ],
 )
 def test_user_mistakes_get_one_clear_line(args, fragments):

@@ -177,3 +177,23 @@ def test_training_step_seconds_times_every_mode():
     seconds = training_step_seconds("student", SHAPE, modes=("clean", "fgsm_rs", "pgd"), batch=4, steps=2, warmup=1)
     assert set(seconds) == {"clean", "fgsm_rs", "pgd"}
     assert all(math.isfinite(value) and value > 0 for value in seconds.values())
+
+
+def test_eval_command_line_writes_the_report(workspace, tmp_path):
+    """The CLI end to end, in a subprocess: flags reach evaluate_models and the report is written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, data, models = workspace
+    out = tmp_path / "PERCEPTION.md"
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, str(root / "run.py"), "--threads", "1", "perception", "eval",
+         "--models", *(f"{name}={path}" for name, path in models.items()),
+         "--data", str(data), "--attack-frames", "2", "--eps", "4/255", "--pgd-steps", "1",
+         "--latency-threads", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )
+    assert result.returncode == 0, result.stderr
+    assert START_MARKER in out.read_text() and (tmp_path / "perception_eval.json").is_file()

@@ -11,7 +11,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 
 import perception.extractor as extractor_module
-from perception.checkpoint import save_checkpoint
+from perception.checkpoint import load_model, save_checkpoint
 from perception.extractor import PerceptionExtractor
 from perception.labels import LABEL_DIM
 from perception.models import STUDENT, build_model
@@ -89,6 +89,10 @@ def test_frozen_perception_does_not_change_while_the_policy_learns(student_path)
     assert extractor.features_dim == STUDENT.embed_dim + LABEL_DIM
     assert all(not p.requires_grad for p in extractor.model.parameters())
     before = _perception_state(agent)
+    # SB3's orthogonal init of the policy must not have touched the pretrained weights
+    checkpoint, _ = load_model(student_path)
+    pretrained = checkpoint.state_dict()
+    assert all(torch.equal(value, pretrained[name]) for name, value in before.items())
     head_before = {name: p.detach().clone() for name, p in agent.policy.action_net.named_parameters()}
     agent.learn(total_timesteps=48)
     assert not extractor.model.training  # SB3 switched the policy to train mode; the frozen model stayed in eval

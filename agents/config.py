@@ -1,0 +1,314 @@
+"""Agent hyperparameters as typed, frozen dataclasses: `agents/defaults.yaml`, then a user's `--config`.
+
+`agents/defaults.yaml` has a `default:` block that sets every key, and one block per shipped
+scenario that overrides some of them:
+
+    default:
+      training: {timesteps: 100000, checkpoint_every: 5000, ...}
+      policy:   {net_arch: [64, 64], ...}
+      ppo:      {learning_rate: 5.0e-4, n_steps: 256, ...}
+      a2c:      {learning_rate: 7.0e-4, n_steps: 16, ...}
+    highway:
+      ppo: {gamma: 0.8}
+
+A `--config FILE` has the shape of one block (any subset of `training`, `policy`, `ppo`, `a2c`).
+Layers apply in this order, later wins: `default` < the scenario's block < `--config FILE` < flags
+on the command line (`--timesteps`, `--fine-tune`). Unknown keys, wrong types and out-of-range
+values are errors that name the file and the key, like scenario files.
+
+The resolved values of one run are a `RunConfig`, written to the run folder as `config.yaml` and
+read back by `--resume` and `evaluate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+DEFAULTS_FILE = Path(__file__).resolve().parent / "defaults.yaml"
+ALGOS = ("ppo", "a2c")
+SECTIONS = ("training", "policy", *ALGOS)
+
+_STRICT = ConfigDict(extra="forbid")
+Number = StrictInt | StrictFloat
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TrainingConfig:
+    """How long to train and how often to checkpoint and evaluate. Step counts are env steps, all envs together."""
+
+    timesteps: Annotated[StrictInt, Field(ge=1)]  # total env steps of the run
+    checkpoint_every: Annotated[StrictInt, Field(ge=1)]  # [env steps] a kill -9 loses at most this much
+    keep_checkpoints: Annotated[StrictInt, Field(ge=1, le=1000)]  # the newest ones are kept
+    eval_every: Annotated[StrictInt, Field(ge=0)]  # [env steps] between evaluations; 0 = never
+    eval_episodes: Annotated[StrictInt, Field(ge=1, le=10_000)]  # on the scenario's first evaluation seeds
+
+
+@dataclass(frozen=True, config=_STRICT)
+class PolicyConfig:
+    """The policy: the perception student as features extractor, then small actor and critic MLPs."""
+
+    net_arch: Annotated[tuple[Annotated[StrictInt, Field(ge=1, le=4096)], ...], Field(max_length=8)]  # hidden sizes of pi and vf
+    activation: Literal["tanh", "relu"]
+    perception: StrictStr | None  # checkpoint (.safetensors); null = the shipped student
+    fine_tune: StrictBool  # train the perception weights too (default: frozen)
+    include_labels: StrictBool  # features = embedding + predicted labels
+
+
+@dataclass(frozen=True, config=_STRICT)
+class PPOConfig:
+    """stable-baselines3 PPO arguments (same names and meaning)."""
+
+    learning_rate: Annotated[Number, Field(gt=0.0, le=1.0)]
+    n_steps: Annotated[StrictInt, Field(ge=2)]  # env steps per env per rollout
+    batch_size: Annotated[StrictInt, Field(ge=2)]  # minibatch size [samples]
+    n_epochs: Annotated[StrictInt, Field(ge=1)]
+    gamma: Annotated[Number, Field(ge=0.0, le=1.0)]
+    gae_lambda: Annotated[Number, Field(ge=0.0, le=1.0)]
+    clip_range: Annotated[Number, Field(gt=0.0, le=1.0)]
+    ent_coef: Annotated[Number, Field(ge=0.0)]
+    vf_coef: Annotated[Number, Field(ge=0.0)]
+    max_grad_norm: Annotated[Number, Field(gt=0.0)]
+    normalize_advantage: StrictBool
+    target_kl: Annotated[Number, Field(gt=0.0)] | None  # stop an update early past this KL
+
+
+@dataclass(frozen=True, config=_STRICT)
+class A2CConfig:
+    """stable-baselines3 A2C arguments (same names and meaning)."""
+
+    learning_rate: Annotated[Number, Field(gt=0.0, le=1.0)]
+    n_steps: Annotated[StrictInt, Field(ge=1)]  # env steps per env per update
+    gamma: Annotated[Number, Field(ge=0.0, le=1.0)]
+    gae_lambda: Annotated[Number, Field(ge=0.0, le=1.0)]
+    ent_coef: Annotated[Number, Field(ge=0.0)]
+    vf_coef: Annotated[Number, Field(ge=0.0)]
+    max_grad_norm: Annotated[Number, Field(gt=0.0)]
+    use_rms_prop: StrictBool
+    rms_prop_eps: Annotated[Number, Field(gt=0.0)]
+    normalize_advantage: StrictBool
+
+
+@dataclass(frozen=True, config=_STRICT)
+class AgentConfig:
+    """Every hyperparameter for one scenario, both algorithms."""
+
+    training: TrainingConfig
+    policy: PolicyConfig
+    ppo: PPOConfig
+    a2c: A2CConfig
+
+    def algo_config(self, algo: str) -> PPOConfig | A2CConfig:
+        return getattr(self, check_algo(algo))
+
+
+@dataclass(frozen=True, config=_STRICT)
+class RunConfig:
+    """What one run used: written as `<run>/config.yaml`, read back by `--resume` and `evaluate`."""
+
+    scenario: StrictStr  # a shipped scenario's name, or the absolute path of a YAML file
+    algo: Literal["ppo", "a2c"]
+    seed: Annotated[StrictInt, Field(ge=0)]
+    n_envs: Annotated[StrictInt, Field(ge=1)]
+    device: StrictStr  # as asked for: auto | cpu | cuda[:N]
+    observation_shape: tuple[StrictInt, StrictInt, StrictInt]  # (C, H, W) of the camera
+    n_actions: Annotated[StrictInt, Field(ge=1)]
+    training: TrainingConfig
+    policy: PolicyConfig
+    ppo: PPOConfig | None = None  # the chosen algorithm's block; the other one is None
+    a2c: A2CConfig | None = None
+
+    @property
+    def algo_params(self) -> PPOConfig | A2CConfig:
+        params = getattr(self, self.algo)
+        if params is None:
+            raise ValueError(f"run config has algo {self.algo!r} but no {self.algo}: block")
+        return params
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["observation_shape"] = list(self.observation_shape)
+        data["policy"]["net_arch"] = list(self.policy.net_arch)
+        return {key: value for key, value in data.items() if value is not None or key not in ALGOS}
+
+
+def check_algo(algo: str) -> str:
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algorithm {algo!r}; choose one of: {', '.join(ALGOS)}")
+    return algo
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def load_agent_config(
+    scenario_name: str | None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    defaults_file: str | Path = DEFAULTS_FILE,
+) -> AgentConfig:
+    """The hyperparameters for `scenario_name`: defaults, its block, the user's file, then `overrides`.
+
+    scenario_name: a shipped scenario (its block applies, if any); None for a user's scenario file.
+
+    overrides: {section: {key: value}} from command-line flags, e.g. {"training": {"timesteps": 5000}}.
+    """
+    defaults_file = Path(defaults_file)
+    blocks = _read_defaults(str(defaults_file), defaults_file.stat().st_mtime_ns)
+    merged = _merge(blocks["default"], blocks.get(scenario_name, {}))
+    source = defaults_file
+    if config_file is not None:
+        config_file = Path(config_file).expanduser()
+        user = _read_block(config_file)
+        merged = _merge(merged, user)
+        source = config_file
+    if overrides:
+        merged = _merge(merged, overrides)
+    return _validate(AgentConfig, merged, source)
+
+
+def parse_run_config(data: Any, path: Path) -> RunConfig:
+    """Validate a `config.yaml` read from a run folder."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of keys at the top level")
+    return _validate(RunConfig, data, path)
+
+
+@lru_cache(maxsize=8)
+def _read_defaults(path_text: str, _mtime_ns: int) -> dict[str, dict[str, Any]]:
+    from scenarios import available_scenarios
+
+    path = Path(path_text)
+    raw = _read_yaml(path)
+    if "default" not in raw:
+        raise ValueError(f"{path}: needs a 'default:' block that sets every key")
+    scenarios = set(available_scenarios())
+    blocks = {}
+    for name, block in raw.items():
+        if name != "default" and name not in scenarios:
+            raise ValueError(
+                f"{path}: {name}: unknown scenario; blocks are 'default' or a shipped scenario: "
+                f"{', '.join(sorted(scenarios))}"
+            )
+        blocks[name] = _check_block(block, path, prefix=f"{name}.")
+    _validate(AgentConfig, blocks["default"], path, prefix="default.")  # the default block alone is complete
+    for name, block in blocks.items():
+        _validate(AgentConfig, _merge(blocks["default"], block), path, prefix=f"{name}.")
+    return blocks
+
+
+def _read_block(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    return _check_block(_read_yaml(path), path, prefix="")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of keys at the top level")
+    return raw
+
+
+def _check_block(block: Any, path: Path, prefix: str) -> dict[str, Any]:
+    """A block maps section names to mappings; unknown sections are errors."""
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise ValueError(f"{path}: {prefix.rstrip('.') or '<top level>'}: expected a mapping of sections")
+    for section, body in block.items():
+        if section not in SECTIONS:
+            raise ValueError(f"{path}: {prefix}{section}: unknown key; allowed keys here: {', '.join(SECTIONS)}")
+        if not isinstance(body, dict):
+            raise ValueError(f"{path}: {prefix}{section}: expected a mapping of keys, got {body!r}")
+    return block
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Two-level merge: sections, then keys (a list value replaces, it is not appended)."""
+    merged = {section: dict(body) for section, body in base.items()}
+    for section, body in update.items():
+        merged.setdefault(section, {}).update(body)
+    return merged
+
+
+def _validate(cls: type, data: dict[str, Any], path: Path, prefix: str = ""):
+    try:
+        return TypeAdapter(cls).validate_python(data)
+    except ValidationError as error:
+        raise ValueError(_describe(cls, error, path, prefix)) from None
+
+
+def _describe(cls: type, error: ValidationError, path: Path, prefix: str) -> str:
+    """`file: section.key: what is wrong (what is allowed)`, one per key, joined by '; '."""
+    lines: dict[str, str] = {}
+    for problem in error.errors():
+        location = _field_path(cls, problem["loc"])
+        key = prefix + ".".join(location) if location else prefix.rstrip(".") or "<top level>"
+        kind = problem["type"]
+        if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+            allowed = _allowed_keys(cls, location[:-1])
+            message = f"unknown key; allowed keys here: {', '.join(allowed)}"
+        elif kind in ("missing", "missing_argument"):
+            message = "required key is missing"
+        else:
+            value = problem.get("input")
+            message = f"{problem['msg']} (got {value!r})"
+            if isinstance(value, str) and _is_number(value):
+                message += f"; YAML reads {value} as text: write numbers with a decimal point, e.g. 5.0e-4"
+        lines[key] = f"{path}: {key}: {message}"  # for a union (int | float) the last member says most
+    return "; ".join(lines.values())
+
+
+def _field_path(cls: type, loc: tuple) -> list[str]:
+    """The location as field names and list indices, without pydantic's union-member tags ('int', 'float')."""
+    parts: list[str] = []
+    current: type | None = cls
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(str(part))
+            continue
+        if current is None:  # below a plain value: the rest are pydantic's tags
+            break
+        fields = {field.name: field.type for field in dataclasses.fields(current)}
+        parts.append(str(part))
+        if part not in fields:  # an unknown key
+            break
+        current = _dataclass_of(fields[part])
+    return parts
+
+
+def _allowed_keys(cls: type, location: list[str]) -> list[str]:
+    for part in location:
+        fields = {field.name: field.type for field in dataclasses.fields(cls)}
+        nested = _dataclass_of(fields.get(part))
+        if nested is None:
+            return []
+        cls = nested
+    return sorted(field.name for field in dataclasses.fields(cls))
+
+
+def _dataclass_of(annotation: Any) -> type | None:
+    if isinstance(annotation, str):
+        annotation = annotation.replace(" | None", "")
+        annotation = globals().get(annotation)
+    return annotation if dataclasses.is_dataclass(annotation) else None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

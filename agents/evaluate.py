@@ -1,0 +1,260 @@
+"""Deterministic evaluation on a scenario's fixed evaluation seeds, with 95 % confidence intervals.
+
+    python run.py evaluate --run runs/highway-ppo-20250101-120000 [--episodes 50] [--scenario OTHER] [--seed K]
+
+Episode i plays evaluation seed `first_seed + K + i` (the scenario's `evaluation.first_seed`;
+these seeds are never drawn in training). The policy acts deterministically (the most likely
+action), so the same run, scenario, episodes and K always give the same numbers.
+
+Confidence intervals are Student-t intervals of the mean over episodes,
+mean ± t(0.975, n - 1) · s / √n; for 0/1 outcomes (collision rate) this is the usual normal-style
+approximation and is rough below ~30 episodes. One episode has no interval.
+
+The same per-episode loop (`run_episodes`) serves the periodic evaluation during training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from envs.files import atomic_write
+from envs.safety import SafetyMonitor
+
+MIN_TTC_CAP_S = 10.0
+"""[s] an episode's min time-to-collision is capped here for means: episodes that never close in on
+a leader have an infinite TTC, which would make every mean infinite."""
+
+CONFIDENCE = 0.95
+DEFINITIONS = (
+    "collision rate: share of episodes with a crash; unsafe fraction: share of steps with TTC < 2 s or "
+    "headway < 1 s; route completion: distance / the scenario's route length; driving score: route "
+    "completion x 0.6 per collision x (1 - off-road fraction)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    digits: int  # shown after the decimal point
+    low: float = -math.inf  # the range the metric can take; confidence intervals are clipped to it
+    high: float = math.inf
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("return", "return", "", 2),
+    Metric("collision_rate", "collision rate", "", 3, 0.0, 1.0),
+    Metric("mean_speed", "mean speed", "m/s", 2),
+    Metric("min_ttc", f"min TTC (capped at {MIN_TTC_CAP_S:g} s)", "s", 2, 0.0, MIN_TTC_CAP_S),
+    Metric("unsafe_fraction", "unsafe fraction", "", 3, 0.0, 1.0),
+    Metric("hard_brakes_per_km", "hard brakes", "/km", 2, 0.0),
+    Metric("lane_changes_per_km", "lane changes", "/km", 2, 0.0),
+    Metric("route_completion", "route completion", "", 3, 0.0, 1.0),
+    Metric("driving_score", "driving score", "", 3, 0.0, 1.0),
+    Metric("length", "episode length", "steps", 1, 0.0),
+)
+
+
+# -- episodes ------------------------------------------------------------------------------------
+
+
+def evaluation_seeds(scenario, episodes: int, offset: int = 0) -> list[int]:
+    """`episodes` seeds from the scenario's first evaluation seed + offset, counting up."""
+    first = scenario.evaluation.first_seed + offset
+    return list(range(first, first + episodes))
+
+
+def run_episodes(model, env, seeds: Sequence[int], deterministic: bool = True) -> list[dict[str, float]]:
+    """Play one episode per seed on a (non-vectorised) clearlane env; per-episode metrics.
+
+    model: anything with SB3's `predict(obs, deterministic)`; env: a `DrivingEnv` (or a wrapper of one).
+    """
+    route_length_m = env.unwrapped.scenario.safety.route_length_m
+    results = []
+    for seed in seeds:
+        obs, _ = env.reset(seed=int(seed))
+        monitor = SafetyMonitor(route_length_m)
+        total_reward, steps, done = 0.0, 0, False
+        while not done:
+            action, _ = model.predict(obs, deterministic=deterministic)
+            obs, reward, terminated, truncated, info = env.step(int(action))
+            monitor.update(info)
+            total_reward += float(reward)
+            steps += 1
+            done = terminated or truncated
+        results.append(episode_metrics(int(seed), total_reward, steps, monitor.summary()))
+    return results
+
+
+def episode_metrics(seed: int, episode_return: float, length: int, safety: dict[str, float]) -> dict[str, float]:
+    """One episode's numbers under the names of METRICS (min TTC capped at MIN_TTC_CAP_S)."""
+    return {
+        "seed": seed,
+        "return": float(episode_return),
+        "length": int(length),
+        "collision_rate": float(safety["collision"]),
+        "mean_speed": float(safety["mean_speed"]),
+        "min_ttc": float(min(safety["min_ttc"], MIN_TTC_CAP_S)),
+        "unsafe_fraction": float(safety["unsafe_fraction"]),
+        "off_road_fraction": float(safety["off_road_fraction"]),
+        "hard_brakes_per_km": float(safety["hard_brakes_per_km"]),
+        "lane_changes_per_km": float(safety["lane_changes_per_km"]),
+        "distance": float(safety["distance"]),
+        "route_completion": float(safety["route_completion"]),
+        "driving_score": float(safety["driving_score"]),
+    }
+
+
+def safety_means(summaries: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Means of `SafetyMonitor.summary()` dicts under TensorBoard's `safety/*` names."""
+    def mean(key: str, cap: float = math.inf) -> float:
+        return float(np.mean([min(summary[key], cap) for summary in summaries]))
+
+    return {
+        "collision_rate": mean("collision"),
+        "min_ttc": mean("min_ttc", MIN_TTC_CAP_S),
+        "unsafe_fraction": mean("unsafe_fraction"),
+        "hard_brakes_per_km": mean("hard_brakes_per_km"),
+        "lane_changes_per_km": mean("lane_changes_per_km"),
+        "mean_speed": mean("mean_speed"),
+        "route_completion": mean("route_completion"),
+        "driving_score": mean("driving_score"),
+    }
+
+
+def mean_ci(
+    values: Sequence[float], confidence: float = CONFIDENCE, low: float = -math.inf, high: float = math.inf
+) -> dict[str, float | None]:
+    """Mean, sample std and Student-t confidence interval of the mean, clipped to [low, high] (None with one value)."""
+    from scipy import stats
+
+    data = np.asarray(values, dtype=float)
+    n = len(data)
+    mean = float(data.mean())
+    if n < 2:
+        return {"mean": mean, "std": None, "ci_low": None, "ci_high": None, "n": n}
+    std = float(data.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
+    return {"mean": mean, "std": std, "ci_low": max(mean - half, low), "ci_high": min(mean + half, high), "n": n}
+
+
+# -- the evaluate command ------------------------------------------------------------------------
+
+
+def evaluate_run(
+    run: str | Path,
+    episodes: int = 50,
+    scenario: str | None = None,
+    seed: int = 0,
+    logdir: str | Path = "runs",
+    device: str = "auto",
+) -> tuple[dict[str, Any], Path]:
+    """Evaluate a run's newest model; writes evaluation-<scenario>.json and eval_final/* to the run folder.
+
+    Returns (report, path of the JSON file).
+    """
+    from stable_baselines3.common.utils import set_random_seed
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from agents.runs import check_spaces, find_run, latest_model, load_agent, read_run_config, resolve_device
+    from envs.registration import make_env
+
+    if episodes < 1:
+        raise ValueError(f"--episodes must be a positive integer, got {episodes}")
+    if seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed}")
+    run_dir = find_run(run, logdir)
+    config = read_run_config(run_dir)
+    device = resolve_device(device)
+    scenario_arg = scenario or config.scenario
+    env = make_env(scenario_arg)
+    try:
+        check_spaces(config, run_dir, env.observation_space, env.action_space, scenario_arg)
+        model_path = latest_model(run_dir)
+        set_random_seed(seed)
+        model = load_agent(config, run_dir, DummyVecEnv([lambda: env]), device, model_path, seed=seed)
+        seeds = evaluation_seeds(env.scenario, episodes, seed)
+        per_episode = run_episodes(model, env, seeds, deterministic=True)
+    finally:
+        env.close()
+    name = env.scenario.name
+    report = {
+        "run": str(run_dir),
+        "model": str(model_path.relative_to(run_dir)),
+        "num_timesteps": int(model.num_timesteps),
+        "algo": config.algo,
+        "trained_on": config.scenario,
+        "scenario": name,
+        "scenario_source": env.scenario.source,
+        "episodes": episodes,
+        "seeds": {"first": seeds[0], "last": seeds[-1]},
+        "deterministic": True,
+        "confidence_interval": f"{CONFIDENCE:.0%} Student t: mean ± t(0.975, n-1) * std / sqrt(n), clipped to the metric's range",
+        "definitions": DEFINITIONS,
+        "min_ttc_cap_s": MIN_TTC_CAP_S,
+        "metrics": {
+            metric.key: mean_ci([episode[metric.key] for episode in per_episode], low=metric.low, high=metric.high)
+            for metric in METRICS
+        },
+        "per_episode": per_episode,
+        "command": "python run.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]),
+    }
+    path = atomic_write(
+        run_dir / f"evaluation-{name}.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n")
+    )
+    _write_tensorboard(run_dir, name, report)
+    return report, path
+
+
+def _write_tensorboard(run_dir: Path, scenario: str, report: dict[str, Any]) -> None:
+    """eval_final/<scenario>/<metric> (means) at the model's timestep, beside the training curves."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=".evaluate")
+    try:
+        for key, stats in report["metrics"].items():
+            writer.add_scalar(f"eval_final/{scenario}/{key}", stats["mean"], report["num_timesteps"])
+    finally:
+        writer.close()
+
+
+def format_value(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def print_report(report: dict[str, Any], console=None) -> None:
+    """The safety table: metric, mean, 95 % CI (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(
+        title=(
+            f"{report['scenario']}: {report['episodes']} deterministic episodes, seeds {report['seeds']['first']}"
+            f"..{report['seeds']['last']} ({report['algo']}, {report['num_timesteps']:,} steps, {report['model']})"
+        ),
+        caption=f"CI: {report['confidence_interval']}",
+    )
+    table.add_column("metric")
+    table.add_column("unit")
+    table.add_column("mean", justify="right")
+    table.add_column(f"{CONFIDENCE:.0%} CI", justify="right")
+    for metric in METRICS:
+        stats = report["metrics"][metric.key]
+        ci = (
+            "n/a"
+            if stats["ci_low"] is None
+            else f"[{format_value(stats['ci_low'], metric.digits)}, {format_value(stats['ci_high'], metric.digits)}]"
+        )
+        table.add_row(metric.label, metric.unit, format_value(stats["mean"], metric.digits), ci)
+    console.print(table)
+    console.print(DEFINITIONS, style="dim")

@@ -1,0 +1,398 @@
+"""`python run.py train`: SB3 PPO or A2C on the perception student's features, one run folder per run.
+
+    python run.py train --scenario highway [--algo a2c] [--timesteps 100000] [--n-envs 2] [--seed 0]
+    python run.py train --resume runs/highway-ppo-20250101-120000    # continue after Ctrl-C or a crash
+
+The flow, top to bottom:
+1. resolve the config (agents/defaults.yaml < --config FILE < flags) and check it against the
+   scenario (camera shape vs the perception checkpoint) before anything is written;
+2. make the run folder (config.yaml, command.txt, a copy of the perception weights);
+3. `n_envs` envs (`SubprocVecEnv` workers when n_envs > 1, else in-process) under `VecMonitor`;
+4. `model.learn` with callbacks: safety/* per finished episode, eval/* every `eval_every` steps,
+   a checkpoint every `checkpoint_every` steps, hyperparameters once;
+5. the final model.zip, or on Ctrl-C a checkpoint, and a short summary.
+
+Resuming rebuilds the agent from config.yaml, loads the newest checkpoint's weights and optimizer
+state and continues with `reset_num_timesteps=False`, so steps and TensorBoard curves go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import gymnasium as gym
+
+from agents.callbacks import HParamsCallback, PeriodicCheckpoint, PeriodicEvaluation, SafetyCallback
+from agents.config import RunConfig, check_algo, load_agent_config
+from agents.evaluate import evaluation_seeds
+from agents.runs import (
+    PERCEPTION_FILE,
+    append_command,
+    build_agent,
+    check_spaces,
+    copy_file,
+    create_run_dir,
+    find_run,
+    latest_model,
+    load_agent,
+    read_run_config,
+    resolve_device,
+    run_name,
+    save_checkpoint,
+    save_final_model,
+    saved_counters,
+    write_run_config,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    """What `run.py train` was asked; None = not given (defaults come from the config or the run)."""
+
+    scenario: str | None = None  # name or YAML path; default highway
+    algo: str | None = None  # ppo | a2c; default ppo
+    timesteps: int | None = None  # total env steps of the run; default from the config
+    n_envs: int | None = None  # default: the number of usable cores
+    seed: int | None = None  # default 0
+    device: str = "auto"  # auto | cpu | cuda
+    logdir: str | os.PathLike = "runs"
+    name: str | None = None  # run folder name; default <scenario>-<algo>-<YYYYmmdd-HHMMSS>
+    resume: str | None = None  # a run folder (or its name in logdir) to continue
+    force: bool = False  # replace an existing run folder of the same name
+    config: str | os.PathLike | None = None  # YAML file overriding agents/defaults.yaml
+    fine_tune: bool | None = None  # train the perception weights too
+    perception: str | os.PathLike | None = None  # perception checkpoint; default the config's (shipped student)
+    threads: int | None = None  # PyTorch CPU threads of the main process; None: cores left over by the env workers
+    progress_bar: bool = True
+    command: str = ""  # the command line, recorded in command.txt
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    model_path: Path  # model.zip, or the checkpoint written on Ctrl-C
+    start_timesteps: int
+    num_timesteps: int
+    interrupted: bool
+    elapsed_s: float  # wall time of model.learn [s]
+
+    @property
+    def steps_per_s(self) -> float:
+        return (self.num_timesteps - self.start_timesteps) / max(self.elapsed_s, 1e-9)
+
+
+def default_n_envs() -> int:
+    """The number of cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# -- envs ----------------------------------------------------------------------------------------
+
+
+def _worker_env(scenario: str) -> gym.Env:
+    """Builds the env inside a SubprocVecEnv worker, which ignores Ctrl-C: the parent handles it
+    (saves a checkpoint) and then closes the workers itself."""
+    from envs.registration import make_env
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return make_env(scenario)
+
+
+def make_vec_env(scenario: str, n_envs: int):
+    """n_envs training envs: SubprocVecEnv workers (forkserver) when n_envs > 1, else one in-process
+    env; under VecMonitor (rollout/ep_rew_mean, ep_len_mean). Seeds are set by the model (`seed`)."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
+
+    from envs.registration import make_env_fn
+
+    if n_envs > 1:
+        env = SubprocVecEnv([partial(_worker_env, scenario) for _ in range(n_envs)])
+    else:
+        env = DummyVecEnv([make_env_fn(scenario)])
+    return VecMonitor(env)
+
+
+def _stored_scenario(argument: str, scenario) -> str:
+    """How config.yaml names the scenario: the shipped name, else the file's absolute path."""
+    from scenarios import available_scenarios
+
+    return argument if argument in available_scenarios() else str(Path(scenario.source).resolve())
+
+
+# -- preparing a run -----------------------------------------------------------------------------
+
+
+def _check_options(options: TrainOptions) -> None:
+    if options.timesteps is not None and options.timesteps <= 0:
+        raise ValueError(f"--timesteps must be a positive integer, got {options.timesteps}")
+    if options.n_envs is not None and options.n_envs <= 0:
+        raise ValueError(f"--n-envs must be a positive integer, got {options.n_envs}")
+    if options.seed is not None and options.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {options.seed}")
+    if options.algo is not None:
+        check_algo(options.algo)
+
+
+def _new_run(options: TrainOptions):
+    """Resolve and check everything, then make the run folder. Returns (run_dir, config, eval env)."""
+    from envs.registration import make_env
+    from perception.checkpoint import read_metadata
+    from perception.extractor import DEFAULT_STUDENT
+
+    algo = options.algo or "ppo"
+    scenario_arg = str(options.scenario or "highway")
+    env = make_env(scenario_arg)  # validates the scenario; also the evaluation env
+    try:
+        scenario = env.scenario
+        stored = _stored_scenario(scenario_arg, scenario)
+        overrides: dict[str, dict] = {"training": {}, "policy": {}}
+        if options.timesteps is not None:
+            overrides["training"]["timesteps"] = options.timesteps
+        if options.fine_tune is not None:
+            overrides["policy"]["fine_tune"] = options.fine_tune
+        if options.perception is not None:
+            overrides["policy"]["perception"] = str(options.perception)
+        agent = load_agent_config(scenario.name if stored == scenario_arg else None, options.config, overrides)
+        perception = Path(agent.policy.perception).expanduser() if agent.policy.perception else DEFAULT_STUDENT
+        if not perception.is_file():
+            hint = (
+                "the shipped student is made by `python run.py perception distill` + `perception ship`"
+                if agent.policy.perception is None
+                else "set policy.perception in your --config file to an existing .safetensors file"
+            )
+            raise FileNotFoundError(f"perception checkpoint not found: {perception} ({hint})")
+        observation_shape = tuple(int(n) for n in env.observation_space.shape)
+        input_shape = tuple(read_metadata(perception)["input_shape"])
+        if input_shape != observation_shape:
+            raise ValueError(
+                f"perception checkpoint {perception} reads frames of shape (C, H, W) = {input_shape}, but scenario "
+                f"{scenario_arg} gives {observation_shape}; use a checkpoint trained on this camera"
+            )
+        config = RunConfig(
+            scenario=stored,
+            algo=algo,
+            seed=0 if options.seed is None else options.seed,
+            n_envs=options.n_envs or default_n_envs(),
+            device=options.device,
+            observation_shape=observation_shape,
+            n_actions=int(env.action_space.n),
+            training=agent.training,
+            policy=dataclasses.replace(agent.policy, perception=str(perception)),
+            **{algo: agent.algo_config(algo)},
+        )
+        run_dir = create_run_dir(Path(options.logdir) / (options.name or run_name(scenario.name, algo)), options.force)
+        copy_file(perception, run_dir / PERCEPTION_FILE)
+        write_run_config(run_dir, config)
+        append_command(run_dir, options.command)
+    except BaseException:
+        env.close()
+        raise
+    return run_dir, config, env
+
+
+def _resumed_run(options: TrainOptions):
+    """Check that the run can go on. Returns (run_dir, config, eval env, model path)."""
+    from envs.registration import make_env
+
+    conflicting = {
+        "--scenario": options.scenario, "--algo": options.algo, "--seed": options.seed, "--config": options.config,
+        "--fine-tune": options.fine_tune, "--perception": options.perception, "--name": options.name,
+    }
+    given = [flag for flag, value in conflicting.items() if value is not None] + (["--force"] if options.force else [])
+    if given:
+        raise ValueError(
+            f"--resume continues a run with the config it was started with; leave out {', '.join(given)} "
+            f"(only --timesteps, --n-envs and --device may change)"
+        )
+    run_dir = find_run(options.resume, options.logdir)
+    config = read_run_config(run_dir)
+    model_path = latest_model(run_dir)
+    done = saved_counters(model_path)["num_timesteps"]
+    total = options.timesteps or config.training.timesteps
+    if done >= total:
+        raise ValueError(
+            f"run {run_dir} already has {done:,} of its {total:,} timesteps; pass --timesteps with a larger total "
+            f"to train longer"
+        )
+    config = dataclasses.replace(
+        config,
+        n_envs=options.n_envs or config.n_envs,
+        device=options.device,
+        training=dataclasses.replace(config.training, timesteps=total),
+    )
+    env = make_env(config.scenario)
+    try:
+        check_spaces(config, run_dir, env.observation_space, env.action_space, config.scenario)
+        write_run_config(run_dir, config)
+        append_command(run_dir, options.command)
+    except BaseException:
+        env.close()
+        raise
+    return run_dir, config, env, model_path
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Train (or resume) one run; see the module docstring. Ctrl-C saves a checkpoint and returns."""
+    from stable_baselines3.common.callbacks import CallbackList
+
+    _check_options(options)
+    device = resolve_device(options.device)
+    if options.resume:
+        run_dir, config, eval_env, model_path = _resumed_run(options)
+    else:
+        run_dir, config, eval_env = _new_run(options)
+        model_path = None
+
+    _set_threads(options.threads, config.n_envs)
+    vec_env = None
+    try:
+        vec_env = make_vec_env(config.scenario, config.n_envs)
+        if model_path is None:
+            model = build_agent(config, run_dir, vec_env, device)
+        else:
+            # a different seed than the start's, so the resumed episodes are new ones
+            start = saved_counters(model_path)["num_timesteps"]
+            model = load_agent(config, run_dir, vec_env, device, model_path, seed=config.seed + start)
+            log.info("resuming %s from %s at %s steps", run_dir, model_path.name, f"{model.num_timesteps:,}")
+        start_timesteps = model.num_timesteps
+        model.set_logger(_tensorboard_logger(run_dir, purge_step=None if model_path is None else start_timesteps))
+
+        training = config.training
+        callbacks = [
+            SafetyCallback(eval_env.scenario.safety.route_length_m),
+            PeriodicCheckpoint(run_dir, training.checkpoint_every, training.keep_checkpoints),
+        ]
+        if training.eval_every > 0:
+            seeds = evaluation_seeds(eval_env.scenario, training.eval_episodes)
+            callbacks.append(PeriodicEvaluation(eval_env, seeds, training.eval_every))
+        if model_path is None:
+            callbacks.append(HParamsCallback(_hparams(config)))
+        progress = _progress_bar() if options.progress_bar else None
+        if progress is not None:
+            callbacks.append(progress)
+
+        interrupted = False
+        began = time.perf_counter()
+        try:
+            model.learn(
+                total_timesteps=training.timesteps - start_timesteps,
+                callback=CallbackList(callbacks),
+                log_interval=1,
+                reset_num_timesteps=model_path is None,
+            )
+        except KeyboardInterrupt:
+            interrupted = True
+            if progress is not None and getattr(progress, "pbar", None) is not None:
+                progress.pbar.close()
+        elapsed = time.perf_counter() - began
+        if interrupted:
+            saved = save_checkpoint(model, run_dir, training.keep_checkpoints)
+        else:
+            saved = save_final_model(model, run_dir)
+        model.logger.close()
+    finally:
+        _close(vec_env)
+        eval_env.close()
+    return TrainResult(run_dir, saved, start_timesteps, model.num_timesteps, interrupted, elapsed)
+
+
+def _tensorboard_logger(run_dir: Path, purge_step: int | None):
+    """SB3's logger writing TensorBoard events into the run folder itself.
+
+    On resume, `purge_step` = the checkpoint's step: TensorBoard then drops what an earlier session
+    logged at or after it (the steps a kill -9 lost), so the curve continues without a fold.
+    """
+    from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
+    from torch.utils.tensorboard import SummaryWriter
+
+    class ResumableTensorBoard(TensorBoardOutputFormat):
+        def __init__(self, folder: str) -> None:
+            self.writer = SummaryWriter(log_dir=folder, purge_step=purge_step)
+            self._is_closed = False
+
+    return Logger(str(run_dir), [ResumableTensorBoard(str(run_dir))])
+
+
+def _progress_bar():
+    """SB3's progress bar (tqdm.rich: steps, steps/s, elapsed < remaining), without tqdm's "rich is
+    experimental" warning."""
+    import warnings
+
+    from stable_baselines3.common.callbacks import ProgressBarCallback
+    from tqdm import TqdmExperimentalWarning
+
+    warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
+    return ProgressBarCallback()
+
+
+def _set_threads(threads: int | None, n_envs: int) -> None:
+    """PyTorch threads of the main process. By default, leave the env workers their cores: PyTorch's
+    threads spin while they wait and take CPU from the workers. Measured on 2 cores beside another
+    job, PPO on highway with 2 workers: 1 thread 57 env steps/s, 2 threads 47 (and 41 vs 5 while
+    the other job was heavier)."""
+    import torch
+
+    if threads is None:
+        if n_envs <= 1:
+            return
+        threads = max(1, default_n_envs() - n_envs)
+        if torch.get_num_threads() <= threads:
+            return
+        log.info("using %d PyTorch thread(s) beside %d env workers (set --threads to change)", threads, n_envs)
+    torch.set_num_threads(threads)
+
+
+def _close(vec_env) -> None:
+    """Close the training envs; after Ctrl-C a worker may already be gone."""
+    if vec_env is None:
+        return
+    try:
+        vec_env.close()
+    except (BrokenPipeError, EOFError, ConnectionResetError, OSError) as error:
+        log.debug("closing the env workers: %r", error)
+
+
+def _hparams(config: RunConfig) -> dict:
+    """Flat hyperparameters for TensorBoard's HPARAMS tab."""
+    values = {"algo": config.algo, "scenario": config.scenario, "seed": config.seed, "n_envs": config.n_envs}
+    for section in ("training", "policy"):
+        for key, value in dataclasses.asdict(getattr(config, section)).items():
+            values[f"{section}/{key}"] = str(list(value)) if isinstance(value, (list, tuple)) else value
+    for key, value in dataclasses.asdict(config.algo_params).items():
+        values[f"{config.algo}/{key}"] = value
+    return values
+
+
+def format_summary(result: TrainResult) -> str:
+    """The lines printed at the end of `run.py train`."""
+    run = result.run_dir
+    status = (
+        f"interrupted at {result.num_timesteps:,} steps; saved {result.model_path}"
+        if result.interrupted
+        else f"trained to {result.num_timesteps:,} steps; final model {result.model_path}"
+    )
+    return "\n".join(
+        [
+            status,
+            f"  run folder: {run}  ({result.num_timesteps - result.start_timesteps:,} steps in "
+            f"{result.elapsed_s:.0f} s, {result.steps_per_s:.1f} steps/s)",
+            f"  watch:      tensorboard --logdir {run.parent}",
+            f"  evaluate:   python run.py evaluate --run {run}",
+            *([f"  continue:   python run.py train --resume {run}"] if result.interrupted else []),
+        ]
+    )

@@ -1,0 +1,279 @@
+"""Training on tiny budgets: run folder, TensorBoard keys, checkpoints, Ctrl-C, resume, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import agents.train as train_module
+from agents.runs import checkpoint_paths, read_run_config, saved_counters
+from agents.train import TrainOptions, format_summary, train
+from tests.agents import all_finite, make_tiny, read_scalars, write_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def options(tiny, **changes) -> TrainOptions:
+    base = dict(
+        scenario=str(tiny.scenario), timesteps=64, n_envs=1, logdir=tiny.root / "runs", config=tiny.config,
+        progress_bar=False, command="python run.py train (test)",
+    )
+    return TrainOptions(**{**base, **changes})
+
+
+@pytest.mark.parametrize("algo, fine_tune", [("ppo", None), ("a2c", True)])
+def test_training_fills_the_run_folder_and_tensorboard(tiny, algo, fine_tune):
+    result = train(options(tiny, algo=algo, timesteps=96, name=f"smoke-{algo}", fine_tune=fine_tune, progress_bar=True))
+    run = result.run_dir
+    assert run == tiny.root / "runs" / f"smoke-{algo}"
+    assert not result.interrupted and result.num_timesteps >= 96
+    assert result.model_path == run / "model.zip" and zipfile.is_zipfile(run / "model.zip")
+    assert saved_counters(run / "model.zip")["num_timesteps"] == result.num_timesteps
+
+    config = read_run_config(run)
+    assert (config.algo, config.n_envs, config.seed, config.observation_shape) == (algo, 1, 0, (9, 96, 48))
+    assert config.scenario == str(tiny.scenario.resolve())
+    assert config.training.timesteps == 96 and config.algo_params.gamma == 0.8
+    assert (run / "command.txt").read_text() == "python run.py train (test)\n"
+    assert (run / "perception.safetensors").read_bytes() == tiny.student.read_bytes()
+    checkpoints = checkpoint_paths(run)
+    assert 1 <= len(checkpoints) <= 2  # keep_checkpoints: 2
+    assert checkpoints[-1].name == f"step-{result.num_timesteps:010d}.zip"
+
+    scalars = read_scalars(run)
+    for key in (
+        "rollout/ep_rew_mean", "train/value_loss", "train/entropy_loss", "safety/collision_rate",
+        "safety/driving_score", "safety/min_ttc", "safety/mean_speed", "eval/mean_reward",
+        "eval/collision_rate", "eval/mean_speed", "eval/driving_score",
+    ):
+        assert all_finite(scalars.get(key, [])), (key, sorted(scalars))
+    assert max(step for step, _ in scalars["eval/mean_reward"]) == result.num_timesteps
+    assert "steps/s" in format_summary(result) and f"evaluate --run {run}" in format_summary(result)
+
+    # the perception student stays frozen unless --fine-tune
+    from safetensors.torch import load_file
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    student = load_file(tiny.student)
+    _, params, _ = load_from_zip_file(run / "model.zip", load_data=False)
+    prefix = "features_extractor.model."
+    trained = {key[len(prefix):]: value for key, value in params["policy"].items() if key.startswith(prefix)}
+    assert trained.keys() == student.keys()
+    unchanged = all(torch.equal(trained[key], student[key]) for key in student)
+    assert unchanged != bool(fine_tune) and config.policy.fine_tune == bool(fine_tune)
+
+
+def test_hyperparameters_reach_tensorboards_hparams_tab(tiny):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    result = train(options(tiny, name="hparams", timesteps=32))
+    accumulator = EventAccumulator(str(result.run_dir))
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["algo"].string_value == "ppo"
+    assert hparams["ppo/gamma"].number_value == pytest.approx(0.8)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues_the_count(tiny, monkeypatch):
+    original = train_module.SafetyCallback._on_step
+
+    def interrupt_at_48(self):
+        if self.num_timesteps >= 48:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(train_module.SafetyCallback, "_on_step", interrupt_at_48)
+    stopped = train(options(tiny, name="interrupted", timesteps=128))
+    monkeypatch.undo()
+    run = stopped.run_dir
+    assert stopped.interrupted and stopped.num_timesteps == 48
+    assert stopped.model_path == run / "checkpoints" / "step-0000000048.zip"
+    assert not (run / "model.zip").exists()
+    assert "train --resume" in format_summary(stopped)
+
+    resumed = train(TrainOptions(resume=str(run), logdir=tiny.root / "runs", progress_bar=False, command="resume"))
+    # on-policy algorithms stop at the end of a rollout (32 steps here): 48 -> 80 -> 112 -> 144
+    assert resumed.start_timesteps == 48 and resumed.num_timesteps == 144
+    assert saved_counters(run / "model.zip")["num_timesteps"] == 144
+    assert (run / "command.txt").read_text().splitlines() == ["python run.py train (test)", "resume"]
+    steps = [step for step, _ in read_scalars(run)["rollout/ep_rew_mean"]]
+    assert steps == sorted(steps) and steps[0] <= 48 < steps[-1] == 144  # one curve, no restart at 0
+
+    more = train(TrainOptions(resume="interrupted", timesteps=170, logdir=tiny.root / "runs", progress_bar=False))
+    assert more.start_timesteps == 144 and more.num_timesteps == 176
+    assert read_run_config(run).training.timesteps == 170
+    with pytest.raises(ValueError, match="already has 176 of its 170 timesteps"):
+        train(TrainOptions(resume=str(run), logdir=tiny.root / "runs", progress_bar=False))
+    with pytest.raises(ValueError, match="leave out --algo, --seed"):
+        train(TrainOptions(resume=str(run), algo="a2c", seed=1, logdir=tiny.root / "runs"))
+
+
+def test_resume_after_a_kill_continues_from_the_newest_checkpoint_without_a_fold(tiny):
+    result = train(options(tiny, name="killed", timesteps=96))
+    run = result.run_dir
+    # as if killed with -9 between the checkpoints at 64 and 96: no final model, no checkpoint 96
+    (run / "model.zip").unlink()
+    checkpoint_paths(run)[-1].unlink()
+    assert checkpoint_paths(run)[-1].name == "step-0000000064.zip"
+    resumed = train(TrainOptions(resume=str(run), logdir=tiny.root / "runs", progress_bar=False))
+    assert resumed.start_timesteps == 64 and resumed.num_timesteps == 96
+    for tag in ("rollout/ep_rew_mean", "eval/mean_reward"):
+        steps = [step for step, _ in read_scalars(run)[tag]]
+        assert steps == sorted(set(steps)) and steps[-1] == 96, (tag, steps)  # TensorBoard dropped the lost steps
+
+
+def test_resume_starts_from_the_checkpoints_weights(tiny):
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from agents.runs import load_agent
+    from envs.registration import make_env_fn
+
+    result = train(options(tiny, name="weights", timesteps=32))
+    config = read_run_config(result.run_dir)
+    env = DummyVecEnv([make_env_fn(tiny.scenario)])
+    model = load_agent(config, result.run_dir, env, "cpu")
+    env.close()
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    _, params, _ = load_from_zip_file(result.run_dir / "model.zip", load_data=False)
+    for name, tensor in params["policy"].items():
+        assert torch.equal(model.policy.state_dict()[name], tensor), name
+    assert model.num_timesteps == 32
+
+
+def test_two_envs_run_in_subprocesses(tiny, monkeypatch):
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    made = []
+    original = train_module.make_vec_env
+
+    def spy(scenario, n_envs):
+        env = original(scenario, n_envs)
+        made.append(type(env.venv))
+        return env
+
+    monkeypatch.setattr(train_module, "make_vec_env", spy)
+    result = train(options(tiny, name="two-envs", n_envs=2, timesteps=64))
+    assert made == [SubprocVecEnv]
+    assert result.num_timesteps == 64 and read_run_config(result.run_dir).n_envs == 2
+    assert all_finite(read_scalars(result.run_dir)["safety/collision_rate"])
+
+
+def test_an_existing_run_folder_needs_force(tiny):
+    first = train(options(tiny, name="taken", timesteps=32))
+    marker = first.run_dir / "model.zip"
+    with pytest.raises(ValueError, match="already exists; pass --force to replace it, or --resume"):
+        train(options(tiny, name="taken", timesteps=32))
+    assert marker.exists()
+    other = tiny.root / "runs" / "not-a-run"
+    other.mkdir(parents=True)
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a run folder"):
+        train(options(tiny, name="not-a-run", force=True))
+    assert (other / "notes.txt").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, error, fragments",
+    [
+        ({"timesteps": 0}, ValueError, ["--timesteps must be a positive integer, got 0"]),
+        ({"timesteps": -5}, ValueError, ["--timesteps must be a positive integer"]),
+        ({"algo": "dqn"}, ValueError, ["unknown algorithm 'dqn'", "ppo, a2c"]),
+        ({"n_envs": 0}, ValueError, ["--n-envs must be a positive integer"]),
+        ({"scenario": "hihgway"}, FileNotFoundError, ["unknown scenario 'hihgway'"]),
+        ({"perception": "missing.safetensors"}, FileNotFoundError, ["perception checkpoint not found"]),
+    ],
+)
+def test_bad_input_is_one_clear_error_before_anything_is_written(tiny, changes, error, fragments):
+    before = set((tiny.root / "runs").glob("*")) if (tiny.root / "runs").exists() else set()
+    with pytest.raises(error) as raised:
+        train(options(tiny, **changes))
+    for fragment in fragments:
+        assert fragment in str(raised.value)
+    after = set((tiny.root / "runs").glob("*")) if (tiny.root / "runs").exists() else set()
+    assert after == before
+
+
+def test_resuming_a_missing_run_or_a_run_without_checkpoints_is_a_clear_error(tiny):
+    logdir = tiny.root / "runs"
+    with pytest.raises(FileNotFoundError, match="run folder not found: no-such-run"):
+        train(TrainOptions(resume="no-such-run", logdir=logdir))
+    with pytest.raises(FileNotFoundError, match="is not a run folder: it has no config.yaml"):
+        train(TrainOptions(resume=str(tiny.root), logdir=logdir))
+    started = train(options(tiny, name="no-checkpoint", timesteps=32))
+    for path in [started.run_dir / "model.zip", *checkpoint_paths(started.run_dir)]:
+        path.unlink()
+    with pytest.raises(FileNotFoundError, match="has no model: no model.zip and no checkpoints"):
+        train(TrainOptions(resume=str(started.run_dir), logdir=logdir))
+
+
+def test_cuda_without_cuda_is_a_clear_error(tiny):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="device 'cuda' was requested but CUDA is not available"):
+        train(options(tiny, device="cuda"))
+
+
+def test_a_perception_checkpoint_of_another_camera_shape_is_refused(tiny):
+    wide = write_scenario(tiny.root / "wide.yaml", **{"episode.duration": 3, "camera.bev.width": 64})
+    with pytest.raises(ValueError, match=r"reads frames of shape \(C, H, W\) = \(9, 96, 48\).*gives \(9, 96, 64\)"):
+        train(options(tiny, scenario=str(wide)))
+
+
+# -- the command line (run.py) -------------------------------------------------------------------
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "--algo", "dqn"], "unknown algorithm 'dqn'"),
+        (["train", "--timesteps", "0"], "--timesteps"),
+        (["train", "--device", "cuda", "--timesteps", "10"], "CUDA is not available"),
+        (["train", "--resume", "runs/no-such-run"], "run folder not found"),
+        (["evaluate", "--run", "runs/no-such-run"], "run folder not found"),
+    ],
+)
+def test_cli_mistakes_give_one_error_line_and_exit_code_2(args, fragment):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:") or ": error:" in line]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
+
+
+def test_cli_trains_and_evaluates(tiny, tmp_path):
+    config = yaml.safe_load(tiny.config.read_text())
+    config["training"]["eval_every"] = 0
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(config))
+    trained = run_cli(
+        "--threads", "1", "train", "--scenario", str(tiny.scenario), "--config", str(path), "--timesteps", "32",
+        "--n-envs", "1", "--logdir", str(tmp_path / "runs"), "--name", "cli",
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "tensorboard --logdir" in trained.stdout and "python run.py evaluate --run" in trained.stdout
+    assert (tmp_path / "runs" / "cli" / "command.txt").read_text().startswith("python run.py --threads 1 train ")
+    evaluated = run_cli("--threads", "1", "evaluate", "--run", str(tmp_path / "runs" / "cli"), "--episodes", "2")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "driving score" in evaluated.stdout and "evaluation-short.json" in evaluated.stdout
