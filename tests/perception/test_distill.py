@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from safetensors import safe_open
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 import perception.distill as distill_module
 from perception.attacks import pgd as real_pgd
@@ -24,6 +24,7 @@ from perception.distill import (
 )
 from perception.labels import LABEL_DIM
 from perception.models import ArchConfig, build_model, label_loss
+from tests.perception import KilledAfter
 
 
 SHAPE = (9, 32, 16)  # (C, H, W): three stacked RGB frames
@@ -199,22 +200,6 @@ def test_checkpoint_holds_the_student_only(distilled, teacher_path) -> None:
     assert all(math.isfinite(value) for value in metrics.values())
     state = torch.load(training_state_path(cfg.out), weights_only=True)
     assert any(name.startswith("projection.") for name in state["model"])  # kept for resuming
-
-
-class KilledAfter(Dataset):
-    """Wraps a dataset and raises KeyboardInterrupt once `limit` samples were read: a killed run."""
-
-    def __init__(self, dataset: Dataset, limit: int) -> None:
-        self.dataset, self.limit, self.reads = dataset, limit, 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int):
-        self.reads += 1
-        if self.reads > self.limit:
-            raise KeyboardInterrupt("killed")
-        return self.dataset[index]
 
 
 def test_killed_run_resumes_where_it_stopped(teacher_path, tmp_path) -> None:

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from perception.checkpoint import load_model, read_metadata, training_state_path
 from perception.labels import LABEL_DIM
 from perception.training import TrainConfig, cosine_lr, evaluate, resolve_device, train
+from tests.perception import KilledAfter
 
 SHAPE = (3, 16, 16)
 EPS = 8 / 255
@@ -91,22 +92,6 @@ def test_adversarial_training_is_more_robust_than_clean(mode, data, clean_model,
     assert clean_pgd > 2 * evaluate(clean, val_set)
     assert metrics["probe_pgd_error"] < clean_metrics["probe_pgd_error"]
     assert metrics["epoch"] == 8 and metrics["step"] == 8 * (512 // 32)
-
-
-class KilledAfter(Dataset):
-    """Wraps a dataset and raises KeyboardInterrupt once `limit` samples were read: a killed run."""
-
-    def __init__(self, dataset: Dataset, limit: int) -> None:
-        self.dataset, self.limit, self.reads = dataset, limit, 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int):
-        self.reads += 1
-        if self.reads > self.limit:
-            raise KeyboardInterrupt("killed")
-        return self.dataset[index]
 
 
 def test_killed_run_resumes_where_it_stopped(data, tmp_path) -> None:
