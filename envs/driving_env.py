@@ -162,7 +162,7 @@ class DrivingEnv(gym.Env[np.ndarray, int]):
 
     def _info(self, signals: dict, sim_info: dict) -> dict[str, Any]:
         ego = self.sim.vehicle
-        lane_width = ego.lane.width_at(ego.lane.local_coordinates(ego.position)[0]) if ego.lane else 4.0
+        lane_width = ego.lane.width_at(0.0) if ego.lane else 4.0  # [m]; constant along straight, circular and sine lanes (all our scenarios use)
         info: dict[str, Any] = {
             "safety": signals,
             "ground_truth": privileged_state(self._scene, lane_width, signals["lane_id"]),

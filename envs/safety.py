@@ -38,14 +38,14 @@ class LeaderGap:
 def leader_gap(road, ego) -> LeaderGap:
     """Measure gap, TTC and headway to the leader in the ego's current lane."""
     leader, _ = road.neighbour_vehicles(ego, ego.lane_index)
-    ego_speed = _speed_along_lane(ego, ego.lane)
-    if leader is None:
-        return LeaderGap(math.inf, 0.0, math.inf, math.inf)
     lane = ego.lane
     s_ego = lane.local_coordinates(ego.position)[0]
+    ego_speed = _speed_along_lane(ego, lane, s_ego)
+    if leader is None:
+        return LeaderGap(math.inf, 0.0, math.inf, math.inf)
     s_leader = lane.local_coordinates(leader.position)[0]
     gap = s_leader - s_ego - (ego.LENGTH + leader.LENGTH) / 2.0
-    closing = ego_speed - _speed_along_lane(leader, lane)
+    closing = ego_speed - _speed_along_lane(leader, lane, s_leader)
     return LeaderGap(
         gap_m=float(gap),
         closing_speed_mps=float(closing),
@@ -68,9 +68,8 @@ def headway_time(gap_m: float, ego_speed_mps: float) -> float:
     return max(gap_m, 0.0) / ego_speed_mps
 
 
-def _speed_along_lane(vehicle, lane) -> float:
-    """Velocity component along the lane's direction at the vehicle's position [m/s]."""
-    s = lane.local_coordinates(vehicle.position)[0]
+def _speed_along_lane(vehicle, lane, s: float) -> float:
+    """Velocity component along the lane's direction at station s [m/s]."""
     direction = lane.heading_at(s)
     return float(vehicle.velocity @ np.array([math.cos(direction), math.sin(direction)]))
 
