@@ -76,6 +76,7 @@ def test_bench_env_returns_positive_finite_numbers():
     for key in ("camera_sps", "grayscale_sps", "bare_sps", "camera_vs_grayscale", "raster_bev_us", "raster_front_us"):
         assert math.isfinite(row[key]) and row[key] > 0, key
     assert math.isfinite(row["camera_overhead_pct"])
+    assert row["camera_vs_grayscale"] == pytest.approx(row["camera_sps"] / row["grayscale_sps"], rel=0.01)
 
 
 def test_bench_env_rejects_unknown_scenarios_and_bad_steps():
