@@ -1,0 +1,178 @@
+"""`FastHighway`: B highway-env highways stepped as tensors, with camera frames, rewards and signals.
+
+One `step(actions)` is one policy step of highway-env's HighwayEnvFast for every env:
+`simulation_frequency / policy_frequency` sub-steps of act + move, then highway-env's reward,
+termination and truncation, our safety signals and a new camera frame. Finished envs keep
+their final state until `reset(rows, seeds)` respawns them; the VecEnv does that (auto-reset).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from highway_env.envs.highway_env import HighwayEnvFast
+
+from envs.fast.dynamics import act, apply_ego_action, move
+from envs.fast.params import CONTROLLER, VEHICLE
+from envs.fast.signals import SignalTracker, on_road
+from envs.fast.spawn import TrafficConfig, spawn
+from envs.fast.state import TrafficState
+from scenarios import Scenario
+
+SUPPORTED_ENV_IDS = ("highway-fast-v0",)
+
+
+class UnsupportedScenario(ValueError):
+    """The fast backend cannot simulate this scenario faithfully (it never falls back silently)."""
+
+
+def unsupported_reasons(scenario: Scenario) -> list[str]:
+    """Why the fast backend cannot reproduce this scenario faithfully; empty when it can."""
+    reasons = []
+    if scenario.highway_env.id not in SUPPORTED_ENV_IDS:
+        reasons.append(f"its highway-env id is {scenario.highway_env.id}")
+    if scenario.camera.view != "bev":
+        reasons.append(f"its camera is {scenario.camera.view!r} (only 'bev' is batched)")
+    corruptions = scenario.corruptions
+    if any((corruptions.gaussian_noise_std, corruptions.blur_sigma_px, corruptions.brightness_shift,
+            corruptions.frame_drop_prob)):
+        reasons.append("it has sensor corruptions (not batched yet)")
+    config = {**HighwayEnvFast.default_config(), **scenario.highway_env_config()}
+    if config.get("offroad_terminal"):
+        reasons.append("offroad_terminal is set")
+    if config.get("controlled_vehicles", 1) != 1:
+        reasons.append("it has several controlled vehicles")
+    return reasons
+
+
+def check_supported(scenario: Scenario) -> None:
+    """Raise UnsupportedScenario, naming the supported scenarios, unless this one is supported."""
+    from envs.fast import supported_scenarios
+
+    reasons = unsupported_reasons(scenario)
+    if reasons:
+        name = scenario.source or "this scenario"
+        raise UnsupportedScenario(
+            f"the fast backend does not support {name}: {'; '.join(reasons)}. "
+            f"Supported scenarios: {', '.join(supported_scenarios())}"
+        )
+
+
+@dataclass(frozen=True)
+class StepResult:
+    reward: torch.Tensor  # (B,) highway-env's (normalised) reward
+    terminated: torch.Tensor  # (B,) bool: the ego crashed
+    truncated: torch.Tensor  # (B,) bool: the episode's time is up
+    signals: dict[str, torch.Tensor]  # each (B,), see envs.fast.signals
+    rewards: dict[str, torch.Tensor]  # highway-env's reward terms, each (B,)
+
+
+class FastHighway:
+    """B copies of a straight-highway scenario, on the CPU or a GPU."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        render: bool = True,
+    ) -> None:
+        check_supported(scenario)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.scenario = scenario
+        self.config = {**HighwayEnvFast.default_config(), **scenario.highway_env_config()}
+        self.traffic = TrafficConfig.from_highway_env(self.config)
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.dtype = dtype
+        policy_hz, sim_hz = self.config["policy_frequency"], self.config["simulation_frequency"]
+        self.substeps = int(sim_hz // policy_hz)
+        self.dt = 1.0 / sim_hz  # [s] per sub-step
+        self.max_steps = scenario.episode_steps
+        self.target_speeds = torch.tensor(CONTROLLER.target_speeds, dtype=dtype, device=self.device)
+        self.camera = None
+        if render:
+            from envs.fast.camera import BatchedBevCamera
+
+            self.camera = BatchedBevCamera(scenario.camera.bev, self.traffic.lanes_count, self.device)
+        self.stack = scenario.camera.stack
+        height, width = scenario.camera.size
+        self.frames = torch.zeros((batch_size, self.stack, 3, height, width), dtype=torch.uint8, device=self.device)
+        self.tracker = SignalTracker(batch_size, 1.0 / policy_hz, self.device, dtype)
+        self.steps = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.episode_seeds = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.state = spawn(torch.zeros(batch_size, dtype=torch.long, device=self.device), self.traffic, dtype)
+        self.reset_signals: dict[str, torch.Tensor] = {}
+
+    # -- episodes ------------------------------------------------------------------------------
+    def reset(self, rows: torch.Tensor | None = None, seeds: torch.Tensor | None = None) -> None:
+        """Respawn the envs `rows` ((E,) int64; all when None) from episode `seeds` ((E,) int64)."""
+        rows = torch.arange(self.batch_size, device=self.device) if rows is None else rows.to(self.device)
+        if seeds is None:
+            raise ValueError("reset needs one episode seed per env")
+        seeds = seeds.to(self.device, torch.long)
+        if seeds.shape != rows.shape:
+            raise ValueError(f"{rows.shape[0]} envs to reset but {seeds.shape[0]} seeds")
+        self.load(rows, spawn(seeds, self.traffic, self.dtype), seeds)
+
+    def load(self, rows: torch.Tensor, state: TrafficState, seeds: torch.Tensor | None = None) -> None:
+        """Start the envs `rows` from a given state (used by reset, and to copy highway-env states)."""
+        self.state.assign(rows, state)
+        self.steps[rows] = 0
+        if seeds is not None:
+            self.episode_seeds[rows] = seeds
+        self.reset_signals = self.tracker.reset(rows, self.state)
+        if self.camera is not None:
+            sub = self.state.select(rows)
+            frame = self._render(sub)  # (E, 3, H, W)
+            self.frames[rows] = frame[:, None].expand(-1, self.stack, -1, -1, -1)
+
+    # -- stepping ------------------------------------------------------------------------------
+    def step(self, actions: torch.Tensor) -> StepResult:
+        """One policy step of every env for (B,) int64 DiscreteMetaAction actions."""
+        actions = actions.to(self.device, torch.long)
+        lanes = self.traffic.lanes_count
+        apply_ego_action(self.state, actions, lanes, self.target_speeds)
+        for _ in range(self.substeps):
+            act(self.state, lanes)
+            move(self.state, self.dt, lanes)
+        self.steps += 1
+        reward, terms = self._reward()
+        terminated = self.state.crashed[:, 0].clone()
+        truncated = self.steps >= self.max_steps
+        signals = self.tracker.step(self.state)
+        if self.camera is not None:
+            self.frames = torch.roll(self.frames, -1, dims=1)
+            self.frames[:, -1] = self._render(self.state)
+        return StepResult(reward=reward, terminated=terminated, truncated=truncated, signals=signals, rewards=terms)
+
+    def observation(self) -> torch.Tensor:
+        """(B, 3 * stack, H, W) uint8, oldest frame first, as DrivingEnv stacks them."""
+        batch, stack, channels, height, width = self.frames.shape
+        return self.frames.reshape(batch, stack * channels, height, width)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _render(self, state: TrafficState) -> torch.Tensor:
+        size = torch.full_like(state.x, VEHICLE.length), torch.full_like(state.x, VEHICLE.width)
+        return self.camera.render(state.x, state.y, state.heading, size[0], size[1], state.present)
+
+    def _reward(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """HighwayEnv._reward: weighted terms, normalised to [0, 1], times on-road."""
+        config, state = self.config, self.state
+        low, high = config["reward_speed_range"]
+        forward_speed = state.speed[:, 0] * torch.cos(state.heading[:, 0])
+        terms = {
+            "collision_reward": state.crashed[:, 0].to(self.dtype),
+            "right_lane_reward": state.target_lane[:, 0].to(self.dtype) / max(self.traffic.lanes_count - 1, 1),
+            "high_speed_reward": ((forward_speed - low) / (high - low)).clamp(0, 1),
+            "on_road_reward": on_road(state).to(self.dtype),
+        }
+        reward = sum(config.get(name, 0) * value for name, value in terms.items())
+        if config["normalize_reward"]:
+            floor = config["collision_reward"]
+            ceiling = config["high_speed_reward"] + config["right_lane_reward"]
+            reward = (reward - floor) / (ceiling - floor)
+        return reward * terms["on_road_reward"], terms
