@@ -158,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     result = train(TrainOptions(
         scenario=args.scenario, algo=args.algo, timesteps=args.timesteps, n_envs=args.n_envs, seed=args.seed,
-        device=args.device, logdir=args.logdir, name=args.name, resume=args.resume, force=args.force,
+        device=args.device, backend=args.backend, logdir=args.logdir, name=args.name, resume=args.resume, force=args.force,
         config=args.config, fine_tune=args.fine_tune, threads=args.threads,
         command="python run.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]),
     ))
@@ -172,13 +172,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     report, path = evaluate_run(
         args.run, episodes=args.episodes, scenario=args.scenario, seed=args.seed, logdir=args.logdir,
-        device=args.device,
+        device=args.device, backend=args.backend,
     )
     print_report(report)
     print(f"wrote {path} and eval_final/{report['scenario']}/* (TensorBoard) in {report['run']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from envs.registration import BACKENDS
+
     parser = argparse.ArgumentParser(prog="run.py", description="clearlane: driving agents from camera frames")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
@@ -298,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--timesteps", type=positive_int, default=None, help="total env steps (default: from the config)")
     train.add_argument("--n-envs", type=positive_int, default=None, help="parallel envs (default: number of cores)")
     train.add_argument("--seed", type=non_negative_int, default=None, help="seed of the run (default: 0)")
+    train.add_argument("--backend", choices=BACKENDS, default=None,
+                       help="simulator: highway-env (default) or fast (batched, straight highways; see envs/fast)")
     train.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: cuda when available)")
     train.add_argument("--logdir", type=Path, default=Path("runs"), help="where run folders go (default: runs/)")
     train.add_argument("--name", default=None, help="run folder name (default: <scenario>-<algo>-<YYYYmmdd-HHMMSS>)")
@@ -316,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=non_negative_int, default=0, help="start this many seeds into the evaluation seeds")
     evaluate.add_argument("--logdir", type=Path, default=Path("runs"), help="where to look up a run name")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    evaluate.add_argument("--backend", choices=BACKENDS, default="highway-env", help="simulator to evaluate on (default: highway-env)")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
 

@@ -123,6 +123,7 @@ class RunConfig:
     policy: PolicyConfig
     ppo: PPOConfig | None = None  # the chosen algorithm's block; the other one is None
     a2c: A2CConfig | None = None
+    backend: Literal["highway-env", "fast"] = "highway-env"  # the simulator it trains on
 
     @property
     def algo_params(self) -> PPOConfig | A2CConfig:

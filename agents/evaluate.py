@@ -157,6 +157,7 @@ def evaluate_run(
     seed: int = 0,
     logdir: str | Path = "runs",
     device: str = "auto",
+    backend: str = "highway-env",
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a run's newest model; writes evaluation-<scenario>.json and eval_final/* to the run folder.
 
@@ -176,7 +177,7 @@ def evaluate_run(
     config = read_run_config(run_dir)
     device = resolve_device(device)
     scenario_arg = scenario or config.scenario
-    env = make_env(scenario_arg)
+    env = make_env(scenario_arg, backend)
     try:
         check_spaces(config, run_dir, env.observation_space, env.action_space, scenario_arg)
         model_path = latest_model(run_dir)
@@ -193,6 +194,8 @@ def evaluate_run(
         "num_timesteps": int(model.num_timesteps),
         "algo": config.algo,
         "trained_on": config.scenario,
+        "trained_backend": config.backend,
+        "backend": backend,
         "scenario": name,
         "scenario_source": env.scenario.source,
         "episodes": episodes,

@@ -32,6 +32,7 @@ import gymnasium as gym
 from agents.callbacks import HParamsCallback, PeriodicCheckpoint, PeriodicEvaluation, SafetyCallback
 from agents.config import RunConfig, check_algo, load_agent_config
 from agents.evaluate import evaluation_seeds
+from envs.registration import check_backend
 from agents.runs import (
     PERCEPTION_FILE,
     append_command,
@@ -63,6 +64,7 @@ class TrainOptions:
     timesteps: int | None = None  # total env steps of the run; default from the config
     n_envs: int | None = None  # default: the number of usable cores
     seed: int | None = None  # default 0
+    backend: str | None = None  # highway-env | fast; default highway-env (a resumed run keeps its own)
     device: str = "auto"  # auto | cpu | cuda
     logdir: str | os.PathLike = "runs"
     name: str | None = None  # run folder name; default <scenario>-<algo>-<YYYYmmdd-HHMMSS>
@@ -110,13 +112,19 @@ def _worker_env(scenario: str) -> gym.Env:
     return make_env(scenario)
 
 
-def make_vec_env(scenario: str, n_envs: int):
-    """n_envs training envs: SubprocVecEnv workers (forkserver) when n_envs > 1, else one in-process
-    env; under VecMonitor (rollout/ep_rew_mean, ep_len_mean). Seeds are set by the model (`seed`)."""
+def make_vec_env(scenario: str, n_envs: int, backend: str = "highway-env", device: str = "cpu"):
+    """n_envs training envs under VecMonitor (rollout/ep_rew_mean, ep_len_mean). highway-env:
+    SubprocVecEnv workers (forkserver) when n_envs > 1, else one in-process env; fast: one batched
+    FastVecEnv on `device`. Seeds are set by the model (`seed`)."""
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
 
     from envs.registration import make_env_fn
 
+    if backend == "fast":
+        from envs.fast.vec_env import FastVecEnv
+        from scenarios import load_scenario
+
+        return VecMonitor(FastVecEnv(load_scenario(scenario), n_envs, device=device))
     if n_envs > 1:
         env = SubprocVecEnv([partial(_worker_env, scenario) for _ in range(n_envs)])
     else:
@@ -143,6 +151,8 @@ def _check_options(options: TrainOptions) -> None:
         raise ValueError(f"--seed must be a non-negative integer, got {options.seed}")
     if options.algo is not None:
         check_algo(options.algo)
+    if options.backend is not None:
+        check_backend(options.backend)
 
 
 def _new_run(options: TrainOptions):
@@ -152,8 +162,9 @@ def _new_run(options: TrainOptions):
     from perception.extractor import DEFAULT_STUDENT
 
     algo = options.algo or "ppo"
+    backend = options.backend or "highway-env"
     scenario_arg = str(options.scenario or "highway")
-    env = make_env(scenario_arg)  # validates the scenario; also the evaluation env
+    env = make_env(scenario_arg, backend)  # validates the scenario (and the backend); also the evaluation env
     try:
         scenario = env.scenario
         stored = _stored_scenario(scenario_arg, scenario)
@@ -184,6 +195,7 @@ def _new_run(options: TrainOptions):
             scenario=stored,
             algo=algo,
             seed=0 if options.seed is None else options.seed,
+            backend=backend,
             n_envs=options.n_envs or default_n_envs(),
             device=options.device,
             observation_shape=observation_shape,
@@ -209,6 +221,7 @@ def _resumed_run(options: TrainOptions):
     conflicting = {
         "--scenario": options.scenario, "--algo": options.algo, "--seed": options.seed, "--config": options.config,
         "--fine-tune": options.fine_tune, "--perception": options.perception, "--name": options.name,
+        "--backend": options.backend,
     }
     given = [flag for flag, value in conflicting.items() if value is not None] + (["--force"] if options.force else [])
     if given:
@@ -232,7 +245,7 @@ def _resumed_run(options: TrainOptions):
         device=options.device,
         training=dataclasses.replace(config.training, timesteps=total),
     )
-    env = make_env(config.scenario)
+    env = make_env(config.scenario, config.backend)
     try:
         check_spaces(config, run_dir, env.observation_space, env.action_space, config.scenario)
         write_run_config(run_dir, config)
@@ -258,10 +271,10 @@ def train(options: TrainOptions) -> TrainResult:
         run_dir, config, eval_env = _new_run(options)
         model_path = None
 
-    _set_threads(options.threads, config.n_envs)
+    _set_threads(options.threads, config.n_envs if config.backend == "highway-env" else 1)  # fast: no workers
     vec_env = None
     try:
-        vec_env = make_vec_env(config.scenario, config.n_envs)
+        vec_env = make_vec_env(config.scenario, config.n_envs, config.backend, str(device))
         if model_path is None:
             model = build_agent(config, run_dir, vec_env, device)
         else:
@@ -369,7 +382,8 @@ def _close(vec_env) -> None:
 
 def _hparams(config: RunConfig) -> dict:
     """Flat hyperparameters for TensorBoard's HPARAMS tab."""
-    values = {"algo": config.algo, "scenario": config.scenario, "seed": config.seed, "n_envs": config.n_envs}
+    values = {"algo": config.algo, "scenario": config.scenario, "backend": config.backend, "seed": config.seed,
+              "n_envs": config.n_envs}
     for section in ("training", "policy"):
         for key, value in dataclasses.asdict(getattr(config, section)).items():
             values[f"{section}/{key}"] = str(list(value)) if isinstance(value, (list, tuple)) else value

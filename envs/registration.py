@@ -36,13 +36,36 @@ def register_scenarios() -> list[str]:
     return ids
 
 
-def make_env(scenario: str | Path = "highway", **kwargs) -> gym.Env:
-    """Build the env for a scenario name or a path to a user's YAML file."""
+BACKENDS = ("highway-env", "fast")
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    return backend
+
+
+def make_env(scenario: str | Path = "highway", backend: str = "highway-env", **kwargs) -> gym.Env:
+    """Build the env for a scenario name or a path to a user's YAML file.
+
+    backend "highway-env" simulates with highway-env itself (every scenario); "fast" with the
+    batched PyTorch simulator (envs.fast; straight highways only, a clear error otherwise).
+    """
+    if check_backend(backend) == "fast":
+        from envs.driving_env import with_camera_view
+        from envs.fast.gym_env import FastDrivingEnv
+        from scenarios import load_scenario
+
+        camera = kwargs.pop("camera", None)
+        if kwargs.pop("corruptions", True) is False:
+            pass  # the fast backend has no sensor corruptions to switch off
+        loaded = with_camera_view(load_scenario(scenario), camera)
+        return FastDrivingEnv(loaded, **kwargs)
     from envs.driving_env import DrivingEnv
 
     return DrivingEnv(scenario=scenario, **kwargs)
 
 
-def make_env_fn(scenario: str | Path = "highway", **kwargs) -> Callable[[], gym.Env]:
+def make_env_fn(scenario: str | Path = "highway", backend: str = "highway-env", **kwargs) -> Callable[[], gym.Env]:
     """A picklable zero-argument factory, for vectorised and subprocess envs."""
-    return partial(make_env, scenario, **kwargs)
+    return partial(make_env, scenario, backend, **kwargs)

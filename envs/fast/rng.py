@@ -33,3 +33,13 @@ def uniform(seeds: torch.Tensor, stream: int, count: int, dtype: torch.dtype = t
     counters = torch.arange(count, device=seeds.device, dtype=torch.int64) * _GOLDEN & _MASK32  # (count,)
     bits = _hash32(key[:, None] ^ counters[None, :])  # (E, count)
     return (bits >> 8).to(dtype) / float(1 << 24)
+
+
+def integers(seeds: torch.Tensor, stream: int, index: torch.Tensor, high: int) -> torch.Tensor:
+    """(E,) int64 seeds and draw indices -> (E,) int64 in [0, high), high < 2**48."""
+    seeds, index = seeds.to(torch.int64), index.to(torch.int64)
+    key = _hash32((seeds & _MASK32) ^ _hash32((seeds >> 32) & _MASK32))
+    key = _hash32(key ^ ((stream * _GOLDEN) & _MASK32))
+    upper = _hash32(key ^ ((2 * index * _GOLDEN) & _MASK32)) >> 8  # 24 bits
+    lower = _hash32(key ^ (((2 * index + 1) * _GOLDEN) & _MASK32)) >> 8
+    return ((upper << 24) | lower) % high

@@ -120,7 +120,7 @@ class FastHighway:
 
     def load(self, rows: torch.Tensor, state: TrafficState, seeds: torch.Tensor | None = None) -> None:
         """Start the envs `rows` from a given state (used by reset, and to copy highway-env states)."""
-        self.state.assign(rows, state)
+        self.state.assign(rows, state.padded(self.state.vehicles))
         self.steps[rows] = 0
         if seeds is not None:
             self.episode_seeds[rows] = seeds

@@ -43,6 +43,22 @@ class TrafficState:
         for field in fields(self):
             getattr(self, field.name)[rows] = getattr(other, field.name)
 
+    def padded(self, vehicles: int) -> "TrafficState":
+        """The same envs with absent vehicles appended up to `vehicles` columns."""
+        missing = vehicles - self.vehicles
+        if missing < 0:
+            raise ValueError(f"state has {self.vehicles} vehicles, more than the {vehicles} the simulator holds")
+        if missing == 0:
+            return self
+        values = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if value.dim() == 2:
+                pad = torch.zeros((value.shape[0], missing), dtype=value.dtype, device=value.device)
+                value = torch.cat([value, pad], dim=1)  # present pads with False
+            values[field.name] = value
+        return TrafficState(**values)
+
     def select(self, rows: torch.Tensor) -> "TrafficState":
         """A copy of the envs `rows`."""
         return TrafficState(**{field.name: getattr(self, field.name)[rows] for field in fields(self)})

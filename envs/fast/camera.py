@@ -1,0 +1,387 @@
+"""Batched top-down camera: B frames of straight multi-lane highways in a few tensor ops.
+
+It looks the same as `envs.bev_camera.BevCamera` (same road raster, same affine map, same
+palette) but renders every environment of a batch at once, on any torch device.
+
+Road. The reference warps a window of `envs.road_map.build_road_map`'s raster bilinearly
+(`cv2.warpAffine`, pixel centres at integer coordinates). Here the same raster is cut into
+one period of its dashed markings, supersampled once by `ROAD_SUBSAMPLES` per pixel with
+exact bilinear interpolation, and packed as one int32 (RGBA) per sample. A frame is then
+only "index of the nearest sample" (a few int32 adds and shifts per pixel, in fixed point)
+plus one gather. OpenCV itself quantises its warp to 1/32 px; this quantises to
+1/ROAD_SUBSAMPLES px, which moves an edge pixel by a couple of grey levels at most.
+
+Vehicles. Each visible vehicle gets a small patch of pixels around its centre (sized from
+the largest footprint in view); coverage = clamp(0.5 + signed distance to the footprint's
+edges [px], 0, 1), with the footprint grown by AA_DILATION_PX as `cv2.fillPoly(LINE_AA)`
+does. Other vehicles are combined per pixel with `scatter_reduce(amax)` and blended only at
+their patch pixels; the ego, always at the same pixel and pointing up, is blended last into
+a fixed slice of the frame. Only vehicles whose footprint can reach the frame are drawn.
+
+Each call syncs with the host twice (the number of visible vehicles, and the patch sizes),
+which on CUDA costs tens of microseconds per batch, not per frame.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from highway_env.road.graphics import LaneGraphics
+from highway_env.road.road import RoadNetwork
+
+from envs import palette
+from envs.road_map import RoadMap, build_road_map
+from scenarios.schema import BevCameraConfig
+
+ROAD_SUBSAMPLES = 8  # road samples per pixel along each axis: 1/8 px positioning
+MAX_TABLE_SAMPLES = 1 << 24  # fewer subsamples beyond this (64 MiB): only for huge views
+MAX_FRACTION_BITS = 16  # fraction bits of the per-pixel sample coordinates (fixed point)
+MAX_STRIPE_PERIODS = 100_000  # search bound for a whole-pixel period of the dashes
+PERIOD_TOLERANCE_PX = 1e-6  # a dash period this close to a whole number of pixels is exact
+# cv2.fillPoly(LINE_AA) paints about this far outside a polygon's true edge [px]: its
+# coverage falls from 1 to 0 between ~0.1 and ~1.3 px outside (measured on rectangles,
+# averaged over edge directions). Dilating the footprint by it keeps the same sizes.
+AA_DILATION_PX = 0.65
+ALPHA_BITS = 7  # vehicle opacity in 1/128 steps: blending packed pixels stays within int32
+ALPHA_ONE = 1 << ALPHA_BITS
+ROAD_SPEED_LIMIT = 30.0  # [m/s] irrelevant to the look, but the network is built as the simulator's
+
+
+def _pack_rgb(image: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 RGB -> (...) int32 whose little-endian bytes are R, G, B, 0."""
+    rgba = np.zeros(image.shape[:-1] + (4,), dtype=np.uint8)
+    rgba[..., :3] = image
+    return rgba.view(np.int32)[..., 0]
+
+
+def _stripe_period_px(road_map: RoadMap, usable_px: int) -> int:
+    """Smallest whole number of pixels that holds a whole number of dash periods.
+
+    The dashes repeat every `LaneGraphics.STRIPE_SPACING` metres (e.g. 6.495 px at 1.5 px/m,
+    so 200 dashes = 1299 px). If no multiple fits in `usable_px` exactly, the closest one is
+    used: its seam then shifts the dashes by a fraction of a pixel, once per period.
+    """
+    period = LaneGraphics.STRIPE_SPACING * road_map.pixels_per_meter  # [px]
+    best, best_error = max(1, round(period)), math.inf
+    for count in range(1, MAX_STRIPE_PERIODS + 1):
+        pixels = count * period
+        if pixels > usable_px:
+            break
+        error = abs(pixels - round(pixels))
+        if error < PERIOD_TOLERANCE_PX:
+            return int(round(pixels))
+        if error < best_error:
+            best, best_error = int(round(pixels)), error
+    return best
+
+
+def _supersampled_table(image: np.ndarray, subsamples: int, first_col: int, columns: int) -> np.ndarray:
+    """Bilinear samples of (R, C, 3) uint8 `image` every 1/k px, packed: (I, J) int32 RGBA.
+
+    Sample (i, j) is at row i / k, column first_col + j / k, for i <= (R - 1) k, j < columns k.
+    Pixel centres are at integer coordinates, as in cv2.warpAffine. Built one row phase at a
+    time (rows i = q mod k), so no (I, J, 3) float temporary is ever allocated.
+    """
+    k = subsamples
+    rows = image.shape[0]
+    cols = first_col + np.arange(columns * k) / k  # (J,) [px]
+    c0 = np.floor(cols).astype(np.int64)
+    fc = (cols - c0)[None, :, None]  # (1, J, 1)
+    img = image.astype(np.float64)
+    along = img[:, c0] * (1 - fc) + img[:, c0 + 1] * fc  # (R, J, 3): columns interpolated
+    along = np.concatenate([along, along[-1:]])  # the last row's lower neighbour (weight 0)
+    table = np.empty(((rows - 1) * k + 1, columns * k), dtype=np.int32)
+    for phase in range(k):
+        r0 = np.arange(phase, table.shape[0], k) // k  # (I / k,) upper neighbour of rows i = phase mod k
+        weight = phase / k
+        samples = along[r0] * (1 - weight) + along[r0 + 1] * weight
+        table[phase::k] = _pack_rgb(np.rint(samples).astype(np.uint8))
+    return table
+
+
+class BatchedBevCamera:
+    """Renders B top-down frames at once, looking the same as envs.bev_camera.BevCamera."""
+
+    def __init__(self, config: BevCameraConfig, lanes_count: int, device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.height, self.width = config.height, config.width
+        self.scale = float(config.pixels_per_meter)  # [px/m]
+        self.ego_u = config.width / 2.0  # [px] ego centre column
+        self.ego_v = config.ego_row * config.height  # [px] ego centre row
+        corners = np.array([[0, 0], [config.width, 0], [0, config.height], [config.width, config.height]])
+        # Farthest image corner from the ego [px]: bounds how far a frame reaches into the map.
+        self.view_radius_px = float(np.max(np.hypot(corners[:, 0] - self.ego_u, corners[:, 1] - self.ego_v)))
+        network = RoadNetwork.straight_road_network(lanes_count, speed_limit=ROAD_SPEED_LIMIT)
+        self._build_road_table(build_road_map(network, self.scale), network.lanes_list()[0].length)
+        # Pixel offsets from the ego [px]: du (W,) along image columns, dv (H,) along rows.
+        self._du = torch.arange(self.width, dtype=torch.float64, device=self.device) - self.ego_u
+        self._dv = torch.arange(self.height, dtype=torch.float64, device=self.device) - self.ego_v
+        self._workspace: dict[str, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------------------- road table
+    def _build_road_table(self, road_map: RoadMap, road_length: float) -> None:
+        """Cut one dash period (plus a view radius each side) out of the raster and supersample it.
+
+        The straight road's raster only changes along x through its dashes, which start at
+        x = 0 and repeat every STRIPE_SPACING m, so any x can be folded into one period. The
+        ends of the road (x < 0 or x > road_length = 10 km, where the raster turns to grass)
+        are thus drawn as road too: the ego never gets near them.
+        """
+        s = self.scale
+        image = road_map.image  # (rows, cols, 3) uint8
+        rows = image.shape[0]
+        margin = int(math.ceil(self.view_radius_px)) + 2  # [px] the view's reach out of the period
+        spacing = LaneGraphics.STRIPE_SPACING * s  # [px]
+        first_dash_col = -road_map.origin[0] * s  # raster column of x = 0 [px]
+        start = int(math.ceil(first_dash_col + spacing)) + margin  # first dash skipped, to be safe
+        last_col = int((road_length - road_map.origin[0]) * s - 2 * spacing) - margin  # before the last dash
+        self.period_px = _stripe_period_px(road_map, last_col - start)
+        self._period_start_col = start  # raster column folded x's land in: [start, start + period)
+        self._table_first_col = start - margin  # raster column of table column 0
+        self._raster_origin = (float(road_map.origin[0]), float(road_map.origin[1]))  # [m]
+        self._raster_rows = rows
+        columns = self.period_px + 2 * margin  # [px] of raster in the table
+        # Supersampling: ROAD_SUBSAMPLES, or fewer for huge views, whose table would not fit.
+        k = max(1, min(ROAD_SUBSAMPLES, int(math.sqrt(MAX_TABLE_SAMPLES / (rows * columns)))))
+        self.subsamples = k
+        # Sample (i, j) = raster at row i / k, column table_first_col + j / k. Rows beyond the
+        # raster are clamped to its first / last row, which are off-road like warpAffine's border.
+        table = _supersampled_table(image, k, self._table_first_col, columns)  # (I, J) int32
+        self._max_sample_row, self._table_cols = table.shape[0] - 1, table.shape[1]
+        self._road_table = torch.from_numpy(table.reshape(-1)).to(self.device)  # (I*J,) int32
+        # Fixed-point fraction bits: as many as keep the largest coordinate [samples] in int32.
+        largest = max(columns, rows + 2 * (self.view_radius_px + 2)) * k + 1
+        self._fraction_bits = min(MAX_FRACTION_BITS, 30 - math.ceil(math.log2(largest)))
+
+    # ----------------------------------------------------------------------------- rendering
+    def render(self, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor,
+               length: torch.Tensor, width: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """x, y [m], heading [rad]: (B, N) float32, column 0 is the ego. length, width [m]: (B, N) float32.
+        present: (B, N) bool, which vehicles exist (absent ones are not drawn; the ego always exists).
+        Returns (B, 3, H, W) uint8 RGB on the camera's device."""
+        x, y, heading, length, width, present = (
+            t.to(self.device) for t in (x, y, heading, length, width, present)
+        )
+        batch = x.shape[0]
+        # Frames are built as one packed RGBA int32 per pixel: a pixel is then one gather/write.
+        packed = self._road(x[:, 0], y[:, 0], heading[:, 0])  # (B*H*W,) int32
+        others = self._visible_others(x, y, heading, length, width, present)
+        # One host sync: patch sides must be Python ints. Largest half extents of covered areas [px].
+        ego_half_u = 0.5 * self.scale * width[:, 0].max() + (AA_DILATION_PX + 0.5)  # the ego points up
+        ego_half_v = 0.5 * self.scale * length[:, 0].max() + (AA_DILATION_PX + 0.5)
+        zero = ego_half_u.new_zeros(())
+        extents = torch.stack([
+            others.half_u.max() if others.count else zero, others.half_v.max() if others.count else zero,
+            ego_half_u, ego_half_v,
+        ])
+        others_u, others_v, ego_u, ego_v = extents.tolist()
+        if others.count:
+            self._draw_others(packed, batch, others, others_u, others_v)
+        self._draw_ego(packed.view(batch, self.height, self.width), length[:, 0], width[:, 0], ego_u, ego_v)
+        frame = torch.empty((batch, 3, self.height, self.width), dtype=torch.uint8, device=self.device)
+        return frame.copy_(packed.view(torch.uint8).view(batch, self.height, self.width, 4).permute(0, 3, 1, 2)[:, :3])
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A scratch tensor reused across calls: fresh large allocations page-fault on every call."""
+        buffer = self._workspace.get(name)
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+            buffer = torch.empty(shape, dtype=dtype, device=self.device)
+            self._workspace[name] = buffer
+        return buffer
+
+    def _road(self, ego_x: torch.Tensor, ego_y: torch.Tensor, ego_heading: torch.Tensor) -> torch.Tensor:
+        """(B*H*W,) int32 packed RGBA road frames: nearest supersampled road-table entry per pixel.
+
+        The result is a workspace buffer, overwritten by the next call.
+        """
+        batch, height, width = ego_x.shape[0], self.height, self.width
+        k, bits = self.subsamples, self._fraction_bits
+        unit = float(1 << bits)
+        s = self.scale
+        heading = ego_heading.double()  # per-env terms in float64: x ~ 1e4 m, fixed point ~ 1e9
+        cos, sin = torch.cos(heading)[:, None], torch.sin(heading)[:, None]  # (B, 1)
+        # Raster position of the ego [px]; its column folded into the period (see the table).
+        ego_col = (ego_x.double() - self._raster_origin[0]) * s
+        ego_col = self._period_start_col + torch.remainder(ego_col - self._period_start_col, self.period_px)
+        ego_row = (ego_y.double() - self._raster_origin[1]) * s
+        # Beyond this, every pixel of the frame is off-road (clamped to the raster's grass rows).
+        reach = self.view_radius_px + 1
+        ego_row = ego_row.clamp(-reach, self._raster_rows - 1 + reach)
+        # Inverse of BevCamera.world_to_image, in raster pixels (the raster has the camera's scale):
+        #   col = ego_col - sin du - cos dv,  row = ego_row + cos du - sin dv.
+        # Split into a (B, W) and a (B, H) term in fixed point, +0.5 sample to round to nearest.
+        du, dv = self._du[None, :], self._dv[None, :]  # (1, W), (1, H)
+        col_w = ((ego_col[:, None] - self._table_first_col - sin * du) * k + 0.5) * unit  # (B, W)
+        col_h = (-cos * dv) * k * unit  # (B, H)
+        row_w = ((ego_row[:, None] + cos * du) * k + 0.5) * unit
+        row_h = (-sin * dv) * k * unit
+        col_w, col_h, row_w, row_h = (torch.round(t).to(torch.int32) for t in (col_w, col_h, row_w, row_h))
+        # Per pixel (B, H, W) int32: sample index = row_sample * table_cols + col_sample.
+        index = self._buffer("index", (batch, height, width), torch.int32)
+        rows = self._buffer("rows", (batch, height, width), torch.int32)
+        torch.add(row_h[:, :, None], row_w[:, None, :], out=rows)
+        rows.bitwise_right_shift_(bits).clamp_(0, self._max_sample_row).mul_(self._table_cols)
+        torch.add(col_h[:, :, None], col_w[:, None, :], out=index)
+        index.bitwise_right_shift_(bits).add_(rows)
+        packed = self._buffer("packed", (batch * height * width,), torch.int32)
+        return torch.index_select(self._road_table, 0, index.view(-1), out=packed)
+
+    def _visible_others(self, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor,
+                        length: torch.Tensor, width: torch.Tensor, present: torch.Tensor) -> _Footprints:
+        """Image-space footprints of the present, non-ego vehicles that can touch the frame."""
+        s = self.scale
+        ego_heading = heading[:, :1]
+        cos, sin = torch.cos(ego_heading), torch.sin(ego_heading)  # (B, 1)
+        rel_x, rel_y = x - x[:, :1], y - y[:, :1]  # (B, N) [m] relative to the ego
+        # Image position of each centre [px]: BevCamera.world_to_image.
+        centre_u = self.ego_u + s * (-sin * rel_x + cos * rel_y)
+        centre_v = self.ego_v + s * (-cos * rel_x - sin * rel_y)
+        # Covered pixels lie within the footprint grown by `pad` on every side (square corners).
+        pad = AA_DILATION_PX + 0.5  # [px]
+        reach = torch.hypot(0.5 * s * length + pad, 0.5 * s * width + pad)  # (B, N) [px]
+        visible = (
+            present
+            & (centre_u > -reach) & (centre_u < self.width - 1 + reach)
+            & (centre_v > -reach) & (centre_v < self.height - 1 + reach)
+        )
+        visible[:, 0] = False  # the ego is drawn last, on top
+        env, slot = visible.nonzero(as_tuple=True)  # (K,) each; one host sync (dynamic size)
+        # Footprint axes in the image: ego frame (ahead, right) -> image (u, v) = (right, -ahead).
+        relative = heading[env, slot] - ego_heading[env, 0]
+        fwd_u, fwd_v = torch.sin(relative), -torch.cos(relative)  # unit vector along the length
+        half_length, half_width = 0.5 * s * length[env, slot], 0.5 * s * width[env, slot]  # (K,) [px]
+        return _Footprints(
+            env=env, centre_u=centre_u[env, slot], centre_v=centre_v[env, slot], fwd_u=fwd_u, fwd_v=fwd_v,
+            half_length=half_length, half_width=half_width,
+            # Half extents of the covered area along u and v [px]: they size the patches.
+            half_u=(half_length + pad) * fwd_u.abs() + (half_width + pad) * fwd_v.abs(),
+            half_v=(half_length + pad) * fwd_v.abs() + (half_width + pad) * fwd_u.abs(),
+        )
+
+    def _draw_others(self, packed: torch.Tensor, batch: int, cars: _Footprints, half_u: float, half_v: float) -> None:
+        """Blend the other vehicles into `packed` (B*H*W,) in place, only at their patch pixels.
+
+        half_u, half_v [px]: farthest a covered pixel can be from any centre, per image axis.
+        """
+        height, width = self.height, self.width
+        patch_u, patch_v = int(math.floor(2 * half_u)) + 1, int(math.floor(2 * half_v)) + 1  # [px]
+        # Patch pixel coordinates: (K, Pu) columns and (K, Pv) rows, the first just inside centre - half.
+        u = torch.floor(cars.centre_u - half_u)[:, None] + 1 + torch.arange(patch_u, device=self.device)
+        v = torch.floor(cars.centre_v - half_v)[:, None] + 1 + torch.arange(patch_v, device=self.device)
+        coverage = _rectangle_coverage(
+            (u - cars.centre_u[:, None])[:, None, :], (v - cars.centre_v[:, None])[:, :, None],  # (K, 1, Pu), (K, Pv, 1)
+            cars.fwd_u[:, None, None], cars.fwd_v[:, None, None],
+            cars.half_length[:, None, None], cars.half_width[:, None, None],
+        )  # (K, Pv, Pu)
+        # Off-image patch pixels are clamped onto the border with zero coverage: they then
+        # change nothing, and every write to a pixel below carries that pixel's final value.
+        coverage.mul_(((u >= 0) & (u < width))[:, None, :]).mul_(((v >= 0) & (v < height))[:, :, None])
+        col = u.clamp_(0, width - 1).long()[:, None, :]
+        row = v.clamp_(0, height - 1).long().mul_(width).add_(cars.env[:, None] * (height * width))[:, :, None]
+        pixel = (row + col).view(-1)  # (K*Pv*Pu,) flat index b*H*W + p
+        # Per-pixel coverage of the union of footprints; reuses the road's scratch "rows" memory.
+        cover = self._buffer("rows", (batch, height, width), torch.int32).view(torch.float32).view(-1).zero_()
+        cover.scatter_reduce_(0, pixel, coverage.view(-1), reduce="amax")  # union of the footprints
+        # Duplicate pixels all receive the same value (their final coverage): order does not matter.
+        blended = _blend(packed.index_select(0, pixel), cover.index_select(0, pixel), palette.OTHER_VEHICLE)
+        packed.index_copy_(0, pixel, blended)
+
+    def _draw_ego(self, frame: torch.Tensor, length: torch.Tensor, width: torch.Tensor,
+                  half_u: float, half_v: float) -> None:
+        """Blend the ego (pointing up, centred at (ego_u, ego_v)) into a fixed slice of `frame` (B, H, W) int32."""
+        u0 = max(0, int(math.floor(self.ego_u - half_u)) + 1)
+        v0 = max(0, int(math.floor(self.ego_v - half_v)) + 1)
+        u1 = min(self.width, int(math.floor(self.ego_u + half_u)) + 1)
+        v1 = min(self.height, int(math.floor(self.ego_v + half_v)) + 1)
+        u = torch.arange(u0, u1, dtype=torch.float32, device=self.device) - self.ego_u  # (Pu,) [px]
+        v = torch.arange(v0, v1, dtype=torch.float32, device=self.device) - self.ego_v  # (Pv,)
+        half_length = 0.5 * self.scale * length[:, None, None]  # (B, 1, 1) [px]
+        half_width = 0.5 * self.scale * width[:, None, None]
+        coverage = _rectangle_coverage(u[None, None, :], v[None, :, None], 0.0, -1.0, half_length, half_width)
+        region = frame[:, v0:v1, u0:u1]  # (B, Pv, Pu) packed RGBA view
+        region.copy_(_blend(region, coverage, palette.EGO_VEHICLE))
+
+
+@dataclass(frozen=True)
+class _Footprints:
+    """K vehicle footprints in image space; all fields (K,), lengths in pixels."""
+
+    env: torch.Tensor  # int64, which frame each one is in
+    centre_u: torch.Tensor
+    centre_v: torch.Tensor
+    fwd_u: torch.Tensor  # unit vector along the length
+    fwd_v: torch.Tensor
+    half_length: torch.Tensor
+    half_width: torch.Tensor
+    half_u: torch.Tensor  # half extent along image columns
+    half_v: torch.Tensor  # half extent along image rows
+
+    @property
+    def count(self) -> int:
+        return self.env.numel()
+
+
+def _rectangle_coverage(du: torch.Tensor, dv: torch.Tensor, fwd_u, fwd_v, half_length, half_width) -> torch.Tensor:
+    """Approximate antialiased coverage of a rotated rectangle, in [0, 1].
+
+    du, dv [px]: pixel centre minus rectangle centre (broadcastable); fwd_u, fwd_v: unit
+    vector along its length in the image; half_length, half_width [px]. The signed distance
+    to the nearest edge (positive inside) plus half a pixel, clamped, is the coverage of a
+    pixel straddling one straight edge; corners come out slightly fuller than exact. The
+    footprint is grown by AA_DILATION_PX, as cv2's antialiased fill does.
+    """
+    along = (du * fwd_u + dv * fwd_v).abs_()  # [px] distance from the centre along the length
+    across = (du * -fwd_v + dv * fwd_u).abs_()  # [px] ... along the width (image right of forward)
+    inside = torch.minimum(half_length - along, half_width - across)  # signed distance [px]
+    return inside.add_(0.5 + AA_DILATION_PX).clamp_(0.0, 1.0)
+
+
+def _blend(rgba: torch.Tensor, coverage: torch.Tensor, colour: tuple[int, int, int]) -> torch.Tensor:
+    """`colour` laid over packed RGBA int32 pixels at opacity `coverage` (same shape, in [0, 1]).
+
+    Works on two 8-bit channels per int32 at once (R and B, then G and the zero alpha byte),
+    with the opacity in 1/128 steps: every intermediate stays below 2**31, so int32 never
+    overflows, and it is ~4x faster than blending per channel in float.
+    """
+    alpha = coverage.mul(ALPHA_ONE).round_().to(torch.int32)  # 0 .. ALPHA_ONE
+    keep = ALPHA_ONE - alpha
+    red, green, blue = colour
+    half = (ALPHA_ONE // 2) * 0x10001  # round to nearest, in both lanes
+    red_blue = (rgba & 0xFF00FF).mul_(keep).add_(alpha * (red | blue << 16)).add_(half)
+    red_blue.bitwise_right_shift_(ALPHA_BITS).bitwise_and_(0xFF00FF)
+    green_alpha = ((rgba >> 8) & 0xFF00FF).mul_(keep).add_(alpha * green).add_(half)
+    green_alpha.bitwise_right_shift_(ALPHA_BITS).bitwise_and_(0xFF00FF).bitwise_left_shift_(8)
+    return red_blue.bitwise_or_(green_alpha)
+
+
+def benchmark_camera(batch: int, repeats: int, lanes_count: int = 3, vehicles: int = 21) -> float:
+    """Frames per second of `BatchedBevCamera.render` on random highway scenes (default config, CPU)."""
+    from scenarios import load_scenario
+
+    camera = BatchedBevCamera(load_scenario("highway").camera.bev, lanes_count)
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch, vehicles)
+    x = 500.0 + 200.0 * torch.rand(shape, generator=generator)
+    x[:, 0] = 600.0 + 50.0 * torch.rand(batch, generator=generator)
+    y = 4.0 * torch.randint(0, lanes_count, shape, generator=generator).float()
+    y += 0.5 * torch.randn(shape, generator=generator)
+    heading = 0.1 * torch.randn(shape, generator=generator)
+    length, width = torch.full(shape, 5.0), torch.full(shape, 2.0)
+    present = torch.ones(shape, dtype=torch.bool)
+    camera.render(x, y, heading, length, width, present)  # warm-up: workspace allocation
+    start = time.perf_counter()
+    for _ in range(repeats):
+        camera.render(x, y, heading, length, width, present)
+    return batch * repeats / (time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    for size in (256, 1024):
+        rate = benchmark_camera(size, repeats=20)
+        print(f"B={size}: {rate:,.0f} frames/s, {1e6 / rate:.1f} us/frame (1 thread)")

@@ -1,0 +1,98 @@
+"""`FastDrivingEnv`: one fast-backend env behind DrivingEnv's Gymnasium API.
+
+Evaluation, previews and perception data collection play one episode at a time; this wraps a
+FastHighway of batch 1 so they work unchanged on `--backend fast`, with the same observation,
+reward and `info` (safety signals, ground truth, reward terms, episode seed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from envs.fast.episodes import EpisodeSeeds
+from envs.fast.params import LANE_WIDTH_M, VEHICLE
+from envs.fast.simulator import FastHighway
+from envs.fast.vec_env import ACTIONS, _python_rows
+from envs.ground_truth import privileged_state
+from envs.scene import Scene
+from scenarios import Scenario, load_scenario
+
+_ROW = torch.zeros(1, dtype=torch.long)
+
+
+class FastDrivingEnv(gym.Env[np.ndarray, int]):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 1}
+
+    def __init__(self, scenario: str | Path | Scenario = "highway", render_mode: str | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        self.sim = FastHighway(self.scenario, 1, device=device)
+        self.render_mode = render_mode
+        height, width = self.scenario.camera.size
+        self.observation_space = gym.spaces.Box(0, 255, (3 * self.sim.stack, height, width), np.uint8)
+        self.action_space = gym.spaces.Discrete(ACTIONS)
+        self.metadata = {**self.metadata, "render_fps": self.sim.config["policy_frequency"]}
+        self.seeds = EpisodeSeeds(1, self.sim.device)
+        self.episode_seed: int | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self.seeds.restart(_ROW, torch.tensor([seed]))
+            episode_seed = torch.tensor([seed])
+        else:
+            episode_seed = self.seeds.next(_ROW)
+        self.episode_seed = int(episode_seed[0])
+        self.sim.reset(_ROW, episode_seed)
+        return self._observation(), self._info(self.sim.reset_signals, {})
+
+    def step(self, action):
+        result = self.sim.step(torch.tensor([int(action)]))
+        rewards = {name: float(value[0]) for name, value in result.rewards.items()}
+        info = self._info(result.signals, rewards)
+        return self._observation(), float(result.reward[0]), bool(result.terminated[0]), bool(result.truncated[0]), info
+
+    def render(self) -> np.ndarray | None:
+        """The newest camera frame (H, W, 3) uint8, as DrivingEnv.render gives it."""
+        if self.render_mode != "rgb_array":
+            return None
+        return self.clean_frame
+
+    @property
+    def clean_frame(self) -> np.ndarray:
+        """(H, W, 3) uint8: the newest frame (the fast backend has no sensor corruptions)."""
+        return self.sim.frames[0, -1].permute(1, 2, 0).cpu().numpy().copy()
+
+    def scene(self) -> Scene:
+        """The current vehicles as envs.scene.Scene (row 0 the ego), for ground truth and tools."""
+        state = self.sim.state
+        present = state.present[0].cpu().numpy()
+
+        def row(values: torch.Tensor) -> np.ndarray:
+            return values[0].detach().cpu().double().numpy()[present]
+
+        positions = np.stack([row(state.x), row(state.y)], axis=1)
+        count = positions.shape[0]
+        return Scene(positions=positions, headings=row(state.heading), speeds=row(state.speed),
+                     lengths=np.full(count, VEHICLE.length), widths=np.full(count, VEHICLE.width))
+
+    def _observation(self) -> np.ndarray:
+        return self.sim.observation()[0].cpu().numpy().copy()
+
+    def _info(self, signals: dict[str, torch.Tensor], rewards: dict[str, float]) -> dict[str, Any]:
+        safety = _python_rows(signals)[0]
+        info: dict[str, Any] = {
+            "safety": safety,
+            "ground_truth": privileged_state(self.scene(), LANE_WIDTH_M, int(safety["lane_id"])),
+            "episode_seed": self.episode_seed,
+        }
+        if rewards:
+            info["rewards"] = rewards
+        return info
