@@ -52,9 +52,21 @@ def cmd_preview(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.backend == "fast":
+        from envs.fast.bench import bench_fast
+
+        bench_fast(scenarios=args.scenarios, batch_sizes=args.batch_sizes, steps=args.fast_steps,
+                   reference_steps=args.steps, seed=args.seed, device=resolve_cli_device(args.device))
+        return
     from envs.bench import bench_env
 
     bench_env(scenarios=args.scenarios, steps=args.steps, seed=args.seed)
+
+
+def resolve_cli_device(device: str) -> str:
+    from perception.training import resolve_device
+
+    return str(resolve_device(device))
 
 
 def cmd_perception_collect(args: argparse.Namespace) -> None:
@@ -175,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         device=args.device, backend=args.backend,
     )
     print_report(report)
-    print(f"wrote {path} and eval_final/{report['scenario']}/* (TensorBoard) in {report['run']}")
+    print(f"wrote {path} and eval_final/{path.stem.removeprefix('evaluation-')}/* (TensorBoard) in {report['run']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_env.add_argument("--scenarios", nargs="+", default=None, help="default: every shipped scenario")
     bench_env.add_argument("--steps", type=positive_int, default=300, help="env steps per measurement")
     bench_env.add_argument("--seed", type=non_negative_int, default=0)
+    bench_env.add_argument("--backend", choices=BACKENDS, default="highway-env",
+                           help="fast: the batched simulator's steps/s at each --batch-sizes vs highway-env + camera")
+    bench_env.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[256, 1024, 4096], help="fast: B")
+    bench_env.add_argument("--fast-steps", type=positive_int, default=20, help="fast: timed batched steps per B")
+    bench_env.add_argument("--device", default="cpu", help="fast: cpu | cuda | auto")
     bench_env.set_defaults(func=cmd_bench)
     bench_training = bench_kinds.add_parser(
         "perception-training", help="seconds per training step: clean vs FGSM-RS vs PGD, back to back"

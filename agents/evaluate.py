@@ -187,7 +187,7 @@ def evaluate_run(
         per_episode = run_episodes(model, env, seeds, deterministic=True)
     finally:
         env.close()
-    name = env.scenario.name
+    name = env.scenario.name if backend == "highway-env" else f"{env.scenario.name}-{backend}"  # file/tag name
     report = {
         "run": str(run_dir),
         "model": str(model_path.relative_to(run_dir)),
@@ -196,7 +196,7 @@ def evaluate_run(
         "trained_on": config.scenario,
         "trained_backend": config.backend,
         "backend": backend,
-        "scenario": name,
+        "scenario": env.scenario.name,
         "scenario_source": env.scenario.source,
         "episodes": episodes,
         "seeds": {"first": seeds[0], "last": seeds[-1]},

@@ -160,8 +160,8 @@ def test_two_envs_run_in_subprocesses(tiny, monkeypatch):
     made = []
     original = train_module.make_vec_env
 
-    def spy(scenario, n_envs):
-        env = original(scenario, n_envs)
+    def spy(scenario, n_envs, *args):
+        env = original(scenario, n_envs, *args)
         made.append(type(env.venv))
         return env
 
@@ -277,3 +277,42 @@ def test_cli_trains_and_evaluates(tiny, tmp_path):
     evaluated = run_cli("--threads", "1", "evaluate", "--run", str(tmp_path / "runs" / "cli"), "--episodes", "2")
     assert evaluated.returncode == 0, evaluated.stderr
     assert "driving score" in evaluated.stdout and "evaluation-short.json" in evaluated.stdout
+
+
+def test_training_on_the_fast_backend_and_evaluating_on_both(tiny, monkeypatch):
+    from agents.evaluate import evaluate_run
+
+    made = []
+    original = train_module.make_vec_env
+
+    def spy(*args):
+        env = original(*args)
+        made.append(type(env.venv).__name__)
+        return env
+
+    monkeypatch.setattr(train_module, "make_vec_env", spy)
+    result = train(options(tiny, backend="fast", n_envs=4, timesteps=128, name="smoke-fast"))
+    assert made == ["FastVecEnv"]
+    run = result.run_dir
+    config = read_run_config(run)
+    assert config.backend == "fast" and config.n_envs == 4 and result.num_timesteps >= 128
+    scalars = read_scalars(run)
+    for key in ("rollout/ep_rew_mean", "safety/collision_rate", "safety/mean_speed", "eval/mean_reward"):
+        assert all_finite(scalars.get(key, [])), (key, sorted(scalars))
+    resumed = train(options(tiny, resume=str(run), scenario=None, config=None, timesteps=256))
+    assert resumed.start_timesteps == result.num_timesteps and read_run_config(run).backend == "fast"
+
+    fast_report, _ = evaluate_run(run, episodes=2, backend="fast")
+    again, _ = evaluate_run(run, episodes=2, backend="fast")
+    assert fast_report["per_episode"] == again["per_episode"]
+    assert (fast_report["backend"], fast_report["trained_backend"]) == ("fast", "fast")
+    reference, _ = evaluate_run(run, episodes=2, backend="highway-env")
+    assert reference["backend"] == "highway-env" and reference["episodes"] == 2
+
+
+def test_fast_backend_refuses_an_unsupported_scenario_before_making_a_run(tiny):
+    from envs.fast.simulator import UnsupportedScenario
+
+    with pytest.raises(UnsupportedScenario, match="Supported scenarios"):
+        train(options(tiny, backend="fast", scenario="merge", name="never"))
+    assert not (tiny.root / "runs" / "never").exists()

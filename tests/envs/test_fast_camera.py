@@ -145,8 +145,8 @@ def test_road_looks_like_the_reference_at_any_pose(setup):
     states = States(*(a.astype(np.float32).astype(np.float64) for a in (
         states.x, states.y, states.heading, states.length, states.width)), states.present)
     difference = np.abs(fast_frames(camera, states) - reference_frames(config, lanes, states))
-    assert difference.mean() <= 1.0  # measured 0.4
-    assert (difference.max(axis=-1) > 20).mean() < 0.01  # a few edge pixels at most
+    assert difference.mean() <= 1.0  # measured 0.3
+    assert (difference.max(axis=-1) > 20).mean() < 0.01  # a few edge pixels at most (measured 0.2 %)
 
 
 def test_absent_vehicles_are_not_drawn(setup):

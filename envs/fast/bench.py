@@ -1,0 +1,102 @@
+"""`python run.py bench env --backend fast`: the batched simulator's steps/s against highway-env.
+
+Both are measured in one run, on the same scenario and one PyTorch thread unless asked
+otherwise: highway-env with our camera (DrivingEnv, one env) and FastHighway at each batch
+size B, with camera frames and without, random actions, finished envs reset as a VecEnv would.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from envs.fast.simulator import FastHighway, check_supported
+from scenarios import load_scenario
+
+WARMUP_STEPS = 2
+
+
+def highway_env_steps_per_s(scenario, steps: int, seed: int) -> float:
+    """DrivingEnv (highway-env + our camera + signals) steps per wall second, random actions."""
+    from envs.driving_env import DrivingEnv
+
+    env = DrivingEnv(scenario)
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    began = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(5)))
+        if terminated or truncated:
+            env.reset(seed=int(rng.integers(1 << 30)))
+    elapsed = time.perf_counter() - began
+    env.close()
+    return steps / elapsed
+
+
+def fast_steps_per_s(scenario, batch: int, steps: int, seed: int, device: str, render: bool) -> float:
+    """FastHighway env steps (B per call) per wall second, random actions, auto-reset."""
+    sim = FastHighway(scenario, batch, device=device, render=render)
+    generator = torch.Generator().manual_seed(seed)
+    sim.reset(seeds=torch.arange(batch) + seed * batch)
+    next_seed = seed * batch + batch
+
+    def one_step() -> None:
+        nonlocal next_seed
+        result = sim.step(torch.randint(5, (batch,), generator=generator))
+        finished = (result.terminated | result.truncated).nonzero(as_tuple=True)[0]
+        if finished.numel():
+            sim.reset(finished, torch.arange(next_seed, next_seed + finished.numel()))
+            next_seed += finished.numel()
+
+    for _ in range(WARMUP_STEPS):
+        one_step()
+    if sim.device.type == "cuda":
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    if sim.device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - began)
+
+
+def bench_fast(
+    scenarios: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (256, 1024, 4096),
+    steps: int = 20,
+    reference_steps: int = 300,
+    seed: int = 0,
+    device: str = "cpu",
+    console: Console | None = None,
+) -> list[dict[str, Any]]:
+    """Rows: scenario, vehicles, batch, fast_sps (with frames), sim_only_sps, highway_env_sps, speedup."""
+    names = list(scenarios) if scenarios else ["highway", "highway-dense"]
+    loaded = [load_scenario(name) for name in names]
+    for scenario in loaded:
+        check_supported(scenario)
+    console = console or Console()
+    rows = []
+    for scenario in loaded:
+        reference = highway_env_steps_per_s(scenario, reference_steps, seed)
+        for batch in batch_sizes:
+            with_frames = fast_steps_per_s(scenario, batch, steps, seed, device, render=True)
+            sim_only = fast_steps_per_s(scenario, batch, steps, seed, device, render=False)
+            rows.append({
+                "scenario": scenario.name, "vehicles": 1 + int(scenario.highway_env_config().get("vehicles_count", 0)),
+                "batch": batch, "fast_sps": with_frames, "sim_only_sps": sim_only,
+                "highway_env_sps": reference, "speedup": with_frames / reference,
+            })
+    table = Table(title=f"fast backend vs highway-env + camera ({device}, {torch.get_num_threads()} thread(s))")
+    for column in ("scenario", "vehicles", "B", "fast steps/s (frames)", "fast steps/s (no frames)",
+                   "highway-env steps/s", "speed-up"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(row["scenario"], str(row["vehicles"]), str(row["batch"]), f"{row['fast_sps']:,.0f}",
+                      f"{row['sim_only_sps']:,.0f}", f"{row['highway_env_sps']:.1f}", f"{row['speedup']:,.0f}x")
+    console.print(table)
+    return rows
