@@ -56,17 +56,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
         from envs.fast.bench import bench_fast
 
         bench_fast(scenarios=args.scenarios, batch_sizes=args.batch_sizes, steps=args.fast_steps,
-                   reference_steps=args.steps, seed=args.seed, device=resolve_cli_device(args.device))
+                   reference_steps=args.steps, seed=args.seed, device=args.device)
         return
     from envs.bench import bench_env
 
     bench_env(scenarios=args.scenarios, steps=args.steps, seed=args.seed)
-
-
-def resolve_cli_device(device: str) -> str:
-    from perception.training import resolve_device
-
-    return str(resolve_device(device))
 
 
 def cmd_perception_collect(args: argparse.Namespace) -> None:

@@ -32,7 +32,6 @@ import gymnasium as gym
 from agents.callbacks import HParamsCallback, PeriodicCheckpoint, PeriodicEvaluation, SafetyCallback
 from agents.config import RunConfig, check_algo, load_agent_config
 from agents.evaluate import evaluation_seeds
-from envs.registration import check_backend
 from agents.runs import (
     PERCEPTION_FILE,
     append_command,
@@ -51,6 +50,7 @@ from agents.runs import (
     saved_counters,
     write_run_config,
 )
+from envs.registration import check_backend
 
 log = logging.getLogger(__name__)
 

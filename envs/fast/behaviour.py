@@ -41,6 +41,11 @@ def take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(values, 1, flat).reshape(index.shape)
 
 
+def in_lane(y: torch.Tensor, lane_y: torch.Tensor | float) -> torch.Tensor:
+    """Road.neighbour_vehicles' lane test: within half a lane + 1 m of the lane's centre line."""
+    return (y - lane_y).abs() <= LANE_WIDTH_M / 2 + NEIGHBOUR_LANE_MARGIN_M
+
+
 def closest_lane(y: torch.Tensor, lanes_count: int) -> torch.Tensor:
     """RoadNetwork.get_closest_lane_index on parallel straight lanes (ties go to the left lane)."""
     return torch.ceil(y / LANE_WIDTH_M - 0.5).clamp_(0, lanes_count - 1).long()
@@ -74,7 +79,7 @@ def find_neighbours(state: TrafficState, lanes_count: int) -> Neighbours:
     none_behind = torch.full((batch, 1), -1, dtype=torch.long, device=device)
     fronts, rears = [], []
     for lane in range(lanes_count):
-        member = ((y_sorted - lane * LANE_WIDTH_M).abs() <= LANE_WIDTH_M / 2 + NEIGHBOUR_LANE_MARGIN_M) & present_sorted
+        member = in_lane(y_sorted, lane * LANE_WIDTH_M) & present_sorted
         # nearest member strictly after / before each rank
         at_or_after = torch.where(member, ranks, count).flip(1).cummin(dim=1).values.flip(1)
         front_rank = torch.cat([at_or_after[:, 1:], none_ahead], dim=1)
@@ -91,6 +96,17 @@ def lane_neighbour(table: torch.Tensor, lane: torch.Tensor) -> torch.Tensor:
     """(B, N, L) table, (B, N) lane ids (clamped to the road) -> (B, N) vehicle indices."""
     lanes = table.shape[2]
     return torch.gather(table, 2, lane.clamp(0, lanes - 1)[..., None])[..., 0]
+
+
+def closing_speed(speed: torch.Tensor, heading: torch.Tensor, other_speed: torch.Tensor,
+                  other_heading: torch.Tensor) -> torch.Tensor:
+    """(v_self - v_other) . direction_self [m/s], velocities being speed x (cos h, sin h)."""
+    return speed - other_speed * torch.cos(other_heading - heading)
+
+
+def desired_gap(speed: torch.Tensor, closing: torch.Tensor) -> torch.Tensor:
+    """IDMVehicle.desired_gap [m]: jam distance + time gap + braking term."""
+    return IDM.distance_wanted + speed * IDM.time_wanted + speed * closing / (2 * IDM.sqrt_ab)
 
 
 def idm(
@@ -111,10 +127,8 @@ def idm(
     """
     desired = target_speed.clamp(0.0, SPEED_LIMIT_MPS)
     free_road = IDM.comfort_acc_max * (1 - torch.pow(speed.clamp(min=0) / not_zero(desired).abs(), delta))
-    # dv = (v_follower - v_front) . direction_follower, with velocity = speed x (cos h, sin h)
-    closing = speed - front_speed * torch.cos(front_heading - heading)
-    desired_gap = IDM.distance_wanted + speed * IDM.time_wanted + speed * closing / (2 * IDM.sqrt_ab)
-    interaction = IDM.comfort_acc_max * torch.pow(desired_gap / not_zero(gap_m), 2)
+    gap_wanted = desired_gap(speed, closing_speed(speed, heading, front_speed, front_heading))
+    interaction = IDM.comfort_acc_max * torch.pow(gap_wanted / not_zero(gap_m), 2)
     return free_road - torch.where(has_front, interaction, torch.zeros_like(interaction))
 
 
@@ -206,10 +220,9 @@ def aborted_lane_changes(state: TrafficState, changing: torch.Tensor) -> torch.T
     x_i, speed_i = state.x[rows, cols][:, None], state.speed[rows, cols][:, None]  # (K, 1)
     heading_i, target_i = state.heading[rows, cols][:, None], state.target_lane[rows, cols][:, None]
     ahead = state.x[rows] - x_i  # (K, N) [m]
-    closing = speed_i - state.speed[rows] * torch.cos(state.heading[rows] - heading_i)
-    desired_gap = IDM.distance_wanted + speed_i * IDM.time_wanted + speed_i * closing / (2 * IDM.sqrt_ab)
+    gap_wanted = desired_gap(speed_i, closing_speed(speed_i, heading_i, state.speed[rows], state.heading[rows]))
     heading_there = (state.lane[rows] != target_i) & (state.target_lane[rows] == target_i) & state.present[rows]
-    conflict = heading_there & (ahead > 0) & (ahead < desired_gap)  # ahead > 0 excludes the vehicle itself
+    conflict = heading_there & (ahead > 0) & (ahead < gap_wanted)  # ahead > 0 excludes the vehicle itself
     aborted[rows, cols] = conflict.any(dim=1)
     return aborted
 

@@ -55,14 +55,17 @@ def fast_steps_per_s(scenario, batch: int, steps: int, seed: int, device: str, r
 
     for _ in range(WARMUP_STEPS):
         one_step()
-    if sim.device.type == "cuda":
-        torch.cuda.synchronize()
+    _synchronize(sim.device)
     began = time.perf_counter()
     for _ in range(steps):
         one_step()
-    if sim.device.type == "cuda":
-        torch.cuda.synchronize()
+    _synchronize(sim.device)
     return batch * steps / (time.perf_counter() - began)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def bench_fast(
@@ -74,7 +77,11 @@ def bench_fast(
     device: str = "cpu",
     console: Console | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows: scenario, vehicles, batch, fast_sps (with frames), sim_only_sps, highway_env_sps, speedup."""
+    """Rows: scenario, vehicles, batch, fast_sps (with frames), sim_only_sps, highway_env_sps, speedup,
+    camera_us (what the frames add to one env step [µs])."""
+    from perception.training import resolve_device
+
+    device = str(resolve_device(device))  # "auto" -> cuda when present; a clear error for cuda without it
     names = list(scenarios) if scenarios else ["highway", "highway-dense"]
     loaded = [load_scenario(name) for name in names]
     for scenario in loaded:
@@ -90,13 +97,14 @@ def bench_fast(
                 "scenario": scenario.name, "vehicles": 1 + int(scenario.highway_env_config().get("vehicles_count", 0)),
                 "batch": batch, "fast_sps": with_frames, "sim_only_sps": sim_only,
                 "highway_env_sps": reference, "speedup": with_frames / reference,
+                "camera_us": 1e6 * (1 / with_frames - 1 / sim_only),  # frames' share of a step [µs/env step]
             })
     table = Table(title=f"fast backend vs highway-env + camera ({device}, {torch.get_num_threads()} thread(s))")
     for column in ("scenario", "vehicles", "B", "fast steps/s (frames)", "fast steps/s (no frames)",
-                   "highway-env steps/s", "speed-up"):
+                   "frames µs/step", "highway-env steps/s", "speed-up"):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(row["scenario"], str(row["vehicles"]), str(row["batch"]), f"{row['fast_sps']:,.0f}",
-                      f"{row['sim_only_sps']:,.0f}", f"{row['highway_env_sps']:.1f}", f"{row['speedup']:,.0f}x")
+                      f"{row['sim_only_sps']:,.0f}", f"{row['camera_us']:.0f}", f"{row['highway_env_sps']:.1f}", f"{row['speedup']:,.0f}x")
     console.print(table)
     return rows

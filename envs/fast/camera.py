@@ -25,7 +25,6 @@ which on CUDA costs tens of microseconds per batch, not per frame.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -382,44 +381,3 @@ def _rectangle_coverage(du: torch.Tensor, dv: torch.Tensor, fwd_u, fwd_v, half_l
         torch.sub(half_length, along, out=buffer_a), torch.sub(half_width, across, out=buffer_b), out=buffer_a,
     )  # signed distance to the nearest edge [px]
     return inside.add_(0.5 + AA_DILATION_PX).clamp_(0.0, 1.0)
-
-
-def benchmark_camera(batch: int, repeats: int, lanes_count: int = 3, vehicles: int = 21,
-                     device: str = "cpu") -> float:
-    """Frames per second of `BatchedBevCamera.render` on random highway scenes (the highway config).
-
-    Egos 600-650 m along the road, the others spread over 500-700 m: about 7 in view each.
-    Threads are whatever torch is set to; the `__main__` block uses one.
-    """
-    from scenarios import load_scenario
-
-    camera = BatchedBevCamera(load_scenario("highway").camera.bev, lanes_count, device)
-    generator = torch.Generator().manual_seed(0)
-    shape = (batch, vehicles)
-    x = 500.0 + 200.0 * torch.rand(shape, generator=generator)
-    x[:, 0] = 600.0 + 50.0 * torch.rand(batch, generator=generator)
-    y = 4.0 * torch.randint(0, lanes_count, shape, generator=generator).float()
-    y += 0.5 * torch.randn(shape, generator=generator)
-    heading = 0.1 * torch.randn(shape, generator=generator)
-    length, width = torch.full(shape, 5.0), torch.full(shape, 2.0)
-    present = torch.ones(shape, dtype=torch.bool)
-    state = [t.to(camera.device) for t in (x, y, heading, length, width, present)]
-    camera.render(*state)  # warm-up: workspace allocation
-    _synchronize(camera.device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        camera.render(*state)
-    _synchronize(camera.device)
-    return batch * repeats / (time.perf_counter() - start)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-if __name__ == "__main__":
-    torch.set_num_threads(1)
-    for size in (256, 1024):
-        rate = benchmark_camera(size, repeats=20)
-        print(f"B={size}: {rate:,.0f} frames/s, {1e6 / rate:.1f} us/frame (1 thread)")

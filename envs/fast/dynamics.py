@@ -27,7 +27,6 @@ from envs.fast.state import TrafficState
 
 # DiscreteMetaAction's ACTIONS_ALL
 LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER = range(5)
-ACTION_NAMES = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")
 
 
 def apply_ego_action(state: TrafficState, action: torch.Tensor, lanes_count: int, target_speeds: torch.Tensor) -> None:

@@ -17,7 +17,7 @@ import torch
 from envs.fast.episodes import EpisodeSeeds
 from envs.fast.params import LANE_WIDTH_M, VEHICLE
 from envs.fast.simulator import FastHighway
-from envs.fast.vec_env import ACTIONS, _python_rows
+from envs.fast.vec_env import ACTIONS, signal_rows
 from envs.ground_truth import privileged_state
 from envs.scene import Scene
 from scenarios import Scenario, load_scenario
@@ -87,7 +87,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         return self.sim.observation()[0].cpu().numpy().copy()
 
     def _info(self, signals: dict[str, torch.Tensor], rewards: dict[str, float]) -> dict[str, Any]:
-        safety = _python_rows(signals)[0]
+        safety = signal_rows(signals)[0]
         info: dict[str, Any] = {
             "safety": safety,
             "ground_truth": privileged_state(self.scene(), LANE_WIDTH_M, int(safety["lane_id"])),

@@ -11,23 +11,20 @@ import math
 
 import torch
 
-from envs.fast.params import LANE_WIDTH_M, NEIGHBOUR_LANE_MARGIN_M, VEHICLE
+from envs.fast.behaviour import in_lane
+from envs.fast.params import LANE_WIDTH_M, VEHICLE
 from envs.fast.state import TrafficState
 from envs.safety import HARD_BRAKE_MPS2, STOPPED_SPEED_MPS
 
-SIGNAL_NAMES = (
-    "crashed", "off_road", "speed", "acceleration", "jerk", "ttc", "headway", "gap",
-    "lane_change", "hard_brake", "distance", "lane_id",
-)
 
 
 def leader_gap(state: TrafficState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(gap [m], ttc [s], headway [s]), each (B,), to the leader in the ego's lane."""
     ego_lane_y = state.lane[:, :1].to(state.y.dtype) * LANE_WIDTH_M  # (B, 1)
     others = slice(1, None)
-    in_lane = ((state.y[:, others] - ego_lane_y).abs() <= LANE_WIDTH_M / 2 + NEIGHBOUR_LANE_MARGIN_M) & state.present[:, others]
+    same_lane = in_lane(state.y[:, others], ego_lane_y) & state.present[:, others]
     ahead = state.x[:, others] - state.x[:, :1]  # (B, M) [m]
-    candidates = torch.where(in_lane & (ahead >= 0), ahead, torch.full_like(ahead, math.inf))
+    candidates = torch.where(same_lane & (ahead >= 0), ahead, torch.full_like(ahead, math.inf))
     distance, leader = candidates.min(dim=1)  # (B,)
     has_leader = torch.isfinite(distance)
     gap = torch.where(has_leader, distance - VEHICLE.length, torch.full_like(distance, math.inf))

@@ -145,8 +145,9 @@ class FastHighway:
         truncated = self.steps >= self.max_steps
         signals = self.tracker.step(self.state)
         if self.camera is not None:
-            self.frames = torch.roll(self.frames, -1, dims=1)
-            self.frames[:, -1] = self._render(self.state)
+            # A new tensor each step (one contiguous copy; torch.roll plus an assignment cost 3x
+            # more), so observations handed out earlier are never overwritten.
+            self.frames = torch.cat((self.frames[:, 1:], self._render(self.state)[:, None]), dim=1)
         return StepResult(reward=reward, terminated=terminated, truncated=truncated, signals=signals, rewards=terms)
 
     def observation(self) -> torch.Tensor:
@@ -156,8 +157,10 @@ class FastHighway:
 
     # -- internals -----------------------------------------------------------------------------
     def _render(self, state: TrafficState) -> torch.Tensor:
-        size = torch.full_like(state.x, VEHICLE.length), torch.full_like(state.x, VEHICLE.width)
-        return self.camera.render(state.x, state.y, state.heading, size[0], size[1], state.present)
+        """(E, 3, H, W) uint8 frames of a state of E envs; every vehicle has highway-env's size."""
+        length = torch.full_like(state.x, VEHICLE.length)
+        width = torch.full_like(state.x, VEHICLE.width)
+        return self.camera.render(state.x, state.y, state.heading, length, width, state.present)
 
     def _reward(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """HighwayEnv._reward: weighted terms, normalised to [0, 1], times on-road."""

@@ -22,7 +22,7 @@ from scenarios import Scenario
 ACTIONS = 5  # DiscreteMetaAction: LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER
 
 
-def _python_rows(signals: dict[str, torch.Tensor]) -> list[dict[str, float | bool | int]]:
+def signal_rows(signals: dict[str, torch.Tensor]) -> list[dict[str, float | bool | int]]:
     """{name: (B,) tensor} -> B dicts of Python scalars, converting each tensor once."""
     columns = {name: value.cpu().tolist() for name, value in signals.items()}
     names = list(columns)
@@ -63,7 +63,7 @@ class FastVecEnv(VecEnv):
         result = self.sim.step(self._actions)
         done = result.terminated | result.truncated
         observation = self.sim.observation()
-        infos: list[dict[str, Any]] = [{"safety": signals} for signals in _python_rows(result.signals)]
+        infos: list[dict[str, Any]] = [{"safety": signals} for signals in signal_rows(result.signals)]
         episode_seeds = self.sim.episode_seeds.tolist()
         time_limit = (result.truncated & ~result.terminated).tolist()
         for i, info in enumerate(infos):
@@ -77,7 +77,7 @@ class FastVecEnv(VecEnv):
             self.sim.reset(finished, self.seeds.next(finished))
             observation = self.sim.observation()
         return (
-            observation.cpu().numpy().copy(),
+            observation.cpu().numpy(),  # FastHighway.step builds a new frame tensor every step: no copy needed
             result.reward.cpu().numpy().astype(np.float32),
             done.cpu().numpy(),
             infos,

@@ -11,7 +11,7 @@ from highway_env.road.road import RoadNetwork
 
 from envs import palette
 from envs.bev_camera import BevCamera
-from envs.fast.camera import BatchedBevCamera, benchmark_camera
+from envs.fast.camera import BatchedBevCamera
 from envs.road_map import build_road_map
 from envs.scene import Scene
 from scenarios import load_scenario
@@ -199,7 +199,3 @@ def test_cuda_renders_like_the_cpu():
     on_gpu = BatchedBevCamera(config, 3, device="cuda").render(*states.tensors("cuda"))
     assert on_gpu.device.type == "cuda"
     assert (on_gpu.cpu().int() - on_cpu.int()).abs().float().mean() < 0.05  # float rounding only
-
-
-def test_benchmark_reports_a_rate():
-    assert benchmark_camera(batch=4, repeats=1) > 0

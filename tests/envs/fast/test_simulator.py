@@ -152,3 +152,16 @@ def test_cpu_and_cuda_give_the_same_episodes():
     (x_cpu, reward_cpu, frames_cpu), (x_gpu, reward_gpu, frames_gpu) = results
     assert torch.allclose(x_cpu, x_gpu, atol=1e-6) and torch.allclose(reward_cpu, reward_gpu, atol=1e-9)
     assert (frames_cpu.int() - frames_gpu.int()).abs().float().mean() < 0.5
+
+
+def test_bench_rows_are_consistent_measurements():
+    from envs.fast.bench import bench_fast
+
+    rows = bench_fast(["highway"], batch_sizes=[2, 8], steps=1, reference_steps=3)
+    assert [(row["scenario"], row["batch"], row["vehicles"]) for row in rows] == [("highway", 2, 21), ("highway", 8, 21)]
+    for row in rows:
+        assert row["fast_sps"] > 0 and row["sim_only_sps"] > 0 and row["highway_env_sps"] > 0
+        assert row["speedup"] == pytest.approx(row["fast_sps"] / row["highway_env_sps"])
+        assert row["highway_env_sps"] == rows[0]["highway_env_sps"]  # one reference per scenario
+    with pytest.raises(UnsupportedScenario):
+        bench_fast(["merge"], batch_sizes=[2], steps=1, reference_steps=1)
