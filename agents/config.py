@@ -11,9 +11,12 @@ scenario that overrides some of them:
     highway:
       ppo: {gamma: 0.8}
 
+A block named after a backend (`fast:`) overrides the default for runs on that simulator: the batched
+backend steps hundreds of envs per call, so its rollouts are short per env and its minibatches large.
+
 A `--config FILE` has the shape of one block (any subset of `training`, `policy`, `ppo`, `a2c`).
-Layers apply in this order, later wins: `default` < the scenario's block < `--config FILE` < flags
-on the command line (`--timesteps`, `--fine-tune`). Unknown keys, wrong types and out-of-range
+Layers apply in this order, later wins: `default` < the backend's block < the scenario's block <
+`--config FILE` < flags on the command line (`--timesteps`, `--fine-tune`). Unknown keys, wrong types and out-of-range
 values are errors that name the file and the key, like scenario files.
 
 The resolved values of one run are a `RunConfig`, written to the run folder as `config.yaml` and
@@ -33,6 +36,7 @@ from pydantic.dataclasses import dataclass
 
 DEFAULTS_FILE = Path(__file__).resolve().parent / "defaults.yaml"
 ALGOS = ("ppo", "a2c")
+BACKEND_BLOCKS = ("fast",)  # backends with a block of their own in defaults.yaml (highway-env uses `default`)
 SECTIONS = ("training", "policy", *ALGOS)
 
 _STRICT = ConfigDict(extra="forbid")
@@ -153,8 +157,10 @@ def load_agent_config(
     config_file: str | Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     defaults_file: str | Path = DEFAULTS_FILE,
+    backend: str = "highway-env",
 ) -> AgentConfig:
-    """The hyperparameters for `scenario_name`: defaults, its block, the user's file, then `overrides`.
+    """The hyperparameters for `scenario_name` on `backend`: defaults, the backend's block, the
+    scenario's block, the user's file, then `overrides`.
 
     scenario_name: a shipped scenario (its block applies, if any); None for a user's scenario file.
 
@@ -162,7 +168,8 @@ def load_agent_config(
     """
     defaults_file = Path(defaults_file)
     blocks = _read_defaults(str(defaults_file), defaults_file.stat().st_mtime_ns)
-    merged = _merge(blocks["default"], blocks.get(scenario_name, {}))
+    merged = _merge(blocks["default"], blocks.get(backend, {}))
+    merged = _merge(merged, blocks.get(scenario_name, {}))
     source = defaults_file
     if config_file is not None:
         config_file = Path(config_file).expanduser()
@@ -192,10 +199,10 @@ def _read_defaults(path_text: str, _mtime_ns: int) -> dict[str, dict[str, Any]]:
     scenarios = set(available_scenarios())
     blocks = {}
     for name, block in raw.items():
-        if name != "default" and name not in scenarios:
+        if name != "default" and name not in BACKEND_BLOCKS and name not in scenarios:
             raise ValueError(
-                f"{path}: {name}: unknown scenario; blocks are 'default' or a shipped scenario: "
-                f"{', '.join(sorted(scenarios))}"
+                f"{path}: {name}: unknown block; blocks are 'default', a backend ({', '.join(BACKEND_BLOCKS)}) "
+                f"or a shipped scenario: {', '.join(sorted(scenarios))}"
             )
         blocks[name] = _check_block(block, path, prefix=f"{name}.")
     _validate(AgentConfig, blocks["default"], path, prefix="default.")  # the default block alone is complete

@@ -188,10 +188,15 @@ def policy_kwargs(config: RunConfig, perception_path: Path) -> dict[str, Any]:
 
 
 def build_agent(config: RunConfig, run_dir: Path, env, device: str, seed: int | None = None):
-    """A fresh SB3 PPO or A2C for `config` on `env` (a VecEnv), perception weights from the run folder."""
-    from stable_baselines3 import A2C, PPO
+    """A fresh SB3 PPO or A2C for `config` on `env` (a VecEnv), perception weights from the run folder.
 
-    algorithm = {"ppo": PPO, "a2c": A2C}[config.algo]
+    PPO is `CachedFeaturesPPO`: SB3's PPO, which reads a frozen student's features once per rollout
+    instead of once per epoch; it saves and loads as plain PPO."""
+    from stable_baselines3 import A2C
+
+    from agents.cached_features import CachedFeaturesPPO
+
+    algorithm = {"ppo": CachedFeaturesPPO, "a2c": A2C}[config.algo]
     params = dataclasses.asdict(config.algo_params)
     perception = run_dir / PERCEPTION_FILE
     model = algorithm(

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from agents.config import RunConfig, check_algo, load_agent_config
+from agents.config import DEFAULTS_FILE, RunConfig, check_algo, load_agent_config
 from agents.runs import read_run_config, resolve_device, write_run_config
 from scenarios import available_scenarios
 
@@ -36,6 +36,23 @@ def test_layers_apply_in_order_defaults_scenario_file_flags(tmp_path):
     assert config.ppo.ent_coef == 0.01  # from the intersection block, untouched by the file
     assert config.training.timesteps == 50  # the command line wins
     assert config.a2c == load_agent_config("intersection").a2c
+
+
+def test_a_backend_block_sits_between_the_default_and_the_scenario(tmp_path):
+    defaults = yaml.safe_load(DEFAULTS_FILE.read_text())
+    defaults["fast"] = {"ppo": {"n_steps": 8, "gamma": 0.5}}
+    path = tmp_path / "defaults.yaml"
+    path.write_text(yaml.safe_dump(defaults))
+    on_fast = load_agent_config("intersection", defaults_file=path, backend="fast")
+    assert on_fast.ppo.n_steps == 8 and on_fast.ppo.gamma == 0.95  # the scenario's block wins over the backend's
+    assert load_agent_config(None, defaults_file=path, backend="fast").ppo.gamma == 0.5
+    on_highway_env = load_agent_config("intersection", defaults_file=path)
+    assert on_highway_env.ppo.n_steps == defaults["default"]["ppo"]["n_steps"]
+
+
+def test_the_shipped_fast_block_trains_many_envs_per_call():
+    fast, reference = load_agent_config("highway", backend="fast"), load_agent_config("highway")
+    assert fast.ppo.n_steps < reference.ppo.n_steps and fast.ppo.batch_size > reference.ppo.batch_size
 
 
 @pytest.mark.parametrize(
@@ -73,7 +90,7 @@ def test_defaults_file_is_checked_too(tmp_path):
     data = yaml.safe_load(DEFAULTS_FILE.read_text())
     bad = tmp_path / "defaults.yaml"
     bad.write_text(yaml.safe_dump({**data, "hihgway": {"ppo": {"gamma": 0.9}}}))
-    with pytest.raises(ValueError, match="hihgway: unknown scenario"):
+    with pytest.raises(ValueError, match="hihgway: unknown block"):
         load_agent_config("highway", defaults_file=bad)
     del data["default"]["ppo"]["gamma"]
     bad.write_text(yaml.safe_dump(data))

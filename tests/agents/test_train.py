@@ -316,3 +316,16 @@ def test_fast_backend_refuses_an_unsupported_scenario_before_making_a_run(tiny):
     with pytest.raises(UnsupportedScenario, match="Supported scenarios"):
         train(options(tiny, backend="fast", scenario="merge", name="never"))
     assert not (tiny.root / "runs" / "never").exists()
+
+
+def test_periodic_evaluation_always_runs_on_highway_env(tiny):
+    from envs.driving_env import DrivingEnv
+    from envs.fast.simulator import UnsupportedScenario
+
+    env = train_module.evaluation_env(str(tiny.scenario), "fast")
+    try:
+        assert isinstance(env, DrivingEnv)  # the reference simulator, not the one trained on
+    finally:
+        env.close()
+    with pytest.raises(UnsupportedScenario):
+        train_module.evaluation_env("merge", "fast")
