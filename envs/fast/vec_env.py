@@ -77,7 +77,9 @@ class FastVecEnv(VecEnv):
             self.sim.reset(finished, self.seeds.next(finished))
             observation = self.sim.observation()
         return (
-            observation.cpu().numpy(),  # FastHighway.step builds a new frame tensor every step: no copy needed
+            # No copy: the next step leaves these frames as they are (FastHighway.observation),
+            # and SB3 copies them into its buffers by then.
+            observation.cpu().numpy(),
             result.reward.cpu().numpy().astype(np.float32),
             done.cpu().numpy(),
             infos,
