@@ -136,9 +136,11 @@ class FastHighway:
             self.episode_seeds[rows] = seeds
         self.reset_signals = self.tracker.reset(rows, self.state)
         if self.camera is not None:
-            sub = self.state.select(rows)
-            frame = self._render(sub)  # (E, 3, H, W)
-            self.frames[rows] = frame[:, None].expand(-1, self.stack, -1, -1, -1)
+            frame = self._render(self.state.select(rows))  # (E, 3, H, W)
+            # A fresh episode's stack holds its first frame `stack` times. Written as 8-byte
+            # words: indexed writes go element by element, so that is ~3x faster than bytes.
+            stack = _words(self.frames.view(self.batch_size, -1))  # (B, words per stack)
+            stack[rows] = _words(frame.reshape(frame.shape[0], -1)).repeat(1, self.stack)
 
     # -- stepping ------------------------------------------------------------------------------
     def step(self, actions: torch.Tensor) -> StepResult:
@@ -157,6 +159,12 @@ class FastHighway:
         if self.camera is not None:
             self._push_frame()
         return StepResult(reward=reward, terminated=terminated, truncated=truncated, signals=signals, rewards=terms)
+
+    def observations_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """(E, 3 * stack, H, W) uint8: a copy of the observations of the envs `rows` ((E,) int64)."""
+        batch, stack, channels, height, width = self.frames.shape
+        words = torch.index_select(_words(self.frames.view(batch, -1)), 0, rows.to(self.device))
+        return words.view(torch.uint8).view(-1, stack * channels, height, width)
 
     def observation(self) -> torch.Tensor:
         """(B, 3 * stack, H, W) uint8, oldest frame first, as DrivingEnv stacks them.
@@ -198,3 +206,9 @@ class FastHighway:
             ceiling = config["high_speed_reward"] + config["right_lane_reward"]
             reward = (reward - floor) / (ceiling - floor)
         return reward * terms["on_road_reward"], terms
+
+
+def _words(rows: torch.Tensor) -> torch.Tensor:
+    """(R, bytes) uint8, contiguous rows -> the same memory as (R, bytes / 8) int64 when bytes
+    is a multiple of 8 (so indexed copies move 8 bytes per element), else unchanged."""
+    return rows.view(torch.int64) if rows.shape[-1] % 8 == 0 else rows

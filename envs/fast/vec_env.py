@@ -70,7 +70,7 @@ class FastVecEnv(VecEnv):
             info["episode_seed"] = episode_seeds[i]
         finished = done.nonzero(as_tuple=True)[0]
         if finished.numel():
-            terminal = observation[finished].cpu().numpy().copy()
+            terminal = self.sim.observations_of(finished).cpu().numpy()  # a copy, kept by SB3
             for k, i in enumerate(finished.tolist()):
                 infos[i]["terminal_observation"] = terminal[k]
                 infos[i]["TimeLimit.truncated"] = time_limit[i]

@@ -93,6 +93,11 @@ def test_frame_stack_shifts_and_leaves_the_last_observation_untouched():
         assert torch.equal(observation[:, :-3], kept[:, 3:])  # older frames shift by one
         assert torch.equal(observation[:, -3:], sim._render(sim.state))  # the newest is the current state
         handed_out = observation
+    rows = torch.tensor([1])
+    copied = sim.observations_of(rows)  # what terminal observations are made of
+    assert torch.equal(copied, sim.observation()[rows])
+    copied.zero_()
+    assert sim.observation()[1].any()  # a copy, not a view
 
 
 def test_vec_env_observations_stay_valid_through_the_next_step():
