@@ -12,14 +12,22 @@ plus one gather. OpenCV itself quantises its warp to 1/32 px; this quantises to
 1/ROAD_SUBSAMPLES px, which moves an edge pixel by a couple of grey levels at most.
 
 Vehicles. Each visible vehicle gets a small patch of pixels around its centre (sized from
-the largest footprint in view); coverage = clamp(0.5 + signed distance to the footprint's
-edges [px], 0, 1), with the footprint grown by AA_DILATION_PX as `cv2.fillPoly(LINE_AA)`
-does. Other vehicles are combined per pixel with `scatter_reduce(amax)` and blended only at
-their patch pixels; the ego, always at the same pixel and pointing up, is blended last into
-a fixed slice of the frame. Only vehicles whose footprint can reach the frame are drawn.
+the largest footprint in its group: cars heading along the road get narrower patches than
+turned ones); coverage = clamp(0.5 + signed distance to the footprint's edges [px], 0, 1),
+with the footprint grown by AA_DILATION_PX as `cv2.fillPoly(LINE_AA)` does, quantised to
+1/ALPHA_ONE opacity steps. Other vehicles are combined per pixel with an integer
+`scatter_reduce(amax)` and blended only at their patch pixels; the ego, always at the same
+pixel and pointing up, is blended last into a fixed slice of the frame. Only vehicles whose
+footprint can reach the frame are drawn.
+
+Pipeline. Per-env and per-vehicle terms are computed once for the batch; frames are then
+drawn (on a CPU) CPU_CHUNK_FRAMES at a time, so that the per-pixel int32 scratch stays in
+cache: road indices, gather, other vehicles (packed RGBA), then RGB planes straight into
+the caller's `out` (e.g. a frame-stack slot), then the ego over those planes.
 
 Each call syncs with the host twice (the number of visible vehicles, and the patch sizes),
-which on CUDA costs tens of microseconds per batch, not per frame.
+which on CUDA costs tens of microseconds per batch, not per frame. (On a CPU, chunks add
+one more, which costs nothing there.)
 """
 
 from __future__ import annotations
@@ -106,8 +114,8 @@ def _supersampled_table(image: np.ndarray, subsamples: int, first_col: int, colu
 class BatchedBevCamera:
     """Renders B top-down frames at once, looking the same as envs.bev_camera.BevCamera.
 
-    Keeps scratch tensors between calls (~85 MB at B = 1024 on CPU), so one instance must
-    not render from two threads at once.
+    Keeps scratch tensors between calls (~12 MB at B = 1024 on CPU, where the per-pixel ones
+    are per chunk; ~85 MB on a GPU), so one instance must not render from two threads at once.
     """
 
     def __init__(self, config: BevCameraConfig, lanes_count: int, device: torch.device | str = "cpu") -> None:
@@ -339,15 +347,13 @@ class BatchedBevCamera:
         members = [(order[:split], narrow_u, narrow_v), (order[split:], wide_u, wide_v)]
         members = [(index, half_u, half_v) for index, half_u, half_v in members if index.numel()]
         selected = [cars.select(index) for index, _, _ in members]
-        if chunk < batch:  # each chunk's first car in each group (cars are sorted by env)
+        if chunk < batch and selected:  # each chunk's first car in each group (cars are sorted by env)
             starts = torch.arange(0, batch, chunk, device=self.device)
-            first_cars = [firsts + [group.count] for group, firsts in zip(
-                selected, torch.stack([torch.searchsorted(group.env, starts) for group in selected]).tolist()
-            )] if selected else []
+            firsts = torch.stack([torch.searchsorted(group.env, starts) for group in selected]).tolist()
         else:
-            first_cars = [[0, group.count] for group in selected]
-        groups = [_PatchGroup(cars=group, half_u=half_u, half_v=half_v, first_cars=firsts)
-                  for group, (_, half_u, half_v), firsts in zip(selected, members, first_cars)]
+            firsts = [[0] for _ in selected]
+        groups = [_PatchGroup(cars=group, half_u=half_u, half_v=half_v, first_cars=first + [group.count])
+                  for group, (_, half_u, half_v), first in zip(selected, members, firsts)]
         return _Layout(groups=groups, ego_half_u=ego_u, ego_half_v=ego_v)
 
     def _patches(self, group: _PatchGroup, chunk: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -421,10 +427,10 @@ class BatchedBevCamera:
     def _blend(self, rgba: torch.Tensor, alpha: torch.Tensor, colour: tuple[int, int, int]) -> torch.Tensor:
         """`colour` over packed RGBA int32 pixels at opacity `alpha` (same shape, int32 0 .. ALPHA_ONE).
 
-        `rgba` is scratch and gets overwritten; the result is a workspace buffer. Works
-        on two 8-bit channels per int32 at once (R and B, then G alone),
-        with the opacity in 1/128 steps: every intermediate stays below 2**31, so int32 never
-        overflows, and it is ~4x faster than blending per channel in float. Per channel:
+        `rgba` is scratch and gets overwritten; the result is a workspace buffer. Works on two
+        8-bit channels per int32 at once (R and B, then G alone), with the opacity in 1/128
+        steps: every intermediate stays below 2**31, so int32 never overflows, and it is ~4x
+        faster than blending per channel in float. Per channel:
         (channel * (128 - alpha) + colour * alpha + 64) >> 7, as `_draw_ego` computes it.
         """
         red, green, blue = colour
