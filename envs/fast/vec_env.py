@@ -70,14 +70,16 @@ class FastVecEnv(VecEnv):
             info["episode_seed"] = episode_seeds[i]
         finished = done.nonzero(as_tuple=True)[0]
         if finished.numel():
-            terminal = observation[finished].cpu().numpy().copy()
+            terminal = self.sim.observations_of(finished).cpu().numpy()  # a copy, kept by SB3
             for k, i in enumerate(finished.tolist()):
                 infos[i]["terminal_observation"] = terminal[k]
                 infos[i]["TimeLimit.truncated"] = time_limit[i]
             self.sim.reset(finished, self.seeds.next(finished))
             observation = self.sim.observation()
         return (
-            observation.cpu().numpy(),  # FastHighway.step builds a new frame tensor every step: no copy needed
+            # No copy: the next step leaves these frames as they are (FastHighway.observation),
+            # and SB3 copies them into its buffers by then.
+            observation.cpu().numpy(),
             result.reward.cpu().numpy().astype(np.float32),
             done.cpu().numpy(),
             infos,

@@ -11,6 +11,7 @@ from highway_env.road.road import RoadNetwork
 
 from envs import palette
 from envs.bev_camera import BevCamera
+import envs.fast.camera as fast_camera
 from envs.fast.camera import BatchedBevCamera
 from envs.road_map import build_road_map
 from envs.scene import Scene
@@ -118,6 +119,32 @@ def test_frames_are_rgb_uint8_on_the_camera_device(setup):
     frames = camera.render(*states.subset(slice(0, 5)).tensors())
     assert frames.shape == (5, 3, config.height, config.width)
     assert frames.dtype == torch.uint8 and frames.device.type == "cpu" and frames.is_contiguous()
+
+
+def test_rendering_into_out_gives_the_same_frames(setup):
+    """`out` may be a strided view, e.g. the newest slot of a frame stack; nothing else is written."""
+    config, _, camera, states, _ = setup
+    expected = camera.render(*states.tensors())
+    stack = torch.full((SCENES, 3, 3, config.height, config.width), 7, dtype=torch.uint8)
+    returned = camera.render(*states.tensors(), out=stack[:, 1])
+    assert returned.data_ptr() == stack[:, 1].data_ptr()
+    assert torch.equal(stack[:, 1], expected)
+    assert (stack[:, 0] == 7).all() and (stack[:, 2] == 7).all()
+    with pytest.raises(ValueError, match="out must be"):
+        camera.render(*states.tensors(), out=stack[:-1, 1])
+
+
+def test_frames_drawn_in_chunks_equal_frames_drawn_at_once(setup, monkeypatch):
+    """On CPU frames are drawn a chunk at a time; chunk boundaries must not show."""
+    _, _, camera, states, _ = setup
+    at_once = camera.render(*states.tensors())
+    monkeypatch.setattr(fast_camera, "CPU_CHUNK_FRAMES", 5)  # 24 frames: 4 chunks of 5, then 4
+    assert torch.equal(camera.render(*states.tensors()), at_once)
+    ego_only = states.subset((slice(None), slice(0, 1)))  # chunks without any other vehicle
+    monkeypatch.setattr(fast_camera, "CPU_CHUNK_FRAMES", SCENES)
+    alone = camera.render(*ego_only.tensors())
+    monkeypatch.setattr(fast_camera, "CPU_CHUNK_FRAMES", 5)
+    assert torch.equal(camera.render(*ego_only.tensors()), alone)
 
 
 def test_frames_look_like_the_reference_camera(setup):

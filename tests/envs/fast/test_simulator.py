@@ -79,6 +79,39 @@ def test_reset_touches_only_the_given_envs():
     assert torch.equal(sim.observation()[1], fresh.observation()[0])  # the stack holds the first frame 3 times
 
 
+def test_frame_stack_shifts_and_leaves_the_last_observation_untouched():
+    """Two frame stacks are used in turn: a step shifts the frames by one and must not
+    overwrite the observation handed out before it."""
+    sim = FastHighway(HIGHWAY, 2)
+    sim.reset(seeds=torch.tensor([1, 2]))
+    handed_out = sim.observation()
+    for _ in range(5):
+        kept = handed_out.clone()
+        sim.step(torch.ones(2, dtype=torch.long))
+        assert torch.equal(handed_out, kept)
+        observation = sim.observation()
+        assert torch.equal(observation[:, :-3], kept[:, 3:])  # older frames shift by one
+        assert torch.equal(observation[:, -3:], sim._render(sim.state))  # the newest is the current state
+        handed_out = observation
+    rows = torch.tensor([1])
+    copied = sim.observations_of(rows)  # what terminal observations are made of
+    assert torch.equal(copied, sim.observation()[rows])
+    copied.zero_()
+    assert sim.observation()[1].any()  # a copy, not a view
+
+
+def test_vec_env_observations_stay_valid_through_the_next_step():
+    """SB3 stores the previous observation after stepping: that step, resets included, must not change it."""
+    env = FastVecEnv(HIGHWAY, 3)
+    env.seed(0)
+    previous = env.reset()
+    for _ in range(12):
+        kept = previous.copy()
+        observation, _, _, _ = env.step(np.full(3, 3))  # crashes: resets happen too
+        assert np.array_equal(previous, kept)
+        previous = observation
+
+
 def test_vec_env_auto_resets_with_sb3_terminal_observations():
     env = FastVecEnv(HIGHWAY, 4)
     env.seed(5)
