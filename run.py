@@ -69,7 +69,7 @@ def cmd_perception_collect(args: argparse.Namespace) -> None:
     out = args.out or Path("data/perception") / "+".join(Path(name).stem for name in args.scenario)
     manifest = collect(
         scenarios=args.scenario, frames=args.frames, out=out, camera=args.camera,
-        seed=args.seed, shard_frames=args.shard_frames, workers=args.workers,
+        seed=args.seed, shard_frames=args.shard_frames, workers=args.workers, backend=args.backend,
     )
     print(f"{out}: {manifest.frames} frames in {len(manifest.shards)} shards")
 
@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--seed", type=non_negative_int, default=0)
     collect.add_argument("--shard-frames", type=positive_int, default=1000, help="frames per shard")
     collect.add_argument("--workers", type=positive_int, default=1, help="processes (use the number of cores)")
+    collect.add_argument("--backend", choices=BACKENDS, default="highway-env",
+                         help="simulator: highway-env (default) or fast (straight highways; see envs/fast)")
     collect.set_defaults(func=cmd_perception_collect)
 
     p_train = perception_steps.add_parser("train", help="train a teacher or student, clean or adversarially")

@@ -37,14 +37,22 @@ _LEFT, _OWN, _RIGHT = 0, 1, 2
 _AHEAD, _BEHIND = 0, 1
 
 
+def _action_type(env: gym.Env):
+    """highway-env's action type: a highway-env env and a FastDrivingEnv carry one, a DrivingEnv's
+    is on the highway-env env it wraps (`sim`)."""
+    unwrapped = env.unwrapped
+    found = getattr(unwrapped, "action_type", None)
+    return found if found is not None else getattr(getattr(unwrapped, "sim", None), "action_type", None)
+
+
 def action_indexes(env: gym.Env) -> dict[str, int]:
-    """Action name -> index of a `DrivingEnv` or a highway-env env (e.g. {"IDLE": 1, ...})."""
-    sim = getattr(env.unwrapped, "sim", env.unwrapped)
-    indexes = getattr(getattr(sim, "action_type", None), "actions_indexes", None)
+    """Action name -> index of a `DrivingEnv`, a `FastDrivingEnv` or a highway-env env (e.g. {"IDLE": 1, ...})."""
+    action_type = _action_type(env)
+    indexes = getattr(action_type, "actions_indexes", None)
     if not isinstance(indexes, Mapping) or "IDLE" not in indexes:
         raise ValueError(
             f"rule-based policies need highway-env's DiscreteMetaAction; {type(env.unwrapped).__name__} "
-            f"has {type(getattr(sim, 'action_type', None)).__name__}"
+            f"has {type(action_type).__name__}"
         )
     return dict(indexes)
 
@@ -170,6 +178,5 @@ def make_policy(name: str, env: gym.Env, rng: np.random.Generator | None = None)
     if name == "cautious":
         return CautiousPolicy(actions)
     if name == "lane-changing":
-        sim = getattr(env.unwrapped, "sim", env.unwrapped)
-        return LaneChangingPolicy(actions, available=sim.action_type.get_available_actions)
+        return LaneChangingPolicy(actions, available=_action_type(env).get_available_actions)
     raise ValueError(f"unknown policy {name!r}; choose one of: {', '.join(POLICY_NAMES)}")

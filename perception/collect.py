@@ -33,6 +33,7 @@ class ShardJob:
     camera: str
     seed: int
     policies: tuple[str, ...]
+    backend: str = "highway-env"
 
 
 def collect(
@@ -44,20 +45,27 @@ def collect(
     shard_frames: int = 1000,
     workers: int = 1,
     policies: tuple[str, ...] = POLICY_NAMES,
+    backend: str = "highway-env",
 ) -> Manifest:
-    """Collect about `frames` frames into `out`, resuming a previous run with the same settings."""
+    """Collect about `frames` frames into `out`, resuming a previous run with the same settings.
+
+    backend: the simulator that drives the episodes ("fast" refuses scenarios it does not support)."""
     if frames <= 0:
         raise ValueError(f"--frames must be positive, got {frames}")
     scenarios = [load_scenario(name).source if name.endswith((".yaml", ".yml")) else name for name in scenarios]
-    shapes = {make_env(name, camera=camera).observation_space.shape for name in scenarios}
+    shapes = set()
+    for name in scenarios:
+        env = make_env(name, backend, camera=camera)
+        shapes.add(env.observation_space.shape)
+        env.close()
     if len(shapes) != 1:
         raise ValueError(f"scenarios {scenarios} have different observation shapes {sorted(shapes)}; mix only equal cameras")
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _start_or_resume(out, scenarios, frames, camera, seed, list(policies), list(shapes.pop()))
+    manifest = _start_or_resume(out, scenarios, frames, camera, seed, list(policies), list(shapes.pop()), backend)
     done = {shard["index"] for shard in manifest.shards}
     shard_count = -(-frames // shard_frames)  # ceil
     jobs = [
-        ShardJob(i, shard_frames, tuple(scenarios), camera, seed, tuple(policies))
+        ShardJob(i, shard_frames, tuple(scenarios), camera, seed, tuple(policies), backend)
         for i in range(shard_count)
         if i not in done
     ]
@@ -75,19 +83,20 @@ def collect(
     return manifest
 
 
-def _start_or_resume(out: Path, scenarios, frames, camera, seed, policies, shape) -> Manifest:
+def _start_or_resume(out: Path, scenarios, frames, camera, seed, policies, shape, backend) -> Manifest:
     fresh = Manifest(scenarios=scenarios, camera=camera, frames_requested=frames, seed=seed,
-                     policies=policies, observation_shape=shape)
+                     policies=policies, observation_shape=shape, backend=backend)
     if not (out / "manifest.json").exists():
         save_manifest(out, fresh)
         return fresh
     existing = load_manifest(out)
-    same = (existing.scenarios, existing.camera, existing.seed, existing.policies, existing.observation_shape) == (
-        scenarios, camera, seed, policies, shape)
+    same = (existing.scenarios, existing.camera, existing.seed, existing.policies, existing.observation_shape,
+            existing.backend) == (scenarios, camera, seed, policies, shape, backend)
     if not same:
         raise ValueError(
             f"{out} already holds a dataset made with other settings (scenarios {existing.scenarios}, "
-            f"camera {existing.camera}, seed {existing.seed}); use another --out or delete it"
+            f"camera {existing.camera}, seed {existing.seed}, backend {existing.backend}); use another --out or "
+            f"delete it"
         )
     existing.frames_requested = frames
     return existing
@@ -114,7 +123,7 @@ def make_shard(job: ShardJob, out: Path) -> tuple[int, int, int]:
     rng = np.random.default_rng([job.seed, job.index])
     frames, targets, masks = [], [], []
     episodes = 0
-    envs = {name: make_env(name, camera=job.camera) for name in job.scenarios}
+    envs = {name: make_env(name, job.backend, camera=job.camera) for name in job.scenarios}
     while len(frames) < job.frames:
         env = envs[job.scenarios[rng.integers(len(job.scenarios))]]
         policy = make_policy(job.policies[rng.integers(len(job.policies))], env, rng)

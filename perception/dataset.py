@@ -36,6 +36,7 @@ class Manifest:
     policies: list[str]
     observation_shape: list[int]  # (C, H, W)
     label_dim: int = LABEL_DIM
+    backend: str = "highway-env"  # the simulator the episodes ran on (envs.registration.BACKENDS)
     shards: list[dict] = field(default_factory=list)  # {"file", "frames", "episodes", "index"}
     version: int = MANIFEST_VERSION
 

@@ -13,6 +13,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from highway_env.envs.common.action import DiscreteMetaAction
 
 from envs.fast.episodes import EpisodeSeeds
 from envs.fast.params import LANE_WIDTH_M, VEHICLE
@@ -23,6 +24,32 @@ from envs.scene import Scene
 from scenarios import Scenario, load_scenario
 
 _ROW = torch.zeros(1, dtype=torch.long)
+
+
+class FastMetaActions:
+    """The parts of highway-env's `DiscreteMetaAction` that rule-based ego policies read
+    (envs.policies: perception data collection, previews), for the one env of a FastDrivingEnv."""
+
+    actions_indexes = {name: index for index, name in DiscreteMetaAction.ACTIONS_ALL.items()}
+
+    def __init__(self, sim: FastHighway) -> None:
+        self.sim = sim
+
+    def get_available_actions(self) -> list[int]:
+        """As DiscreteMetaAction.get_available_actions on a straight road: no lane change off the
+        road's edge lanes, no speed change past the first or last target speed."""
+        indexes, state = self.actions_indexes, self.sim.state
+        lane, speed_index = int(state.lane[0, 0]), int(state.ego_speed_index[0])
+        actions = [indexes["IDLE"]]
+        if lane > 0:
+            actions.append(indexes["LANE_LEFT"])
+        if lane < self.sim.traffic.lanes_count - 1:
+            actions.append(indexes["LANE_RIGHT"])
+        if speed_index < len(self.sim.target_speeds) - 1:
+            actions.append(indexes["FASTER"])
+        if speed_index > 0:
+            actions.append(indexes["SLOWER"])
+        return actions
 
 
 class FastDrivingEnv(gym.Env[np.ndarray, int]):
@@ -41,6 +68,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         self.metadata = {**self.metadata, "render_fps": self.sim.config["policy_frequency"]}
         self.seeds = EpisodeSeeds(1, self.sim.device)
         self.episode_seed: int | None = None
+        self.action_type = FastMetaActions(self.sim)  # what rule-based policies read, as on highway-env
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

@@ -45,6 +45,21 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         collect(["merge"], frames=5, out=tmp_path, shard_frames=5, seed=0)
 
 
+def test_collect_on_the_fast_backend(tmp_path):
+    from envs.fast.simulator import UnsupportedScenario
+
+    manifest = collect(["highway"], frames=40, out=tmp_path / "fast", shard_frames=20, seed=1, backend="fast")
+    assert manifest.backend == "fast" and load_manifest(tmp_path / "fast").backend == "fast"
+    data = FrameDataset(tmp_path / "fast")
+    assert len(data) == manifest.frames >= 40 and data.frames.shape[1:] == (9, 96, 48)
+    speeds = data.targets[:, GROUP["ego_speed"].start] * 30.0
+    assert 5.0 < speeds.mean() < 40.0 and data.frames.std() > 10
+    with pytest.raises(ValueError, match="other settings"):  # same folder, other simulator
+        collect(["highway"], frames=40, out=tmp_path / "fast", shard_frames=20, seed=1)
+    with pytest.raises(UnsupportedScenario, match="Supported scenarios"):
+        collect(["merge"], frames=5, out=tmp_path / "merge", backend="fast")
+
+
 def test_scenario_mix_and_holdout_split(tmp_path):
     manifest = collect(["highway", "merge"], frames=40, out=tmp_path, shard_frames=8, seed=0)
     assert manifest.scenarios == ["highway", "merge"]

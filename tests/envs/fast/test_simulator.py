@@ -198,3 +198,18 @@ def test_bench_rows_are_consistent_measurements():
         assert row["highway_env_sps"] == rows[0]["highway_env_sps"]  # one reference per scenario
     with pytest.raises(UnsupportedScenario):
         bench_fast(["merge"], batch_sizes=[2], steps=1, reference_steps=1)
+
+
+def test_rule_based_policies_see_highway_envs_available_actions():
+    from envs.fast.gym_env import FastDrivingEnv
+    from envs.policies import action_indexes
+
+    env = FastDrivingEnv("highway")
+    env.reset(seed=5)
+    indexes = action_indexes(env)
+    assert indexes == {"LANE_LEFT": 0, "IDLE": 1, "LANE_RIGHT": 2, "FASTER": 3, "SLOWER": 4}
+    state = env.sim.state
+    state.lane[0, 0], state.ego_speed_index[0] = 0, len(env.sim.target_speeds) - 1  # leftmost lane, top speed
+    assert sorted(env.action_type.get_available_actions()) == [indexes["IDLE"], indexes["LANE_RIGHT"], indexes["SLOWER"]]
+    state.lane[0, 0], state.ego_speed_index[0] = env.sim.traffic.lanes_count - 1, 0  # rightmost lane, lowest speed
+    assert sorted(env.action_type.get_available_actions()) == [indexes["LANE_LEFT"], indexes["IDLE"], indexes["FASTER"]]
