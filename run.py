@@ -157,6 +157,17 @@ def cmd_bench_perception_training(args: argparse.Namespace) -> None:
         print(f"  {mode:<8} {value:7.3f} s   {value / seconds['clean']:.2f}x clean")
 
 
+def cmd_bench_ppo_ceiling(args: argparse.Namespace) -> None:
+    from agents.ceiling import ppo_ceiling
+    from agents.evaluate import print_report
+
+    report = ppo_ceiling(scenario=args.scenario, timesteps=args.timesteps, episodes=args.episodes, seed=args.seed,
+                         n_envs=args.n_envs, config_file=args.config)
+    print_report(report)
+    steps = report["num_timesteps"]
+    print(f"trained {steps:,} steps in {report['train_seconds']:.0f} s ({steps / report['train_seconds']:.0f} steps/s)")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import shlex
 
@@ -227,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench_training.add_argument("--steps", type=positive_int, default=8, help="timed steps per mode (median)")
     bench_training.add_argument("--threads-per-step", type=positive_int, default=1, help="torch threads")
     bench_training.set_defaults(func=cmd_bench_perception_training)
+    bench_ceiling = bench_kinds.add_parser(
+        "ppo-ceiling", help="PPO on exact labels instead of camera features (fast backend): perfect perception's ceiling"
+    )
+    bench_ceiling.add_argument("--scenario", default="highway", help="a scenario the fast backend supports")
+    bench_ceiling.add_argument("--timesteps", type=positive_int, default=None, help="default: the fast block's")
+    bench_ceiling.add_argument("--episodes", type=positive_int, default=50, help="evaluation episodes")
+    bench_ceiling.add_argument("--seed", type=non_negative_int, default=0)
+    bench_ceiling.add_argument("--n-envs", type=positive_int, default=None, help="default: FAST_N_ENVS (256)")
+    bench_ceiling.add_argument("--config", default=None, help="YAML overriding agents/defaults.yaml, as for train")
+    bench_ceiling.set_defaults(func=cmd_bench_ppo_ceiling)
 
     perception = commands.add_parser("perception", help="perception data, training, distillation, export")
     perception_steps = perception.add_subparsers(dest="step", required=True, metavar="STEP")

@@ -33,6 +33,7 @@ MIN_TTC_CAP_S = 10.0
 a leader have an infinite TTC, which would make every mean infinite."""
 
 CONFIDENCE = 0.95
+CI_TEXT = f"{CONFIDENCE:.0%} Student t: mean ± t(0.975, n-1) * std / sqrt(n), clipped to the metric's range"
 DEFINITIONS = (
     "collision rate: share of episodes with a crash; unsafe fraction: share of steps with TTC < 2 s or "
     "headway < 1 s; route completion: distance / the scenario's route length; driving score: route "
@@ -131,6 +132,14 @@ def safety_means(summaries: Sequence[dict[str, float]]) -> dict[str, float]:
     }
 
 
+def summarize(per_episode: Sequence[dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    """Mean and confidence interval of every metric of METRICS over episodes (run_episodes' rows)."""
+    return {
+        metric.key: mean_ci([episode[metric.key] for episode in per_episode], low=metric.low, high=metric.high)
+        for metric in METRICS
+    }
+
+
 def mean_ci(
     values: Sequence[float], confidence: float = CONFIDENCE, low: float = -math.inf, high: float = math.inf
 ) -> dict[str, float | None]:
@@ -201,13 +210,10 @@ def evaluate_run(
         "episodes": episodes,
         "seeds": {"first": seeds[0], "last": seeds[-1]},
         "deterministic": True,
-        "confidence_interval": f"{CONFIDENCE:.0%} Student t: mean ± t(0.975, n-1) * std / sqrt(n), clipped to the metric's range",
+        "confidence_interval": CI_TEXT,
         "definitions": DEFINITIONS,
         "min_ttc_cap_s": MIN_TTC_CAP_S,
-        "metrics": {
-            metric.key: mean_ci([episode[metric.key] for episode in per_episode], low=metric.low, high=metric.high)
-            for metric in METRICS
-        },
+        "metrics": summarize(per_episode),
         "per_episode": per_episode,
         "command": "python run.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]),
     }

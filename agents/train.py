@@ -312,7 +312,7 @@ def train(options: TrainOptions) -> TrainResult:
             callbacks.append(PeriodicEvaluation(eval_env, seeds, training.eval_every))
         if model_path is None:
             callbacks.append(HParamsCallback(_hparams(config)))
-        progress = _progress_bar() if options.progress_bar else None
+        progress = progress_bar() if options.progress_bar else None
         if progress is not None:
             callbacks.append(progress)
 
@@ -358,7 +358,7 @@ def _tensorboard_logger(run_dir: Path, purge_step: int | None):
     return Logger(str(run_dir), [ResumableTensorBoard(str(run_dir))])
 
 
-def _progress_bar():
+def progress_bar():
     """SB3's progress bar (tqdm.rich: steps, steps/s, elapsed < remaining), without tqdm's "rich is
     experimental" warning."""
     import warnings

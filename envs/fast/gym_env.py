@@ -18,12 +18,26 @@ from highway_env.envs.common.action import DiscreteMetaAction
 from envs.fast.episodes import EpisodeSeeds
 from envs.fast.params import LANE_WIDTH_M, VEHICLE
 from envs.fast.simulator import FastHighway
+from envs.fast.state import TrafficState
 from envs.fast.vec_env import ACTIONS, signal_rows
 from envs.ground_truth import privileged_state
 from envs.scene import Scene
 from scenarios import Scenario, load_scenario
 
 _ROW = torch.zeros(1, dtype=torch.long)
+
+
+def scene_of(state: TrafficState, row: int) -> Scene:
+    """Env `row` of a batched state as envs.scene.Scene (the ego first, absent slots left out)."""
+    present = state.present[row].cpu().numpy()
+
+    def column(values: torch.Tensor) -> np.ndarray:
+        return values[row].detach().cpu().double().numpy()[present]
+
+    positions = np.stack([column(state.x), column(state.y)], axis=1)
+    count = positions.shape[0]
+    return Scene(positions=positions, headings=column(state.heading), speeds=column(state.speed),
+                 lengths=np.full(count, VEHICLE.length), widths=np.full(count, VEHICLE.width))
 
 
 class FastMetaActions:
@@ -100,16 +114,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
 
     def scene(self) -> Scene:
         """The current vehicles as envs.scene.Scene (row 0 the ego), for ground truth and tools."""
-        state = self.sim.state
-        present = state.present[0].cpu().numpy()
-
-        def row(values: torch.Tensor) -> np.ndarray:
-            return values[0].detach().cpu().double().numpy()[present]
-
-        positions = np.stack([row(state.x), row(state.y)], axis=1)
-        count = positions.shape[0]
-        return Scene(positions=positions, headings=row(state.heading), speeds=row(state.speed),
-                     lengths=np.full(count, VEHICLE.length), widths=np.full(count, VEHICLE.width))
+        return scene_of(self.sim.state, 0)
 
     def _observation(self) -> np.ndarray:
         return self.sim.observation()[0].cpu().numpy().copy()

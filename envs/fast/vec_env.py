@@ -54,7 +54,7 @@ class FastVecEnv(VecEnv):
         self.reset_infos = [{"episode_seed": seed} for seed in episode_seeds.tolist()]
         self._reset_seeds()
         self._reset_options()
-        return self.sim.observation().cpu().numpy().copy()
+        return self.observe().copy()
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = torch.as_tensor(np.asarray(actions).reshape(self.num_envs), dtype=torch.long)
@@ -62,7 +62,6 @@ class FastVecEnv(VecEnv):
     def step_wait(self):
         result = self.sim.step(self._actions)
         done = result.terminated | result.truncated
-        observation = self.sim.observation()
         infos: list[dict[str, Any]] = [{"safety": signals} for signals in signal_rows(result.signals)]
         episode_seeds = self.sim.episode_seeds.tolist()
         time_limit = (result.truncated & ~result.terminated).tolist()
@@ -70,20 +69,28 @@ class FastVecEnv(VecEnv):
             info["episode_seed"] = episode_seeds[i]
         finished = done.nonzero(as_tuple=True)[0]
         if finished.numel():
-            terminal = self.sim.observations_of(finished).cpu().numpy()  # a copy, kept by SB3
+            terminal = self.observe_rows(finished)  # a copy, kept by SB3
             for k, i in enumerate(finished.tolist()):
                 infos[i]["terminal_observation"] = terminal[k]
                 infos[i]["TimeLimit.truncated"] = time_limit[i]
             self.sim.reset(finished, self.seeds.next(finished))
-            observation = self.sim.observation()
         return (
             # No copy: the next step leaves these frames as they are (FastHighway.observation),
             # and SB3 copies them into its buffers by then.
-            observation.cpu().numpy(),
+            self.observe(),
             result.reward.cpu().numpy().astype(np.float32),
             done.cpu().numpy(),
             infos,
         )
+
+    # -- what the agent sees; a subclass may observe something else of the same states -----------
+    def observe(self) -> np.ndarray:
+        """(B, 3 * stack, H, W) uint8 camera observations of every env: a view, valid through the next step."""
+        return self.sim.observation().cpu().numpy()
+
+    def observe_rows(self, rows: torch.Tensor) -> np.ndarray:
+        """A copy of the observations of the envs `rows` ((E,) int64): terminal observations, kept by SB3."""
+        return self.sim.observations_of(rows).cpu().numpy()
 
     def close(self) -> None:
         return None

@@ -1,0 +1,109 @@
+"""`python run.py bench ppo-ceiling`: PPO on perfect perception, to tell perception errors from RL limits.
+
+The camera agent sees the perception student's features. Here the same PPO (hyperparameters from
+agents/defaults.yaml: the fast backend's block and the scenario's) learns instead from the exact
+label vector the student is trained to predict (perception.labels: neighbours, lane occupancy, ego
+lane and speed), computed from the fast backend's state. Its deterministic evaluation, on the
+scenario's evaluation seeds, is what this algorithm and budget reach with perfect perception: when
+it misses the driving-quality bar, better perception alone cannot close the gap.
+
+Training runs on the batched fast backend (`PrivilegedVecEnv`, 256 envs); evaluation plays one
+episode per seed in a `FastDrivingEnv`, through `agents.evaluate.run_episodes`, so the table has the
+same metrics as `run.py evaluate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from envs.fast.gym_env import FastDrivingEnv, scene_of
+from envs.fast.params import LANE_WIDTH_M
+from envs.fast.vec_env import FastVecEnv
+from envs.ground_truth import privileged_state
+from perception.labels import LABEL_DIM, encode
+from scenarios import Scenario, load_scenario
+
+LABEL_SPACE = gym.spaces.Box(-np.inf, np.inf, (LABEL_DIM,), np.float32)
+
+
+def label_vector(ground_truth: dict[str, np.ndarray]) -> np.ndarray:
+    """(LABEL_DIM,) float32 label vector; undefined entries (absent neighbours) are 0."""
+    target, mask = encode(ground_truth)
+    return target * mask
+
+
+class PrivilegedVecEnv(FastVecEnv):
+    """FastVecEnv whose observations are the label vectors (B, LABEL_DIM) of its states, not frames."""
+
+    def __init__(self, scenario: Scenario, num_envs: int, device: torch.device | str = "cpu") -> None:
+        super().__init__(scenario, num_envs, device)
+        self.observation_space = LABEL_SPACE
+
+    def observe(self) -> np.ndarray:
+        return self.observe_rows(torch.arange(self.num_envs))
+
+    def observe_rows(self, rows: torch.Tensor) -> np.ndarray:
+        state = self.sim.state
+        vectors = [
+            label_vector(privileged_state(scene_of(state, row), LANE_WIDTH_M, int(state.lane[row, 0])))
+            for row in rows.tolist()
+        ]
+        return np.stack(vectors).astype(np.float32)  # (E, LABEL_DIM)
+
+
+class PrivilegedObservation(gym.Wrapper):
+    """One env (DrivingEnv or FastDrivingEnv) observed through its `info["ground_truth"]` label vector."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = LABEL_SPACE
+
+    def reset(self, **kwargs):
+        _, info = self.env.reset(**kwargs)
+        return label_vector(info["ground_truth"]), info
+
+    def step(self, action):
+        _, reward, terminated, truncated, info = self.env.step(action)
+        return label_vector(info["ground_truth"]), reward, terminated, truncated, info
+
+
+def ppo_ceiling(scenario: str = "highway", timesteps: int | None = None, episodes: int = 50, seed: int = 0,
+                n_envs: int | None = None, config_file: str | None = None) -> dict[str, Any]:
+    """Train PPO on privileged labels on the fast backend, then evaluate it; returns a report for print_report."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecMonitor
+    from torch import nn
+
+    from agents.config import load_agent_config
+    from agents.evaluate import CI_TEXT, evaluation_seeds, run_episodes, summarize
+    from agents.train import default_n_envs, progress_bar
+
+    loaded = load_scenario(scenario)
+    agent = load_agent_config(loaded.name, config_file, backend="fast")
+    timesteps = timesteps or agent.training.timesteps
+    if timesteps <= 0 or episodes <= 0:
+        raise ValueError(f"--timesteps and --episodes must be positive, got {timesteps} and {episodes}")
+    env = VecMonitor(PrivilegedVecEnv(loaded, n_envs or default_n_envs("fast")))  # refuses unsupported scenarios
+    hidden = list(agent.policy.net_arch)
+    model = PPO(
+        "MlpPolicy", env, seed=seed, device="cpu", verbose=0, **dataclasses.asdict(agent.ppo),
+        policy_kwargs={"net_arch": {"pi": hidden, "vf": list(hidden)},
+                       "activation_fn": {"tanh": nn.Tanh, "relu": nn.ReLU}[agent.policy.activation]},
+    )
+    began = time.perf_counter()
+    model.learn(total_timesteps=timesteps, callback=progress_bar())
+    elapsed = time.perf_counter() - began
+    evaluation_env = PrivilegedObservation(FastDrivingEnv(loaded))
+    seeds = evaluation_seeds(loaded, episodes)
+    per_episode = run_episodes(model, evaluation_env, seeds)
+    return {
+        "scenario": loaded.name, "episodes": episodes, "seeds": {"first": seeds[0], "last": seeds[-1]},
+        "algo": "ppo", "num_timesteps": int(model.num_timesteps), "model": "privileged labels, fast backend",
+        "train_seconds": elapsed, "metrics": summarize(per_episode), "confidence_interval": CI_TEXT,
+    }
