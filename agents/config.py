@@ -11,11 +11,13 @@ scenario that overrides some of them:
     highway:
       ppo: {gamma: 0.8}
 
-A block named after a backend (`fast:`) overrides the default for runs on that simulator: the batched
-backend steps hundreds of envs per call, so its rollouts are short per env and its minibatches large.
+A block named after a backend (`fast:`) overrides both for runs on that simulator: the batched
+backend steps hundreds of envs per call, so its rollouts are short per env, its minibatches large
+and its budget in steps larger. (It supports only the straight highways, so its block is their
+recipe.)
 
 A `--config FILE` has the shape of one block (any subset of `training`, `policy`, `ppo`, `a2c`).
-Layers apply in this order, later wins: `default` < the backend's block < the scenario's block <
+Layers apply in this order, later wins: `default` < the scenario's block < the backend's block <
 `--config FILE` < flags on the command line (`--timesteps`, `--fine-tune`). Unknown keys, wrong types and out-of-range
 values are errors that name the file and the key, like scenario files.
 
@@ -159,8 +161,8 @@ def load_agent_config(
     defaults_file: str | Path = DEFAULTS_FILE,
     backend: str = "highway-env",
 ) -> AgentConfig:
-    """The hyperparameters for `scenario_name` on `backend`: defaults, the backend's block, the
-    scenario's block, the user's file, then `overrides`.
+    """The hyperparameters for `scenario_name` on `backend`: defaults, the scenario's block, the
+    backend's block, the user's file, then `overrides`.
 
     scenario_name: a shipped scenario (its block applies, if any); None for a user's scenario file.
 
@@ -168,8 +170,8 @@ def load_agent_config(
     """
     defaults_file = Path(defaults_file)
     blocks = _read_defaults(str(defaults_file), defaults_file.stat().st_mtime_ns)
-    merged = _merge(blocks["default"], blocks.get(backend, {}))
-    merged = _merge(merged, blocks.get(scenario_name, {}))
+    merged = _merge(blocks["default"], blocks.get(scenario_name, {}))
+    merged = _merge(merged, blocks.get(backend, {}))
     source = defaults_file
     if config_file is not None:
         config_file = Path(config_file).expanduser()

@@ -64,7 +64,7 @@ class TrainOptions:
     timesteps: int | None = None  # total env steps of the run; default from the config
     n_envs: int | None = None  # default: the number of usable cores (highway-env), FAST_N_ENVS (fast)
     seed: int | None = None  # default 0
-    backend: str | None = None  # highway-env | fast; default highway-env (a resumed run keeps its own)
+    backend: str | None = None  # highway-env | fast; default: default_backend (a resumed run keeps its own)
     device: str = "auto"  # auto | cpu | cuda
     logdir: str | os.PathLike = "runs"
     name: str | None = None  # run folder name; default <scenario>-<algo>-<YYYYmmdd-HHMMSS>
@@ -86,6 +86,7 @@ class TrainResult:
     num_timesteps: int
     interrupted: bool
     elapsed_s: float  # wall time of model.learn [s]
+    backend: str = "highway-env"  # the simulator it trained on
 
     @property
     def steps_per_s(self) -> float:
@@ -139,6 +140,16 @@ def make_vec_env(scenario: str, n_envs: int, backend: str = "highway-env", devic
     return VecMonitor(env)
 
 
+def default_backend(scenario) -> str:
+    """The simulator a run trains on unless --backend says otherwise: "fast" for the scenarios the
+    batched backend reproduces (same rules and camera, ~10x the PPO steps per second, eval/* still
+    on highway-env), "highway-env" for every other one. `--backend fast` on another scenario is
+    an error, never a fallback."""
+    from envs.fast.simulator import unsupported_reasons
+
+    return "highway-env" if unsupported_reasons(scenario) else "fast"
+
+
 def evaluation_env(scenario: str, backend: str) -> gym.Env:
     """The env of the periodic eval/*: highway-env, the reference simulator, whatever the run trains on,
     so that eval/* of a fast-backend run shows how the agent drives in highway-env (transfer included).
@@ -178,9 +189,11 @@ def _new_run(options: TrainOptions):
     from perception.checkpoint import read_metadata
     from perception.extractor import DEFAULT_STUDENT
 
+    from scenarios import load_scenario
+
     algo = options.algo or "ppo"
-    backend = options.backend or "highway-env"
     scenario_arg = str(options.scenario or "highway")
+    backend = options.backend or default_backend(load_scenario(scenario_arg))
     env = evaluation_env(scenario_arg, backend)  # validates the scenario (and the backend)
     try:
         scenario = env.scenario
@@ -287,6 +300,10 @@ def train(options: TrainOptions) -> TrainResult:
     else:
         run_dir, config, eval_env = _new_run(options)
         model_path = None
+    log.info(
+        "%s on %s: %d envs on the %s simulator, %s env steps in all -> %s", config.algo.upper(),
+        eval_env.scenario.name, config.n_envs, config.backend, f"{config.training.timesteps:,}", run_dir,
+    )
 
     _set_threads(options.threads, config.n_envs if config.backend == "highway-env" else 1)  # fast: no workers
     vec_env = None
@@ -338,7 +355,7 @@ def train(options: TrainOptions) -> TrainResult:
     finally:
         _close(vec_env)
         eval_env.close()
-    return TrainResult(run_dir, saved, start_timesteps, model.num_timesteps, interrupted, elapsed)
+    return TrainResult(run_dir, saved, start_timesteps, model.num_timesteps, interrupted, elapsed, config.backend)
 
 
 def _tensorboard_logger(run_dir: Path, purge_step: int | None):
@@ -421,7 +438,7 @@ def format_summary(result: TrainResult) -> str:
         [
             status,
             f"  run folder: {run}  ({result.num_timesteps - result.start_timesteps:,} steps in "
-            f"{result.elapsed_s:.0f} s, {result.steps_per_s:.1f} steps/s)",
+            f"{result.elapsed_s:.0f} s, {result.steps_per_s:.1f} steps/s on the {result.backend} simulator)",
             f"  watch:      tensorboard --logdir {run.parent}",
             f"  evaluate:   python run.py evaluate --run {run}",
             *([f"  continue:   python run.py train --resume {run}"] if result.interrupted else []),

@@ -38,14 +38,17 @@ def test_layers_apply_in_order_defaults_scenario_file_flags(tmp_path):
     assert config.a2c == load_agent_config("intersection").a2c
 
 
-def test_a_backend_block_sits_between_the_default_and_the_scenario(tmp_path):
+def test_a_backend_block_applies_after_the_scenario_and_before_the_user(tmp_path):
     defaults = yaml.safe_load(DEFAULTS_FILE.read_text())
     defaults["fast"] = {"ppo": {"n_steps": 8, "gamma": 0.5}}
     path = tmp_path / "defaults.yaml"
     path.write_text(yaml.safe_dump(defaults))
     on_fast = load_agent_config("intersection", defaults_file=path, backend="fast")
-    assert on_fast.ppo.n_steps == 8 and on_fast.ppo.gamma == 0.95  # the scenario's block wins over the backend's
-    assert load_agent_config(None, defaults_file=path, backend="fast").ppo.gamma == 0.5
+    assert (on_fast.ppo.n_steps, on_fast.ppo.gamma) == (8, 0.5)  # the backend's block wins over the scenario's
+    assert on_fast.ppo.ent_coef == 0.01  # keys it does not set come from the scenario's block
+    user = tmp_path / "mine.yaml"
+    user.write_text("ppo: {gamma: 0.7}\n")
+    assert load_agent_config("intersection", user, defaults_file=path, backend="fast").ppo.gamma == 0.7
     on_highway_env = load_agent_config("intersection", defaults_file=path)
     assert on_highway_env.ppo.n_steps == defaults["default"]["ppo"]["n_steps"]
 

@@ -27,7 +27,7 @@ def tiny(tmp_path_factory):
 def options(tiny, **changes) -> TrainOptions:
     base = dict(
         scenario=str(tiny.scenario), timesteps=64, n_envs=1, logdir=tiny.root / "runs", config=tiny.config,
-        progress_bar=False, command="python run.py train (test)",
+        progress_bar=False, command="python run.py train (test)", backend="highway-env",
     )
     return TrainOptions(**{**base, **changes})
 
@@ -299,7 +299,7 @@ def test_training_on_the_fast_backend_and_evaluating_on_both(tiny, monkeypatch):
     scalars = read_scalars(run)
     for key in ("rollout/ep_rew_mean", "safety/collision_rate", "safety/mean_speed", "eval/mean_reward"):
         assert all_finite(scalars.get(key, [])), (key, sorted(scalars))
-    resumed = train(options(tiny, resume=str(run), scenario=None, config=None, timesteps=256))
+    resumed = train(options(tiny, resume=str(run), scenario=None, config=None, backend=None, timesteps=256))
     assert resumed.start_timesteps == result.num_timesteps and read_run_config(run).backend == "fast"
 
     fast_report, _ = evaluate_run(run, episodes=2, backend="fast")
@@ -329,3 +329,22 @@ def test_periodic_evaluation_always_runs_on_highway_env(tiny):
         env.close()
     with pytest.raises(UnsupportedScenario):
         train_module.evaluation_env("merge", "fast")
+
+
+def test_the_default_backend_is_fast_where_it_reproduces_the_scenario():
+    from scenarios import load_scenario
+
+    assert train_module.default_backend(load_scenario("highway")) == "fast"
+    assert train_module.default_backend(load_scenario("merge")) == "highway-env"
+    assert train_module.default_backend(load_scenario("highway-noisy")) == "highway-env"  # corruptions: not batched
+
+
+def test_a_run_without_backend_trains_on_fast_with_fast_defaults(tiny, monkeypatch):
+    monkeypatch.setattr(train_module, "FAST_N_ENVS", 4)  # the default number of fast envs, small for a test
+    result = train(options(tiny, backend=None, n_envs=None, timesteps=64, name="default-backend"))
+    config = read_run_config(result.run_dir)
+    assert (config.backend, config.n_envs) == ("fast", 4) and result.backend == "fast"
+    tiny_ppo = yaml.safe_load(tiny.config.read_text())["ppo"]
+    assert config.algo_params.n_steps == tiny_ppo["n_steps"]  # the user's file still wins over the fast block
+    assert config.training.eval_every == 32  # ... and over the fast block's training section
+    assert "on the fast simulator" in format_summary(result)
