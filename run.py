@@ -332,10 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--scenario", default=None, help="scenario name or path to a .yaml file (default: highway)")
     train.add_argument("--algo", type=str.lower, default=None, metavar="{ppo,a2c}", help="algorithm (default: ppo)")
     train.add_argument("--timesteps", type=positive_int, default=None, help="total env steps (default: from the config)")
-    train.add_argument("--n-envs", type=positive_int, default=None, help="parallel envs (default: number of cores)")
+    train.add_argument("--n-envs", type=positive_int, default=None,
+                       help="parallel envs (default: the number of cores on highway-env, 256 on fast)")
     train.add_argument("--seed", type=non_negative_int, default=None, help="seed of the run (default: 0)")
     train.add_argument("--backend", choices=BACKENDS, default=None,
-                       help="simulator: highway-env (default) or fast (batched, straight highways; see envs/fast)")
+                       help="simulator (default: fast for the scenarios it reproduces, i.e. highway and "
+                            "highway-dense; highway-env for the others)")
     train.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: cuda when available)")
     train.add_argument("--logdir", type=Path, default=Path("runs"), help="where run folders go (default: runs/)")
     train.add_argument("--name", default=None, help="run folder name (default: <scenario>-<algo>-<YYYYmmdd-HHMMSS>)")
