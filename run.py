@@ -47,7 +47,8 @@ def cmd_scenarios(args: argparse.Namespace) -> None:
 def cmd_preview(args: argparse.Namespace) -> None:
     from envs.preview import write_preview
 
-    path = write_preview(args.scenario, out=args.out, camera=args.camera, seed=args.seed, steps=args.steps)
+    path = write_preview(args.scenario, out=args.out, camera=args.camera, seed=args.seed, steps=args.steps,
+                         backend=args.backend)
     print(f"wrote {path}")
 
 
@@ -215,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--out", type=Path, default=Path("preview.mp4"), help="output file, .mp4 or .gif")
     preview.add_argument("--seed", type=non_negative_int, default=0)
     preview.add_argument("--steps", type=positive_int, default=None, help="policy steps (default: one episode)")
+    preview.add_argument("--backend", choices=BACKENDS, default="highway-env",
+                         help="simulator: highway-env (default) or fast (right panel: its own zoomed-out top-down)")
     preview.set_defaults(func=cmd_preview)
 
     bench = commands.add_parser("bench", help="benchmarks")

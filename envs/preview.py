@@ -5,8 +5,8 @@ right before training on them. Each video frame is
 
     +------------------------------+--------------------------------------+
     | camera (what the agent sees) | highway-env top-down                 |
-    | clean camera frame, upscaled | env.top_down()                       |
-    | (INTER_NEAREST) to the       |                                      |
+    | clean camera frame, upscaled | env.top_down() (on the fast backend: |
+    | (INTER_NEAREST) to the       | our camera zoomed out, 600 x 150 px) |
     | top-down's height            |                                      |
     +------------------------------+--------------------------------------+
     | scenario  step  speed  TTC  headway  action                         |
@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import gymnasium as gym
 import imageio.v2 as imageio
 import numpy as np
 
 from envs.driving_env import DrivingEnv, with_camera_view
 from envs.files import atomic_write
-from envs.policies import make_policy
+from envs.policies import action_indexes, make_policy
+from envs.registration import check_backend
 from scenarios import Scenario, load_scenario
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".gif")
 CAMERA_CAPTION = "camera (what the agent sees)"
 TOP_DOWN_CAPTION = "highway-env top-down"
+FAST_TOP_DOWN_CAPTION = "fast backend top-down (our camera, zoomed out)"
 PREVIEW_POLICY = "lane-changing"
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -55,8 +58,11 @@ def write_preview(
     seed: int = 0,
     steps: int | None = None,
     fps: float | None = None,
+    backend: str = "highway-env",
 ) -> Path:
     """Drive the scenario with `LaneChangingPolicy` and write a side-by-side video to `out`.
+
+    backend: the simulator ("fast": the batched one, whose right-hand panel is its own top-down).
 
     `steps=None` records one episode; otherwise exactly `steps` policy steps, starting a new
     episode (seed + 1, ...) when one ends. The video has one frame per policy step plus the
@@ -70,7 +76,7 @@ def write_preview(
     if fps is not None and not (fps > 0 and math.isfinite(fps)):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
 
-    env = DrivingEnv(_scenario(scenario, camera), render_mode="rgb_array")
+    env = _make_env(scenario, camera, backend)
     try:
         fps = fps or float(env.metadata["render_fps"])
         # Frames stream into the writer: a long preview never sits in memory as a whole.
@@ -87,6 +93,7 @@ def save_still(
     camera: str | None = None,
     seed: int = 0,
     step: int = 5,
+    backend: str = "highway-env",
 ) -> Path:
     """Write one composite frame, after `step` policy steps, as a PNG (for docs and reports)."""
     out = Path(out)
@@ -94,7 +101,7 @@ def save_still(
         raise ValueError(f"a still must be a .png file, got {out.name!r}")
     if not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be a non-negative integer, got {step!r}")
-    env = DrivingEnv(_scenario(scenario, camera), render_mode="rgb_array")
+    env = _make_env(scenario, camera, backend)
     try:
         frame = list(_episode_frames(env, seed, step))[-1]
     finally:
@@ -103,7 +110,7 @@ def save_still(
     return out
 
 
-def composite_frame(env: DrivingEnv, info: dict[str, Any], step: int, action: int | None = None) -> np.ndarray:
+def composite_frame(env: gym.Env, info: dict[str, Any], step: int, action: int | None = None) -> np.ndarray:
     """(h, w, 3) uint8 RGB: captioned camera frame beside the top-down view, status line below."""
     top_down = env.top_down()  # (h, w_td, 3)
     height = top_down.shape[0]
@@ -121,7 +128,7 @@ def composite_frame(env: DrivingEnv, info: dict[str, Any], step: int, action: in
     frame[_BAND_PX : _BAND_PX + height, panel_width + _GAP_PX :] = top_down
 
     _put(frame, CAMERA_CAPTION, (panel_width - _text_width(CAMERA_CAPTION)) // 2, _BAND_PX - 7)
-    _put(frame, TOP_DOWN_CAPTION, panel_width + _GAP_PX + 6, _BAND_PX - 7)
+    _put(frame, _top_down_caption(env), panel_width + _GAP_PX + 6, _BAND_PX - 7)
     status, alert = _status_line(env, info, step, action)
     _put(frame, status, 6, frame.shape[0] - 7, _ALERT if alert else _TEXT)
     return frame
@@ -135,6 +142,22 @@ def _scenario(scenario: str | Path | Scenario, camera: str | None) -> Scenario:
     return with_camera_view(base, camera)
 
 
+def _make_env(scenario: str | Path | Scenario, camera: str | None, backend: str) -> gym.Env:
+    """A DrivingEnv, or a FastDrivingEnv on `backend="fast"` (which refuses what it cannot reproduce)."""
+    loaded = _scenario(scenario, camera)
+    if check_backend(backend) == "fast":
+        from envs.fast.gym_env import FastDrivingEnv
+
+        return FastDrivingEnv(loaded, render_mode="rgb_array")
+    return DrivingEnv(loaded, render_mode="rgb_array")
+
+
+def _top_down_caption(env: gym.Env) -> str:
+    from envs.fast.gym_env import FastDrivingEnv
+
+    return FAST_TOP_DOWN_CAPTION if isinstance(env.unwrapped, FastDrivingEnv) else TOP_DOWN_CAPTION
+
+
 def _video_suffix(out: Path) -> str:
     suffix = out.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
@@ -145,7 +168,7 @@ def _video_suffix(out: Path) -> str:
     return suffix
 
 
-def _episode_frames(env: DrivingEnv, seed: int, steps: int | None) -> Iterator[np.ndarray]:
+def _episode_frames(env: gym.Env, seed: int, steps: int | None) -> Iterator[np.ndarray]:
     """Yield composite frames: one after reset, then one per policy step."""
     policy = make_policy(PREVIEW_POLICY, env, np.random.default_rng(seed))
     episode_seed = seed
@@ -168,9 +191,9 @@ def _episode_frames(env: DrivingEnv, seed: int, steps: int | None) -> Iterator[n
             episode_step = 0
 
 
-def _status_line(env: DrivingEnv, info: dict[str, Any], step: int, action: int | None) -> tuple[str, bool]:
+def _status_line(env: gym.Env, info: dict[str, Any], step: int, action: int | None) -> tuple[str, bool]:
     safety = info["safety"]
-    names = {index: name for name, index in env.sim.action_type.actions_indexes.items()}
+    names = {index: name for name, index in action_indexes(env).items()}
     parts = [
         env.scenario.name,
         f"step {step}/{env.scenario.episode_steps}",

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from highway_env.envs.common.action import DiscreteMetaAction
 
+from envs.fast.camera import BatchedBevCamera
 from envs.fast.episodes import EpisodeSeeds
 from envs.fast.params import LANE_WIDTH_M, VEHICLE
 from envs.fast.simulator import FastHighway
@@ -23,8 +24,12 @@ from envs.fast.vec_env import ACTIONS, signal_rows
 from envs.ground_truth import privileged_state
 from envs.scene import Scene
 from scenarios import Scenario, load_scenario
+from scenarios.schema import BevCameraConfig
 
 _ROW = torch.zeros(1, dtype=torch.long)
+# The top-down view of previews and replays: highway-env's default screen (600 x 150 px, road left
+# to right) at highway-env's default scale, drawn by the batched camera heading-up, then turned.
+TOP_DOWN_VIEW = BevCameraConfig(width=150, height=600, pixels_per_meter=5.5, ego_row=0.5)
 
 
 def scene_of(state: TrafficState, row: int) -> Scene:
@@ -83,6 +88,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         self.seeds = EpisodeSeeds(1, self.sim.device)
         self.episode_seed: int | None = None
         self.action_type = FastMetaActions(self.sim)  # what rule-based policies read, as on highway-env
+        self._top_down_camera: BatchedBevCamera | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -106,6 +112,16 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         if self.render_mode != "rgb_array":
             return None
         return self.clean_frame
+
+    def top_down(self) -> np.ndarray:
+        """(150, 600, 3) uint8: a zoomed-out view, road left to right as highway-env draws it, for previews."""
+        if self._top_down_camera is None:  # built on first use: its road table takes ~0.1 s
+            self._top_down_camera = BatchedBevCamera(TOP_DOWN_VIEW, self.sim.traffic.lanes_count, self.sim.device)
+        state = self.sim.state.select(_ROW.to(self.sim.device))
+        length, width = torch.full_like(state.x, VEHICLE.length), torch.full_like(state.x, VEHICLE.width)
+        frame = self._top_down_camera.render(state.x, state.y, state.heading, length, width, state.present)
+        heading_up = frame[0].permute(1, 2, 0).cpu().numpy()  # (600, 150, 3): ahead is up
+        return np.ascontiguousarray(np.rot90(heading_up, k=-1))  # (150, 600, 3): ahead is right
 
     @property
     def clean_frame(self) -> np.ndarray:

@@ -42,6 +42,24 @@ def test_write_preview_writes_a_readable_video(tmp_path, suffix):
     assert red[:, : first.shape[1] // 3].any()
 
 
+def test_write_preview_on_the_fast_backend(tmp_path):
+    from envs.fast.gym_env import FastDrivingEnv
+    from envs.fast.simulator import UnsupportedScenario
+
+    frames = read_frames(write_preview("highway", out=tmp_path / "fast.gif", steps=STEPS, backend="fast"))
+    assert len(frames) == STEPS + 1 and frames[0].shape[1] > frames[0].shape[0]
+    env = FastDrivingEnv("highway")
+    env.reset(seed=0)
+    top_down = env.top_down()
+    assert top_down.shape == (150, 600, 3)
+    ego = (top_down[..., 0] > 200) & (top_down[..., 1] < 120) & (top_down[..., 2] < 120)  # the red ego
+    rows, cols = np.nonzero(ego)
+    assert abs(cols.mean() - 300) < 3 and abs(rows.mean() - 75) < 20  # at the centre, road left to right
+    assert np.ptp(cols) > np.ptp(rows)  # longer along the road than across it
+    with pytest.raises(UnsupportedScenario, match="Supported scenarios"):
+        write_preview("merge", out=tmp_path / "merge.gif", steps=1, backend="fast")
+
+
 def test_write_preview_front_camera_is_even_sized(tmp_path):
     out = write_preview("highway", out=tmp_path / "front.mp4", camera="front", steps=1)
     frames = read_frames(out)
