@@ -57,7 +57,6 @@ def make_env(scenario: str | Path = "highway", backend: str = "highway-env", **k
         from scenarios import load_scenario
 
         camera = kwargs.pop("camera", None)
-        kwargs.pop("corruptions", None)  # the fast backend refuses scenarios with sensor corruptions
         loaded = with_camera_view(load_scenario(scenario), camera)
         return FastDrivingEnv(loaded, **kwargs)
     from envs.driving_env import DrivingEnv

@@ -75,11 +75,11 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 1}
 
     def __init__(self, scenario: str | Path | Scenario = "highway", render_mode: str | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", corruptions: bool = True) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-        self.sim = FastHighway(self.scenario, 1, device=device)
+        self.sim = FastHighway(self.scenario, 1, device=device, corruptions=corruptions)
         self.render_mode = render_mode
         height, width = self.scenario.camera.size
         self.observation_space = gym.spaces.Box(0, 255, (3 * self.sim.stack, height, width), np.uint8)
@@ -108,7 +108,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         return self._observation(), float(result.reward[0]), bool(result.terminated[0]), bool(result.truncated[0]), info
 
     def render(self) -> np.ndarray | None:
-        """The newest camera frame (H, W, 3) uint8, as DrivingEnv.render gives it."""
+        """The newest camera frame before sensor corruptions (H, W, 3) uint8, as DrivingEnv.render gives it."""
         if self.render_mode != "rgb_array":
             return None
         return self.clean_frame
@@ -125,8 +125,8 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
 
     @property
     def clean_frame(self) -> np.ndarray:
-        """(H, W, 3) uint8: the newest frame (the fast backend has no sensor corruptions)."""
-        return self.sim.frames[0, -1].permute(1, 2, 0).cpu().numpy().copy()
+        """(H, W, 3) uint8: the newest frame before sensor corruptions."""
+        return self.sim.clean_frames[0].permute(1, 2, 0).cpu().numpy().copy()
 
     def scene(self) -> Scene:
         """The current vehicles as envs.scene.Scene (row 0 the ego), for ground truth and tools."""

@@ -2,7 +2,8 @@
 
 One `step(actions)` is one policy step of highway-env's HighwayEnvFast for every env:
 `simulation_frequency / policy_frequency` sub-steps of act + move, then highway-env's reward,
-termination and truncation, our safety signals and a new camera frame. Finished envs keep
+termination and truncation, our safety signals and a new camera frame, through the
+scenario's sensor corruptions when it has any (envs.fast.corruptions). Finished envs keep
 their final state until `reset(rows, seeds)` respawns them; the VecEnv does that (auto-reset).
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from highway_env.envs.highway_env import HighwayEnvFast
 
+from envs.fast.corruptions import BatchedSensorCorruption
 from envs.fast.dynamics import act, apply_ego_action, move
 from envs.fast.params import CONTROLLER, VEHICLE
 from envs.fast.signals import SignalTracker, on_road
@@ -34,10 +36,6 @@ def unsupported_reasons(scenario: Scenario) -> list[str]:
         reasons.append(f"its highway-env id is {scenario.highway_env.id}")
     if scenario.camera.view != "bev":
         reasons.append(f"its camera is {scenario.camera.view!r} (only 'bev' is batched)")
-    corruptions = scenario.corruptions
-    if any((corruptions.gaussian_noise_std, corruptions.blur_sigma_px, corruptions.brightness_shift,
-            corruptions.frame_drop_prob)):
-        reasons.append("it has sensor corruptions (not batched yet)")
     config = {**HighwayEnvFast.default_config(), **scenario.highway_env_config()}
     if config.get("offroad_terminal"):
         reasons.append("offroad_terminal is set")
@@ -78,7 +76,10 @@ class FastHighway:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         render: bool = True,
+        corruptions: bool = True,
     ) -> None:
+        """corruptions: apply the scenario's sensor corruptions to the frames (when it has any),
+        as DrivingEnv's flag of the same name."""
         check_supported(scenario)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -111,6 +112,14 @@ class FastHighway:
             for _ in range(2)
         )
         self.frames = self._stacks[0]  # the current stack, oldest frame first
+        # Sensor corruptions, only where the scenario has them (no cost otherwise): new frames are
+        # rendered into `_clean` (B, 3, H, W) uint8, kept for `clean_frames`, and their corrupted
+        # version goes into the stack.
+        self.corruption: BatchedSensorCorruption | None = None
+        self._clean: torch.Tensor | None = None
+        if self.camera is not None and corruptions and scenario.corruptions.active:
+            self.corruption = BatchedSensorCorruption(scenario.corruptions, batch_size, self.device)
+            self._clean = torch.zeros((batch_size, 3, height, width), dtype=torch.uint8, device=self.device)
         self.tracker = SignalTracker(batch_size, 1.0 / policy_hz, self.device, dtype)
         self.steps = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.episode_seeds = torch.zeros(batch_size, dtype=torch.long, device=self.device)
@@ -137,6 +146,10 @@ class FastHighway:
         self.reset_signals = self.tracker.reset(rows, self.state)
         if self.camera is not None:
             frame = self._render(self.state.select(rows))  # (E, 3, H, W)
+            if self.corruption is not None:  # the stack holds the corrupted first frame, as DrivingEnv's
+                self._clean[rows] = frame
+                self.corruption.reset(rows)
+                frame = self.corruption(frame, rows, self.episode_seeds[rows], self.steps[rows])
             # A fresh episode's stack holds its first frame `stack` times. Written as 8-byte
             # words: indexed writes go element by element, so that is ~3x faster than bytes.
             stacks = _words(self.frames.view(self.batch_size, self.stack, -1))  # (B, stack, words per frame)
@@ -166,6 +179,12 @@ class FastHighway:
         words = torch.index_select(_words(self.frames.view(batch, -1)), 0, rows.to(self.device))
         return words.view(torch.uint8).view(-1, stack * channels, height, width)
 
+    @property
+    def clean_frames(self) -> torch.Tensor:
+        """(B, 3, H, W) uint8: every env's newest frame before sensor corruptions (a view, valid
+        until the next step or reset); the observed newest frame when there are none."""
+        return self.frames[:, -1] if self._clean is None else self._clean
+
     def observation(self) -> torch.Tensor:
         """(B, 3 * stack, H, W) uint8, oldest frame first, as DrivingEnv stacks them.
 
@@ -177,11 +196,16 @@ class FastHighway:
 
     # -- internals -----------------------------------------------------------------------------
     def _push_frame(self) -> None:
-        """Make the other stack current: the previous stack's newer frames, then a new frame rendered in place."""
+        """Make the other stack current: the previous stack's newer frames, then a new frame
+        rendered in place (or rendered clean, then corrupted into place)."""
         previous = self.frames
         self.frames = self._stacks[1] if previous is self._stacks[0] else self._stacks[0]
         self.frames[:, :-1].copy_(previous[:, 1:])  # (B, stack - 1, 3, H, W): contiguous per env
-        self._render(self.state, out=self.frames[:, -1])
+        if self.corruption is None:
+            self._render(self.state, out=self.frames[:, -1])
+        else:
+            self._render(self.state, out=self._clean)
+            self.corruption(self._clean, None, self.episode_seeds, self.steps, out=self.frames[:, -1])
 
     def _render(self, state: TrafficState, out: torch.Tensor | None = None) -> torch.Tensor:
         """(E, 3, H, W) uint8 frames of a state of E envs (into `out` when given); every vehicle has highway-env's size."""

@@ -108,6 +108,6 @@ class FastVecEnv(VecEnv):
         return [False for _ in self._get_indices(indices)]
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        """Each env's newest camera frame, (H, W, 3) uint8."""
-        newest = self.sim.frames[:, -1].permute(0, 2, 3, 1).cpu().numpy()
+        """Each env's newest camera frame before sensor corruptions, (H, W, 3) uint8, as DrivingEnv.render."""
+        newest = self.sim.clean_frames.permute(0, 2, 3, 1).cpu().numpy()
         return list(newest)

@@ -336,7 +336,7 @@ def test_the_default_backend_is_fast_where_it_reproduces_the_scenario():
 
     assert train_module.default_backend(load_scenario("highway")) == "fast"
     assert train_module.default_backend(load_scenario("merge")) == "highway-env"
-    assert train_module.default_backend(load_scenario("highway-noisy")) == "highway-env"  # corruptions: not batched
+    assert train_module.default_backend(load_scenario("highway-noisy")) == "fast"  # corruptions are batched too
 
 
 def test_a_run_without_backend_trains_on_fast_with_fast_defaults(tiny, monkeypatch):
