@@ -7,9 +7,9 @@ lane and speed), computed from the fast backend's state. Its deterministic evalu
 scenario's evaluation seeds, is what this algorithm and budget reach with perfect perception: when
 it misses the driving-quality bar, better perception alone cannot close the gap.
 
-Training runs on the batched fast backend (`PrivilegedVecEnv`, 256 envs); evaluation plays one
-episode per seed in a `FastDrivingEnv`, through `agents.evaluate.run_episodes`, so the table has the
-same metrics as `run.py evaluate`.
+Training runs on the batched fast backend (`PrivilegedVecEnv`, 256 envs, no camera frames drawn);
+evaluation plays one episode per seed in a `FastDrivingEnv`, through `agents.evaluate.run_episodes`,
+so the table has the same metrics as `run.py evaluate`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.fast.gym_env import FastDrivingEnv, scene_of
+from envs.fast.gym_env import FastDrivingEnv, scenes_of
 from envs.fast.params import LANE_WIDTH_M
 from envs.fast.vec_env import FastVecEnv
 from envs.ground_truth import privileged_state
@@ -42,17 +42,18 @@ class PrivilegedVecEnv(FastVecEnv):
     """FastVecEnv whose observations are the label vectors (B, LABEL_DIM) of its states, not frames."""
 
     def __init__(self, scenario: Scenario, num_envs: int, device: torch.device | str = "cpu") -> None:
-        super().__init__(scenario, num_envs, device)
+        super().__init__(scenario, num_envs, device, render=False)  # no camera frames: nothing reads them
         self.observation_space = LABEL_SPACE
 
     def observe(self) -> np.ndarray:
         return self.observe_rows(torch.arange(self.num_envs))
 
     def observe_rows(self, rows: torch.Tensor) -> np.ndarray:
-        state = self.sim.state
+        rows = rows.tolist()
+        ego_lanes = self.sim.state.lane[rows, 0].tolist()
         vectors = [
-            label_vector(privileged_state(scene_of(state, row), LANE_WIDTH_M, int(state.lane[row, 0])))
-            for row in rows.tolist()
+            label_vector(privileged_state(scene, LANE_WIDTH_M, lane))
+            for scene, lane in zip(scenes_of(self.sim.state, rows), ego_lanes)
         ]
         return np.stack(vectors).astype(np.float32)  # (E, LABEL_DIM)
 

@@ -155,11 +155,17 @@ def evaluation_env(scenario: str, backend: str) -> gym.Env:
     """The env of the periodic eval/*: highway-env, the reference simulator, whatever the run trains on,
     so that eval/* of a fast-backend run shows how the agent drives in highway-env (transfer included).
     A scenario the training backend does not support is refused here, before a run folder exists."""
+    from envs.fast.simulator import check_supported
     from envs.registration import make_env
 
-    if backend != "highway-env":
-        make_env(scenario, backend).close()
-    return make_env(scenario)
+    env = make_env(scenario)
+    if backend == "fast":
+        try:
+            check_supported(env.scenario)
+        except BaseException:
+            env.close()
+            raise
+    return env
 
 
 def _stored_scenario(argument: str, scenario) -> str:

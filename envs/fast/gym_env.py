@@ -18,7 +18,7 @@ from highway_env.envs.common.action import DiscreteMetaAction
 from envs.fast.camera import BatchedBevCamera
 from envs.fast.episodes import EpisodeSeeds
 from envs.fast.params import LANE_WIDTH_M, VEHICLE
-from envs.fast.simulator import FastHighway
+from envs.fast.simulator import FastHighway, render_traffic
 from envs.fast.state import TrafficState
 from envs.fast.vec_env import ACTIONS, signal_rows
 from envs.ground_truth import privileged_state
@@ -32,17 +32,21 @@ _ROW = torch.zeros(1, dtype=torch.long)
 TOP_DOWN_VIEW = BevCameraConfig(width=150, height=600, pixels_per_meter=5.5, ego_row=0.5)
 
 
-def scene_of(state: TrafficState, row: int) -> Scene:
-    """Env `row` of a batched state as envs.scene.Scene (the ego first, absent slots left out)."""
-    present = state.present[row].cpu().numpy()
-
-    def column(values: torch.Tensor) -> np.ndarray:
-        return values[row].detach().cpu().double().numpy()[present]
-
-    positions = np.stack([column(state.x), column(state.y)], axis=1)
-    count = positions.shape[0]
-    return Scene(positions=positions, headings=column(state.heading), speeds=column(state.speed),
-                 lengths=np.full(count, VEHICLE.length), widths=np.full(count, VEHICLE.width))
+def scenes_of(state: TrafficState, rows: list[int]) -> list[Scene]:
+    """Envs `rows` of a batched state as envs.scene.Scene (the ego first, absent slots left out).
+    The columns are copied to NumPy once for all rows."""
+    index = torch.as_tensor(rows, dtype=torch.long, device=state.x.device)
+    present = state.present[index].cpu().numpy()  # (E, N)
+    x, y, heading, speed = (values[index].detach().cpu().double().numpy()
+                            for values in (state.x, state.y, state.heading, state.speed))  # (E, N) each
+    scenes = []
+    for k in range(len(rows)):
+        here = present[k]
+        count = int(here.sum())
+        scenes.append(Scene(positions=np.stack([x[k][here], y[k][here]], axis=1), headings=heading[k][here],
+                            speeds=speed[k][here], lengths=np.full(count, VEHICLE.length),
+                            widths=np.full(count, VEHICLE.width)))
+    return scenes
 
 
 class FastMetaActions:
@@ -117,9 +121,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         """(150, 600, 3) uint8: a zoomed-out view, road left to right as highway-env draws it, for previews."""
         if self._top_down_camera is None:  # built on first use: its road table takes ~0.1 s
             self._top_down_camera = BatchedBevCamera(TOP_DOWN_VIEW, self.sim.traffic.lanes_count, self.sim.device)
-        state = self.sim.state.select(_ROW.to(self.sim.device))
-        length, width = torch.full_like(state.x, VEHICLE.length), torch.full_like(state.x, VEHICLE.width)
-        frame = self._top_down_camera.render(state.x, state.y, state.heading, length, width, state.present)
+        frame = render_traffic(self._top_down_camera, self.sim.state.select(_ROW.to(self.sim.device)))
         heading_up = frame[0].permute(1, 2, 0).cpu().numpy()  # (600, 150, 3): ahead is up
         return np.ascontiguousarray(np.rot90(heading_up, k=-1))  # (150, 600, 3): ahead is right
 
@@ -130,7 +132,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
 
     def scene(self) -> Scene:
         """The current vehicles as envs.scene.Scene (row 0 the ego), for ground truth and tools."""
-        return scene_of(self.sim.state, 0)
+        return scenes_of(self.sim.state, [0])[0]
 
     def _observation(self) -> np.ndarray:
         return self.sim.observation()[0].cpu().numpy().copy()

@@ -208,10 +208,8 @@ class FastHighway:
             self.corruption(self._clean, None, self.episode_seeds, self.steps, out=self.frames[:, -1])
 
     def _render(self, state: TrafficState, out: torch.Tensor | None = None) -> torch.Tensor:
-        """(E, 3, H, W) uint8 frames of a state of E envs (into `out` when given); every vehicle has highway-env's size."""
-        length = torch.full_like(state.x, VEHICLE.length)
-        width = torch.full_like(state.x, VEHICLE.width)
-        return self.camera.render(state.x, state.y, state.heading, length, width, state.present, out=out)
+        """(E, 3, H, W) uint8 frames of a state of E envs (into `out` when given)."""
+        return render_traffic(self.camera, state, out)
 
     def _reward(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """HighwayEnv._reward: weighted terms, normalised to [0, 1], times on-road."""
@@ -236,3 +234,11 @@ def _words(data: torch.Tensor) -> torch.Tensor:
     """(..., bytes) uint8 with a contiguous last dimension -> the same memory as (..., bytes / 8)
     int64 when bytes is a multiple of 8 (indexed copies then move 8 bytes per element), else unchanged."""
     return data.view(torch.int64) if data.shape[-1] % 8 == 0 else data
+
+
+def render_traffic(camera: BatchedBevCamera, state: TrafficState, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(E, 3, H, W) uint8 frames of a state of E envs through `camera` (into `out` when given);
+    every vehicle has highway-env's size."""
+    length = torch.full_like(state.x, VEHICLE.length)  # (E, N) [m]
+    width = torch.full_like(state.x, VEHICLE.width)
+    return camera.render(state.x, state.y, state.heading, length, width, state.present, out=out)

@@ -30,8 +30,10 @@ def signal_rows(signals: dict[str, torch.Tensor]) -> list[dict[str, float | bool
 
 
 class FastVecEnv(VecEnv):
-    def __init__(self, scenario: Scenario, num_envs: int, device: torch.device | str = "cpu") -> None:
-        self.sim = FastHighway(scenario, num_envs, device=device)
+    def __init__(self, scenario: Scenario, num_envs: int, device: torch.device | str = "cpu",
+                 render: bool = True) -> None:
+        """render: draw camera frames (False for a subclass whose `observe` does not read them)."""
+        self.sim = FastHighway(scenario, num_envs, device=device, render=render)
         self.scenario = scenario
         height, width = scenario.camera.size
         observation_space = gym.spaces.Box(0, 255, (3 * self.sim.stack, height, width), np.uint8)
