@@ -169,6 +169,15 @@ def cmd_bench_ppo_ceiling(args: argparse.Namespace) -> None:
     print(f"trained {steps:,} steps in {report['train_seconds']:.0f} s ({steps / report['train_seconds']:.0f} steps/s)")
 
 
+def cmd_bench_teacher(args: argparse.Namespace) -> None:
+    from agents.ceiling import teacher_ceiling
+    from agents.evaluate import print_report
+
+    report = teacher_ceiling(scenario=args.scenario, episodes=args.episodes)
+    print_report(report)
+    print(f"{args.episodes} episodes in {report['seconds']:.0f} s")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import shlex
 
@@ -251,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ceiling.add_argument("--n-envs", type=positive_int, default=None, help="default: FAST_N_ENVS (256)")
     bench_ceiling.add_argument("--config", default=None, help="YAML overriding agents/defaults.yaml, as for train")
     bench_ceiling.set_defaults(func=cmd_bench_ppo_ceiling)
+    bench_teacher = bench_kinds.add_parser(
+        "teacher", help="the privileged lookahead planner that warm-starts training (fast backend): how it drives"
+    )
+    bench_teacher.add_argument("--scenario", default="highway", help="a scenario the fast backend supports")
+    bench_teacher.add_argument("--episodes", type=positive_int, default=50, help="evaluation episodes")
+    bench_teacher.set_defaults(func=cmd_bench_teacher)
 
     perception = commands.add_parser("perception", help="perception data, training, distillation, export")
     perception_steps = perception.add_subparsers(dest="step", required=True, metavar="STEP")

@@ -108,3 +108,33 @@ def ppo_ceiling(scenario: str = "highway", timesteps: int | None = None, episode
         "algo": "ppo", "num_timesteps": int(model.num_timesteps), "model": "privileged labels, fast backend",
         "train_seconds": elapsed, "metrics": summarize(per_episode), "confidence_interval": CI_TEXT,
     }
+
+
+class TeacherDriver:
+    """SB3's `predict` for the LookaheadTeacher driving one FastDrivingEnv: it reads the env's state, not `obs`."""
+
+    def __init__(self, env: FastDrivingEnv, **teacher_settings: Any) -> None:
+        from agents.teacher import LookaheadTeacher
+
+        self.teacher = LookaheadTeacher(env.sim, **teacher_settings)
+
+    def predict(self, observation: Any, deterministic: bool = True) -> tuple[int, None]:
+        return int(self.teacher.act()[0]), None
+
+
+def teacher_ceiling(scenario: str = "highway", episodes: int = 50) -> dict[str, Any]:
+    """The privileged teacher (agents.teacher) on the scenario's evaluation seeds; a report for print_report."""
+    from agents.evaluate import CI_TEXT, evaluation_seeds, run_episodes, summarize
+
+    loaded = load_scenario(scenario)
+    if episodes <= 0:
+        raise ValueError(f"--episodes must be positive, got {episodes}")
+    env = FastDrivingEnv(loaded)  # refuses unsupported scenarios
+    seeds = evaluation_seeds(loaded, episodes)
+    began = time.perf_counter()
+    per_episode = run_episodes(TeacherDriver(env), env, seeds)
+    return {
+        "scenario": loaded.name, "episodes": episodes, "seeds": {"first": seeds[0], "last": seeds[-1]},
+        "algo": "lookahead teacher", "num_timesteps": 0, "model": "privileged planner, fast backend",
+        "seconds": time.perf_counter() - began, "metrics": summarize(per_episode), "confidence_interval": CI_TEXT,
+    }

@@ -54,6 +54,15 @@ class TrainingConfig:
     keep_checkpoints: Annotated[StrictInt, Field(ge=1, le=1000)]  # the newest ones are kept
     eval_every: Annotated[StrictInt, Field(ge=0)]  # [env steps] between evaluations; 0 = never
     eval_episodes: Annotated[StrictInt, Field(ge=1, le=10_000)]  # on the scenario's first evaluation seeds
+    # Warm start (agents/imitation.py), fast backend only: DAgger iterations of imitating the
+    # privileged teacher before PPO/A2C, each `imitation_steps` policy steps of every env. 0 = none.
+    # (Defaults here keep run folders written before these keys existed readable.)
+    imitation_iterations: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
+    imitation_steps: Annotated[StrictInt, Field(ge=1)] = 40  # [policy steps per env] per iteration
+
+    @property
+    def imitates(self) -> bool:
+        return self.imitation_iterations > 0
 
 
 @dataclass(frozen=True, config=_STRICT)

@@ -229,6 +229,11 @@ def _new_run(options: TrainOptions):
                 f"perception checkpoint {perception} reads frames of shape (C, H, W) = {input_shape}, but scenario "
                 f"{scenario_arg} gives {observation_shape}; use a checkpoint trained on this camera"
             )
+        if agent.training.imitates and backend != "fast":
+            raise ValueError(
+                f"training.imitation_iterations is {agent.training.imitation_iterations}, but imitation needs the fast "
+                f"backend (its teacher plans on the batched simulator's state); set it to 0 or use --backend fast"
+            )
         config = RunConfig(
             scenario=stored,
             algo=algo,
@@ -342,11 +347,13 @@ def train(options: TrainOptions) -> TrainResult:
         interrupted = False
         began = time.perf_counter()
         try:
+            if model_path is None and training.imitates:
+                _imitate(model, vec_env, training, run_dir, options.progress_bar)
             model.learn(
-                total_timesteps=training.timesteps - start_timesteps,
+                total_timesteps=training.timesteps - model.num_timesteps,
                 callback=CallbackList(callbacks),
                 log_interval=1,
-                reset_num_timesteps=model_path is None,
+                reset_num_timesteps=model.num_timesteps == 0,
             )
         except KeyboardInterrupt:
             interrupted = True
@@ -362,6 +369,34 @@ def train(options: TrainOptions) -> TrainResult:
         _close(vec_env)
         eval_env.close()
     return TrainResult(run_dir, saved, start_timesteps, model.num_timesteps, interrupted, elapsed, config.backend)
+
+
+def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool) -> None:
+    """The warm start (agents/imitation.py): the policy imitates the privileged teacher for
+    `imitation_iterations` DAgger iterations. Its env steps count towards the run's timesteps; a
+    checkpoint after each iteration means a kill loses at most one iteration (`--resume` then goes
+    on with PPO/A2C from it). imitation/* goes to TensorBoard."""
+    from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from agents.imitation import imitate_teacher
+
+    steps_per_iteration = training.imitation_steps * vec_env.num_envs  # env steps of all envs
+
+    def record(progress) -> None:
+        model.num_timesteps = progress.iteration * steps_per_iteration
+        for key in ("regret", "agreement", "samples"):
+            model.logger.record(f"imitation/{key}", getattr(progress, key))
+        model.logger.dump(model.num_timesteps)
+        save_checkpoint(model, run_dir, training.keep_checkpoints)
+        log.info("imitation %d/%d: regret %.3f, agreement with the teacher %.2f, %.0f s", progress.iteration,
+                 training.imitation_iterations, progress.regret, progress.agreement, progress.seconds)
+
+    columns = ("[progress.description]{task.description}", BarColumn(), "{task.completed:,}/{task.total:,} env steps",
+               TimeElapsedColumn(), "<", TimeRemainingColumn())
+    with Progress(*columns, disable=not show_progress) as bar:
+        task = bar.add_task("imitating the teacher", total=training.imitation_iterations * steps_per_iteration)
+        imitate_teacher(model.policy, vec_env, training.imitation_iterations, training.imitation_steps,
+                        on_iteration=record, on_step=lambda: bar.advance(task, vec_env.num_envs))
 
 
 def _tensorboard_logger(run_dir: Path, purge_step: int | None):

@@ -348,3 +348,29 @@ def test_a_run_without_backend_trains_on_fast_with_fast_defaults(tiny, monkeypat
     assert config.algo_params.n_steps == tiny_ppo["n_steps"]  # the user's file still wins over the fast block
     assert config.training.eval_every == 32  # ... and over the fast block's training section
     assert "on the fast simulator" in format_summary(result)
+
+
+def test_imitation_warm_start_counts_its_steps_and_logs_to_tensorboard(tiny, tmp_path):
+    config = tmp_path / "imitate.yaml"
+    settings = yaml.safe_load(tiny.config.read_text())
+    settings["training"].update(imitation_iterations=2, imitation_steps=3)
+    config.write_text(yaml.safe_dump(settings))
+    result = train(options(tiny, backend="fast", n_envs=4, timesteps=64, name="imitating", config=config))
+    scalars = read_scalars(result.run_dir)
+    # two DAgger iterations of 3 steps of 4 envs: 12 and 24 labelled states, logged at those env steps
+    assert [step for step, _ in scalars["imitation/samples"]] == [12, 24]
+    assert [value for _, value in scalars["imitation/samples"]] == [12, 24]
+    assert all(0.0 <= value <= 1.0 for _, value in scalars["imitation/agreement"])
+    assert all(value >= 0.0 for _, value in scalars["imitation/regret"])
+    assert result.start_timesteps == 0 and result.num_timesteps >= 64  # PPO went on to the total
+    assert min(step for step, _ in scalars["rollout/ep_rew_mean"]) > 24  # ... after the imitation's steps
+
+
+def test_imitation_needs_the_fast_backend(tiny, tmp_path):
+    config = tmp_path / "imitate.yaml"
+    settings = yaml.safe_load(tiny.config.read_text())
+    settings["training"]["imitation_iterations"] = 1
+    config.write_text(yaml.safe_dump(settings))
+    with pytest.raises(ValueError, match="imitation needs the fast backend"):
+        train(options(tiny, backend="highway-env", name="never-imitates", config=config))
+    assert not (tiny.root / "runs" / "never-imitates").exists()

@@ -1,0 +1,94 @@
+"""The privileged lookahead teacher: plans on copies, avoids a constructed crash, drives safely and fast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agents.teacher import IDLE, LookaheadTeacher, best_actions
+from envs.fast.params import LANE_WIDTH_M
+from envs.fast.simulator import FastHighway
+from scenarios import load_scenario
+
+LANE_LEFT, LANE_RIGHT, FASTER, SLOWER = 0, 2, 3, 4
+
+
+def highway(batch: int, first_seed: int = 0) -> FastHighway:
+    sim = FastHighway(load_scenario("highway"), batch, render=False)
+    sim.reset(torch.arange(batch), torch.arange(first_seed, first_seed + batch))
+    return sim
+
+
+def only_a_slow_car_ahead(sim: FastHighway, gap_m: float) -> None:
+    """Env 0: the ego in the middle lane at 25 m/s, one car `gap_m` ahead in its lane at 10 m/s, nobody else."""
+    state = sim.state
+    state.present[0, 2:] = False
+    state.lane[0, :2] = state.target_lane[0, :2] = 1
+    state.y[0, :2] = LANE_WIDTH_M
+    state.heading[0, :2] = 0.0
+    state.x[0, 1] = state.x[0, 0] + gap_m
+    state.speed[0, 0], state.speed[0, 1] = 25.0, 10.0
+    state.target_speed[0, 1] = 10.0
+    state.ego_speed_index[0] = 1  # target speeds (20, 25, 30)
+    state.target_speed[0, 0] = 25.0
+
+
+def test_planning_leaves_the_simulated_envs_untouched():
+    sim = highway(3)
+    before = sim.state.clone()
+    values = LookaheadTeacher(sim).action_values()
+    assert values.shape == (3, 5) and torch.isfinite(values).all()
+    for name in ("x", "y", "speed", "lane", "crashed"):
+        assert torch.equal(getattr(sim.state, name), getattr(before, name))
+
+
+def test_it_avoids_a_slow_car_it_would_hit():
+    sim = highway(1)
+    only_a_slow_car_ahead(sim, gap_m=20.0)
+    teacher = LookaheadTeacher(sim)
+    values = teacher.action_values()[0]
+    action = int(teacher.act()[0])
+    assert action in (LANE_LEFT, LANE_RIGHT)  # both neighbouring lanes are empty
+    assert values[FASTER] < values[action] - 1.0  # hitting the car costs the rest of the episode
+
+
+def test_equal_plans_resolve_to_idle_first():
+    values = torch.tensor([[5.0, 5.0, 4.0, 5.0, 1.0], [2.0, 1.0, 3.0, 3.0, 0.0]])
+    assert best_actions(values).tolist() == [IDLE, FASTER]  # IDLE beats equal FASTER and LANE_LEFT; FASTER beats LANE_RIGHT
+
+
+def test_it_drives_faster_than_idling_without_crashing():
+    """Eight training-seed episodes: the teacher never crashes and goes faster than always-IDLE."""
+    speeds = {}
+    for policy in ("teacher", "idle"):
+        sim = highway(8, first_seed=100)
+        teacher = LookaheadTeacher(sim)
+        alive = torch.ones(8, dtype=torch.bool)
+        crashed = torch.zeros(8, dtype=torch.bool)
+        speed_sum = torch.zeros(8)
+        for _ in range(sim.max_steps):
+            actions = teacher.act() if policy == "teacher" else torch.full((8,), IDLE)
+            result = sim.step(actions)
+            speed_sum += alive * sim.state.speed[:, 0]
+            crashed |= alive & result.terminated
+            alive &= ~(result.terminated | result.truncated)
+        if policy == "teacher":
+            assert not crashed.any()
+        speeds[policy] = float(speed_sum.sum() / (sim.max_steps * 8))
+    assert speeds["teacher"] > speeds["idle"] + 2.0  # [m/s]
+
+
+@pytest.mark.parametrize("kwargs", [{"depth": 3, "horizon": 2}, {"depth": 0}, {"gamma": 1.0}])
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        LookaheadTeacher(highway(1), **kwargs)
+
+
+def test_the_teacher_bench_reports_one_evaluation_episode():
+    from agents.ceiling import teacher_ceiling
+
+    report = teacher_ceiling("highway", episodes=1)
+    metrics = report["metrics"]
+    assert report["seeds"]["first"] == load_scenario("highway").evaluation.first_seed
+    assert metrics["collision_rate"]["mean"] == 0.0 and metrics["length"]["mean"] == 30
+    assert metrics["return"]["mean"] > 24.0  # the bar the camera agent is held to
