@@ -8,9 +8,11 @@ The flow, top to bottom:
    scenario (camera shape vs the perception checkpoint) before anything is written;
 2. make the run folder (config.yaml, command.txt, a copy of the perception weights);
 3. `n_envs` envs (`SubprocVecEnv` workers when n_envs > 1, else in-process) under `VecMonitor`;
-4. `model.learn` with callbacks: safety/* per finished episode, eval/* every `eval_every` steps,
+4. on the fast backend, when `training.imitation_iterations` > 0, the warm start: the policy imitates
+   the privileged teacher (agents/imitation.py), its env steps counted in the run's timesteps;
+5. `model.learn` with callbacks: safety/* per finished episode, eval/* every `eval_every` steps,
    a checkpoint every `checkpoint_every` steps, hyperparameters once;
-5. the final model.zip, or on Ctrl-C a checkpoint, and a short summary.
+6. the final model.zip, or on Ctrl-C a checkpoint, and a short summary.
 
 Resuming rebuilds the agent from config.yaml, loads the newest checkpoint's weights and optimizer
 state and continues with `reset_num_timesteps=False`, so steps and TensorBoard curves go on.
@@ -229,17 +231,14 @@ def _new_run(options: TrainOptions):
                 f"perception checkpoint {perception} reads frames of shape (C, H, W) = {input_shape}, but scenario "
                 f"{scenario_arg} gives {observation_shape}; use a checkpoint trained on this camera"
             )
-        if agent.training.imitates and backend != "fast":
-            raise ValueError(
-                f"training.imitation_iterations is {agent.training.imitation_iterations}, but imitation needs the fast "
-                f"backend (its teacher plans on the batched simulator's state); set it to 0 or use --backend fast"
-            )
+        n_envs = options.n_envs or default_n_envs(backend)
+        _check_imitation(agent.training, backend, n_envs)
         config = RunConfig(
             scenario=stored,
             algo=algo,
             seed=0 if options.seed is None else options.seed,
             backend=backend,
-            n_envs=options.n_envs or default_n_envs(backend),
+            n_envs=n_envs,
             device=options.device,
             observation_shape=observation_shape,
             n_actions=int(env.action_space.n),
@@ -255,6 +254,25 @@ def _new_run(options: TrainOptions):
         env.close()
         raise
     return run_dir, config, env
+
+
+def _check_imitation(training, backend: str, n_envs: int) -> None:
+    """The warm start needs the fast backend, and must leave steps of the budget to PPO/A2C."""
+    if not training.imitates:
+        return
+    if backend != "fast":
+        raise ValueError(
+            f"training.imitation_iterations is {training.imitation_iterations}, but imitation needs the fast "
+            f"backend (its teacher plans on the batched simulator's state); set it to 0 or use --backend fast"
+        )
+    imitation_steps = training.imitation_iterations * training.imitation_steps * n_envs
+    if imitation_steps >= training.timesteps:
+        raise ValueError(
+            f"--timesteps {training.timesteps:,} leaves nothing after the imitation warm start's {imitation_steps:,} "
+            f"env steps (imitation_iterations {training.imitation_iterations} x imitation_steps "
+            f"{training.imitation_steps} x {n_envs} envs); give more --timesteps, or set "
+            f"training.imitation_iterations: 0 in a --config file"
+        )
 
 
 def _resumed_run(options: TrainOptions):

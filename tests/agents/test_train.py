@@ -374,3 +374,13 @@ def test_imitation_needs_the_fast_backend(tiny, tmp_path):
     with pytest.raises(ValueError, match="imitation needs the fast backend"):
         train(options(tiny, backend="highway-env", name="never-imitates", config=config))
     assert not (tiny.root / "runs" / "never-imitates").exists()
+
+
+def test_an_imitation_longer_than_the_budget_is_refused(tiny, tmp_path):
+    config = tmp_path / "imitate.yaml"
+    settings = yaml.safe_load(tiny.config.read_text())
+    settings["training"].update(imitation_iterations=4, imitation_steps=4)  # 4 x 4 x 4 envs = 64 steps
+    config.write_text(yaml.safe_dump(settings))
+    with pytest.raises(ValueError, match="leaves nothing after the imitation"):
+        train(options(tiny, backend="fast", n_envs=4, timesteps=64, name="all-imitation", config=config))
+    assert not (tiny.root / "runs" / "all-imitation").exists()
