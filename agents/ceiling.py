@@ -122,8 +122,9 @@ class TeacherDriver:
         return int(self.teacher.act()[0]), None
 
 
-def teacher_ceiling(scenario: str = "highway", episodes: int = 50) -> dict[str, Any]:
-    """The privileged teacher (agents.teacher) on the scenario's evaluation seeds; a report for print_report."""
+def teacher_ceiling(scenario: str = "highway", episodes: int = 50, **teacher_settings: Any) -> dict[str, Any]:
+    """The privileged teacher (agents.teacher, with `teacher_settings` for LookaheadTeacher) on the
+    scenario's evaluation seeds; a report for print_report."""
     from agents.evaluate import CI_TEXT, evaluation_seeds, run_episodes, summarize
 
     loaded = load_scenario(scenario)
@@ -132,7 +133,7 @@ def teacher_ceiling(scenario: str = "highway", episodes: int = 50) -> dict[str, 
     env = FastDrivingEnv(loaded)  # refuses unsupported scenarios
     seeds = evaluation_seeds(loaded, episodes)
     began = time.perf_counter()
-    per_episode = run_episodes(TeacherDriver(env), env, seeds)
+    per_episode = run_episodes(TeacherDriver(env, **teacher_settings), env, seeds)
     return {
         "scenario": loaded.name, "episodes": episodes, "seeds": {"first": seeds[0], "last": seeds[-1]},
         "algo": "lookahead teacher", "num_timesteps": 0, "model": "privileged planner, fast backend",
