@@ -10,6 +10,9 @@ it misses the driving-quality bar, better perception alone cannot close the gap.
 Training runs on the batched fast backend (`PrivilegedVecEnv`, 256 envs, no camera frames drawn);
 evaluation plays one episode per seed in a `FastDrivingEnv`, through `agents.evaluate.run_episodes`,
 so the table has the same metrics as `run.py evaluate`.
+
+`python run.py bench teacher` (`teacher_ceiling`) evaluates the privileged planner of
+agents/teacher.py the same way: what the imitation warm start of `run.py train` copies from.
 """
 
 from __future__ import annotations
