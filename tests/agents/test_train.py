@@ -66,7 +66,7 @@ def test_training_fills_the_run_folder_and_tensorboard(tiny, algo, fine_tune):
     from stable_baselines3.common.save_util import load_from_zip_file
 
     student = load_file(tiny.student)
-    _, params, _ = load_from_zip_file(run / "model.zip", load_data=False)
+    _, params, _ = load_from_zip_file(run / "model.zip", load_data=False, device="cpu")
     prefix = "features_extractor.model."
     trained = {key[len(prefix):]: value for key, value in params["policy"].items() if key.startswith(prefix)}
     assert trained.keys() == student.keys()
@@ -148,7 +148,7 @@ def test_resume_starts_from_the_checkpoints_weights(tiny):
     env.close()
     from stable_baselines3.common.save_util import load_from_zip_file
 
-    _, params, _ = load_from_zip_file(result.run_dir / "model.zip", load_data=False)
+    _, params, _ = load_from_zip_file(result.run_dir / "model.zip", load_data=False, device="cpu")
     for name, tensor in params["policy"].items():
         assert torch.equal(model.policy.state_dict()[name], tensor), name
     assert model.num_timesteps == 32
