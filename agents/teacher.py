@@ -27,7 +27,7 @@ import itertools
 
 import torch
 
-from envs.fast.simulator import FastHighway
+from envs.fast.simulator import FastHighway, StepResult
 
 IDLE = 1  # DiscreteMetaAction: LANE_LEFT 0, IDLE 1, LANE_RIGHT 2, FASTER 3, SLOWER 4
 ACTIONS = 5
@@ -67,7 +67,7 @@ class LookaheadTeacher:
         # A sequence that survives the horizon is worth this much more than its rewards so far:
         # survival_value per step for ever after, discounted.
         self.tail_value = gamma**horizon * survival_value / (1.0 - gamma)
-        self._planner: FastHighway | None = None
+        self._planners: dict[str, FastHighway] = {}
 
     def act(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(E,) int64: the teacher's action for each env `rows` of `sim` (all when None), in its current state.
@@ -84,29 +84,43 @@ class LookaheadTeacher:
         return torch.cat([self._plan(rows[start : start + chunk]) for start in range(0, len(rows), chunk)])
 
     def _plan(self, rows: torch.Tensor) -> torch.Tensor:
-        sequences = self.sequences
-        count, options = len(rows), len(sequences)
-        planner = self._planner_for(count * options)
-        copies = rows.repeat_interleave(options)  # (E * S,) env of each planning row
-        planner.load(torch.arange(count * options, device=planner.device), self.sim.state.select(copies))
-        value = torch.zeros(count * options, dtype=planner.dtype, device=planner.device)
-        alive = torch.ones(count * options, dtype=torch.bool, device=planner.device)
-        idle = torch.full((count * options,), IDLE, dtype=torch.long, device=planner.device)
-        for step in range(self.horizon):
-            actions = sequences[:, step].repeat(count) if step < self.depth else idle
-            result = planner.step(actions)
-            reward = result.reward
-            if self.headway_penalty:
-                reward = reward - self.headway_penalty * (result.signals["headway"] < self.min_headway_s).to(reward)
-            value += alive * (self.gamma**step) * reward  # a crashed row earns nothing more
-            alive &= ~result.terminated
+        """(E, 5) action values of the envs `rows`.
+
+        The first step depends only on the first action, so it is simulated once per env and
+        action (E * 5 rows); its outcome is then copied into one row per sequence (E * 5^depth)
+        for the remaining steps. At depth 2 that saves a fifth of the simulation.
+        """
+        count, options = len(rows), len(self.sequences)
+        first = self._planner_for("first", count * ACTIONS)
+        first.load(torch.arange(count * ACTIONS, device=first.device), self.sim.state.select(rows.repeat_interleave(ACTIONS)))
+        value, alive = self._score(first.step(torch.arange(ACTIONS, device=first.device).repeat(count)), step=0)
+        # sequences are ordered by their first action: sequence s starts with s // (options / 5)
+        parent = torch.arange(count * options, device=first.device) // (options // ACTIONS)  # (E * S,) row of `first`
+        rest = self._planner_for("rest", count * options)
+        rest.load(torch.arange(count * options, device=rest.device), first.state.select(parent))
+        value, alive = value[parent], alive[parent]
+        idle = torch.full((count * options,), IDLE, dtype=torch.long, device=rest.device)
+        for step in range(1, self.horizon):
+            actions = self.sequences[:, step].repeat(count) if step < self.depth else idle
+            reward, survived = self._score(rest.step(actions), step)
+            value += alive * reward  # a crashed row earns nothing more
+            alive &= survived
         value += alive * self.tail_value
-        # (E, 5): the best sequence that starts with each action (sequences are ordered by their first)
+        # (E, 5): the best sequence that starts with each action
         return value.view(count, ACTIONS, options // ACTIONS).amax(dim=2)
 
-    def _planner_for(self, rows: int) -> FastHighway:
-        """The planning simulator for `rows` rows (rebuilt when the size changes: it holds no frames, so that is cheap)."""
-        if self._planner is None or self._planner.batch_size != rows:
-            self._planner = FastHighway(self.sim.scenario, rows, device=self.sim.device, dtype=self.sim.dtype,
-                                        render=False)
-        return self._planner
+    def _score(self, result: StepResult, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(discounted reward, not crashed) of one planning step, each (rows,)."""
+        reward = result.reward
+        if self.headway_penalty:
+            reward = reward - self.headway_penalty * (result.signals["headway"] < self.min_headway_s).to(reward)
+        return (self.gamma**step) * reward, ~result.terminated
+
+    def _planner_for(self, role: str, rows: int) -> FastHighway:
+        """The planning simulator for `role` ("first" or "rest") with `rows` rows (rebuilt when the
+        size changes: it holds no frames, so that is cheap)."""
+        planner = self._planners.get(role)
+        if planner is None or planner.batch_size != rows:
+            planner = FastHighway(self.sim.scenario, rows, device=self.sim.device, dtype=self.sim.dtype, render=False)
+            self._planners[role] = planner
+        return planner

@@ -42,6 +42,28 @@ def test_planning_leaves_the_simulated_envs_untouched():
         assert torch.equal(getattr(sim.state, name), getattr(before, name))
 
 
+def test_values_are_the_best_discounted_return_of_each_sequence_simulated_whole():
+    """The teacher shares the first step between sequences that start alike; simulating every
+    sequence from the start must give the same values."""
+    sim = highway(3, first_seed=11)
+    sim.step(torch.tensor([FASTER, IDLE, LANE_LEFT]))  # not a fresh spawn
+    teacher = LookaheadTeacher(sim, depth=2, horizon=3, min_headway_s=0.5, headway_penalty=0.5)
+    sequences = [(first, second) for first in range(5) for second in range(5)]
+    whole = FastHighway(sim.scenario, 3 * len(sequences), render=False)
+    whole.load(torch.arange(3 * len(sequences)), sim.state.select(torch.arange(3).repeat_interleave(len(sequences))))
+    returns = torch.zeros(3 * len(sequences))
+    alive = torch.ones(3 * len(sequences), dtype=torch.bool)
+    for step in range(3):
+        actions = torch.tensor([sequence[step] if step < 2 else IDLE for sequence in sequences]).repeat(3)
+        result = whole.step(actions)
+        reward = result.reward - 0.5 * (result.signals["headway"] < 0.5).float()
+        returns += alive * teacher.gamma**step * reward
+        alive &= ~result.terminated
+    returns += alive * teacher.tail_value
+    expected = returns.view(3, 5, 5).amax(dim=2)  # best second action for each first action
+    assert torch.allclose(teacher.action_values(), expected, atol=1e-6)
+
+
 def test_it_avoids_a_slow_car_it_would_hit():
     sim = highway(1)
     only_a_slow_car_ahead(sim, gap_m=20.0)
