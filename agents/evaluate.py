@@ -20,6 +20,7 @@ import json
 import math
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -191,7 +192,9 @@ def evaluate_run(
         check_spaces(config, run_dir, env.observation_space, env.action_space, scenario_arg)
         model_path = latest_model(run_dir)
         set_random_seed(seed)
-        model = load_agent(config, run_dir, DummyVecEnv([lambda: env]), device, model_path, seed=seed)
+        with warnings.catch_warnings():  # PPO warns that its training batch does not divide one env's rollout; nothing trains here
+            warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
+            model = load_agent(config, run_dir, DummyVecEnv([lambda: env]), device, model_path, seed=seed)
         seeds = evaluation_seeds(env.scenario, episodes, seed)
         per_episode = run_episodes(model, env, seeds, deterministic=True)
     finally:
