@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 import time
@@ -436,14 +437,23 @@ def _tensorboard_logger(run_dir: Path, purge_step: int | None):
 
 def progress_bar():
     """SB3's progress bar (tqdm.rich: steps, steps/s, elapsed < remaining), without tqdm's "rich is
-    experimental" warning."""
+    experimental" warning, and with a total of whole rollouts: `learn` always finishes the rollout
+    it is in, so SB3's own total (the steps asked for) ended at e.g. 212,992/197,600."""
     import warnings
 
     from stable_baselines3.common.callbacks import ProgressBarCallback
     from tqdm import TqdmExperimentalWarning
 
     warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
-    return ProgressBarCallback()
+
+    class WholeRolloutsProgressBar(ProgressBarCallback):
+        def _on_training_start(self) -> None:
+            super()._on_training_start()
+            rollout = self.model.n_steps * self.training_env.num_envs  # env steps per rollout
+            self.pbar.total = math.ceil(self.pbar.total / rollout) * rollout
+            self.pbar.refresh()
+
+    return WholeRolloutsProgressBar()
 
 
 def _set_threads(threads: int | None, n_envs: int) -> None:

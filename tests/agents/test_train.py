@@ -7,6 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 import torch
 import yaml
@@ -384,3 +385,17 @@ def test_an_imitation_longer_than_the_budget_is_refused(tiny, tmp_path):
     with pytest.raises(ValueError, match="leaves nothing after the imitation"):
         train(options(tiny, backend="fast", n_envs=4, timesteps=64, name="all-imitation", config=config))
     assert not (tiny.root / "runs" / "all-imitation").exists()
+
+
+def test_the_progress_bar_counts_the_whole_last_rollout():
+    """SB3 trains to the end of the rollout it is in, past the steps asked for; so does the bar."""
+    from stable_baselines3 import PPO
+
+    from agents.train import progress_bar
+
+    model = PPO("MlpPolicy", gym.make("CartPole-v1"), n_steps=32, batch_size=32, n_epochs=1, seed=0)
+    bar = progress_bar()
+    model.learn(total_timesteps=40, callback=bar)
+    assert model.num_timesteps == 64
+    assert bar.pbar.total == 64 and bar.pbar.n == 64
+
