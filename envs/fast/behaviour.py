@@ -67,8 +67,8 @@ def find_neighbours(state: TrafficState, lanes_count: int) -> Neighbours:
     vehicle changing lanes counts in both. Front: the nearest x_j >= x_i; rear: the nearest
     x_j < x_i. Sorting by x makes both a lookup in each lane's list of members in rank order,
     found with a running count, instead of (B, N, N) pairwise distances. (A running count, not
-    a running min/max: CUDA's cummin/cummax over N ~ 21 ran at ~2 GB/s and took over half the
-    simulation's GPU time.)
+    a running min/max: on an H100, CUDA's cummin/cummax over N ~ 21 moved ~50 GB/s, 2 % of the
+    memory bandwidth, and took over half the simulation's GPU time.)
     """
     batch, count = state.x.shape
     device = state.x.device
