@@ -443,15 +443,15 @@ def progress_bar():
 
     from stable_baselines3.common.callbacks import ProgressBarCallback
     from tqdm import TqdmExperimentalWarning
+    from tqdm.rich import tqdm
 
     warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
 
     class WholeRolloutsProgressBar(ProgressBarCallback):
-        def _on_training_start(self) -> None:
-            super()._on_training_start()
+        def _on_training_start(self) -> None:  # SB3's, with the total rounded up
             rollout = self.model.n_steps * self.training_env.num_envs  # env steps per rollout
-            self.pbar.total = math.ceil(self.pbar.total / rollout) * rollout
-            self.pbar.refresh()
+            asked = self.locals["total_timesteps"] - self.model.num_timesteps
+            self.pbar = tqdm(total=math.ceil(asked / rollout) * rollout)  # the rich bar takes its total here
 
     return WholeRolloutsProgressBar()
 

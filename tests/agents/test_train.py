@@ -398,4 +398,6 @@ def test_the_progress_bar_counts_the_whole_last_rollout():
     model.learn(total_timesteps=40, callback=bar)
     assert model.num_timesteps == 64
     assert bar.pbar.total == 64 and bar.pbar.n == 64
+    (shown,) = bar.pbar._prog.tasks  # what rich draws, which keeps the total it was created with
+    assert shown.total == 64 and shown.completed == 64
 
