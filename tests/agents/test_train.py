@@ -367,6 +367,33 @@ def test_imitation_warm_start_counts_its_steps_and_logs_to_tensorboard(tiny, tmp
     assert min(step for step, _ in scalars["rollout/ep_rew_mean"]) > 24  # ... after the imitation's steps
 
 
+def test_a_run_stopped_after_its_imitation_resumes_with_ppo_not_another_imitation(tiny, tmp_path, monkeypatch):
+    import agents.imitation
+
+    config = tmp_path / "imitate.yaml"
+    settings = yaml.safe_load(tiny.config.read_text())
+    settings["training"].update(imitation_iterations=2, imitation_steps=3)
+    config.write_text(yaml.safe_dump(settings))
+    original = train_module.SafetyCallback._on_step
+
+    def interrupt_in_ppo(self):
+        raise KeyboardInterrupt  # Ctrl-C at PPO's first env step, after the 24 imitation steps
+
+    monkeypatch.setattr(train_module.SafetyCallback, "_on_step", interrupt_in_ppo)
+    stopped = train(options(tiny, backend="fast", n_envs=4, timesteps=64, name="stopped", config=config))
+    monkeypatch.setattr(train_module.SafetyCallback, "_on_step", original)
+    assert stopped.interrupted and stopped.num_timesteps == 28  # 24 imitated + one step of 4 envs
+
+    def no_second_imitation(*args, **kwargs):
+        raise AssertionError("a resumed run imitated again")
+
+    monkeypatch.setattr(agents.imitation, "imitate_teacher", no_second_imitation)
+    resumed = train(TrainOptions(resume=str(stopped.run_dir), logdir=tiny.root / "runs", progress_bar=False))
+    assert resumed.start_timesteps == 28 and resumed.num_timesteps >= 64
+    scalars = read_scalars(stopped.run_dir)
+    assert [step for step, _ in scalars["imitation/samples"]] == [12, 24]
+
+
 def test_imitation_needs_the_fast_backend(tiny, tmp_path):
     config = tmp_path / "imitate.yaml"
     settings = yaml.safe_load(tiny.config.read_text())
