@@ -15,7 +15,7 @@ several near-equal actions (IDLE or FASTER a car length earlier matters little) 
 choices crash. For each sample the teacher gives the value of every action (an (E, 5) table), and
 the loss is the policy's expected regret, sum_a pi(a|s) * (max_a' Q(s, a') - Q(s, a)), plus a small
 cross-entropy to the teacher's best action as a tie-breaker. Measured: cross-entropy alone crashed
-in 40-98 % of the evaluation episodes, the regret loss in 6-12 % (docs/BENCHMARKS.md, "Teacher").
+in 40-98 % of the evaluation episodes, the regret loss in 6-12 % (docs/BENCHMARKS.md, "Imitation").
 """
 
 from __future__ import annotations

@@ -59,6 +59,8 @@ class LookaheadTeacher:
             raise ValueError(f"need 1 <= depth <= horizon, got depth {depth} and horizon {horizon}")
         if not 0.0 < gamma < 1.0:
             raise ValueError(f"gamma must be in (0, 1), got {gamma}")
+        if min_headway_s < 0 or headway_penalty < 0:
+            raise ValueError(f"min_headway_s and headway_penalty must be >= 0, got {min_headway_s} and {headway_penalty}")
         self.sim = sim
         self.depth, self.horizon, self.gamma = depth, horizon, gamma
         self.min_headway_s, self.headway_penalty = min_headway_s, headway_penalty

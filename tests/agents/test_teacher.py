@@ -100,7 +100,9 @@ def test_it_drives_faster_than_idling_without_crashing():
     assert speeds["teacher"] > speeds["idle"] + 2.0  # [m/s]
 
 
-@pytest.mark.parametrize("kwargs", [{"depth": 3, "horizon": 2}, {"depth": 0}, {"gamma": 1.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"depth": 3, "horizon": 2}, {"depth": 0}, {"gamma": 1.0}, {"min_headway_s": -0.5}, {"headway_penalty": -1.0}]
+)
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         LookaheadTeacher(highway(1), **kwargs)
