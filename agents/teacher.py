@@ -7,8 +7,8 @@ once spawned (IDM and MOBIL, no noise), so a copy of an env's `TrafficState` pre
 exactly, for every action sequence the ego could choose.
 
 For each env the teacher tries every sequence of `depth` actions (5^depth of them), each followed by
-IDLE up to `horizon` policy steps, all as rows of one batched `FastHighway` without frames, and
-scores each first action by the best discounted return of the sequences that start with it. A
+IDLE up to `horizon` policy steps, as rows of batched `FastHighway`s without frames (one row per
+first action for the first step, then one per sequence), and scores each first action by the best discounted return of the sequences that start with it. A
 sequence that crashes loses the rewards it would have earned after the crash, and also
 `survival_value` per step for the rest of the episode. Each step closer than `min_headway_s` to
 the car ahead costs `headway_penalty`: a teacher that keeps a margin is one a camera policy can
