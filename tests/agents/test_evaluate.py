@@ -98,3 +98,29 @@ def test_bad_run_paths_and_missing_models_are_clear_errors(trained, tmp_path):
     # a run name is looked up in the log folder
     report, _ = evaluate_run("run", episodes=1, logdir=tiny.root / "runs")
     assert report["episodes"] == 1 and report["metrics"]["return"]["ci_low"] is None
+
+
+def test_batched_fast_episodes_equal_one_at_a_time():
+    """run_batched_episodes (rows of one FastVecEnv, in chunks) gives the numbers of run_episodes on a
+    FastDrivingEnv, for a policy whose actions depend on the frames; seeds must be consecutive."""
+    import numpy as np
+
+    from agents.evaluate import run_batched_episodes, run_episodes
+    from envs.registration import make_env
+
+    class PixelPolicy:  # deterministic in the frames: action = pixel sum mod 5
+        def predict(self, obs, deterministic=True):
+            obs = np.asarray(obs, dtype=np.int64)
+            sums = obs.reshape(-1, obs[0].size if obs.ndim == 4 else obs.size).sum(axis=1)
+            actions = sums % 5
+            return (actions if obs.ndim == 4 else actions[0]), None
+
+    seeds = [1_000_000_000 + i for i in range(3)]
+    env = make_env("highway", "fast")
+    one_at_a_time = run_episodes(PixelPolicy(), env, seeds)
+    batched = run_batched_episodes(PixelPolicy(), env.unwrapped.scenario, seeds, batch=2)  # chunks of 2 and 1
+    env.close()
+    assert batched == one_at_a_time
+    assert len({episode["length"] for episode in batched} | {episode["return"] for episode in batched}) > 2  # not all alike
+    with pytest.raises(ValueError, match="consecutive"):
+        run_batched_episodes(PixelPolicy(), env.unwrapped.scenario, [5, 7])
