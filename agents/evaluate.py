@@ -12,8 +12,8 @@ approximation and is rough below ~30 episodes. One episode has no interval.
 
 The same per-episode loop (`run_episodes`) serves the periodic evaluation during training. On the
 fast backend, `run_batched_episodes` plays the episodes side by side as rows of one `FastVecEnv`
-instead: the same numbers (an episode depends only on its seed, not on its row), ~30x faster on
-2 cores, so that hundreds of episodes, and their narrower intervals, take seconds.
+instead: the same numbers (an episode depends only on its seed, not on its row), and 1,000
+episodes, with intervals ~4x narrower than 50 give, take seconds (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
