@@ -121,6 +121,7 @@ def test_batched_fast_episodes_equal_one_at_a_time():
     batched = run_batched_episodes(PixelPolicy(), env.unwrapped.scenario, seeds, batch=2)  # chunks of 2 and 1
     env.close()
     assert batched == one_at_a_time
-    assert len({episode["length"] for episode in batched} | {episode["return"] for episode in batched}) > 2  # not all alike
+    # the two rows of the first chunk end at different steps, so a row that finished must stop counting
+    assert batched[0]["length"] != batched[1]["length"]
     with pytest.raises(ValueError, match="consecutive"):
         run_batched_episodes(PixelPolicy(), env.unwrapped.scenario, [5, 7])
