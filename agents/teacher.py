@@ -46,24 +46,27 @@ def best_actions(values: torch.Tensor) -> torch.Tensor:
 
 
 class LookaheadTeacher:
-    def __init__(self, sim: FastHighway, depth: int = 2, horizon: int = 4, gamma: float = 0.95,
+    def __init__(self, sim: FastHighway, depth: int = 2, horizon: int = 3, gamma: float = 0.95,
                  survival_value: float = 0.8, min_headway_s: float = 0.5, headway_penalty: float = 0.5,
-                 chunk: int | None = None) -> None:
+                 min_ttc_s: float = 3.0, ttc_penalty: float = 0.5, chunk: int | None = None) -> None:
         """sim: the simulator whose envs it advises. depth: actions searched exhaustively; horizon:
         policy steps simulated per sequence (IDLE after `depth`); gamma: discount of the plan;
         survival_value: the reward per step assumed after the horizon for a sequence that did not
-        crash; chunk: envs planned at once (the planning batch is chunk * 5^depth rows); by default
+        crash; min_ttc_s, ttc_penalty: the cost of a step closing in on the car ahead with a time
+        to collision below min_ttc_s [s] (as min_headway_s, headway_penalty for the gap); chunk: envs planned at once (the planning batch is chunk * 5^depth rows); by default
         CPU_CHUNK_ENVS on a CPU, where a cache-sized batch is fastest, and all of them on a GPU,
         where each simulator call costs thousands of kernel launches whatever its size."""
         if not 1 <= depth <= horizon:
             raise ValueError(f"need 1 <= depth <= horizon, got depth {depth} and horizon {horizon}")
         if not 0.0 < gamma < 1.0:
             raise ValueError(f"gamma must be in (0, 1), got {gamma}")
-        if min_headway_s < 0 or headway_penalty < 0:
-            raise ValueError(f"min_headway_s and headway_penalty must be >= 0, got {min_headway_s} and {headway_penalty}")
+        if min(min_headway_s, headway_penalty, min_ttc_s, ttc_penalty) < 0:
+            raise ValueError(f"margins and penalties must be >= 0, got min_headway_s {min_headway_s}, headway_penalty "
+                             f"{headway_penalty}, min_ttc_s {min_ttc_s}, ttc_penalty {ttc_penalty}")
         self.sim = sim
         self.depth, self.horizon, self.gamma = depth, horizon, gamma
         self.min_headway_s, self.headway_penalty = min_headway_s, headway_penalty
+        self.min_ttc_s, self.ttc_penalty = min_ttc_s, ttc_penalty
         self.chunk = chunk or (CPU_CHUNK_ENVS if sim.device.type == "cpu" else None)
         self.sequences = torch.tensor(list(itertools.product(range(ACTIONS), repeat=depth)), device=sim.device)  # (S, depth)
         # A sequence that survives the horizon is worth this much more than its rewards so far:
@@ -116,6 +119,8 @@ class LookaheadTeacher:
         reward = result.reward
         if self.headway_penalty:
             reward = reward - self.headway_penalty * (result.signals["headway"] < self.min_headway_s).to(reward)
+        if self.ttc_penalty:
+            reward = reward - self.ttc_penalty * (result.signals["ttc"] < self.min_ttc_s).to(reward)
         return (self.gamma**step) * reward, ~result.terminated
 
     def _planner_for(self, role: str, rows: int) -> FastHighway:

@@ -47,7 +47,8 @@ def test_values_are_the_best_discounted_return_of_each_sequence_simulated_whole(
     sequence from the start must give the same values."""
     sim = highway(3, first_seed=11)
     sim.step(torch.tensor([FASTER, IDLE, LANE_LEFT]))  # not a fresh spawn
-    teacher = LookaheadTeacher(sim, depth=2, horizon=3, min_headway_s=0.5, headway_penalty=0.5)
+    teacher = LookaheadTeacher(sim, depth=2, horizon=3, min_headway_s=0.5, headway_penalty=0.5, min_ttc_s=2.0,
+                               ttc_penalty=0.3)
     sequences = [(first, second) for first in range(5) for second in range(5)]
     whole = FastHighway(sim.scenario, 3 * len(sequences), render=False)
     whole.load(torch.arange(3 * len(sequences)), sim.state.select(torch.arange(3).repeat_interleave(len(sequences))))
@@ -56,7 +57,7 @@ def test_values_are_the_best_discounted_return_of_each_sequence_simulated_whole(
     for step in range(3):
         actions = torch.tensor([sequence[step] if step < 2 else IDLE for sequence in sequences]).repeat(3)
         result = whole.step(actions)
-        reward = result.reward - 0.5 * (result.signals["headway"] < 0.5).float()
+        reward = result.reward - 0.5 * (result.signals["headway"] < 0.5).float() - 0.3 * (result.signals["ttc"] < 2.0).float()
         returns += alive * teacher.gamma**step * reward
         alive &= ~result.terminated
     returns += alive * teacher.tail_value
@@ -101,7 +102,8 @@ def test_it_drives_faster_than_idling_without_crashing():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"depth": 3, "horizon": 2}, {"depth": 0}, {"gamma": 1.0}, {"min_headway_s": -0.5}, {"headway_penalty": -1.0}]
+    "kwargs", [{"depth": 3, "horizon": 2}, {"depth": 0}, {"gamma": 1.0}, {"min_headway_s": -0.5}, {"headway_penalty": -1.0},
+               {"min_ttc_s": -1.0}, {"ttc_penalty": -0.5}]
 )
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
