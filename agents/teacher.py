@@ -11,14 +11,16 @@ IDLE up to `horizon` policy steps, as rows of batched `FastHighway`s without fra
 first action for the first step, then one per sequence), and scores each first action by the best discounted return of the sequences that start with it. A
 sequence that crashes loses the rewards it would have earned after the crash, and also
 `survival_value` per step for the rest of the episode. Each step closer than `min_headway_s` to
-the car ahead costs `headway_penalty`: a teacher that keeps a margin is one a camera policy can
-imitate, whereas one that threads gaps by centimetres is not (a student that imitated it crashed
-more). That is the "learning by cheating" recipe (Chen et al., CoRL 2019): a privileged agent
-that sees the true state teaches the camera agent, which sees only frames (agents/imitation.py).
+the car ahead costs `headway_penalty`, and each step closing in on it with a time to collision
+below `min_ttc_s` costs `ttc_penalty`: a teacher that keeps a margin is one a camera policy can
+imitate, whereas one that threads gaps by centimetres is not (students of teachers without the
+margins crashed more; most of the camera agent's crashes came from closing in fast on slower
+traffic until only one escape was left). That is the "learning by cheating" recipe (Chen et al.,
+CoRL 2019): a privileged agent that sees the true state teaches the camera agent, which sees only
+frames (agents/imitation.py).
 
-Measured on the 50 evaluation seeds of `highway` (`python run.py bench teacher`, docs/BENCHMARKS.md):
-the defaults (depth 2, horizon 4, 0.5 s margin) give return 26.7, 0 % collisions, 26.8 m/s;
-without the margin, 28.2, 2 % and 28.8 m/s.
+The defaults (depth 2, horizon 3, 0.5 s headway and 3 s TTC margins) and the variants measured are
+in docs/BENCHMARKS.md ("The teacher"); `python run.py bench teacher` plays them.
 """
 
 from __future__ import annotations
