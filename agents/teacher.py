@@ -55,7 +55,8 @@ class LookaheadTeacher:
         policy steps simulated per sequence (IDLE after `depth`); gamma: discount of the plan;
         survival_value: the reward per step assumed after the horizon for a sequence that did not
         crash; min_ttc_s, ttc_penalty: the cost of a step closing in on the car ahead with a time
-        to collision below min_ttc_s [s] (as min_headway_s, headway_penalty for the gap); chunk: envs planned at once (the planning batch is chunk * 5^depth rows); by default
+        to collision below min_ttc_s [s] (as min_headway_s, headway_penalty for the gap); chunk:
+        envs planned at once (the planning batch is chunk * 5^depth rows); by default
         CPU_CHUNK_ENVS on a CPU, where a cache-sized batch is fastest, and all of them on a GPU,
         where each simulator call costs thousands of kernel launches whatever its size."""
         if not 1 <= depth <= horizon:
