@@ -173,8 +173,9 @@ def cmd_bench_teacher(args: argparse.Namespace) -> None:
     from agents.ceiling import teacher_ceiling
     from agents.evaluate import print_report
 
-    report = teacher_ceiling(scenario=args.scenario, episodes=args.episodes, depth=args.depth, horizon=args.horizon,
-                             min_headway_s=args.min_headway_s, min_ttc_s=args.min_ttc_s, ttc_penalty=args.ttc_penalty)
+    settings = {name: getattr(args, name) for name in ("depth", "horizon", "min_headway_s", "min_ttc_s", "ttc_penalty")}
+    given = {name: value for name, value in settings.items() if value is not None}  # the rest: the teacher's defaults
+    report = teacher_ceiling(scenario=args.scenario, episodes=args.episodes, **given)
     print_report(report)
     print(f"{args.episodes} episodes in {report['seconds']:.0f} s")
 
@@ -266,13 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_teacher.add_argument("--scenario", default="highway", help="a scenario the fast backend supports")
     bench_teacher.add_argument("--episodes", type=positive_int, default=50, help="evaluation episodes")
-    bench_teacher.add_argument("--depth", type=positive_int, default=2, help="actions searched exhaustively")
-    bench_teacher.add_argument("--horizon", type=positive_int, default=3, help="policy steps simulated per plan")
-    bench_teacher.add_argument("--min-headway-s", type=float, default=0.5,
+    # no defaults here: a flag left out keeps LookaheadTeacher's own default, which is not repeated here
+    bench_teacher.add_argument("--depth", type=positive_int, help="actions searched exhaustively")
+    bench_teacher.add_argument("--horizon", type=positive_int, help="policy steps simulated per plan")
+    bench_teacher.add_argument("--min-headway-s", type=float,
                                help="margin to the car ahead [s] below which a step costs a penalty; 0 = none")
-    bench_teacher.add_argument("--min-ttc-s", type=float, default=3.0,
+    bench_teacher.add_argument("--min-ttc-s", type=float,
                                help="time to collision with the car ahead [s] below which a step costs --ttc-penalty")
-    bench_teacher.add_argument("--ttc-penalty", type=float, default=0.5, help="cost of such a step; 0 = none")
+    bench_teacher.add_argument("--ttc-penalty", type=float, help="cost of such a step; 0 = none")
     bench_teacher.set_defaults(func=cmd_bench_teacher)
 
     perception = commands.add_parser("perception", help="perception data, training, distillation, export")

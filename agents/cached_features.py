@@ -12,7 +12,7 @@ SB3's own `PPO.train` read them instead of the frames:
   its input by 255 (features are not images).
 
 Both are put back afterwards, even on an exception, so the saved model is the ordinary SB3 PPO with
-`CnnPolicy` + `PerceptionExtractor`: `PPO.load`, evaluation and attention overlays do not change.
+`PerceptionPolicy` + `PerceptionExtractor`: `PPO.load`, evaluation and attention overlays do not change.
 The gradients are the same as plain PPO's: with the student frozen, no gradient reached it anyway.
 On the 2-core CI machine this removes 10 of every 11 CNN passes over the frames (see
 docs/BENCHMARKS.md for the measured speed-up). With `fine_tune: true` it is plain PPO.

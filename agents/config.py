@@ -74,6 +74,10 @@ class PolicyConfig:
     perception: StrictStr | None  # checkpoint (.safetensors); null = the shipped student
     fine_tune: StrictBool  # train the perception weights too (default: frozen)
     include_labels: StrictBool  # features = embedding + predicted labels
+    # > 0: the actor and critic also read the student's last feature map, each through a 1x1 conv
+    # to this many channels per place (agents/policy.py); 0 = embedding (+ labels) only.
+    # (Runs saved before this key existed read as 0.)
+    map_channels: Annotated[StrictInt, Field(ge=0, le=256)] = 0
 
 
 @dataclass(frozen=True, config=_STRICT)

@@ -31,7 +31,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from agents.teacher import LookaheadTeacher, best_actions
 
 TIE_BREAK_WEIGHT = 0.05  # weight of the cross-entropy to the teacher's best action in the loss
-EPOCHS = 10  # passes over all samples after each iteration
+EPOCHS = 5  # passes over all samples after each iteration (10 overfitted the feature map: docs/BENCHMARKS.md, "Session 8")
 BATCH_SIZE = 256  # [samples] per gradient step
 LEARNING_RATE = 1e-3  # Adam, on the actor only
 
@@ -75,7 +75,12 @@ def imitate_teacher(
     teacher = teacher or LookaheadTeacher(simulator)
     actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
     optimizer = torch.optim.Adam(actor, lr=LEARNING_RATE)
-    features, values = [], []  # per env step: (B, F) and (B, 5), kept on the policy's device
+    # every sample of the run, kept on the policy's device and filled in order: one buffer, not a list
+    # concatenated after each iteration, which would hold it twice (2.6 GB instead of 1.3 with the feature map)
+    capacity = iterations * steps * env.num_envs
+    features = torch.empty((capacity, policy.features_dim), device=policy.device)  # (N, F)
+    values = torch.empty((capacity, int(env.action_space.n)), device=policy.device)  # (N, 5)
+    filled = 0
     began = time.perf_counter()
     observations = env.reset()
     progress = None
@@ -86,13 +91,14 @@ def imitate_teacher(
                 step_features = policy.extract_features(torch.as_tensor(observations, device=policy.device))
                 greedy = actor_logits(policy, step_features).argmax(dim=1)
             step_values = teacher.action_values().to(policy.device)  # of the states the frames show
-            features.append(step_features)
-            values.append(step_values)
+            features[filled : filled + len(step_features)] = step_features
+            values[filled : filled + len(step_values)] = step_values
+            filled += len(step_features)
             driver = best_actions(step_values) if iteration == 0 else greedy
             observations, *_ = env.step(driver.cpu().numpy())
             if on_step is not None:
                 on_step()
-        all_features, all_values = torch.cat(features), torch.cat(values)
+        all_features, all_values = features[:filled], values[:filled]
         _fit(policy, optimizer, all_features, all_values)
         progress = _progress(policy, iteration + 1, all_features, all_values, time.perf_counter() - began)
         if on_iteration is not None:

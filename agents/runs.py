@@ -168,7 +168,8 @@ def resolve_device(device: str) -> str:
 
 
 def policy_kwargs(config: RunConfig, perception_path: Path) -> dict[str, Any]:
-    """SB3 policy_kwargs: the perception extractor, then actor and critic MLPs of `net_arch`."""
+    """SB3 policy_kwargs of `PerceptionPolicy`: the perception extractor, then actor and critic MLPs of
+    `net_arch` (reading the student's feature map too when `map_channels` > 0)."""
     from torch import nn
 
     from perception.extractor import PerceptionExtractor
@@ -180,7 +181,9 @@ def policy_kwargs(config: RunConfig, perception_path: Path) -> dict[str, Any]:
             "model_path": str(perception_path),
             "fine_tune": config.policy.fine_tune,
             "include_labels": config.policy.include_labels,
+            "include_map": config.policy.map_channels > 0,
         },
+        "map_channels": config.policy.map_channels,  # PerceptionPolicy (agents/policy.py)
         "net_arch": {"pi": hidden, "vf": list(hidden)},
         "activation_fn": {"tanh": nn.Tanh, "relu": nn.ReLU}[config.policy.activation],
         "normalize_images": True,  # uint8 frames / 255 -> [0, 1], what the extractor reads
@@ -195,12 +198,13 @@ def build_agent(config: RunConfig, run_dir: Path, env, device: str, seed: int | 
     from stable_baselines3 import A2C
 
     from agents.cached_features import CachedFeaturesPPO
+    from agents.policy import PerceptionPolicy
 
     algorithm = {"ppo": CachedFeaturesPPO, "a2c": A2C}[config.algo]
     params = dataclasses.asdict(config.algo_params)
     perception = run_dir / PERCEPTION_FILE
     model = algorithm(
-        "CnnPolicy", env, policy_kwargs=policy_kwargs(config, perception),
+        PerceptionPolicy, env, policy_kwargs=policy_kwargs(config, perception),
         seed=config.seed if seed is None else seed, device=device, verbose=0, **params,
     )
     return model

@@ -6,7 +6,9 @@
     ))
 
 features = concat(embedding (B, E), predicted labels (B, D)) with include_labels (default), else
-the embedding alone; features_dim = E + D or E.
+the embedding alone; features_dim = E + D or E. With include_map the student's last feature map
+(B, C', h, w) follows, flattened channel-major (B, C'*h*w): `agents.policy.PerceptionPolicy` reads
+it back as a map.
 
 Input scaling: SB3's policy calls `preprocess_obs(obs, observation_space, normalize_images=True)`
 before the extractor, which divides by 255 whenever `is_image_space(observation_space)` holds:
@@ -68,6 +70,7 @@ class PerceptionExtractor(BaseFeaturesExtractor):
     model_path:        a perception checkpoint (.safetensors); None = DEFAULT_STUDENT, the shipped student.
     fine_tune:         train the perception weights with the policy (default: frozen).
     include_labels:    append the predicted label vector (perception.labels) to the embedding.
+    include_map:       append the last feature map (C', h, w), flattened; `map_shape` is then its shape.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class PerceptionExtractor(BaseFeaturesExtractor):
         model_path: str | os.PathLike | None = None,
         fine_tune: bool = False,
         include_labels: bool = True,
+        include_map: bool = False,
     ) -> None:
         obs_shape = _check_space(observation_space)
         if model_path is None:
@@ -93,7 +97,9 @@ class PerceptionExtractor(BaseFeaturesExtractor):
                 f"but the observation space has shape {obs_shape}; use a checkpoint trained on this camera "
                 f"(same camera, frame stack and resolution) or change the scenario's camera settings"
             )
-        features_dim = model.embed_dim + (model.label_dim if include_labels else 0)
+        self.map_shape = model.feature_shape if include_map else None  # (C', h, w) or None
+        map_size = int(np.prod(model.feature_shape)) if include_map else 0
+        features_dim = model.embed_dim + (model.label_dim if include_labels else 0) + map_size
         super().__init__(observation_space, features_dim)
         self.model = model
         self.model_path = str(model_path)
@@ -135,7 +141,8 @@ class PerceptionExtractor(BaseFeaturesExtractor):
                 f"PerceptionExtractor got observations up to {largest:.4g}, expected floats in "
                 f"[0, 1]; keep the policy's normalize_images=True so that SB3 divides uint8 frames by 255"
             )
-        out = self.model(observations)
-        if self.include_labels:
-            return torch.cat([out.embedding, out.labels], dim=1)  # (B, E + D)
-        return out.embedding  # (B, E)
+        out, feature_map = self.model.forward_with_map(observations)
+        parts = [out.embedding, out.labels] if self.include_labels else [out.embedding]  # (B, E), (B, D)
+        if self.map_shape is not None:
+            parts.append(torch.flatten(feature_map, start_dim=1))  # (B, C'*h*w)
+        return torch.cat(parts, dim=1)  # (B, features_dim)

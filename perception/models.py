@@ -225,6 +225,13 @@ class PerceptionNet(nn.Module):
         return self.arch.embed_dim
 
     def forward(self, x: torch.Tensor) -> PerceptionOutput:
+        return self.forward_with_map(x)[0]
+
+    def forward_with_map(self, x: torch.Tensor) -> tuple[PerceptionOutput, torch.Tensor]:
+        """As `forward`, plus the last feature map (B, C', h, w) that the attention pool reads.
+
+        The policy can read the map too (`PerceptionExtractor(include_map=True)`): the pool's K heads
+        summarise K places, the map keeps every place (docs/BENCHMARKS.md, "Session 8")."""
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"PerceptionNet expects frames of shape (B, {', '.join(map(str, self.input_shape))}) "
@@ -234,7 +241,7 @@ class PerceptionNet(nn.Module):
         pooled, attention = self.pool(features)  # (B, K*C'), (B, h, w)
         embedding = self.embed_relu(self.embed(pooled))  # (B, E)
         labels = self.head(embedding)  # (B, LABEL_DIM)
-        return PerceptionOutput(embedding, labels, attention)
+        return PerceptionOutput(embedding, labels, attention), features
 
 
 def build_model(arch_name: str | ArchConfig, in_channels: int, height: int, width: int) -> PerceptionNet:

@@ -74,3 +74,24 @@ def test_misspelled_key_and_too_small_camera_in_a_user_file(write_scenario):
     tiny = write_scenario({"camera.bev.height": 4}, name="tiny")
     assert_one_line_error(run_cli("preview", "--scenario", str(tiny), "--steps", "1"),
                           "camera.bev.height", "greater than or equal to 16")
+
+
+@pytest.mark.parametrize("flags, passed", [
+    ([], {}),  # the teacher's own defaults, not copies of them in argparse
+    (["--horizon", "4", "--min-ttc-s", "0"], {"horizon": 4, "min_ttc_s": 0.0}),
+])
+def test_bench_teacher_passes_only_the_flags_given(monkeypatch, capsys, flags, passed):
+    import agents.ceiling
+    import run
+
+    received = {}
+
+    def fake_teacher_ceiling(scenario, episodes, **settings):
+        received.update(settings)
+        return {"seconds": 0.0}
+
+    monkeypatch.setattr(agents.ceiling, "teacher_ceiling", fake_teacher_ceiling)
+    monkeypatch.setattr("agents.evaluate.print_report", lambda report: None)
+    args = run.build_parser().parse_args(["bench", "teacher", "--episodes", "2", *flags])
+    args.func(args)
+    assert received == passed

@@ -67,6 +67,21 @@ def test_the_shipped_fast_recipe_imitates_then_leaves_ppo_several_rollouts():
     imitation_steps = fast.imitation_iterations * fast.imitation_steps * FAST_N_ENVS
     ppo_rollout = config.ppo.n_steps * FAST_N_ENVS  # env steps of one PPO rollout
     assert fast.timesteps - imitation_steps >= 4 * ppo_rollout
+    assert config.policy.map_channels > 0 and load_agent_config("highway").policy.map_channels == 0
+
+
+def test_a_run_config_saved_before_map_channels_existed_reads_as_zero(tmp_path):
+    """Runs trained before the feature-map policy (session 8) keep loading: the missing key means 0."""
+    agent = load_agent_config("highway", backend="fast")
+    config = RunConfig(
+        scenario="highway", algo="ppo", seed=0, n_envs=256, device="auto", observation_shape=(9, 96, 48),
+        n_actions=5, training=agent.training, policy=agent.policy, ppo=agent.ppo, backend="fast",
+    )
+    old = config.to_dict()
+    del old["policy"]["map_channels"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert read_run_config(tmp_path) == dataclasses.replace(
+        config, policy=dataclasses.replace(config.policy, map_channels=0))
 
 
 @pytest.mark.parametrize(

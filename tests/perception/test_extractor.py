@@ -127,6 +127,21 @@ def test_features_are_the_models_outputs_on_frames_divided_by_255(student_path, 
     assert agent.policy.features_extractor.last_attention.shape == (3, *model.feature_shape[1:])
 
 
+def test_include_map_appends_the_last_feature_map_flattened_channel_major(student_path) -> None:
+    extractor = PerceptionExtractor(spaces.Box(0, 255, SHAPE, np.uint8), model_path=student_path, include_map=True)
+    model = extractor.model
+    frames = torch.rand(3, *SHAPE)
+    with torch.no_grad():
+        features = extractor(frames)
+        out = model(frames)
+        feature_map = model.stages(frames)  # (3, C', h, w)
+    leading = STUDENT.embed_dim + LABEL_DIM
+    assert extractor.map_shape == model.feature_shape == tuple(feature_map.shape[1:])
+    assert extractor.features_dim == features.shape[1] == leading + feature_map[0].numel()
+    torch.testing.assert_close(features[:, :leading], torch.cat([out.embedding, out.labels], dim=1))
+    torch.testing.assert_close(features[:, leading:].reshape(feature_map.shape), feature_map)
+
+
 def test_input_gradients_flow_through_the_frozen_extractor(student_path) -> None:
     """Adversarial evaluation and SHAP differentiate the policy with respect to its input."""
     extractor = PerceptionExtractor(spaces.Box(0, 255, SHAPE, np.uint8), model_path=student_path)
