@@ -2,7 +2,8 @@
 
 PPO alone plateaus below the driving-quality bar on highway, even with perfect perception
 (docs/BENCHMARKS.md). So on the fast backend a run first teaches the policy's actor (the MLP on the
-frozen perception student's features) to drive like the teacher, a planner that sees the exact
+frozen perception student's features, and with `map_channels` its feature map through the actor's
+1x1 conv: agents/policy.py) to drive like the teacher, a planner that sees the exact
 simulator state; then the usual PPO or A2C continues from there on the environment's reward.
 
 The imitation is DAgger (Ross et al., 2011): in the first iteration the teacher drives and labels;

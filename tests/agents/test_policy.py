@@ -10,21 +10,12 @@ from stable_baselines3.common.policies import ActorCriticCnnPolicy
 from stable_baselines3.common.torch_layers import MlpExtractor
 
 from agents.policy import MapReducer, PerceptionPolicy
-from perception.checkpoint import save_checkpoint
 from perception.extractor import PerceptionExtractor
 from perception.labels import LABEL_DIM
-from perception.models import STUDENT, build_model
-from tests.perception.test_extractor import SHAPE, TinyCameraEnv
+from perception.models import STUDENT
+from tests.perception.test_extractor import SHAPE, TinyCameraEnv, student_path  # noqa: F401 (a fixture)
 
 LEADING = STUDENT.embed_dim + LABEL_DIM  # embedding + predicted labels
-
-
-@pytest.fixture(scope="module")
-def student_path(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("student") / "student.safetensors"
-    save_checkpoint(path, build_model("student", *SHAPE))
-    return path
 
 
 def _ppo(student_path, policy=PerceptionPolicy, include_map=True, **policy_kwargs) -> PPO:
