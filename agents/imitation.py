@@ -32,7 +32,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from agents.teacher import LookaheadTeacher, best_actions
 
 TIE_BREAK_WEIGHT = 0.05  # weight of the cross-entropy to the teacher's best action in the loss
-EPOCHS = 5  # passes over all samples after each iteration (10 overfitted the feature map: docs/BENCHMARKS.md, "Session 8")
+EPOCHS = 5  # passes over all samples after each iteration (drove better than 10 with the feature map, at half
+# the cost: docs/BENCHMARKS.md, "Session 8")
 BATCH_SIZE = 256  # [samples] per gradient step
 LEARNING_RATE = 1e-3  # Adam, on the actor only
 
@@ -77,7 +78,7 @@ def imitate_teacher(
     actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
     optimizer = torch.optim.Adam(actor, lr=LEARNING_RATE)
     # every sample of the run, kept on the policy's device and filled in order: one buffer, not a list
-    # concatenated after each iteration, which would hold it twice (2.6 GB instead of 1.3 with the feature map)
+    # concatenated after each iteration, which held it twice (the default's 122,880 x 2,416 features are 1.2 GB)
     capacity = iterations * steps * env.num_envs
     features = torch.empty((capacity, policy.features_dim), device=policy.device)  # (N, F)
     values = torch.empty((capacity, int(env.action_space.n)), device=policy.device)  # (N, 5)
