@@ -59,10 +59,11 @@ class MapMlpExtractor(MlpExtractor):
         leading = feature_dim - int(map_shape[0] * map_shape[1] * map_shape[2])
         if leading < 0:
             raise ValueError(f"MapMlpExtractor: {feature_dim} features cannot hold a map of shape {map_shape}")
-        reduced = MapReducer(leading, map_shape, map_channels).out_features
-        super().__init__(reduced, net_arch=net_arch, activation_fn=activation_fn, device=device)
-        self.policy_net = nn.Sequential(MapReducer(leading, map_shape, map_channels), *self.policy_net)
-        self.value_net = nn.Sequential(MapReducer(leading, map_shape, map_channels), *self.value_net)
+        actor_reducer = MapReducer(leading, map_shape, map_channels)
+        critic_reducer = MapReducer(leading, map_shape, map_channels)  # its own weights: the critic's loss is not the actor's
+        super().__init__(actor_reducer.out_features, net_arch=net_arch, activation_fn=activation_fn, device=device)
+        self.policy_net = nn.Sequential(actor_reducer, *self.policy_net)
+        self.value_net = nn.Sequential(critic_reducer, *self.value_net)
         self.to(get_device(device))
 
 

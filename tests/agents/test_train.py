@@ -297,6 +297,7 @@ def test_training_on_the_fast_backend_and_evaluating_on_both(tiny, monkeypatch):
     run = result.run_dir
     config = read_run_config(run)
     assert config.backend == "fast" and config.n_envs == 4 and result.num_timesteps >= 128
+    assert config.policy.map_channels > 0  # the fast block's policy reads the feature map; evaluate loads it below
     scalars = read_scalars(run)
     for key in ("rollout/ep_rew_mean", "safety/collision_rate", "safety/mean_speed", "eval/mean_reward"):
         assert all_finite(scalars.get(key, [])), (key, sorted(scalars))
