@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser(
-        "evaluate", help="deterministic evaluation of a run on the scenario's evaluation seeds: safety table, 95% CIs",
+        "evaluate", help="deterministic evaluation of a run on the scenario's evaluation seeds: safety table, 95%% CIs",
     )
     evaluate.add_argument("--run", required=True, help="run folder (or its name in --logdir)")
     evaluate.add_argument("--episodes", type=positive_int, default=50, help="episodes (default: 50)")

@@ -212,7 +212,8 @@ def evaluate_run(
     from stable_baselines3.common.utils import set_random_seed
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents.runs import check_spaces, find_run, latest_model, load_agent, read_run_config, resolve_device
+    from agents.runs import check_spaces, find_run, latest_model, load_agent, read_run_config
+    from envs.system import resolve_device
     from envs.registration import make_env
 
     if episodes < 1:
@@ -221,7 +222,7 @@ def evaluate_run(
         raise ValueError(f"--seed must be a non-negative integer, got {seed}")
     run_dir = find_run(run, logdir)
     config = read_run_config(run_dir)
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     scenario_arg = scenario or config.scenario
     env = make_env(scenario_arg, backend)
     try:

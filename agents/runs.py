@@ -160,13 +160,6 @@ def latest_model(run_dir: Path) -> Path:
 # -- building and loading agents -----------------------------------------------------------------
 
 
-def resolve_device(device: str) -> str:
-    """`auto` -> cuda when available, else cpu; `cuda` without CUDA is a clear error (as in perception)."""
-    from perception.training import resolve_device as resolve_torch_device
-
-    return str(resolve_torch_device(device))
-
-
 def policy_kwargs(config: RunConfig, perception_path: Path) -> dict[str, Any]:
     """SB3 policy_kwargs of `PerceptionPolicy`: the perception extractor, then actor and critic MLPs of
     `net_arch` (reading the student's feature map too when `map_channels` > 0)."""

@@ -46,7 +46,6 @@ from agents.runs import (
     latest_model,
     load_agent,
     read_run_config,
-    resolve_device,
     run_name,
     save_checkpoint,
     save_final_model,
@@ -54,6 +53,7 @@ from agents.runs import (
     write_run_config,
 )
 from envs.registration import check_backend
+from envs.system import resolve_device, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,7 @@ def default_n_envs(backend: str = "highway-env") -> int:
     """highway-env: the number of cores this process may use (one worker each); fast: FAST_N_ENVS."""
     if backend == "fast":
         return FAST_N_ENVS
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return usable_cores()
 
 
 # -- envs ----------------------------------------------------------------------------------------
@@ -324,7 +321,7 @@ def train(options: TrainOptions) -> TrainResult:
     from stable_baselines3.common.callbacks import CallbackList
 
     _check_options(options)
-    device = resolve_device(options.device)
+    device = str(resolve_device(options.device))
     if options.resume:
         run_dir, config, eval_env, model_path = _resumed_run(options)
     else:

@@ -57,6 +57,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from envs.system import resolve_device
 from perception.attacks import pgd
 from perception.checkpoint import (
     load_model,
@@ -66,7 +67,7 @@ from perception.checkpoint import (
     training_state_path,
 )
 from perception.models import ARCHS, PerceptionNet, build_model, label_loss
-from perception.training import _first_sample, _to_device, cosine_lr, evaluate, resolve_device
+from perception.training import _first_sample, _to_device, cosine_lr, evaluate
 
 logger = logging.getLogger(__name__)
 

@@ -47,13 +47,13 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from envs.system import resolve_device, usable_cores
 from perception.attacks import parse_eps, pgd
 from perception.checkpoint import load_model
 from perception.dataset import FrameDataset, split_shards
 from perception.labels import describe_errors
 from perception.latency import measure_latency, measure_throughput
 from perception.models import PerceptionNet, count_flops, count_params, export_onnx
-from perception.training import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +110,7 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        nproc = os.cpu_count() or 1
+    nproc = usable_cores()
     try:
         import onnxruntime
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from envs.files import atomic_write
 from perception.checkpoint import load_model
 from perception.models import ONNX_INPUT, ONNX_OUTPUTS, export_onnx
 
@@ -82,10 +82,10 @@ def export(model_path: str | os.PathLike, out: str | os.PathLike | None = None, 
     if out.resolve() == model_path.resolve():
         raise ValueError(f"--out {out} would overwrite the checkpoint; give a .onnx path")
     model, _ = load_model(model_path, "cpu")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.onnx", dir=out.parent)
-    os.close(fd)
-    try:
+    max_abs_diff = float("nan")
+
+    def write_checked(tmp: Path) -> None:  # the file reaches `out` only when it passes the parity check
+        nonlocal max_abs_diff
         export_onnx(model, tmp, opset=opset)
         max_abs_diff = parity(model, tmp)
         if not max_abs_diff <= PARITY_TOLERANCE:  # also catches NaN
@@ -94,9 +94,7 @@ def export(model_path: str | os.PathLike, out: str | os.PathLike | None = None, 
                 f"{PARITY_TOLERANCE:g}; nothing was written to {out}. Try another --opset (now {opset}) or "
                 f"report the onnx/onnxruntime/torch versions"
             )
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(out, write_checked)
     logger.info("wrote %s (max |ONNX Runtime - PyTorch| = %.2e)", out, max_abs_diff)
     return out, max_abs_diff

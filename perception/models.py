@@ -31,6 +31,7 @@ Choices, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -322,36 +323,33 @@ ONNX_INPUT = "frames"
 ONNX_OUTPUTS = ("embedding", "labels", "attention")
 
 
-def export_onnx(model: PerceptionNet, path: str, opset: int = 17) -> None:
+def export_onnx(model: PerceptionNet, path: str | Path, opset: int = 17) -> None:
     """Write `model` as ONNX (dynamic batch): input "frames" (B, C, H, W) float in [0, 1];
     outputs "embedding" (B, E), "labels" (B, D), "attention" (B, h, w)."""
-    import os
-    import tempfile
     import warnings
+
+    from envs.files import atomic_write
 
     was_training = model.training
     model.eval()
     parameter = next(model.parameters())
     example = torch.zeros((1, *model.input_shape), device=parameter.device)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=directory)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
             torch.onnx.export(
                 _TupleOutput(model),
                 (example,),
-                tmp,
+                str(tmp),
                 input_names=[ONNX_INPUT],
                 output_names=list(ONNX_OUTPUTS),
                 dynamic_axes={name: {0: "batch"} for name in (ONNX_INPUT, *ONNX_OUTPUTS)},
                 opset_version=opset,
                 dynamo=False,
             )
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, write)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         model.train(was_training)

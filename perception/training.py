@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from envs.system import resolve_device
 from perception.attacks import fgsm_rs, pgd
 from perception.checkpoint import (
     load_model,
@@ -136,28 +137,6 @@ class TrainConfig:
     @property
     def probe_budget(self) -> float:
         return self.eps if self.probe_eps is None else self.probe_eps
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU; "cpu"; "cuda" / "cuda:N" (error if unavailable)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if isinstance(name, str) and (name == "cuda" or name.startswith("cuda:")):
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise ValueError(f"invalid device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {name!r} was requested but CUDA is not available (torch {torch.__version__}, "
-                f"CUDA build: {torch.version.cuda or 'none'}); use --device cpu or --device auto"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} was requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-        return device
-    raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:

@@ -95,3 +95,35 @@ def test_bench_teacher_passes_only_the_flags_given(monkeypatch, capsys, flags, p
     args = run.build_parser().parse_args(["bench", "teacher", "--episodes", "2", *flags])
     args.func(args)
     assert received == passed
+
+
+def _command_paths(parser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path of the parser: (), ("train",), ("perception", "train"), ..."""
+    import argparse
+
+    paths = [prefix]
+    for action in parser._actions:  # argparse keeps its subcommands here; there is no public listing
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths += _command_paths(sub, (*prefix, name))
+    return paths
+
+
+def test_help_works_for_the_cli_and_every_subcommand(capsys):
+    """`python run.py --help` is the first command a newcomer types; a '%' in a help text crashed it."""
+    import run
+
+    paths = _command_paths(run.build_parser())
+    assert ("train",) in paths and ("perception", "distill") in paths and ("bench", "env") in paths
+    for path in paths:
+        with pytest.raises(SystemExit) as exit_info:
+            run.main([*path, "--help"])
+        assert exit_info.value.code == 0, path
+        text = capsys.readouterr().out
+        assert text.startswith("usage: run.py " + " ".join(path)), (path, text[:80])
+
+
+def test_help_in_a_subprocess_has_no_traceback():
+    result = run_cli("--help")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "train" in result.stdout and "evaluate" in result.stdout

@@ -79,7 +79,7 @@ def bench_fast(
 ) -> list[dict[str, Any]]:
     """Rows: scenario, vehicles, batch, fast_sps (with frames), sim_only_sps, highway_env_sps, speedup,
     camera_us (what the frames add to one env step [µs])."""
-    from perception.training import resolve_device
+    from envs.system import resolve_device
 
     device = str(resolve_device(device))  # "auto" -> cuda when present; a clear error for cuda without it
     names = list(scenarios) if scenarios else ["highway", "highway-dense"]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 import yaml
 
 from agents.config import DEFAULTS_FILE, RunConfig, check_algo, load_agent_config
-from agents.runs import read_run_config, resolve_device, write_run_config
+from agents.runs import read_run_config, write_run_config
 from scenarios import available_scenarios
 
 
@@ -149,13 +148,3 @@ def test_run_config_round_trips_through_the_run_folder(tmp_path):
     with pytest.raises(ValueError, match=r"config\.yaml: a2c\.n_step: unknown key"):
         read_run_config(tmp_path)
     assert dataclasses.replace(config, seed=4).seed == 4
-
-
-def test_device_auto_cpu_and_cuda_without_cuda():
-    assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError, match="unknown device 'tpu'"):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="device 'cuda' was requested but CUDA is not available"):
-            resolve_device("cuda")

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from perception.checkpoint import load_model, read_metadata, training_state_path
 from perception.labels import LABEL_DIM
-from perception.training import TrainConfig, cosine_lr, evaluate, resolve_device, train
+from perception.training import TrainConfig, cosine_lr, evaluate, train
 from tests.perception import KilledAfter
 
 SHAPE = (3, 16, 16)
@@ -156,16 +156,6 @@ def test_catastrophic_overfitting_warning(
         assert warnings == [warnings[0]] and warnings[0].startswith("epoch 3: PGD probe error jumped 0.1000 -> 0.3000")
     else:
         assert warnings == []
-
-
-def test_resolve_device() -> None:
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError, match="unknown device 'tpu'"):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="device 'cuda' was requested but CUDA is not available"):
-            resolve_device("cuda")
 
 
 @pytest.mark.parametrize(
