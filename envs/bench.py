@@ -33,11 +33,11 @@ import gymnasium as gym
 import highway_env  # noqa: F401  (registers highway-env's ids)
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from envs.driving_env import CAMERA_VIEWS, DrivingEnv
 from envs.policies import action_indexes
+from envs.progress import ProgressBar
 from scenarios import Scenario, available_scenarios, load_scenario
 
 logger = logging.getLogger(__name__)
@@ -76,13 +76,10 @@ def bench_env(
     console = console or Console(width=None if sys.stdout.isatty() else 120)  # pipes: don't squeeze to 80
     rounds = math.ceil(steps / ROUND_STEPS)
     rows = []
-    with _real_video_driver(), Progress(
-        TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    ) as progress:
-        task = progress.add_task("bench env", total=len(loaded) * (3 * rounds + len(CAMERA_VIEWS)))
+    total = len(loaded) * (3 * rounds + len(CAMERA_VIEWS))
+    with _real_video_driver(), ProgressBar(total, "bench env", "rounds", transient=True, console=console) as bar:
         for scenario in loaded:
-            rows.append(_bench_scenario(scenario, steps, seed, rounds, progress, task))
+            rows.append(_bench_scenario(scenario, steps, seed, rounds, bar))
     console.print(results_table(rows, steps))
     return rows
 
@@ -191,9 +188,9 @@ class _TimedSim:
 
 
 def _bench_scenario(
-    scenario: Scenario, steps: int, seed: int, rounds: int, progress: Progress, task
+    scenario: Scenario, steps: int, seed: int, rounds: int, bar: ProgressBar
 ) -> dict[str, Any]:
-    progress.update(task, description=f"{scenario.name}: env steps")
+    bar.describe(f"{scenario.name}: env steps")
     camera = DrivingEnv(scenario)
     camera.sim = timed_sim = _TimedSim(camera.sim)
     grayscale = _highway_env(scenario, GRAYSCALE_OBSERVATION)
@@ -211,7 +208,7 @@ def _bench_scenario(
         for index, chunk in enumerate(np.array_split(actions, rounds)):
             for kind in order[index % 3 :] + order[: index % 3]:  # rotate who goes first
                 seconds[kind] += runners[kind].run(chunk.tolist())
-                progress.advance(task)
+                bar.advance()
         _check_not_blank(runners["grayscale"].obs, scenario.name)
         # The first reset was untimed by the runner but counted by the proxy: start from the runs.
         sim_seconds = timed_sim.seconds - first_reset_seconds
@@ -233,9 +230,9 @@ def _bench_scenario(
         / max(seconds["grayscale"] - grayscale_observe_seconds, 1e-9),
     }
     for view in CAMERA_VIEWS:
-        progress.update(task, description=f"{scenario.name}: raster {view}")
+        bar.describe(f"{scenario.name}: raster {view}")
         row[f"raster_{view}_us"] = raster_us_per_frame(scenario, view, seed)
-        progress.advance(task)
+        bar.advance()
     logger.debug("bench %s: %s", scenario.name, row)
     return row
 

@@ -46,6 +46,10 @@ class ProgressBar:
     def advance(self, amount: float = 1) -> None:
         self._progress.advance(self._task, amount)
 
+    def describe(self, description: str) -> None:
+        """Say what the job does now (the text left of the bar)."""
+        self._progress.update(self._task, description=description)
+
     def set_total(self, total: float) -> None:
         self._progress.update(self._task, total=total)
 
