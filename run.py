@@ -11,12 +11,23 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
 
 # Mistakes a user can make and fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+# Paths the user gave that cannot be read or written (OSError errnos): also one line, not a traceback.
+PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EROFS,
+                         errno.ENOSPC, errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def describe_error(error: Exception) -> str:
+    """One line for a user mistake; an OSError says what went wrong with which path."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        return f"{error.filename}: {error.strerror.lower()}"
+    return str(error)
 
 
 def non_negative_int(text: str) -> int:
@@ -399,7 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {describe_error(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in PATH_ERRNOS:
+            raise
+        print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -127,3 +127,32 @@ def test_help_in_a_subprocess_has_no_traceback():
     result = run_cli("--help")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "train" in result.stdout and "evaluate" in result.stdout
+
+
+def test_an_output_path_under_a_file_gives_one_line_and_writes_nothing(tmp_path):
+    blocker = tmp_path / "f"
+    blocker.write_text("")
+    result = run_cli("preview", "--steps", "2", "--out", str(blocker / "x.gif"))
+    assert_one_line_error(result, str(blocker), "is a file, not a folder")
+    assert blocker.read_text() == "" and sorted(tmp_path.iterdir()) == [blocker]
+
+
+def test_an_unwritable_path_gives_one_line(monkeypatch, capsys):
+    """Every path error (permission, read-only disk, ...) is turned into one line in one place."""
+    import errno
+
+    import run
+
+    def refuse(args):
+        raise PermissionError(errno.EACCES, "Permission denied", "/ro/x.gif")
+
+    monkeypatch.setattr(run, "cmd_scenarios", refuse)
+    assert run.main(["scenarios"]) == 2
+    assert capsys.readouterr().err == "error: /ro/x.gif: permission denied\n"
+
+    def break_down(args):
+        raise OSError(errno.EIO, "Input/output error", "/dev/sda")  # not the user's doing: a traceback
+
+    monkeypatch.setattr(run, "cmd_scenarios", break_down)
+    with pytest.raises(OSError):
+        run.main(["scenarios"])
