@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -35,6 +33,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from envs.display import offscreen_video_driver
 from envs.driving_env import CAMERA_VIEWS, DrivingEnv
 from envs.policies import action_indexes
 from envs.progress import ProgressBar
@@ -77,7 +76,7 @@ def bench_env(
     rounds = math.ceil(steps / ROUND_STEPS)
     rows = []
     total = len(loaded) * (3 * rounds + len(CAMERA_VIEWS))
-    with _real_video_driver(), ProgressBar(total, "bench env", "rounds", transient=True, console=console) as bar:
+    with offscreen_video_driver(), ProgressBar(total, "bench env", "rounds", transient=True, console=console) as bar:
         for scenario in loaded:
             rows.append(_bench_scenario(scenario, steps, seed, rounds, bar))
     console.print(results_table(rows, steps))
@@ -291,15 +290,3 @@ def _check_not_blank(obs: np.ndarray, name: str) -> None:
             "is its viewer disabled (SDL_VIDEODRIVER=dummy) or pygame missing?"
         )
 
-
-@contextmanager
-def _real_video_driver() -> Iterator[None]:
-    """Lift SDL_VIDEODRIVER=dummy while benchmarking (highway-env's viewer is off under it)."""
-    saved = os.environ.get("SDL_VIDEODRIVER")
-    if saved == "dummy":
-        del os.environ["SDL_VIDEODRIVER"]
-    try:
-        yield
-    finally:
-        if saved == "dummy":
-            os.environ["SDL_VIDEODRIVER"] = saved

@@ -13,7 +13,6 @@ to `info` every step:
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 
 from envs.bev_camera import BevCamera
 from envs.corruptions import SensorCorruption
+from envs.display import offscreen_video_driver
 from envs.ground_truth import privileged_state
 from envs.road_map import build_road_map
 from envs.safety import StepTracker
@@ -129,17 +129,12 @@ class DrivingEnv(gym.Env[np.ndarray, int]):
     def top_down(self) -> np.ndarray:
         """highway-env's own top-down render, (h, w, 3) uint8, for previews and replays.
 
-        highway-env switches its viewer off (all-black images) when SDL_VIDEODRIVER=dummy;
-        its offscreen rendering needs no display, so the variable is lifted while the viewer
-        is created.
+        The viewer is created under SDL's offscreen driver (envs.display): no display needed,
+        not switched off as under SDL_VIDEODRIVER=dummy, no XDG_RUNTIME_DIR complaint.
         """
         if self.sim.viewer is None:
-            saved = os.environ.pop("SDL_VIDEODRIVER", None)
-            try:
+            with offscreen_video_driver():
                 return self.sim.render()
-            finally:
-                if saved is not None:
-                    os.environ["SDL_VIDEODRIVER"] = saved
         return self.sim.render()
 
     @property
