@@ -8,6 +8,7 @@ names the file, the key and what is allowed, so the CLI can print it as one line
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from scenarios.schema import Scenario
+from scenarios.schema import HIGHWAY_ENV_RANGES, MAX_SPEED_MPS, SPEED_RANGE_KEYS, Scenario
 
 SCENARIO_DIR = Path(__file__).resolve().parent
 
@@ -149,7 +150,15 @@ def _check_highway_env_keys(path: Path, scenario: Scenario) -> Scenario:
             expected = _type_name(defaults[key])
             if not _same_kind(defaults[key], value):
                 raise ScenarioError(f"{where}: expected {expected}, got {value!r}")
+            problem = _range_problem(key, value)
+            if problem:
+                raise ScenarioError(f"{where}: {problem}")
     episode = {key: defaults[key] for key in _EPISODE_KEYS if key in defaults} | scenario.episode
+    if episode["simulation_frequency"] < episode["policy_frequency"]:
+        raise ScenarioError(
+            f"{path}: episode.simulation_frequency: must be at least policy_frequency ({episode['policy_frequency']} Hz), "
+            f"got {episode['simulation_frequency']} Hz (each decision needs one physics step or more)"
+        )
     if episode.get("duration") is None and scenario.max_episode_steps is None:
         raise ScenarioError(
             f"{path}: max_episode_steps: required key is missing ({env_id} has no `duration`, "
@@ -158,6 +167,27 @@ def _check_highway_env_keys(path: Path, scenario: Scenario) -> Scenario:
     return dataclasses.replace(scenario, episode=episode)
 
 
+
+
+def _range_problem(key: str, value: Any) -> str | None:
+    """Why a highway-env key's value is out of its declared range (scenarios.schema), or None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if key in SPEED_RANGE_KEYS:
+        numbers = list(value)
+        if len(numbers) != 2 or not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
+            return f"must be two speeds [low, high] in m/s, got {value!r}"
+        low, high = numbers
+        if not 0 <= low < high <= MAX_SPEED_MPS:
+            return f"must be [low, high] with 0 <= low < high <= {MAX_SPEED_MPS:g} m/s, got {value!r}"
+        return None
+    if not isinstance(value, (int, float)):
+        return None
+    if key in HIGHWAY_ENV_RANGES:
+        return HIGHWAY_ENV_RANGES[key].problem(value)
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    return None
 
 
 @lru_cache(maxsize=None)

@@ -110,6 +110,54 @@ class EvaluationConfig:
         return tuple(range(self.first_seed, self.first_seed + self.episodes))
 
 
+@dataclass(frozen=True)
+class KeyRange:
+    """The values a highway-env config key may take. highway-env checks none of them: a zero
+    frequency divides by zero, a negative count is ignored, a huge one hangs the spawner."""
+
+    low: float
+    high: float
+    unit: str  # what the number counts, shown in the message
+    integer: bool = False
+    low_open: bool = False  # `low` itself is excluded
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is out of range (None when it is fine)."""
+        kind = "an integer" if self.integer else "a number"
+        bracket = "(" if self.low_open else "["
+        allowed = f"{kind} in {bracket}{self.low:g}, {self.high:g}] ({self.unit})"
+        if self.integer and not (isinstance(value, int) or float(value).is_integer()):
+            return f"must be {allowed}, got {value!r}"
+        too_low = value <= self.low if self.low_open else value < self.low
+        if too_low or value > self.high or value != value:  # value != value: NaN
+            return f"must be {allowed}, got {value!r}"
+        return None
+
+
+# The ranges of highway-env's own keys that scenarios set (traffic, episode, reward), declared once.
+# A numeric key not listed here must still be a finite number.
+HIGHWAY_ENV_RANGES: dict[str, KeyRange] = {
+    # episode
+    "duration": KeyRange(0, 3600, "s", low_open=True),
+    "policy_frequency": KeyRange(1, 100, "decisions per s", integer=True),
+    "simulation_frequency": KeyRange(1, 1000, "physics steps per s", integer=True),
+    # traffic
+    "lanes_count": KeyRange(1, 10, "lanes", integer=True),
+    "vehicles_count": KeyRange(0, 200, "vehicles", integer=True),
+    "initial_vehicle_count": KeyRange(0, 200, "vehicles", integer=True),
+    "vehicles_density": KeyRange(0, 10, "relative density", low_open=True),
+    "ego_spacing": KeyRange(0, 10, "relative spacing", low_open=True),
+    "spawn_probability": KeyRange(0, 1, "probability per step"),
+    # reward weights (highway-env normalises their sum when normalize_reward is set)
+    **{key: KeyRange(-100, 100, "reward weight") for key in (
+        "collision_reward", "high_speed_reward", "right_lane_reward", "left_lane_reward", "lane_change_reward",
+        "merging_speed_reward", "arrived_reward", "goal_reward", "left_lane_constraint", "on_road_reward",
+    )},
+}
+SPEED_RANGE_KEYS = ("reward_speed_range",)  # [low, high] in m/s, mapped to 0..1 for the speed reward
+MAX_SPEED_MPS = 100.0
+
+
 @dataclass(frozen=True, config=_STRICT)
 class HighwayEnvConfig:
     """Which highway-env environment simulates the scenario."""
@@ -122,7 +170,8 @@ class Scenario:
     """One driving scenario: simulator, traffic, episode, reward, camera, corruptions, evaluation.
 
     `traffic`, `episode` and `reward` hold highway-env config keys; the loader checks each
-    one against the chosen environment's `default_config()` (name and type).
+    one against the chosen environment's `default_config()` (name and type) and against
+    `HIGHWAY_ENV_RANGES` (range).
     """
 
     name: StrictStr
