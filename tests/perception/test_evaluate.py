@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +199,151 @@ def test_eval_command_line_writes_the_report(workspace, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert START_MARKER in out.read_text() and (tmp_path / "perception_eval.json").is_file()
+
+
+# --------------------------------------------------------------------------- regression: numbers recorded before the refactor
+
+# Recorded at commit bb0926f before the refactor (issue 22, typed results): `evaluate_models` on the tiny
+# data and models of `workspace` (CPU, seed 0, the `results` fixture's settings), printed to 7 significant
+# digits. Timings are left out: they vary from run to run.
+RECORDED = {
+    "teacher/clean_all/label_error": 0.5415332,
+    "teacher/clean_all/presence_error_rate": 0.2291667,
+    "teacher/clean_all/occupancy_error_rate": 0.3888889,
+    "teacher/clean_all/position_mae_m": 17.39575,
+    "teacher/clean_all/velocity_mae_mps": 5.171998,
+    "teacher/clean_all/ego_lane_error_rate": 0.8333333,
+    "teacher/clean_all/ego_speed_mae_mps": 16.18563,
+    "teacher/corrupted_all/label_error": 0.533846,
+    "teacher/corrupted_all/presence_error_rate": 0.2291667,
+    "teacher/corrupted_all/occupancy_error_rate": 0.3888889,
+    "teacher/corrupted_all/position_mae_m": 16.96024,
+    "teacher/corrupted_all/velocity_mae_mps": 5.167984,
+    "teacher/corrupted_all/ego_lane_error_rate": 1,
+    "teacher/corrupted_all/ego_speed_mae_mps": 15.7366,
+    "teacher/subset/clean": 0.5416671,
+    "teacher/subset/corruptions": 0.5347319,
+    "teacher/subset/noise/4/255": 0.5414738,
+    "teacher/subset/noise/16/255": 0.5406159,
+    "teacher/subset/pgd/2/4/255": 0.5559409,
+    "teacher/subset/pgd/2/16/255": 0.6018765,
+    "teacher/pgd_ratio": 1.026352,
+    "teacher/params": 9522,
+    "teacher/macs": 417024,
+    "robust-student/clean_all/label_error": 0.5526549,
+    "robust-student/clean_all/presence_error_rate": 0.2291667,
+    "robust-student/clean_all/occupancy_error_rate": 0.3888889,
+    "robust-student/clean_all/position_mae_m": 18.18252,
+    "robust-student/clean_all/velocity_mae_mps": 5.47413,
+    "robust-student/clean_all/ego_lane_error_rate": 0.8333333,
+    "robust-student/clean_all/ego_speed_mae_mps": 16.28042,
+    "robust-student/corrupted_all/label_error": 0.5377632,
+    "robust-student/corrupted_all/presence_error_rate": 0.2291667,
+    "robust-student/corrupted_all/occupancy_error_rate": 0.3888889,
+    "robust-student/corrupted_all/position_mae_m": 17.28016,
+    "robust-student/corrupted_all/velocity_mae_mps": 5.342833,
+    "robust-student/corrupted_all/ego_lane_error_rate": 1,
+    "robust-student/corrupted_all/ego_speed_mae_mps": 16.16574,
+    "robust-student/subset/clean": 0.5669448,
+    "robust-student/subset/corruptions": 0.5501928,
+    "robust-student/subset/noise/4/255": 0.5672698,
+    "robust-student/subset/noise/16/255": 0.5664777,
+    "robust-student/subset/pgd/2/4/255": 0.6068351,
+    "robust-student/subset/pgd/2/16/255": 0.7461947,
+    "robust-student/pgd_ratio": 1.07036,
+    "robust-student/params": 14066,
+    "robust-student/macs": 164352,
+    "clean-student/clean_all/label_error": 0.8633791,
+    "clean-student/clean_all/presence_error_rate": 0.4375,
+    "clean-student/clean_all/occupancy_error_rate": 0.3888889,
+    "clean-student/clean_all/position_mae_m": 28.61269,
+    "clean-student/clean_all/velocity_mae_mps": 8.782691,
+    "clean-student/clean_all/ego_lane_error_rate": 1,
+    "clean-student/clean_all/ego_speed_mae_mps": 13.885,
+    "clean-student/corrupted_all/label_error": 0.7062706,
+    "clean-student/corrupted_all/presence_error_rate": 0.4375,
+    "clean-student/corrupted_all/occupancy_error_rate": 0.3888889,
+    "clean-student/corrupted_all/position_mae_m": 22.03419,
+    "clean-student/corrupted_all/velocity_mae_mps": 7.214535,
+    "clean-student/corrupted_all/ego_lane_error_rate": 1,
+    "clean-student/corrupted_all/ego_speed_mae_mps": 15.10644,
+    "clean-student/subset/clean": 0.8337992,
+    "clean-student/subset/corruptions": 0.6851069,
+    "clean-student/subset/noise/4/255": 0.8329053,
+    "clean-student/subset/noise/16/255": 0.8364513,
+    "clean-student/subset/pgd/2/4/255": 0.9462147,
+    "clean-student/subset/pgd/2/16/255": 1.286393,
+    "clean-student/pgd_ratio": 1.134823,
+    "clean-student/params": 14066,
+    "clean-student/macs": 164352,
+    "ratios/robust_student_clean_error_pct_of_teacher": 102.0537,
+    "ratios/teacher_pgd_ratio": 1.026352,
+    "ratios/robust_student_pgd_ratio": 1.07036,
+    "ratios/clean_student_pgd_ratio": 1.134823,
+}
+
+
+def _flat_numbers(results) -> dict[str, float]:
+    """The measured numbers of `results` under the names of RECORDED."""
+    out: dict[str, float] = {}
+    for name, entry in results["models"].items():
+        for group in ("clean_all", "corrupted_all"):
+            for key, value in entry[group].items():
+                out[f"{name}/{group}/{key}"] = value
+        sub = entry["subset"]
+        out[f"{name}/subset/clean"] = sub["clean"]
+        out[f"{name}/subset/corruptions"] = sub["corruptions"]
+        for label, value in sub["noise"].items():
+            out[f"{name}/subset/noise/{label}"] = value
+        for steps, by_eps in sub["pgd"].items():
+            for label, value in by_eps.items():
+                out[f"{name}/subset/pgd/{steps}/{label}"] = value
+        out[f"{name}/pgd_ratio"] = entry["pgd_ratio"]
+        out[f"{name}/params"] = entry["params"]
+        out[f"{name}/macs"] = entry["macs"]
+    for key, value in results["ratios"].items():
+        if "speedup" not in key:
+            out[f"ratios/{key}"] = value
+    return out
+
+
+def test_numbers_match_those_recorded_before_the_refactor(results) -> None:
+    measured = _flat_numbers(results)
+    assert set(measured) == set(RECORDED)
+    for key, value in RECORDED.items():
+        assert measured[key] == pytest.approx(value, rel=2e-6, abs=1e-9), key
+
+
+DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parents[2]
+
+# sha256 of the golden sections in data/*.md (without the final newline), recorded at commit bb0926f
+# before the refactor by `render_section` on the hand-written results data/*.json: a regenerated golden
+# file cannot pass silently.
+GOLDEN_SHA256 = {
+    "eval_all_roles": "23299c8261e9d8bcff839dbbc44d11cbff7a6c8420d01923f7165bd56e035886",
+    "eval_one_role": "39d5db116cd7d891060e245e146e0d7e93b56e84600e1fe03c911beade0632b2",
+}
+
+
+def _section(data: dict, command: str, json_name: str) -> str:
+    from perception.evaluate import Targets, _ratios_and_targets, render_section
+
+    data = dict(data)
+    data["ratios"], data["targets"] = _ratios_and_targets(data, data["meta"]["roles"], Targets(**data["meta"]["targets"]))
+    return render_section(data, command, json_name=json_name)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_SHA256))
+def test_rendered_section_matches_the_golden_file(name) -> None:
+    golden = (DATA / f"{name}.md").read_text()[:-1]
+    assert hashlib.sha256(golden.encode()).hexdigest() == GOLDEN_SHA256[name]
+    data = json.loads((DATA / f"{name}.json").read_text())
+    assert _section(data, "python run.py perception eval --models hand-written", "../hand.json") == golden
+
+
+def test_the_shipped_results_render_the_shipped_report() -> None:
+    data = json.loads((ROOT / "docs" / "perception_eval.json").read_text())
+    text = (ROOT / "docs" / "PERCEPTION.md").read_text()
+    shipped = text[text.index(START_MARKER) + len(START_MARKER) + 1 : text.index(END_MARKER) - 1]
+    assert _section(data, data["command"], "perception_eval.json") == shipped
