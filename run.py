@@ -105,7 +105,8 @@ def cmd_perception_eval(args: argparse.Namespace) -> None:
     import shlex
 
     from perception.attacks import parse_eps
-    from perception.evaluate import evaluate_models, write_report
+    from perception.evaluate import evaluate_models
+    from perception.report import check_targets, write_report
 
     models: dict[str, Path] = {}
     for item in args.models:
@@ -117,15 +118,15 @@ def cmd_perception_eval(args: argparse.Namespace) -> None:
         if name in models:
             raise ValueError(f"--models: the name {name!r} is given twice")
         models[name] = Path(path)
-    results = evaluate_models(
+    run = evaluate_models(
         models, args.data, eps_list=[parse_eps(text) for text in args.eps], attack_frames=args.attack_frames,
         pgd_steps=args.pgd_steps, device=args.device, threads=args.latency_threads, seed=args.seed,
     )
     command = "python run.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
-    path = write_report(results, args.out, command=command)
-    for check in results["targets"]:
-        value = "n/a" if check["value"] is None else f"{check['value']:.3g}{check['unit']}"
-        print(f"{check['status']:>4}  {check['what']}: {value} (target {check['target']})")
+    path = write_report(run, args.out, command=command)
+    for check in check_targets(run):
+        value = "n/a" if check.value is None else f"{check.value:.3g}{check.unit}"
+        print(f"{check.status:>4}  {check.what}: {value} (target {check.target})")
     print(f"wrote {path} and {path.with_name('perception_eval.json')}")
 
 

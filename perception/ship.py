@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from envs.files import atomic_write
@@ -16,6 +17,8 @@ from perception.checkpoint import load_model
 from perception.dataset import load_manifest
 from perception.export import export
 from perception.models import count_flops, count_params
+from perception.report import check_targets
+from perception.results import read_results
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MAX_SHIPPED_BYTES = 5 * 1024 * 1024  # "a few MB at most"
@@ -82,10 +85,10 @@ def _student_rows(eval_json: str | Path | None) -> dict:
     """The robust student's entry and the target checklist of `perception eval`, when available."""
     if eval_json is None or not Path(eval_json).is_file():
         return {}
-    results = json.loads(Path(eval_json).read_text())
-    name = results.get("meta", {}).get("roles", {}).get("robust_student")
+    run = read_results(eval_json)
+    student = run.role("robust_student")
     return {
-        "robust_student": results.get("models", {}).get(name, {}),
-        "targets": results.get("targets", []),
-        "date": results.get("meta", {}).get("date"),
+        "robust_student": {} if student is None else student.to_json(),
+        "targets": [asdict(check) for check in check_targets(run)],
+        "date": run.meta.date,
     }

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +14,12 @@ import torch
 
 from perception.checkpoint import save_checkpoint
 from perception.dataset import Manifest, save_manifest, save_shard
-from perception.evaluate import END_MARKER, START_MARKER, corrupt_observations, eps_label, evaluate_models, write_report
+from perception.evaluate import corrupt_observations, evaluate_models
 from perception.labels import LABEL_DIM
 from perception.latency import measure_latency, measure_throughput
 from perception.models import STUDENT, ArchConfig, PerceptionNet
+from perception.report import END_MARKER, START_MARKER, Ratios, Speedup, check_targets, key_ratios, render_section, write_report
+from perception.results import Attack, EvaluationRun, LabelErrors, eps_label, read_results
 from scenarios import CorruptionConfig
 
 
@@ -76,33 +81,33 @@ def _numbers(tree):
 
 
 def test_results_hold_every_measurement(results) -> None:
-    meta = results["meta"]
-    assert meta["held_out_shards"] == [2] and meta["held_out_frames"] == 6 and meta["attack_frames"] == 4
-    assert meta["roles"] == {"teacher": "teacher", "robust_student": "robust-student", "clean_student": "clean-student"}
-    labels = [eps_label(eps) for eps in EPS]
-    assert meta["eps"] == labels == ["4/255", "16/255"]
-    assert set(results["models"]) == {"teacher", "robust-student", "clean-student"}
-    for name, entry in results["models"].items():
-        assert entry["params"] > 0 and entry["macs"] > 0
-        assert {"label_error", "position_mae_m", "velocity_mae_mps", "presence_error_rate"} <= set(entry["clean_all"])
-        assert entry["corrupted_all"]["label_error"] > 0
-        sub = entry["subset"]
-        assert set(sub["pgd"]) == {"2"} and set(sub["pgd"]["2"]) == set(labels)
-        assert set(sub["noise"]) == set(labels)
-        for label in labels:
+    meta = results.meta
+    assert meta.held_out_shards == (2,) and meta.held_out_frames == 6 and meta.attack_frames == 4
+    assert meta.roles == {"teacher": "teacher", "robust_student": "robust-student", "clean_student": "clean-student"}
+    assert meta.eps == EPS and [eps_label(eps) for eps in meta.eps] == ["4/255", "16/255"]
+    assert meta.key_attack == Attack(steps=2, eps=4 / 255)  # the step count falls back to the only one run
+    assert set(results.models) == {"teacher", "robust-student", "clean-student"}
+    for name, entry in results.models.items():
+        assert entry.params > 0 and entry.macs > 0
+        assert isinstance(entry.clean_all, LabelErrors) and entry.corrupted_all.label_error > 0
+        sub = entry.subset
+        assert set(sub.pgd) == {Attack(2, eps) for eps in EPS} and set(sub.noise) == set(EPS)
+        for eps in EPS:
             # PGD maximises the loss from the clean error on the very same frames
-            assert sub["pgd"]["2"][label] >= sub["clean"], (name, label, sub)
-        assert sub["pgd"]["2"]["16/255"] > sub["clean"]
+            assert sub.pgd[Attack(2, eps)] >= sub.clean, (name, eps, sub)
+        assert sub.pgd[Attack(2, 16 / 255)] > sub.clean
+        assert entry.pgd_ratio == sub.pgd[meta.key_attack] / sub.clean
         for backend in ("torch", "onnx"):
-            latency = entry["speed"]["latency"][backend]["1"]
-            assert 0 < latency["p50_ms"] <= latency["p95_ms"]
-            assert entry["speed"]["throughput"][backend] > 0
-        assert all(math.isfinite(value) for value in _numbers(entry))
-    ratios = results["ratios"]
-    assert ratios["ort_p50_speedup_teacher_over_robust_student_1t"] > 0
-    assert ratios["robust_student_pgd_ratio"] >= 1.0
-    assert [item["status"] in ("PASS", "MISS") for item in results["targets"]] == [True] * 5  # speed-up, student p50, error %, robust ratio, clean ratio
-    json.dumps(results)  # serialisable
+            latency = entry.speed.latency[backend, 1]
+            assert 0 < latency.p50_ms <= latency.p95_ms and latency.backend == backend and latency.threads == 1
+            assert entry.speed.throughput[backend] > 0
+        assert all(math.isfinite(value) for value in _numbers(entry.to_json()))
+    ratios = key_ratios(results)
+    assert ratios.teacher_speedup.one_thread > 0 and ratios.robust_teacher_speedup is None
+    assert ratios.robust_student_pgd_ratio >= 1.0
+    checks = check_targets(results)
+    assert [item.status in ("PASS", "MISS") for item in checks] == [True] * 5  # speed-up, student p50, error %, robust ratio, clean ratio
+    json.dumps(results.to_json())  # serialisable
 
 
 def test_the_same_frames_and_draws_give_the_same_numbers(workspace, results) -> None:
@@ -112,9 +117,9 @@ def test_the_same_frames_and_draws_give_the_same_numbers(workspace, results) -> 
         threads=(1,), latency_repeats=2, latency_warmup=0, throughput_batch=2, throughput_repeats=1,
         holdout_every=3, progress=False,
     )
-    assert again["models"]["teacher"]["subset"] == results["models"]["teacher"]["subset"]
-    assert again["meta"]["roles"] == {"teacher": "teacher"}
-    assert {item["status"] for item in again["targets"]} == {"n/a"}
+    assert again.models["teacher"].subset == results.models["teacher"].subset
+    assert again.meta.roles == {"teacher": "teacher"}
+    assert {item.status for item in check_targets(again)} == {"n/a"}
 
 
 def test_report_section_is_created_then_replaced(tmp_path, results) -> None:
@@ -124,7 +129,8 @@ def test_report_section_is_created_then_replaced(tmp_path, results) -> None:
     assert text.startswith("# Perception") and text.count(START_MARKER) == 1 and text.count(END_MARKER) == 1
     assert "PGD-2 16/255" in text and "| teacher |" in text and "python run.py perception eval" in text
     stored = json.loads((path.parent / "perception_eval.json").read_text())
-    assert stored["models"]["teacher"]["subset"] == results["models"]["teacher"]["subset"]
+    assert stored["models"]["teacher"]["subset"] == results.models["teacher"].subset.to_json()
+    assert read_results(path.parent / "perception_eval.json") == results
 
     path.write_text("# Perception\n\nIntro written by hand.\n\n" + text.split("\n", 2)[2] + "\n## Later section\n\nkept\n")
     write_report(results, path, command="second run")
@@ -197,3 +203,194 @@ def test_eval_command_line_writes_the_report(workspace, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert START_MARKER in out.read_text() and (tmp_path / "perception_eval.json").is_file()
+
+
+# --------------------------------------------------------------------------- regression: numbers recorded before the refactor
+
+# Recorded at commit bb0926f before the refactor (issue 22, typed results): `evaluate_models` on the tiny
+# data and models of `workspace` (CPU, seed 0, the `results` fixture's settings), printed to 7 significant
+# digits. Timings are left out: they vary from run to run.
+RECORDED = {
+    "teacher/clean_all/label_error": 0.5415332,
+    "teacher/clean_all/presence_error_rate": 0.2291667,
+    "teacher/clean_all/occupancy_error_rate": 0.3888889,
+    "teacher/clean_all/position_mae_m": 17.39575,
+    "teacher/clean_all/velocity_mae_mps": 5.171998,
+    "teacher/clean_all/ego_lane_error_rate": 0.8333333,
+    "teacher/clean_all/ego_speed_mae_mps": 16.18563,
+    "teacher/corrupted_all/label_error": 0.533846,
+    "teacher/corrupted_all/presence_error_rate": 0.2291667,
+    "teacher/corrupted_all/occupancy_error_rate": 0.3888889,
+    "teacher/corrupted_all/position_mae_m": 16.96024,
+    "teacher/corrupted_all/velocity_mae_mps": 5.167984,
+    "teacher/corrupted_all/ego_lane_error_rate": 1,
+    "teacher/corrupted_all/ego_speed_mae_mps": 15.7366,
+    "teacher/subset/clean": 0.5416671,
+    "teacher/subset/corruptions": 0.5347319,
+    "teacher/subset/noise/4/255": 0.5414738,
+    "teacher/subset/noise/16/255": 0.5406159,
+    "teacher/subset/pgd/2/4/255": 0.5559409,
+    "teacher/subset/pgd/2/16/255": 0.6018765,
+    "teacher/pgd_ratio": 1.026352,
+    "teacher/params": 9522,
+    "teacher/macs": 417024,
+    "robust-student/clean_all/label_error": 0.5526549,
+    "robust-student/clean_all/presence_error_rate": 0.2291667,
+    "robust-student/clean_all/occupancy_error_rate": 0.3888889,
+    "robust-student/clean_all/position_mae_m": 18.18252,
+    "robust-student/clean_all/velocity_mae_mps": 5.47413,
+    "robust-student/clean_all/ego_lane_error_rate": 0.8333333,
+    "robust-student/clean_all/ego_speed_mae_mps": 16.28042,
+    "robust-student/corrupted_all/label_error": 0.5377632,
+    "robust-student/corrupted_all/presence_error_rate": 0.2291667,
+    "robust-student/corrupted_all/occupancy_error_rate": 0.3888889,
+    "robust-student/corrupted_all/position_mae_m": 17.28016,
+    "robust-student/corrupted_all/velocity_mae_mps": 5.342833,
+    "robust-student/corrupted_all/ego_lane_error_rate": 1,
+    "robust-student/corrupted_all/ego_speed_mae_mps": 16.16574,
+    "robust-student/subset/clean": 0.5669448,
+    "robust-student/subset/corruptions": 0.5501928,
+    "robust-student/subset/noise/4/255": 0.5672698,
+    "robust-student/subset/noise/16/255": 0.5664777,
+    "robust-student/subset/pgd/2/4/255": 0.6068351,
+    "robust-student/subset/pgd/2/16/255": 0.7461947,
+    "robust-student/pgd_ratio": 1.07036,
+    "robust-student/params": 14066,
+    "robust-student/macs": 164352,
+    "clean-student/clean_all/label_error": 0.8633791,
+    "clean-student/clean_all/presence_error_rate": 0.4375,
+    "clean-student/clean_all/occupancy_error_rate": 0.3888889,
+    "clean-student/clean_all/position_mae_m": 28.61269,
+    "clean-student/clean_all/velocity_mae_mps": 8.782691,
+    "clean-student/clean_all/ego_lane_error_rate": 1,
+    "clean-student/clean_all/ego_speed_mae_mps": 13.885,
+    "clean-student/corrupted_all/label_error": 0.7062706,
+    "clean-student/corrupted_all/presence_error_rate": 0.4375,
+    "clean-student/corrupted_all/occupancy_error_rate": 0.3888889,
+    "clean-student/corrupted_all/position_mae_m": 22.03419,
+    "clean-student/corrupted_all/velocity_mae_mps": 7.214535,
+    "clean-student/corrupted_all/ego_lane_error_rate": 1,
+    "clean-student/corrupted_all/ego_speed_mae_mps": 15.10644,
+    "clean-student/subset/clean": 0.8337992,
+    "clean-student/subset/corruptions": 0.6851069,
+    "clean-student/subset/noise/4/255": 0.8329053,
+    "clean-student/subset/noise/16/255": 0.8364513,
+    "clean-student/subset/pgd/2/4/255": 0.9462147,
+    "clean-student/subset/pgd/2/16/255": 1.286393,
+    "clean-student/pgd_ratio": 1.134823,
+    "clean-student/params": 14066,
+    "clean-student/macs": 164352,
+    "ratios/robust_student_clean_error_pct_of_teacher": 102.0537,
+    "ratios/teacher_pgd_ratio": 1.026352,
+    "ratios/robust_student_pgd_ratio": 1.07036,
+    "ratios/clean_student_pgd_ratio": 1.134823,
+}
+
+
+def _flat_numbers(run: EvaluationRun) -> dict[str, float]:
+    """The measured numbers of `run` under the names of RECORDED."""
+    out: dict[str, float] = {}
+    for name, entry in run.models.items():
+        for group in ("clean_all", "corrupted_all"):
+            for key, value in asdict(getattr(entry, group)).items():
+                out[f"{name}/{group}/{key}"] = value
+        sub = entry.subset
+        out[f"{name}/subset/clean"] = sub.clean
+        out[f"{name}/subset/corruptions"] = sub.corruptions
+        for eps, value in sub.noise.items():
+            out[f"{name}/subset/noise/{eps_label(eps)}"] = value
+        for attack, value in sub.pgd.items():
+            out[f"{name}/subset/pgd/{attack.steps}/{eps_label(attack.eps)}"] = value
+        out[f"{name}/pgd_ratio"] = entry.pgd_ratio
+        out[f"{name}/params"] = entry.params
+        out[f"{name}/macs"] = entry.macs
+    ratios = key_ratios(run)
+    out["ratios/robust_student_clean_error_pct_of_teacher"] = ratios.student_error_pct_of_teacher
+    for role in ("teacher", "robust_student", "clean_student"):
+        out[f"ratios/{role}_pgd_ratio"] = getattr(ratios, f"{role}_pgd_ratio")
+    return out
+
+
+def test_numbers_match_those_recorded_before_the_refactor(results) -> None:
+    measured = _flat_numbers(results)
+    assert set(measured) == set(RECORDED)
+    for key, value in RECORDED.items():
+        assert measured[key] == pytest.approx(value, rel=2e-6, abs=1e-9), key
+
+
+DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parents[2]
+
+# sha256 of the golden sections in data/*.md (without the final newline), recorded at commit bb0926f
+# before the refactor by `render_section` on the hand-written results data/*.json: a regenerated golden
+# file cannot pass silently.
+GOLDEN_SHA256 = {
+    "eval_all_roles": "23299c8261e9d8bcff839dbbc44d11cbff7a6c8420d01923f7165bd56e035886",
+    "eval_one_role": "39d5db116cd7d891060e245e146e0d7e93b56e84600e1fe03c911beade0632b2",
+}
+
+
+def _section(data: dict, command: str, json_name: str) -> str:
+    return render_section(EvaluationRun.from_json(data), command, json_name=json_name)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_SHA256))
+def test_rendered_section_matches_the_golden_file(name) -> None:
+    golden = (DATA / f"{name}.md").read_text()[:-1]
+    assert hashlib.sha256(golden.encode()).hexdigest() == GOLDEN_SHA256[name]
+    data = json.loads((DATA / f"{name}.json").read_text())
+    assert _section(data, "python run.py perception eval --models hand-written", "../hand.json") == golden
+
+
+def test_the_shipped_results_render_the_shipped_report() -> None:
+    data = json.loads((ROOT / "docs" / "perception_eval.json").read_text())
+    text = (ROOT / "docs" / "PERCEPTION.md").read_text()
+    shipped = text[text.index(START_MARKER) + len(START_MARKER) + 1 : text.index(END_MARKER) - 1]
+    assert _section(data, data["command"], "perception_eval.json") == shipped
+
+
+# --------------------------------------------------------------------------- typed results: JSON round trip, ratios
+
+
+@pytest.mark.parametrize("path", [DATA / "eval_all_roles.json", DATA / "eval_one_role.json", ROOT / "docs" / "perception_eval.json"])
+def test_json_round_trip_keeps_the_file_format(path) -> None:
+    data = json.loads(path.read_text())
+    run = EvaluationRun.from_json(data)
+    assert run.to_json() == {"meta": data["meta"], "models": data["models"]}
+    assert EvaluationRun.from_json(json.loads(json.dumps(run.to_json()))) == run
+    if "ratios" in data:  # a file written by write_report: its derived parts are recomputed exactly
+        assert key_ratios(run).to_json() == data["ratios"]
+        assert [asdict(check) for check in check_targets(run)] == data["targets"]
+
+
+def test_results_from_json_name_what_is_wrong(tmp_path) -> None:
+    data = json.loads((DATA / "eval_one_role.json").read_text())
+    del data["models"]["teacher"]["subset"]["noise"]
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"models\.teacher\.subset: missing keys \['noise'\]"):
+        read_results(path)
+
+
+def test_ratios_are_named_fields() -> None:
+    run = EvaluationRun.from_json(json.loads((DATA / "eval_all_roles.json").read_text()))
+    ratios = key_ratios(run)
+    assert (ratios.one_thread, ratios.many_threads) == (2, 16)
+    onnx = {name: {t: entry.speed.latency["onnx", t].p50_ms for t in (2, 16)} for name, entry in run.models.items()}
+    assert ratios.teacher_speedup == Speedup(
+        one_thread=onnx["teacher"][2] / onnx["robust-student"][2], many_threads=onnx["teacher"][16] / onnx["robust-student"][16]
+    )
+    assert ratios.student_error_pct_of_robust_teacher == pytest.approx(
+        100 * run.models["robust-student"].clean_all.label_error / run.models["robust-teacher"].clean_all.label_error
+    )
+    assert ratios.clean_student_pgd_ratio == run.models["clean-student"].pgd_ratio
+    assert list(ratios.to_json())[:3] == [  # the file's names, thread counts in text order as always
+        "ort_p50_speedup_teacher_over_robust_student_16t", "ort_p50_speedup_teacher_over_robust_student_2t",
+        "robust_student_clean_error_pct_of_teacher",
+    ]
+
+    one_role = EvaluationRun.from_json(json.loads((DATA / "eval_one_role.json").read_text()))
+    only_teacher = key_ratios(one_role)
+    assert only_teacher == Ratios(one_thread=1, many_threads=1, teacher_pgd_ratio=one_role.models["teacher"].pgd_ratio)
+    assert only_teacher.to_json() == {"teacher_pgd_ratio": one_role.models["teacher"].pgd_ratio}
+    assert [check.status for check in check_targets(one_role)] == ["n/a"] * 5

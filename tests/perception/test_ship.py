@@ -54,3 +54,20 @@ def test_only_students_are_shipped(tmp_path, dataset):
     with pytest.raises(ValueError, match="only a student is shipped"):
         ship(teacher, data=dataset, out_dir=tmp_path / "weights")
     assert not (tmp_path / "weights" / "student.safetensors").exists()
+
+
+def test_the_card_quotes_the_evaluation_file():
+    """The shipped evaluation file's robust student and target checklist go onto the card as they are stored."""
+    from pathlib import Path
+
+    from perception.ship import _student_rows
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "perception_eval.json"
+    stored = json.loads(path.read_text())
+    rows = _student_rows(path)
+    assert rows == {
+        "robust_student": stored["models"][stored["meta"]["roles"]["robust_student"]],
+        "targets": stored["targets"],
+        "date": stored["meta"]["date"],
+    }
+    assert _student_rows(None) == {} and _student_rows(path.with_name("missing.json")) == {}
