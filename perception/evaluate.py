@@ -316,7 +316,7 @@ def evaluate_models(
                 )
             model.eval()
 
-            logger.debug("%s: clean and corrupted, all held-out", name)
+            bar.describe(f"{name}: clean and corrupted")
             clean_all = LabelErrors(**describe_errors(_predict(model, frames, device, batch_size), targets_np, masks_np))
             bar.advance()
             corrupted_pred = _predict(model, corrupted, device, batch_size)
@@ -331,7 +331,7 @@ def evaluate_models(
             bar.advance()
             pgd_errors: dict[Attack, float] = {}
             for attack in attacks:
-                logger.debug("%s: %s", name, attack.name)
+                bar.describe(f"{name}: {attack.name}")
 
                 def perturb(xb, tb, mb, attack=attack):
                     return pgd(
@@ -345,7 +345,7 @@ def evaluate_models(
                     pgd_errors[attack] = _subset_error(model, x_sub, t_sub, m_sub, attack_batch, perturb)
                 bar.advance(attack.steps)  # progress in attack steps: PGD dominates the time
 
-            logger.debug("%s: CPU latency and throughput", name)
+            bar.describe(f"{name}: CPU latency")
             cpu_model = model if device.type == "cpu" else load_model(path, device="cpu")[0]
             speed = _speed(
                 cpu_model, input_shape, thread_counts, latency_repeats, latency_warmup, throughput_batch,
