@@ -132,3 +132,11 @@ def test_not_a_mapping_or_not_yaml(tmp_path, text, fragment):
     path.write_text(text)
     with pytest.raises(ScenarioError, match=fragment):
         load_scenario(path)
+
+
+def test_a_number_key_is_named_once_without_pydantics_union_tags(write_scenario):
+    """scenarios.validation (shared with agent and perception configs) drops the '.int'/'.float' tags."""
+    path = write_scenario({"camera.bev.pixels_per_meter": "x"})
+    with pytest.raises(ScenarioError) as error:
+        load_scenario(path)
+    assert str(error.value) == f"{path}: camera.bev.pixels_per_meter: Input should be a valid number (got 'x')"
