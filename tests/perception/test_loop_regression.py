@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 from perception.checkpoint import load_model, save_checkpoint
 from perception.distill import DistillConfig, distill
