@@ -219,8 +219,26 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {path} and eval_final/{path.stem.removeprefix('evaluation-')}/* (TensorBoard) in {report['run']}")
 
 
+def eps_text(eps: float) -> str:
+    """A budget as the CLI writes it: 4/255 for 4 grey levels."""
+    levels = eps * 255
+    return f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-9 else f"{eps:g}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from envs.registration import BACKENDS
+    from perception.distill import MODES as DISTILL_MODES
+    from perception.distill import DistillConfig
+    from perception.loop import field_default
+    from perception.models import ARCHS
+    from perception.training import MODES as TRAIN_MODES
+    from perception.training import TrainConfig
+
+    def trained(name: str):  # the perception training commands' defaults are TrainConfig's ...
+        return field_default(TrainConfig, name)
+
+    def distilled(name: str):  # ... and DistillConfig's
+        return field_default(DistillConfig, name)
 
     parser = argparse.ArgumentParser(prog="run.py", description="clearlane: driving agents from camera frames")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -258,9 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_training = bench_kinds.add_parser(
         "perception-training", help="seconds per training step: clean vs FGSM-RS vs PGD, back to back"
     )
-    bench_training.add_argument("--arch", choices=("teacher", "student"), default="teacher")
+    bench_training.add_argument("--arch", choices=list(ARCHS), default=trained("arch"))
     bench_training.add_argument("--input-shape", type=positive_int, nargs=3, default=[9, 96, 48], metavar=("C", "H", "W"))
-    bench_training.add_argument("--batch-size", type=positive_int, default=64)
+    bench_training.add_argument("--batch-size", type=positive_int, default=trained("batch_size"))
     bench_training.add_argument("--steps", type=positive_int, default=8, help="timed steps per mode (median)")
     bench_training.add_argument("--threads-per-step", type=positive_int, default=1, help="torch threads")
     bench_training.set_defaults(func=cmd_bench_perception_training)
@@ -305,34 +323,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_train = perception_steps.add_parser("train", help="train a teacher or student, clean or adversarially")
     p_train.add_argument("--data", type=Path, default=Path("data/perception/highway-mix"), help="dataset folder")
-    p_train.add_argument("--arch", choices=("teacher", "student"), default="teacher")
-    p_train.add_argument("--mode", choices=("clean", "pgd", "fgsm_rs", "trades"), default="clean")
-    p_train.add_argument("--eps", default="4/255", help="l-inf budget in [0, 1] pixels, e.g. 4/255")
-    p_train.add_argument("--epochs", type=positive_int, default=10)
-    p_train.add_argument("--batch-size", type=positive_int, default=64)
-    p_train.add_argument("--lr", type=float, default=1e-3)
-    p_train.add_argument("--seed", type=non_negative_int, default=0)
-    p_train.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p_train.add_argument("--out", type=Path, default=Path("runs/perception/teacher.safetensors"))
+    p_train.add_argument("--arch", choices=list(ARCHS), default=trained("arch"))
+    p_train.add_argument("--mode", choices=TRAIN_MODES, default=trained("mode"))
+    p_train.add_argument("--eps", default=eps_text(trained("eps")), help="l-inf budget in [0, 1] pixels, e.g. 4/255")
+    p_train.add_argument("--epochs", type=positive_int, default=trained("epochs"))
+    p_train.add_argument("--batch-size", type=positive_int, default=trained("batch_size"))
+    p_train.add_argument("--lr", type=float, default=trained("lr"))
+    p_train.add_argument("--seed", type=non_negative_int, default=trained("seed"))
+    p_train.add_argument("--device", default=trained("device"), help="auto | cpu | cuda")
+    p_train.add_argument("--out", type=Path, default=Path(trained("out")))
     p_train.add_argument("--logdir", type=Path, default=None, help="TensorBoard folder (default: next to --out)")
-    p_train.add_argument("--init", default=None, help="start from this checkpoint's weights")
+    p_train.add_argument("--init", default=trained("init"), help="start from this checkpoint's weights")
     p_train.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is --out")
     p_train.set_defaults(func=cmd_perception_train)
 
     distill = perception_steps.add_parser("distill", help="distil a (robust) teacher into the small student")
-    distill.add_argument("--teacher", type=Path, default=Path("runs/perception/robust-teacher.safetensors"), help="teacher checkpoint")
+    distill.add_argument("--teacher", type=Path, default=Path(distilled("teacher")), help="teacher checkpoint")
     distill.add_argument("--data", type=Path, default=Path("data/perception/highway-mix"), help="dataset folder")
-    distill.add_argument("--mode", choices=("robust", "clean"), default="robust", help="robust: RSLAD-style adversarial term")
-    distill.add_argument("--eps", default="4/255", help="l-inf budget of the training attack in [0, 1] pixels, e.g. 4/255")
-    distill.add_argument("--pgd-steps", type=positive_int, default=3, help="steps of the training attack")
-    distill.add_argument("--epochs", type=positive_int, default=20)
-    distill.add_argument("--batch-size", type=positive_int, default=64)
-    distill.add_argument("--lr", type=float, default=2e-3)
-    distill.add_argument("--seed", type=non_negative_int, default=0)
-    distill.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    distill.add_argument("--out", type=Path, default=Path("runs/perception/student.safetensors"))
+    distill.add_argument("--mode", choices=DISTILL_MODES, default=distilled("mode"), help="robust: RSLAD-style adversarial term")
+    distill.add_argument("--eps", default=eps_text(distilled("eps")), help="l-inf budget of the training attack in [0, 1] pixels, e.g. 4/255")
+    distill.add_argument("--pgd-steps", type=positive_int, default=distilled("pgd_steps"), help="steps of the training attack")
+    distill.add_argument("--epochs", type=positive_int, default=distilled("epochs"))
+    distill.add_argument("--batch-size", type=positive_int, default=distilled("batch_size"))
+    distill.add_argument("--lr", type=float, default=distilled("lr"))
+    distill.add_argument("--seed", type=non_negative_int, default=distilled("seed"))
+    distill.add_argument("--device", default=distilled("device"), help="auto | cpu | cuda")
+    distill.add_argument("--out", type=Path, default=Path(distilled("out")))
     distill.add_argument("--logdir", type=Path, default=None, help="TensorBoard folder (default: next to --out)")
-    distill.add_argument("--init", default=None, help="start the student from this checkpoint's weights")
+    distill.add_argument("--init", default=distilled("init"), help="start the student from this checkpoint's weights")
     distill.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is --out")
     distill.set_defaults(func=cmd_perception_distill)
 

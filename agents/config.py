@@ -36,6 +36,8 @@ import yaml
 from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
+from scenarios.validation import describe_validation_error
+
 DEFAULTS_FILE = Path(__file__).resolve().parent / "defaults.yaml"
 ALGOS = ("ppo", "a2c")
 BACKEND_BLOCKS = ("fast",)  # backends with a block of their own in defaults.yaml (highway-env uses `default`)
@@ -270,68 +272,4 @@ def _validate(cls: type, data: dict[str, Any], path: Path, prefix: str = ""):
     try:
         return TypeAdapter(cls).validate_python(data)
     except ValidationError as error:
-        raise ValueError(_describe(cls, error, path, prefix)) from None
-
-
-def _describe(cls: type, error: ValidationError, path: Path, prefix: str) -> str:
-    """`file: section.key: what is wrong (what is allowed)`, one per key, joined by '; '."""
-    lines: dict[str, str] = {}
-    for problem in error.errors():
-        location = _field_path(cls, problem["loc"])
-        key = prefix + ".".join(location) if location else prefix.rstrip(".") or "<top level>"
-        kind = problem["type"]
-        if kind in ("unexpected_keyword_argument", "extra_forbidden"):
-            allowed = _allowed_keys(cls, location[:-1])
-            message = f"unknown key; allowed keys here: {', '.join(allowed)}"
-        elif kind in ("missing", "missing_argument"):
-            message = "required key is missing"
-        else:
-            value = problem.get("input")
-            message = f"{problem['msg']} (got {value!r})"
-            if isinstance(value, str) and _is_number(value):
-                message += f"; YAML reads {value} as text: write numbers with a decimal point, e.g. 5.0e-4"
-        lines[key] = f"{path}: {key}: {message}"  # for a union (int | float) the last member says most
-    return "; ".join(lines.values())
-
-
-def _field_path(cls: type, loc: tuple) -> list[str]:
-    """The location as field names and list indices, without pydantic's union-member tags ('int', 'float')."""
-    parts: list[str] = []
-    current: type | None = cls
-    for part in loc:
-        if isinstance(part, int):
-            parts.append(str(part))
-            continue
-        if current is None:  # below a plain value: the rest are pydantic's tags
-            break
-        fields = {field.name: field.type for field in dataclasses.fields(current)}
-        parts.append(str(part))
-        if part not in fields:  # an unknown key
-            break
-        current = _dataclass_of(fields[part])
-    return parts
-
-
-def _allowed_keys(cls: type, location: list[str]) -> list[str]:
-    for part in location:
-        fields = {field.name: field.type for field in dataclasses.fields(cls)}
-        nested = _dataclass_of(fields.get(part))
-        if nested is None:
-            return []
-        cls = nested
-    return sorted(field.name for field in dataclasses.fields(cls))
-
-
-def _dataclass_of(annotation: Any) -> type | None:
-    if isinstance(annotation, str):
-        annotation = annotation.replace(" | None", "")
-        annotation = globals().get(annotation)
-    return annotation if dataclasses.is_dataclass(annotation) else None
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+        raise ValueError(describe_validation_error(cls, error, path, prefix)) from None

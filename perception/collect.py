@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-
 from envs import make_env
 from envs.policies import POLICY_NAMES, make_policy
+from envs.progress import progress_bar
 from perception.dataset import Manifest, load_manifest, save_manifest, save_shard
 from perception.labels import encode
 from scenarios import load_scenario
@@ -74,12 +73,12 @@ def collect(
         return manifest
     if done:
         log.info("resuming: %d of %d shards already in %s", len(done), shard_count, out)
-    with tqdm(total=shard_count * shard_frames, initial=len(done) * shard_frames, unit="frame", desc="collect") as bar:
+    with progress_bar(shard_count * shard_frames, "collect", unit="frames", completed=len(done) * shard_frames) as bar:
         for index, frame_count, episodes in _run(jobs, out, workers):
             manifest.shards.append({"index": index, "file": _shard_name(index), "frames": frame_count, "episodes": episodes})
             manifest.shards.sort(key=lambda shard: shard["index"])
             save_manifest(out, manifest)  # only now does the shard count as done
-            bar.update(shard_frames)
+            bar.advance(shard_frames)
     return manifest
 
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from scenarios.schema import HIGHWAY_ENV_RANGES, MAX_SPEED_MPS, SPEED_RANGE_KEYS, Scenario
+from scenarios.validation import describe_validation_error
 
 SCENARIO_DIR = Path(__file__).resolve().parent
 
@@ -79,45 +80,8 @@ def _load_cached(path_text: str, _mtime_ns: int) -> Scenario:
     try:
         scenario = TypeAdapter(Scenario).validate_python(raw)
     except ValidationError as error:
-        raise ScenarioError(_describe(path, error)) from None
+        raise ScenarioError(describe_validation_error(Scenario, error, path, hidden=("source",))) from None
     return _check_highway_env_keys(path, scenario)
-
-
-def _describe(path: Path, error: ValidationError) -> str:
-    """One line per problem: `file: key.sub: what is wrong (what is allowed)`."""
-    lines = []
-    for problem in error.errors():
-        location = [str(part) for part in problem["loc"]]
-        key = ".".join(location) or "<top level>"
-        if problem["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
-            allowed = _allowed_keys(Scenario, location[:-1])
-            message = f"unknown key; allowed keys here: {', '.join(allowed)}"
-        elif problem["type"] == "missing" or problem["type"] == "missing_argument":
-            message = "required key is missing"
-        else:
-            message = f"{problem['msg']} (got {problem.get('input')!r})"
-        lines.append(f"{path}: {key}: {message}")
-    return "; ".join(lines)
-
-
-def _allowed_keys(cls: type, location: list[str]) -> list[str]:
-    """Field names of the dataclass found by following `location` down from `cls`."""
-    for part in location:
-        field_types = {field.name: field.type for field in dataclasses.fields(cls)}
-        nested = field_types.get(part)
-        nested_cls = _dataclass_of(nested)
-        if nested_cls is None:
-            return []
-        cls = nested_cls
-    return sorted(field.name for field in dataclasses.fields(cls) if field.name != "source")
-
-
-def _dataclass_of(annotation: Any) -> type | None:
-    import scenarios.schema as schema
-
-    if isinstance(annotation, str):
-        annotation = getattr(schema, annotation, None)
-    return annotation if dataclasses.is_dataclass(annotation) else None
 
 
 def _check_highway_env_keys(path: Path, scenario: Scenario) -> Scenario:

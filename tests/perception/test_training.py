@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from perception.checkpoint import load_model, read_metadata, training_state_path
 from perception.labels import LABEL_DIM
-from perception.training import TrainConfig, cosine_lr, evaluate, train
+from perception.training import TrainConfig, evaluate, train
 from tests.perception import KilledAfter
 
 SHAPE = (3, 16, 16)
@@ -148,7 +148,7 @@ def test_catastrophic_overfitting_warning(
 
     monkeypatch.setattr(training, "evaluate", fake_evaluate)
     train_set, val_set = shortcut_task(64, seed=0), shortcut_task(32, seed=1)
-    with caplog.at_level("WARNING", logger="perception.training"):
+    with caplog.at_level("WARNING", logger="perception.loop"):
         metrics = train(config(tmp_path, mode, epochs=3), train_set, val_set)
     assert metrics["probe_pgd_error"] == probe_errors[-1] and metrics["val_label_error"] == val_errors[-1]
     warnings = [r.getMessage() for r in caplog.records if "catastrophic overfitting" in r.getMessage()]
@@ -161,17 +161,29 @@ def test_catastrophic_overfitting_warning(
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"mode": "free"}, "unknown mode 'free'"),
-        ({"arch": "vgg"}, "unknown architecture 'vgg'"),
-        ({"eps": 4.0}, "eps must be in \\[0, 1\\]"),
-        ({"epochs": 0}, "epochs must be >= 1"),
-        ({"lr": 0.0}, "lr must be > 0"),
-        ({"mode": "pgd", "pgd_steps": 0}, "pgd_steps must be >= 1"),
+        ({"mode": "free"}, "TrainConfig: mode: Input should be 'clean', 'pgd', 'fgsm_rs' or 'trades' (got 'free')"),
+        ({"arch": "vgg"}, "TrainConfig: arch: unknown architecture 'vgg'; choose one of ['student', 'teacher']"),
+        ({"eps": 4.0}, "TrainConfig: eps: Input should be less than or equal to 1 (got 4.0)"),
+        ({"epochs": 0}, "TrainConfig: epochs: Input should be greater than or equal to 1 (got 0)"),
+        ({"lr": 0.0}, "TrainConfig: lr: Input should be greater than 0 (got 0.0)"),
+        ({"mode": "pgd", "pgd_steps": 0}, "TrainConfig: pgd_steps: must be >= 1 for mode 'pgd', got 0"),
+        ({"epochs": "3"}, "TrainConfig: epochs: Input should be a valid integer (got '3')"),
+        ({"epoch": 3}, "TrainConfig: epoch: unknown key; allowed keys here: amp, arch, batch_size, device, epochs"),
     ],
 )
 def test_bad_configs(changes, message, tmp_path) -> None:
-    with pytest.raises(ValueError, match=message):
+    """Strict pydantic: one line that names the class and the field."""
+    with pytest.raises(ValueError) as error:
         config(tmp_path, **{"mode": "clean", **changes})
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_config_defaults_and_paths() -> None:
+    from pathlib import Path
+
+    assert TrainConfig().epochs == 10  # what `run.py perception train` always used
+    assert TrainConfig(arch="teacher", mode="pgd", eps=4 / 255).train_alpha == pytest.approx(2.5 * (4 / 255) / 3)
+    assert TrainConfig(out=Path("a/b.safetensors")).out == "a/b.safetensors"  # paths become text
 
 
 def test_bad_data_and_amp_on_cpu(tmp_path) -> None:
@@ -183,9 +195,3 @@ def test_bad_data_and_amp_on_cpu(tmp_path) -> None:
         train(config(tmp_path, "clean"), TensorDataset(frames, target[:, :5], mask[:, :5]), good)
     with pytest.raises(ValueError, match="amp=True needs a CUDA device"):
         train(config(tmp_path, "clean", amp=True, device="cpu"), good, good)
-
-
-def test_cosine_lr() -> None:
-    assert cosine_lr(1.0, 0, 100) == 1.0
-    assert cosine_lr(1.0, 50, 100) == pytest.approx(0.5)
-    assert cosine_lr(1.0, 100, 100) == pytest.approx(0.0)

@@ -170,3 +170,11 @@ def test_values_at_the_ends_of_a_range_are_accepted(write_scenario):
     path = write_scenario({"traffic.vehicles_count": 0, "traffic.lanes_count": 10, "episode.policy_frequency": 5})
     scenario = load_scenario(path)
     assert scenario.traffic["vehicles_count"] == 0 and scenario.episode["policy_frequency"] == 5
+
+
+def test_a_number_key_is_named_once_without_pydantics_union_tags(write_scenario):
+    """scenarios.validation (shared with agent and perception configs) drops the '.int'/'.float' tags."""
+    path = write_scenario({"camera.bev.pixels_per_meter": "x"})
+    with pytest.raises(ScenarioError) as error:
+        load_scenario(path)
+    assert str(error.value) == f"{path}: camera.bev.pixels_per_meter: Input should be a valid number (got 'x')"
