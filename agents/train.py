@@ -349,17 +349,19 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool) -> No
 def _tensorboard_logger(run_dir: Path, purge_step: int | None):
     """SB3's logger writing TensorBoard events into the run folder itself.
 
-    On resume, `purge_step` = the checkpoint's step: a first events file holds only TensorBoard's
-    restart marker at that step, so TensorBoard drops what an earlier session logged at or after it
-    (the steps a kill -9 lost), and the curve continues without a fold. SB3's own
-    `TensorBoardOutputFormat` (which takes no purge step) then writes the new events beside it.
+    On resume, `purge_step` = the checkpoint's step: the new events file starts with TensorBoard's
+    restart marker at that step (what `SummaryWriter(purge_step=...)` writes), so TensorBoard drops
+    what an earlier session logged at or after it (the steps a kill -9 lost), and the curve continues
+    without a fold. SB3's `TensorBoardOutputFormat` takes no purge step; its public `writer` is
+    given the marker before anything else is written.
     """
     from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
-    from torch.utils.tensorboard import SummaryWriter
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
+    output = TensorBoardOutputFormat(str(run_dir))
     if purge_step is not None:
-        SummaryWriter(log_dir=str(run_dir), purge_step=purge_step).close()  # writes the marker, nothing else
-    return Logger(str(run_dir), [TensorBoardOutputFormat(str(run_dir))])
+        output.writer.file_writer.add_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+    return Logger(str(run_dir), [output])
 
 
 def progress_bar():

@@ -412,3 +412,19 @@ def test_the_progress_bar_counts_the_whole_last_rollout():
     assert model.num_timesteps == 64
     assert bar.bar.total == 64 and bar.bar.completed == 64  # what envs.progress draws
 
+
+
+def test_a_resumed_logger_purges_what_the_lost_session_logged_after_the_checkpoint(tmp_path):
+    """kill -9 after step 9, checkpoint at 5: the resumed session's steps 5.. replace the lost ones."""
+    first = train_module._tensorboard_logger(tmp_path, purge_step=None)
+    for step in range(10):
+        first.record("rollout/x", float(step))
+        first.dump(step)
+    first.close()
+    resumed = train_module._tensorboard_logger(tmp_path, purge_step=5)
+    for step in range(5, 8):
+        resumed.record("rollout/x", 100.0 + step)
+        resumed.dump(step)
+    resumed.close()
+    assert read_scalars(tmp_path)["rollout/x"] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0),
+                                                   (5, 105.0), (6, 106.0), (7, 107.0)]
