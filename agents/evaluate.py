@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence, TypedDict
 
+import gymnasium as gym
 import numpy as np
 
 from envs.backends import CameraEnv, get_backend
@@ -156,10 +157,11 @@ def evaluation_seeds(scenario, episodes: int, offset: int = 0) -> list[int]:
     return list(range(first, first + episodes))
 
 
-def run_episodes(model, env: CameraEnv, seeds: Sequence[int], deterministic: bool = True) -> list[EpisodeMetrics]:
+def run_episodes(model, env: CameraEnv | gym.Wrapper, seeds: Sequence[int],
+                 deterministic: bool = True) -> list[EpisodeMetrics]:
     """Play one episode per seed on a (non-vectorised) clearlane env; per-episode metrics.
 
-    model: anything with SB3's `predict(obs, deterministic)`; env: a `DrivingEnv` (or a wrapper of one).
+    model: anything with SB3's `predict(obs, deterministic)`; env: a backend's CameraEnv (or a wrapper of one).
     """
     route_length_m = env.unwrapped.scenario.safety.route_length_m
     results = []

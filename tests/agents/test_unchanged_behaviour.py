@@ -66,6 +66,8 @@ def measure_agent(root) -> dict:
             "speeds": [episode["mean_speed"] for episode in report["per_episode"]],
             "metric_means": {key: stats["mean"] for key, stats in report["metrics"].items()},
         }
+        numbers["json_keys"] = list(report)
+        numbers["metric_keys"] = list(report["metrics"]["return"])
     return numbers
 
 
@@ -87,6 +89,11 @@ RECORDED_EPISODES: dict[str, list[dict]] = {
 }
 RECORDED_AGENT: dict = {
     "num_timesteps": 152,
+    # the JSON file's keys, in bb0926f's order (its evaluate_run's report dict)
+    "json_keys": ["run", "model", "num_timesteps", "algo", "trained_on", "trained_backend", "backend", "scenario",
+                  "scenario_source", "episodes", "seeds", "deterministic", "confidence_interval", "definitions",
+                  "min_ttc_cap_s", "metrics", "per_episode", "command"],
+    "metric_keys": ["mean", "std", "ci_low", "ci_high", "n"],
     "fast": {
         "returns": [2.7798250913619995, 2.879824995994568, 2.879824995994568, 2.879824995994568, 2.7798250913619995,
                     2.7798250913619995],
@@ -127,6 +134,8 @@ def test_the_same_seeds_give_the_same_episodes(backend):
 def test_the_same_run_trains_and_evaluates_to_the_same_numbers(tmp_path):
     measured = measure_agent(tmp_path)
     assert measured["num_timesteps"] == RECORDED_AGENT["num_timesteps"]
+    assert measured["json_keys"] == RECORDED_AGENT["json_keys"]  # `run.py evaluate` writes the same JSON shape
+    assert measured["metric_keys"] == RECORDED_AGENT["metric_keys"]
     for backend in ("fast", "highway-env"):
         got, want = measured[backend], RECORDED_AGENT[backend]
         for key in ("returns", "collisions", "speeds"):
