@@ -64,7 +64,9 @@ def cmd_preview(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    if args.backend == "fast":
+    from envs.backends import get_backend
+
+    if get_backend(args.backend).batched:  # the batched simulator's own bench, at each --batch-sizes
         from envs.fast.bench import bench_fast
 
         bench_fast(scenarios=args.scenarios, batch_sizes=args.batch_sizes, steps=args.fast_steps,
@@ -177,8 +179,8 @@ def cmd_bench_ppo_ceiling(args: argparse.Namespace) -> None:
     report = ppo_ceiling(scenario=args.scenario, timesteps=args.timesteps, episodes=args.episodes, seed=args.seed,
                          n_envs=args.n_envs, config_file=args.config)
     print_report(report)
-    steps = report["num_timesteps"]
-    print(f"trained {steps:,} steps in {report['train_seconds']:.0f} s ({steps / report['train_seconds']:.0f} steps/s)")
+    steps = report.num_timesteps
+    print(f"trained {steps:,} steps in {report.train_seconds:.0f} s ({steps / report.train_seconds:.0f} steps/s)")
 
 
 def cmd_bench_teacher(args: argparse.Namespace) -> None:
@@ -189,19 +191,24 @@ def cmd_bench_teacher(args: argparse.Namespace) -> None:
     given = {name: value for name, value in settings.items() if value is not None}  # the rest: the teacher's defaults
     report = teacher_ceiling(scenario=args.scenario, episodes=args.episodes, **given)
     print_report(report)
-    print(f"{args.episodes} episodes in {report['seconds']:.0f} s")
+    print(f"{args.episodes} episodes in {report.seconds:.0f} s")
+
+
+def command_line() -> str:
+    """The command line this process was started with, as a user would type it again."""
+    import shlex
+
+    return "python run.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import shlex
-
     from agents.train import TrainOptions, format_summary, train
 
     result = train(TrainOptions(
         scenario=args.scenario, algo=args.algo, timesteps=args.timesteps, n_envs=args.n_envs, seed=args.seed,
         device=args.device, backend=args.backend, logdir=args.logdir, name=args.name, resume=args.resume, force=args.force,
         config=args.config, fine_tune=args.fine_tune, threads=args.threads,
-        command="python run.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]),
+        command=command_line(),
     ))
     print(format_summary(result))
     if result.interrupted:
@@ -213,10 +220,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     report, path = evaluate_run(
         args.run, episodes=args.episodes, scenario=args.scenario, seed=args.seed, logdir=args.logdir,
-        device=args.device, backend=args.backend,
+        device=args.device, backend=args.backend, command=command_line(),
     )
     print_report(report)
-    print(f"wrote {path} and eval_final/{path.stem.removeprefix('evaluation-')}/* (TensorBoard) in {report['run']}")
+    print(f"wrote {path} and eval_final/{path.stem.removeprefix('evaluation-')}/* (TensorBoard) in {report.run}")
 
 
 def eps_text(eps: float) -> str:
@@ -226,7 +233,7 @@ def eps_text(eps: float) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from envs.registration import BACKENDS
+    from envs.backends import BACKEND_NAMES, HIGHWAY_ENV
     from perception.distill import MODES as DISTILL_MODES
     from perception.distill import DistillConfig
     from perception.loop import field_default
@@ -257,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--out", type=Path, default=Path("preview.mp4"), help="output file, .mp4 or .gif")
     preview.add_argument("--seed", type=non_negative_int, default=0)
     preview.add_argument("--steps", type=positive_int, default=None, help="policy steps (default: one episode)")
-    preview.add_argument("--backend", choices=BACKENDS, default="highway-env",
+    preview.add_argument("--backend", choices=BACKEND_NAMES, default=HIGHWAY_ENV.name,
                          help="simulator: highway-env (default) or fast (right panel: its own zoomed-out top-down)")
     preview.set_defaults(func=cmd_preview)
 
@@ -267,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_env.add_argument("--scenarios", nargs="+", default=None, help="default: every shipped scenario")
     bench_env.add_argument("--steps", type=positive_int, default=300, help="env steps per measurement")
     bench_env.add_argument("--seed", type=non_negative_int, default=0)
-    bench_env.add_argument("--backend", choices=BACKENDS, default="highway-env",
+    bench_env.add_argument("--backend", choices=BACKEND_NAMES, default=HIGHWAY_ENV.name,
                            help="fast: the batched simulator's steps/s at each --batch-sizes vs highway-env + camera")
     bench_env.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[256, 1024, 4096], help="fast: B")
     bench_env.add_argument("--fast-steps", type=positive_int, default=20, help="fast: timed batched steps per B")
@@ -317,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--seed", type=non_negative_int, default=0)
     collect.add_argument("--shard-frames", type=positive_int, default=1000, help="frames per shard")
     collect.add_argument("--workers", type=positive_int, default=1, help="processes (use the number of cores)")
-    collect.add_argument("--backend", choices=BACKENDS, default="highway-env",
+    collect.add_argument("--backend", choices=BACKEND_NAMES, default=HIGHWAY_ENV.name,
                          help="simulator: highway-env (default) or fast (straight highways; see envs/fast)")
     collect.set_defaults(func=cmd_perception_collect)
 
@@ -393,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-envs", type=positive_int, default=None,
                        help="parallel envs (default: the number of cores on highway-env, 256 on fast)")
     train.add_argument("--seed", type=non_negative_int, default=None, help="seed of the run (default: 0)")
-    train.add_argument("--backend", choices=BACKENDS, default=None,
+    train.add_argument("--backend", choices=BACKEND_NAMES, default=None,
                        help="simulator (default: fast for the scenarios it reproduces, i.e. highway, "
                             "highway-dense and highway-noisy; highway-env for the others)")
     train.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: cuda when available)")
@@ -414,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=non_negative_int, default=0, help="start this many seeds into the evaluation seeds")
     evaluate.add_argument("--logdir", type=Path, default=Path("runs"), help="where to look up a run name")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    evaluate.add_argument("--backend", choices=BACKENDS, default="highway-env", help="simulator to evaluate on (default: highway-env)")
+    evaluate.add_argument("--backend", choices=BACKEND_NAMES, default=HIGHWAY_ENV.name, help="simulator to evaluate on (default: highway-env)")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
 

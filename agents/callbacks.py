@@ -17,7 +17,7 @@ from typing import Sequence
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam
 
-from agents.evaluate import run_episodes, safety_means
+from agents.evaluate import EpisodeMetrics, run_episodes, safety_means
 from agents.runs import save_checkpoint
 from envs.safety import SafetyMonitor
 
@@ -74,7 +74,7 @@ class PeriodicEvaluation(BaseCallback):
         self.seeds = list(seeds)
         self.every = every
         self.next_at = every
-        self.last_results: list[dict[str, float]] = []
+        self.last_results: list[EpisodeMetrics] = []
 
     def _on_training_start(self) -> None:
         self.next_at = (self.num_timesteps // self.every + 1) * self.every

@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from envs.backends import FAST
 from envs.fast.gym_env import FastDrivingEnv, scenes_of
 from envs.fast.params import LANE_WIDTH_M
 from envs.fast.vec_env import FastVecEnv
 from envs.ground_truth import privileged_state
 from perception.labels import LABEL_DIM, encode
 from scenarios import Scenario, load_scenario
+
+if TYPE_CHECKING:
+    from agents.evaluate import EvaluationReport
 
 LABEL_SPACE = gym.spaces.Box(-np.inf, np.inf, (LABEL_DIM,), np.float32)
 
@@ -78,22 +82,22 @@ class PrivilegedObservation(gym.Wrapper):
 
 
 def ppo_ceiling(scenario: str = "highway", timesteps: int | None = None, episodes: int = 50, seed: int = 0,
-                n_envs: int | None = None, config_file: str | None = None) -> dict[str, Any]:
+                n_envs: int | None = None, config_file: str | None = None) -> EvaluationReport:
     """Train PPO on privileged labels on the fast backend, then evaluate it; returns a report for print_report."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecMonitor
     from torch import nn
 
     from agents.config import load_agent_config
-    from agents.evaluate import CI_TEXT, evaluation_seeds, run_episodes, summarize
-    from agents.train import default_n_envs, progress_bar
+    from agents.evaluate import EvaluationReport, evaluation_seeds, run_episodes, summarize
+    from agents.train import progress_bar
 
     loaded = load_scenario(scenario)
-    agent = load_agent_config(loaded.name, config_file, backend="fast")
+    agent = load_agent_config(loaded.name, config_file, backend=FAST.name)
     timesteps = timesteps or agent.training.timesteps
     if timesteps <= 0 or episodes <= 0:
         raise ValueError(f"--timesteps and --episodes must be positive, got {timesteps} and {episodes}")
-    env = VecMonitor(PrivilegedVecEnv(loaded, n_envs or default_n_envs("fast")))  # refuses unsupported scenarios
+    env = VecMonitor(PrivilegedVecEnv(loaded, n_envs or FAST.default_n_envs()))  # refuses unsupported scenarios
     hidden = list(agent.policy.net_arch)
     model = PPO(
         "MlpPolicy", env, seed=seed, device="cpu", verbose=0, **dataclasses.asdict(agent.ppo),
@@ -106,11 +110,11 @@ def ppo_ceiling(scenario: str = "highway", timesteps: int | None = None, episode
     evaluation_env = PrivilegedObservation(FastDrivingEnv(loaded))
     seeds = evaluation_seeds(loaded, episodes)
     per_episode = run_episodes(model, evaluation_env, seeds)
-    return {
-        "scenario": loaded.name, "episodes": episodes, "seeds": {"first": seeds[0], "last": seeds[-1]},
-        "algo": "ppo", "num_timesteps": int(model.num_timesteps), "model": "privileged labels, fast backend",
-        "train_seconds": elapsed, "metrics": summarize(per_episode), "confidence_interval": CI_TEXT,
-    }
+    return EvaluationReport(
+        scenario=loaded.name, episodes=episodes, first_seed=seeds[0], last_seed=seeds[-1], algo="ppo",
+        num_timesteps=int(model.num_timesteps), model="privileged labels, fast backend",
+        metrics=summarize(per_episode), per_episode=per_episode, train_seconds=elapsed,
+    )
 
 
 class TeacherDriver:
@@ -119,16 +123,18 @@ class TeacherDriver:
     def __init__(self, env: FastDrivingEnv, **teacher_settings: Any) -> None:
         from agents.teacher import LookaheadTeacher
 
-        self.teacher = LookaheadTeacher(env.sim, **teacher_settings)
+        from envs.backends import privileged_simulator
+
+        self.teacher = LookaheadTeacher(privileged_simulator(env), **teacher_settings)
 
     def predict(self, observation: Any, deterministic: bool = True) -> tuple[int, None]:
         return int(self.teacher.act()[0]), None
 
 
-def teacher_ceiling(scenario: str = "highway", episodes: int = 50, **teacher_settings: Any) -> dict[str, Any]:
+def teacher_ceiling(scenario: str = "highway", episodes: int = 50, **teacher_settings: Any) -> EvaluationReport:
     """The privileged teacher (agents.teacher, with `teacher_settings` for LookaheadTeacher) on the
     scenario's evaluation seeds; a report for print_report."""
-    from agents.evaluate import CI_TEXT, evaluation_seeds, run_episodes, summarize
+    from agents.evaluate import EvaluationReport, evaluation_seeds, run_episodes, summarize
 
     loaded = load_scenario(scenario)
     if episodes <= 0:
@@ -137,8 +143,8 @@ def teacher_ceiling(scenario: str = "highway", episodes: int = 50, **teacher_set
     seeds = evaluation_seeds(loaded, episodes)
     began = time.perf_counter()
     per_episode = run_episodes(TeacherDriver(env, **teacher_settings), env, seeds)
-    return {
-        "scenario": loaded.name, "episodes": episodes, "seeds": {"first": seeds[0], "last": seeds[-1]},
-        "algo": "lookahead teacher", "num_timesteps": 0, "model": "privileged planner, fast backend",
-        "seconds": time.perf_counter() - began, "metrics": summarize(per_episode), "confidence_interval": CI_TEXT,
-    }
+    return EvaluationReport(
+        scenario=loaded.name, episodes=episodes, first_seed=seeds[0], last_seed=seeds[-1], algo="lookahead teacher",
+        num_timesteps=0, model="privileged planner, fast backend", metrics=summarize(per_episode),
+        per_episode=per_episode, seconds=time.perf_counter() - began,
+    )

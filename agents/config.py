@@ -36,11 +36,13 @@ import yaml
 from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
+from envs.backends import BACKEND_NAMES, BACKENDS, REFERENCE
 from scenarios.validation import describe_validation_error
 
 DEFAULTS_FILE = Path(__file__).resolve().parent / "defaults.yaml"
 ALGOS = ("ppo", "a2c")
-BACKEND_BLOCKS = ("fast",)  # backends with a block of their own in defaults.yaml (highway-env uses `default`)
+# backends with a block of their own in defaults.yaml (the reference, highway-env, uses `default`)
+BACKEND_BLOCKS = tuple(backend.name for backend in BACKENDS if not backend.reference)
 SECTIONS = ("training", "policy", *ALGOS)
 
 _STRICT = ConfigDict(extra="forbid")
@@ -144,7 +146,7 @@ class RunConfig:
     policy: PolicyConfig
     ppo: PPOConfig | None = None  # the chosen algorithm's block; the other one is None
     a2c: A2CConfig | None = None
-    backend: Literal["highway-env", "fast"] = "highway-env"  # the simulator it trains on
+    backend: Literal[BACKEND_NAMES] = REFERENCE.name  # the simulator it trains on (envs.backends)
 
     @property
     def algo_params(self) -> PPOConfig | A2CConfig:

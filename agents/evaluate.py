@@ -21,14 +21,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shlex
-import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypedDict
 
+import gymnasium as gym
 import numpy as np
 
+from envs.backends import CameraEnv, get_backend
 from envs.files import atomic_write
 from envs.safety import SafetyMonitor
 
@@ -69,6 +69,85 @@ METRICS: tuple[Metric, ...] = (
 )
 
 
+# One evaluation episode's numbers (a row of `per_episode` in the JSON file), under METRICS' keys; the
+# functional form because "return" is a Python keyword.
+EpisodeMetrics = TypedDict("EpisodeMetrics", {
+    "seed": int, "return": float, "length": int, "collision_rate": float, "mean_speed": float,
+    "min_ttc": float,  # [s], capped at MIN_TTC_CAP_S
+    "unsafe_fraction": float, "off_road_fraction": float, "hard_brakes_per_km": float, "lane_changes_per_km": float,
+    "distance": float,  # [m]
+    "route_completion": float, "driving_score": float,
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """A metric's mean over episodes, sample std and confidence interval of the mean (None with one episode)."""
+
+    mean: float
+    std: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationReport:
+    """What an evaluation found: `run.py evaluate` (written as JSON by `to_dict`), `bench ppo-ceiling`
+    and `bench teacher` (`print_report` shows any of them). Fields a producer does not know are None."""
+
+    scenario: str
+    episodes: int
+    first_seed: int
+    last_seed: int
+    algo: str
+    num_timesteps: int
+    model: str  # the model file (relative to the run folder), or what drove
+    metrics: dict[str, Estimate]  # METRICS' keys
+    per_episode: list[EpisodeMetrics] = dataclasses.field(default_factory=list)
+    confidence_interval: str = CI_TEXT
+    # run.py evaluate
+    run: str | None = None
+    trained_on: str | None = None  # the scenario the run trained on (config.yaml's)
+    trained_backend: str | None = None
+    backend: str | None = None  # the simulator these episodes ran on
+    scenario_source: str | None = None
+    command: str | None = None
+    # benches
+    train_seconds: float | None = None  # bench ppo-ceiling: training time [s]
+    seconds: float | None = None  # bench teacher: evaluation time [s]
+
+    @property
+    def seeds(self) -> dict[str, int]:
+        return {"first": self.first_seed, "last": self.last_seed}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON file of `run.py evaluate` (the keys and order it has always had)."""
+        return {
+            "run": self.run,
+            "model": self.model,
+            "num_timesteps": self.num_timesteps,
+            "algo": self.algo,
+            "trained_on": self.trained_on,
+            "trained_backend": self.trained_backend,
+            "backend": self.backend,
+            "scenario": self.scenario,
+            "scenario_source": self.scenario_source,
+            "episodes": self.episodes,
+            "seeds": self.seeds,
+            "deterministic": True,
+            "confidence_interval": self.confidence_interval,
+            "definitions": DEFINITIONS,
+            "min_ttc_cap_s": MIN_TTC_CAP_S,
+            "metrics": {key: estimate.to_dict() for key, estimate in self.metrics.items()},
+            "per_episode": self.per_episode,
+            "command": self.command,
+        }
+
+
 # -- episodes ------------------------------------------------------------------------------------
 
 
@@ -78,10 +157,11 @@ def evaluation_seeds(scenario, episodes: int, offset: int = 0) -> list[int]:
     return list(range(first, first + episodes))
 
 
-def run_episodes(model, env, seeds: Sequence[int], deterministic: bool = True) -> list[dict[str, float]]:
+def run_episodes(model, env: CameraEnv | gym.Wrapper, seeds: Sequence[int],
+                 deterministic: bool = True) -> list[EpisodeMetrics]:
     """Play one episode per seed on a (non-vectorised) clearlane env; per-episode metrics.
 
-    model: anything with SB3's `predict(obs, deterministic)`; env: a `DrivingEnv` (or a wrapper of one).
+    model: anything with SB3's `predict(obs, deterministic)`; env: a backend's CameraEnv (or a wrapper of one).
     """
     route_length_m = env.unwrapped.scenario.safety.route_length_m
     results = []
@@ -104,7 +184,7 @@ FAST_EVAL_BATCH = 256  # [envs] episodes played at once by run_batched_episodes
 
 
 def run_batched_episodes(model, scenario, seeds: Sequence[int], device: str = "cpu",
-                         batch: int = FAST_EVAL_BATCH) -> list[dict[str, float]]:
+                         batch: int = FAST_EVAL_BATCH) -> list[EpisodeMetrics]:
     """`run_episodes` on the fast backend: up to `batch` consecutive seeds at a time, one per row of a
     FastVecEnv; each row's first episode is its result (SB3's auto-reset starts another, ignored)."""
     from envs.fast.vec_env import FastVecEnv
@@ -133,7 +213,7 @@ def run_batched_episodes(model, scenario, seeds: Sequence[int], device: str = "c
     return results
 
 
-def episode_metrics(seed: int, episode_return: float, length: int, safety: dict[str, float]) -> dict[str, float]:
+def episode_metrics(seed: int, episode_return: float, length: int, safety: dict[str, float]) -> EpisodeMetrics:
     """One episode's numbers under the names of METRICS (min TTC capped at MIN_TTC_CAP_S)."""
     return {
         "seed": seed,
@@ -169,7 +249,7 @@ def safety_means(summaries: Sequence[dict[str, float]]) -> dict[str, float]:
     }
 
 
-def summarize(per_episode: Sequence[dict[str, float]]) -> dict[str, dict[str, float | None]]:
+def summarize(per_episode: Sequence[EpisodeMetrics]) -> dict[str, Estimate]:
     """Mean and confidence interval of every metric of METRICS over episodes (run_episodes' rows)."""
     return {
         metric.key: mean_ci([episode[metric.key] for episode in per_episode], low=metric.low, high=metric.high)
@@ -179,7 +259,7 @@ def summarize(per_episode: Sequence[dict[str, float]]) -> dict[str, dict[str, fl
 
 def mean_ci(
     values: Sequence[float], confidence: float = CONFIDENCE, low: float = -math.inf, high: float = math.inf
-) -> dict[str, float | None]:
+) -> Estimate:
     """Mean, sample std and Student-t confidence interval of the mean, clipped to [low, high] (None with one value)."""
     from scipy import stats
 
@@ -187,10 +267,10 @@ def mean_ci(
     n = len(data)
     mean = float(data.mean())
     if n < 2:
-        return {"mean": mean, "std": None, "ci_low": None, "ci_high": None, "n": n}
+        return Estimate(mean, None, None, None, n)
     std = float(data.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
-    return {"mean": mean, "std": std, "ci_low": max(mean - half, low), "ci_high": min(mean + half, high), "n": n}
+    return Estimate(mean, std, max(mean - half, low), min(mean + half, high), n)
 
 
 # -- the evaluate command ------------------------------------------------------------------------
@@ -204,9 +284,11 @@ def evaluate_run(
     logdir: str | Path = "runs",
     device: str = "auto",
     backend: str = "highway-env",
-) -> tuple[dict[str, Any], Path]:
+    command: str = "",
+) -> tuple[EvaluationReport, Path]:
     """Evaluate a run's newest model; writes evaluation-<scenario>.json and eval_final/* to the run folder.
 
+    command: the command line that asked for it, recorded in the JSON file.
     Returns (report, path of the JSON file).
     """
     from stable_baselines3.common.utils import set_random_seed
@@ -214,17 +296,17 @@ def evaluate_run(
 
     from agents.runs import check_spaces, find_run, latest_model, load_agent, read_run_config
     from envs.system import resolve_device
-    from envs.registration import make_env
 
     if episodes < 1:
         raise ValueError(f"--episodes must be a positive integer, got {episodes}")
     if seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {seed}")
+    simulator = get_backend(backend)
     run_dir = find_run(run, logdir)
     config = read_run_config(run_dir)
     device = str(resolve_device(device))
     scenario_arg = scenario or config.scenario
-    env = make_env(scenario_arg, backend)
+    env = simulator.make_env(scenario_arg)
     try:
         check_spaces(config, run_dir, env.observation_space, env.action_space, scenario_arg)
         model_path = latest_model(run_dir)
@@ -233,48 +315,34 @@ def evaluate_run(
             warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
             model = load_agent(config, run_dir, DummyVecEnv([lambda: env]), device, model_path, seed=seed)
         seeds = evaluation_seeds(env.scenario, episodes, seed)
-        if backend == "fast":
-            per_episode = run_batched_episodes(model, env.unwrapped.scenario, seeds, device)
+        if simulator.batched:  # all episodes side by side, the same numbers as one at a time
+            per_episode = run_batched_episodes(model, env.scenario, seeds, device)
         else:
             per_episode = run_episodes(model, env, seeds, deterministic=True)
     finally:
         env.close()
-    name = env.scenario.name if backend == "highway-env" else f"{env.scenario.name}-{backend}"  # file/tag name
-    report = {
-        "run": str(run_dir),
-        "model": str(model_path.relative_to(run_dir)),
-        "num_timesteps": int(model.num_timesteps),
-        "algo": config.algo,
-        "trained_on": config.scenario,
-        "trained_backend": config.backend,
-        "backend": backend,
-        "scenario": env.scenario.name,
-        "scenario_source": env.scenario.source,
-        "episodes": episodes,
-        "seeds": {"first": seeds[0], "last": seeds[-1]},
-        "deterministic": True,
-        "confidence_interval": CI_TEXT,
-        "definitions": DEFINITIONS,
-        "min_ttc_cap_s": MIN_TTC_CAP_S,
-        "metrics": summarize(per_episode),
-        "per_episode": per_episode,
-        "command": "python run.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]),
-    }
+    name = env.scenario.name if simulator.reference else f"{env.scenario.name}-{simulator.name}"  # file/tag name
+    report = EvaluationReport(
+        scenario=env.scenario.name, episodes=episodes, first_seed=seeds[0], last_seed=seeds[-1], algo=config.algo,
+        num_timesteps=int(model.num_timesteps), model=str(model_path.relative_to(run_dir)),
+        metrics=summarize(per_episode), per_episode=per_episode, run=str(run_dir), trained_on=config.scenario,
+        trained_backend=config.backend, backend=simulator.name, scenario_source=env.scenario.source, command=command,
+    )
     path = atomic_write(
-        run_dir / f"evaluation-{name}.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n")
+        run_dir / f"evaluation-{name}.json", lambda tmp: tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     )
     _write_tensorboard(run_dir, name, report)
     return report, path
 
 
-def _write_tensorboard(run_dir: Path, scenario: str, report: dict[str, Any]) -> None:
+def _write_tensorboard(run_dir: Path, scenario: str, report: EvaluationReport) -> None:
     """eval_final/<scenario>/<metric> (means) at the model's timestep, beside the training curves."""
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=".evaluate")
     try:
-        for key, stats in report["metrics"].items():
-            writer.add_scalar(f"eval_final/{scenario}/{key}", stats["mean"], report["num_timesteps"])
+        for key, estimate in report.metrics.items():
+            writer.add_scalar(f"eval_final/{scenario}/{key}", estimate.mean, report.num_timesteps)
     finally:
         writer.close()
 
@@ -283,7 +351,7 @@ def format_value(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def print_report(report: dict[str, Any], console=None) -> None:
+def print_report(report: EvaluationReport, console=None) -> None:
     """The safety table: metric, mean, 95 % CI (rich)."""
     from rich.console import Console
     from rich.table import Table
@@ -291,22 +359,22 @@ def print_report(report: dict[str, Any], console=None) -> None:
     console = console or Console()
     table = Table(
         title=(
-            f"{report['scenario']}: {report['episodes']} deterministic episodes, seeds {report['seeds']['first']}"
-            f"..{report['seeds']['last']} ({report['algo']}, {report['num_timesteps']:,} steps, {report['model']})"
+            f"{report.scenario}: {report.episodes} deterministic episodes, seeds {report.first_seed}"
+            f"..{report.last_seed} ({report.algo}, {report.num_timesteps:,} steps, {report.model})"
         ),
-        caption=f"CI: {report['confidence_interval']}",
+        caption=f"CI: {report.confidence_interval}",
     )
     table.add_column("metric")
     table.add_column("unit")
     table.add_column("mean", justify="right")
     table.add_column(f"{CONFIDENCE:.0%} CI", justify="right")
     for metric in METRICS:
-        stats = report["metrics"][metric.key]
+        estimate = report.metrics[metric.key]
         ci = (
             "n/a"
-            if stats["ci_low"] is None
-            else f"[{format_value(stats['ci_low'], metric.digits)}, {format_value(stats['ci_high'], metric.digits)}]"
+            if estimate.ci_low is None
+            else f"[{format_value(estimate.ci_low, metric.digits)}, {format_value(estimate.ci_high, metric.digits)}]"
         )
-        table.add_row(metric.label, metric.unit, format_value(stats["mean"], metric.digits), ci)
+        table.add_row(metric.label, metric.unit, format_value(estimate.mean, metric.digits), ci)
     console.print(table)
     console.print(DEFINITIONS, style="dim")

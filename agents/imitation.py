@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from agents.teacher import LookaheadTeacher, best_actions
+from envs.backends import privileged_simulator
 
 TIE_BREAK_WEIGHT = 0.05  # weight of the cross-entropy to the teacher's best action in the loss
 EPOCHS = 5  # passes over all samples after each iteration (drove better than 10 with the feature map, at half
@@ -73,7 +74,7 @@ def imitate_teacher(
     iteration's progress; `on_iteration` gets each one, `on_step` is called after each env step."""
     if iterations < 1 or steps < 1:
         raise ValueError(f"imitation needs positive iterations and steps, got {iterations} and {steps}")
-    simulator = env.unwrapped.sim
+    simulator = privileged_simulator(env)
     teacher = teacher or LookaheadTeacher(simulator)
     actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
     optimizer = torch.optim.Adam(actor, lr=LEARNING_RATE)

@@ -229,5 +229,8 @@ def load_agent(config: RunConfig, run_dir: Path, env, device: str, path: Path | 
     model = build_agent(config, run_dir, env, device, seed=seed)
     model.set_parameters(str(path), exact_match=True, device=device)
     model.num_timesteps = counters["num_timesteps"]
+    # SB3 has no public way to restore its update counter (train/n_updates) without unpickling:
+    # `PPO.load` restores it from the zip's pickled data, which a run folder never unpickles, and
+    # `set_parameters` loads weights only. So the private attribute is set, from the zip's JSON.
     model._n_updates = counters["_n_updates"]
     return model

@@ -24,13 +24,9 @@ import dataclasses
 import logging
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-
-import gymnasium as gym
 
 from agents.callbacks import HParamsCallback, PeriodicCheckpoint, PeriodicEvaluation, SafetyCallback
 from agents.config import RunConfig, check_algo, load_agent_config
@@ -52,7 +48,8 @@ from agents.runs import (
     saved_counters,
     write_run_config,
 )
-from envs.registration import check_backend
+from envs.backends import Backend, default_backend_for, evaluation_env, get_backend
+from envs.progress import progress_bar as _progress_bar
 from envs.system import resolve_device, usable_cores
 
 log = logging.getLogger(__name__)
@@ -65,9 +62,9 @@ class TrainOptions:
     scenario: str | None = None  # name or YAML path; default highway
     algo: str | None = None  # ppo | a2c; default ppo
     timesteps: int | None = None  # total env steps of the run; default from the config
-    n_envs: int | None = None  # default: the number of usable cores (highway-env), FAST_N_ENVS (fast)
+    n_envs: int | None = None  # default: the backend's default_n_envs() (cores on highway-env, 256 on fast)
     seed: int | None = None  # default 0
-    backend: str | None = None  # highway-env | fast; default: default_backend (a resumed run keeps its own)
+    backend: str | None = None  # envs.backends.BACKEND_NAMES; default: default_backend_for (a resumed run keeps its own)
     device: str = "auto"  # auto | cpu | cuda
     logdir: str | os.PathLike = "runs"
     name: str | None = None  # run folder name; default <scenario>-<algo>-<YYYYmmdd-HHMMSS>
@@ -96,76 +93,9 @@ class TrainResult:
         return (self.num_timesteps - self.start_timesteps) / max(self.elapsed_s, 1e-9)
 
 
-FAST_N_ENVS = 256
-"""Default envs of the fast backend: one batched call steps them all, so more envs cost little more
-than one (profiled in PPO training: ~24 ms per step of 16 envs, ~44 ms of 256) and feed PPO larger,
-less correlated batches."""
-
-
-def default_n_envs(backend: str = "highway-env") -> int:
-    """highway-env: the number of cores this process may use (one worker each); fast: FAST_N_ENVS."""
-    if backend == "fast":
-        return FAST_N_ENVS
-    return usable_cores()
-
-
 # -- envs ----------------------------------------------------------------------------------------
-
-
-def _worker_env(scenario: str) -> gym.Env:
-    """Builds the env inside a SubprocVecEnv worker, which ignores Ctrl-C: the parent handles it
-    (saves a checkpoint) and then closes the workers itself."""
-    from envs.registration import make_env
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return make_env(scenario)
-
-
-def make_vec_env(scenario: str, n_envs: int, backend: str = "highway-env", device: str = "cpu"):
-    """n_envs training envs under VecMonitor (rollout/ep_rew_mean, ep_len_mean). highway-env:
-    SubprocVecEnv workers (forkserver) when n_envs > 1, else one in-process env; fast: one batched
-    FastVecEnv on `device`. Seeds are set by the model (`seed`)."""
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
-
-    from envs.registration import make_env_fn
-
-    if backend == "fast":
-        from envs.fast.vec_env import FastVecEnv
-        from scenarios import load_scenario
-
-        return VecMonitor(FastVecEnv(load_scenario(scenario), n_envs, device=device))
-    if n_envs > 1:
-        env = SubprocVecEnv([partial(_worker_env, scenario) for _ in range(n_envs)])
-    else:
-        env = DummyVecEnv([make_env_fn(scenario)])
-    return VecMonitor(env)
-
-
-def default_backend(scenario) -> str:
-    """The simulator a run trains on unless --backend says otherwise: "fast" for the scenarios the
-    batched backend reproduces (same rules and camera, ~20x the PPO steps per second on 2 cores,
-    eval/* still on highway-env), "highway-env" for every other one. `--backend fast` on another scenario is
-    an error, never a fallback."""
-    from envs.fast.simulator import unsupported_reasons
-
-    return "highway-env" if unsupported_reasons(scenario) else "fast"
-
-
-def evaluation_env(scenario: str, backend: str) -> gym.Env:
-    """The env of the periodic eval/*: highway-env, the reference simulator, whatever the run trains on,
-    so that eval/* of a fast-backend run shows how the agent drives in highway-env (transfer included).
-    A scenario the training backend does not support is refused here, before a run folder exists."""
-    from envs.fast.simulator import check_supported
-    from envs.registration import make_env
-
-    env = make_env(scenario)
-    if backend == "fast":
-        try:
-            check_supported(env.scenario)
-        except BaseException:
-            env.close()
-            raise
-    return env
+# Choosing and building envs is envs.backends' job: Backend.make_vec_env / default_n_envs,
+# default_backend_for (the simulator a run trains on), evaluation_env (eval/* on the reference).
 
 
 def _stored_scenario(argument: str, scenario) -> str:
@@ -188,7 +118,7 @@ def _check_options(options: TrainOptions) -> None:
     if options.algo is not None:
         check_algo(options.algo)
     if options.backend is not None:
-        check_backend(options.backend)
+        get_backend(options.backend)
 
 
 def _new_run(options: TrainOptions):
@@ -199,7 +129,7 @@ def _new_run(options: TrainOptions):
 
     algo = options.algo or "ppo"
     scenario_arg = str(options.scenario or "highway")
-    backend = options.backend or default_backend(load_scenario(scenario_arg))
+    backend = get_backend(options.backend) if options.backend else default_backend_for(load_scenario(scenario_arg))
     env = evaluation_env(scenario_arg, backend)  # validates the scenario (and the backend)
     try:
         scenario = env.scenario
@@ -212,7 +142,7 @@ def _new_run(options: TrainOptions):
         if options.perception is not None:
             overrides["policy"]["perception"] = str(options.perception)
         agent = load_agent_config(
-            scenario.name if stored == scenario_arg else None, options.config, overrides, backend=backend
+            scenario.name if stored == scenario_arg else None, options.config, overrides, backend=backend.name
         )
         perception = Path(agent.policy.perception).expanduser() if agent.policy.perception else DEFAULT_STUDENT
         if not perception.is_file():
@@ -229,13 +159,13 @@ def _new_run(options: TrainOptions):
                 f"perception checkpoint {perception} reads frames of shape (C, H, W) = {input_shape}, but scenario "
                 f"{scenario_arg} gives {observation_shape}; use a checkpoint trained on this camera"
             )
-        n_envs = options.n_envs or default_n_envs(backend)
+        n_envs = options.n_envs or backend.default_n_envs()
         _check_imitation(agent.training, backend, n_envs)
         config = RunConfig(
             scenario=stored,
             algo=algo,
             seed=0 if options.seed is None else options.seed,
-            backend=backend,
+            backend=backend.name,
             n_envs=n_envs,
             device=options.device,
             observation_shape=observation_shape,
@@ -254,14 +184,18 @@ def _new_run(options: TrainOptions):
     return run_dir, config, env
 
 
-def _check_imitation(training, backend: str, n_envs: int) -> None:
-    """The warm start needs the fast backend, and must leave steps of the budget to PPO/A2C."""
+def _check_imitation(training, backend: Backend, n_envs: int) -> None:
+    """The warm start needs a backend with privileged state (fast), and must leave steps of the budget to PPO/A2C."""
     if not training.imitates:
         return
-    if backend != "fast":
+    if not backend.has_privileged_state:
+        from envs.backends import BACKENDS
+
+        able = [other.name for other in BACKENDS if other.has_privileged_state]
         raise ValueError(
-            f"training.imitation_iterations is {training.imitation_iterations}, but imitation needs the fast "
-            f"backend (its teacher plans on the batched simulator's state); set it to 0 or use --backend fast"
+            f"training.imitation_iterations is {training.imitation_iterations}, but imitation needs the "
+            f"{' or '.join(able)} backend (its teacher plans on the batched simulator's state); set it to 0 or use "
+            f"--backend {able[0]}"
         )
     imitation_steps = training.imitation_iterations * training.imitation_steps * n_envs
     if imitation_steps >= training.timesteps:
@@ -332,10 +266,11 @@ def train(options: TrainOptions) -> TrainResult:
         eval_env.scenario.name, config.n_envs, config.backend, f"{config.training.timesteps:,}", run_dir,
     )
 
-    _set_threads(options.threads, config.n_envs if config.backend == "highway-env" else 1)  # fast: no workers
+    backend = get_backend(config.backend)
+    _set_threads(options.threads, config.n_envs if backend.uses_worker_processes else 1)  # else: no workers
     vec_env = None
     try:
-        vec_env = make_vec_env(config.scenario, config.n_envs, config.backend, str(device))
+        vec_env = backend.make_vec_env(config.scenario, config.n_envs, str(device))
         if model_path is None:
             model = build_agent(config, run_dir, vec_env, device)
         else:
@@ -373,8 +308,8 @@ def train(options: TrainOptions) -> TrainResult:
             )
         except KeyboardInterrupt:
             interrupted = True
-            if progress is not None and getattr(progress, "pbar", None) is not None:
-                progress.pbar.close()
+            if progress is not None:
+                progress.close()
         elapsed = time.perf_counter() - began
         if interrupted:
             saved = save_checkpoint(model, run_dir, training.keep_checkpoints)
@@ -392,8 +327,6 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool) -> No
     `imitation_iterations` DAgger iterations. Its env steps count towards the run's timesteps; a
     checkpoint after each iteration means a kill loses at most one iteration (`--resume` then goes
     on with PPO/A2C from it). imitation/* goes to TensorBoard."""
-    from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
     from agents.imitation import imitate_teacher
 
     steps_per_iteration = training.imitation_steps * vec_env.num_envs  # env steps of all envs
@@ -407,48 +340,57 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool) -> No
         log.info("imitation %d/%d: regret %.3f, agreement with the teacher %.2f, %.0f s", progress.iteration,
                  training.imitation_iterations, progress.regret, progress.agreement, progress.seconds)
 
-    columns = ("[progress.description]{task.description}", BarColumn(), "{task.completed:,}/{task.total:,} env steps",
-               TimeElapsedColumn(), "<", TimeRemainingColumn())
-    with Progress(*columns, disable=not show_progress) as bar:
-        task = bar.add_task("imitating the teacher", total=training.imitation_iterations * steps_per_iteration)
+    total = training.imitation_iterations * steps_per_iteration
+    with _progress_bar(total, "imitating the teacher", unit="env steps", disable=not show_progress) as bar:
         imitate_teacher(model.policy, vec_env, training.imitation_iterations, training.imitation_steps,
-                        on_iteration=record, on_step=lambda: bar.advance(task, vec_env.num_envs))
+                        on_iteration=record, on_step=lambda: bar.advance(vec_env.num_envs))
 
 
 def _tensorboard_logger(run_dir: Path, purge_step: int | None):
     """SB3's logger writing TensorBoard events into the run folder itself.
 
-    On resume, `purge_step` = the checkpoint's step: TensorBoard then drops what an earlier session
-    logged at or after it (the steps a kill -9 lost), so the curve continues without a fold.
+    On resume, `purge_step` = the checkpoint's step: the new events file starts with TensorBoard's
+    restart marker at that step (what `SummaryWriter(purge_step=...)` writes), so TensorBoard drops
+    what an earlier session logged at or after it (the steps a kill -9 lost), and the curve continues
+    without a fold. SB3's `TensorBoardOutputFormat` takes no purge step; its public `writer` is
+    given the marker before anything else is written.
     """
     from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
-    from torch.utils.tensorboard import SummaryWriter
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
-    class ResumableTensorBoard(TensorBoardOutputFormat):
-        def __init__(self, folder: str) -> None:
-            self.writer = SummaryWriter(log_dir=folder, purge_step=purge_step)
-            self._is_closed = False
-
-    return Logger(str(run_dir), [ResumableTensorBoard(str(run_dir))])
+    output = TensorBoardOutputFormat(str(run_dir))
+    if purge_step is not None:
+        output.writer.file_writer.add_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+    return Logger(str(run_dir), [output])
 
 
 def progress_bar():
-    """SB3's progress bar (tqdm.rich: steps, steps/s, elapsed < remaining), without tqdm's "rich is
-    experimental" warning, and with a total of whole rollouts: `learn` always finishes the rollout
-    it is in, so SB3's own total (the steps asked for) ended at e.g. 212,992/197,600."""
-    import warnings
+    """An SB3 callback drawing training's progress as every long job does (envs.progress: env steps,
+    elapsed < remaining), with a total of whole rollouts: `learn` always finishes the rollout it is
+    in, so SB3's own total (the steps asked for) ended at e.g. 212,992/197,600."""
+    from stable_baselines3.common.callbacks import BaseCallback
 
-    from stable_baselines3.common.callbacks import ProgressBarCallback
-    from tqdm import TqdmExperimentalWarning
-    from tqdm.rich import tqdm
+    class WholeRolloutsProgressBar(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bar = None  # envs.progress.ProgressBar while training runs
 
-    warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
-
-    class WholeRolloutsProgressBar(ProgressBarCallback):
-        def _on_training_start(self) -> None:  # SB3's, with the total rounded up
+        def _on_training_start(self) -> None:
             rollout = self.model.n_steps * self.training_env.num_envs  # env steps per rollout
             asked = self.locals["total_timesteps"] - self.model.num_timesteps
-            self.pbar = tqdm(total=math.ceil(asked / rollout) * rollout)  # the rich bar takes its total here
+            self.bar = _progress_bar(math.ceil(asked / rollout) * rollout, "training", unit="env steps")
+
+        def _on_step(self) -> bool:
+            self.bar.advance(self.training_env.num_envs)
+            return True
+
+        def _on_training_end(self) -> None:
+            self.close()
+
+        def close(self) -> None:
+            """End the bar (also after Ctrl-C, when SB3 never calls `_on_training_end`)."""
+            if self.bar is not None:
+                self.bar.close()
 
     return WholeRolloutsProgressBar()
 
@@ -463,7 +405,7 @@ def _set_threads(threads: int | None, n_envs: int) -> None:
     if threads is None:
         if n_envs <= 1:
             return
-        threads = max(1, default_n_envs() - n_envs)
+        threads = max(1, usable_cores() - n_envs)
         if torch.get_num_threads() <= threads:
             return
         log.info("using %d PyTorch thread(s) beside %d env workers (set --threads to change)", threads, n_envs)

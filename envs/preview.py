@@ -28,18 +28,16 @@ import gymnasium as gym
 import imageio.v2 as imageio
 import numpy as np
 
-from envs.driving_env import DrivingEnv, with_camera_view
+from envs.backends import CameraEnv, backend_of, get_backend
+from envs.driving_env import with_camera_view
 from envs.files import atomic_write
 from envs.policies import action_indexes, make_policy
-from envs.registration import check_backend
 from scenarios import Scenario, load_scenario
 
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 CAMERA_CAPTION = "camera (what the agent sees)"
-TOP_DOWN_CAPTION = "highway-env top-down"
-FAST_TOP_DOWN_CAPTION = "fast backend top-down (our camera, zoomed out)"
 PREVIEW_POLICY = "lane-changing"
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -62,7 +60,8 @@ def write_preview(
 ) -> Path:
     """Drive the scenario with `LaneChangingPolicy` and write a side-by-side video to `out`.
 
-    backend: the simulator ("fast": the batched one, whose right-hand panel is its own top-down).
+    backend: the simulator (envs.backends; the right-hand panel is its top-down view, e.g. the fast
+    backend's own camera zoomed out).
 
     `steps=None` records one episode; otherwise exactly `steps` policy steps, starting a new
     episode (seed + 1, ...) when one ends. The video has one frame per policy step plus the
@@ -110,9 +109,10 @@ def save_still(
     return out
 
 
-def composite_frame(env: gym.Env, info: dict[str, Any], step: int, action: int | None = None) -> np.ndarray:
+def composite_frame(env: CameraEnv, info: dict[str, Any], step: int, action: int | None = None) -> np.ndarray:
     """(h, w, 3) uint8 RGB: captioned camera frame beside the top-down view, status line below."""
-    top_down = env.top_down()  # (h, w_td, 3)
+    backend = backend_of(env)
+    top_down = backend.top_down(env)  # (h, w_td, 3)
     height = top_down.shape[0]
     camera = env.clean_frame  # (H, W, 3)
     scale = height / camera.shape[0]
@@ -128,7 +128,7 @@ def composite_frame(env: gym.Env, info: dict[str, Any], step: int, action: int |
     frame[_BAND_PX : _BAND_PX + height, panel_width + _GAP_PX :] = top_down
 
     _put(frame, CAMERA_CAPTION, (panel_width - _text_width(CAMERA_CAPTION)) // 2, _BAND_PX - 7)
-    _put(frame, _top_down_caption(env), panel_width + _GAP_PX + 6, _BAND_PX - 7)
+    _put(frame, backend.top_down_caption, panel_width + _GAP_PX + 6, _BAND_PX - 7)
     status, alert = _status_line(env, info, step, action)
     _put(frame, status, 6, frame.shape[0] - 7, _ALERT if alert else _TEXT)
     return frame
@@ -142,20 +142,10 @@ def _scenario(scenario: str | Path | Scenario, camera: str | None) -> Scenario:
     return with_camera_view(base, camera)
 
 
-def _make_env(scenario: str | Path | Scenario, camera: str | None, backend: str) -> gym.Env:
-    """A DrivingEnv, or a FastDrivingEnv on `backend="fast"` (which refuses what it cannot reproduce)."""
-    loaded = _scenario(scenario, camera)
-    if check_backend(backend) == "fast":
-        from envs.fast.gym_env import FastDrivingEnv
-
-        return FastDrivingEnv(loaded, render_mode="rgb_array")
-    return DrivingEnv(loaded, render_mode="rgb_array")
-
-
-def _top_down_caption(env: gym.Env) -> str:
-    from envs.fast.gym_env import FastDrivingEnv
-
-    return FAST_TOP_DOWN_CAPTION if isinstance(env.unwrapped, FastDrivingEnv) else TOP_DOWN_CAPTION
+def _make_env(scenario: str | Path | Scenario, camera: str | None, backend: str) -> CameraEnv:
+    """The backend's env (a backend refuses a scenario it cannot reproduce)."""
+    simulator = get_backend(backend)
+    return simulator.make_env(_scenario(scenario, camera), render_mode="rgb_array")
 
 
 def _video_suffix(out: Path) -> str:

@@ -57,6 +57,10 @@ class ProgressBar:
     def completed(self) -> float:
         return self._progress.tasks[0].completed
 
+    @property
+    def total(self) -> float | None:
+        return self._progress.tasks[0].total
+
     def close(self) -> None:
         self._progress.stop()
 

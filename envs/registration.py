@@ -3,7 +3,8 @@
 Registration happens when the `envs` package is imported. Subprocess workers (SB3's
 `SubprocVecEnv` uses forkserver/spawn) import nothing of the parent's, so build them with
 `make_env_fn`, a picklable factory whose module import registers the ids again, or use
-Gymnasium's `"envs:clearlane/highway-v0"` form.
+Gymnasium's `"envs:clearlane/highway-v0"` form. Which simulator builds an env is the business of
+`envs.backends`; `make_env` and `make_env_fn` here take a backend's name and hand over to it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Callable
 
 import gymnasium as gym
 
+from envs.backends import BACKEND_NAMES, HIGHWAY_ENV, Backend, CameraEnv, get_backend
 from scenarios import available_scenarios
 
 NAMESPACE = "clearlane"
 ENTRY_POINT = "envs.driving_env:DrivingEnv"
+BACKENDS = BACKEND_NAMES  # the backends' names (envs.backends.BACKEND_NAMES)
 
 
 def env_id(scenario: str) -> str:
@@ -36,34 +39,14 @@ def register_scenarios() -> list[str]:
     return ids
 
 
-BACKENDS = ("highway-env", "fast")
+def make_env(scenario: str | Path = "highway", backend: str | Backend = HIGHWAY_ENV.name, **kwargs) -> CameraEnv:
+    """Build the env for a scenario name or a path to a user's YAML file, on a backend
+    (envs.backends: "highway-env" simulates every scenario; "fast" straight highways only, a clear
+    error otherwise)."""
+    return get_backend(backend).make_env(scenario, **kwargs)
 
 
-def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    return backend
-
-
-def make_env(scenario: str | Path = "highway", backend: str = "highway-env", **kwargs) -> gym.Env:
-    """Build the env for a scenario name or a path to a user's YAML file.
-
-    backend "highway-env" simulates with highway-env itself (every scenario); "fast" with the
-    batched PyTorch simulator (envs.fast; straight highways only, a clear error otherwise).
-    """
-    if check_backend(backend) == "fast":
-        from envs.driving_env import with_camera_view
-        from envs.fast.gym_env import FastDrivingEnv
-        from scenarios import load_scenario
-
-        camera = kwargs.pop("camera", None)
-        loaded = with_camera_view(load_scenario(scenario), camera)
-        return FastDrivingEnv(loaded, **kwargs)
-    from envs.driving_env import DrivingEnv
-
-    return DrivingEnv(scenario=scenario, **kwargs)
-
-
-def make_env_fn(scenario: str | Path = "highway", backend: str = "highway-env", **kwargs) -> Callable[[], gym.Env]:
+def make_env_fn(scenario: str | Path = "highway", backend: str | Backend = HIGHWAY_ENV.name,
+                **kwargs) -> Callable[[], CameraEnv]:
     """A picklable zero-argument factory, for vectorised and subprocess envs."""
-    return partial(make_env, scenario, backend, **kwargs)
+    return partial(make_env, scenario, get_backend(backend).name, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import imageio.v3 as iio
 import pytest
@@ -91,7 +92,7 @@ def test_bench_teacher_passes_only_the_flags_given(monkeypatch, capsys, flags, p
 
     def fake_teacher_ceiling(scenario, episodes, **settings):
         received.update(settings)
-        return {"seconds": 0.0}
+        return SimpleNamespace(seconds=0.0)
 
     monkeypatch.setattr(agents.ceiling, "teacher_ceiling", fake_teacher_ceiling)
     monkeypatch.setattr("agents.evaluate.print_report", lambda report: None)

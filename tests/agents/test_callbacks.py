@@ -150,11 +150,11 @@ def test_mean_ci_is_a_student_t_interval_clipped_to_the_range():
     values = [0.2, 0.4, 0.9, 0.5]
     result = mean_ci(values)
     half = stats.t.ppf(0.975, 3) * np.std(values, ddof=1) / 2
-    assert result["mean"] == pytest.approx(0.5)
-    assert (result["ci_low"], result["ci_high"]) == pytest.approx((0.5 - half, 0.5 + half))
+    assert result.mean == pytest.approx(0.5) and result.n == 4
+    assert (result.ci_low, result.ci_high) == pytest.approx((0.5 - half, 0.5 + half))
     clipped = mean_ci([0.0, 0.0, 1.0], low=0.0, high=1.0)
-    assert clipped["ci_low"] == 0.0 and clipped["ci_high"] <= 1.0
-    assert mean_ci([3.0])["ci_low"] is None  # one episode: no interval
+    assert clipped.ci_low == 0.0 and clipped.ci_high <= 1.0
+    assert mean_ci([3.0]).ci_low is None and mean_ci([3.0]).std is None  # one episode: no interval
 
 
 def test_safety_means_use_the_names_of_the_tensorboard_keys():

@@ -41,6 +41,6 @@ def test_terminal_observations_are_label_vectors():
 
 def test_a_tiny_ceiling_run_reports_every_metric():
     report = ppo_ceiling("highway", timesteps=256, episodes=2, n_envs=8)
-    assert report["num_timesteps"] >= 256 and report["episodes"] == 2
-    assert all(math.isfinite(stats["mean"]) for stats in report["metrics"].values())
-    assert 0.0 <= report["metrics"]["collision_rate"]["mean"] <= 1.0
+    assert report.num_timesteps >= 256 and report.episodes == 2 and report.train_seconds > 0
+    assert all(math.isfinite(estimate.mean) for estimate in report.metrics.values())
+    assert 0.0 <= report.metrics["collision_rate"].mean <= 1.0

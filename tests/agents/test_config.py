@@ -58,7 +58,7 @@ def test_the_shipped_fast_block_trains_many_envs_per_call():
 
 
 def test_the_shipped_fast_recipe_imitates_then_leaves_ppo_several_rollouts():
-    from agents.train import FAST_N_ENVS
+    from envs.backends import FAST_N_ENVS
 
     config = load_agent_config("highway", backend="fast")
     fast, reference = config.training, load_agent_config("highway").training

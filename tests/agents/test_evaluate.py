@@ -34,7 +34,7 @@ def test_evaluation_is_deterministic_and_written_to_json_and_tensorboard(trained
     second = json.loads(path.read_text())
     assert path == result.run_dir / "evaluation-short.json"
     assert first["metrics"] == second["metrics"] and first["per_episode"] == second["per_episode"]
-    assert report["metrics"] == again["metrics"]
+    assert report.metrics == again.metrics and report.to_dict() == first
 
     assert first["episodes"] == 3 and first["seeds"] == {"first": FIRST_SEED, "last": FIRST_SEED + 2}
     assert [episode["seed"] for episode in first["per_episode"]] == [FIRST_SEED, FIRST_SEED + 1, FIRST_SEED + 2]
@@ -52,12 +52,12 @@ def test_evaluation_is_deterministic_and_written_to_json_and_tensorboard(trained
 def test_seed_offset_and_more_episodes_than_the_scenario_lists(trained, tmp_path):
     tiny, result = trained
     report, _ = evaluate_run(result.run_dir, episodes=2, seed=5)
-    assert [episode["seed"] for episode in report["per_episode"]] == [FIRST_SEED + 5, FIRST_SEED + 6]
+    assert [episode["seed"] for episode in report.per_episode] == [FIRST_SEED + 5, FIRST_SEED + 6]
     # a scenario with 2 evaluation seeds: asking for 3 episodes counts on from first_seed
     two = write_scenario(tmp_path / "two-seeds.yaml", **{"episode.duration": 3, "evaluation.episodes": 2})
     report, path = evaluate_run(result.run_dir, episodes=3, scenario=str(two))
-    assert [episode["seed"] for episode in report["per_episode"]] == [FIRST_SEED, FIRST_SEED + 1, FIRST_SEED + 2]
-    assert path.name == "evaluation-two-seeds.json" and report["scenario"] == "two-seeds"
+    assert [episode["seed"] for episode in report.per_episode] == [FIRST_SEED, FIRST_SEED + 1, FIRST_SEED + 2]
+    assert path.name == "evaluation-two-seeds.json" and report.scenario == "two-seeds"
 
 
 def test_the_table_shows_every_metric_with_its_interval(trained):
@@ -97,7 +97,7 @@ def test_bad_run_paths_and_missing_models_are_clear_errors(trained, tmp_path):
         evaluate_run(result.run_dir, episodes=0)
     # a run name is looked up in the log folder
     report, _ = evaluate_run("run", episodes=1, logdir=tiny.root / "runs")
-    assert report["episodes"] == 1 and report["metrics"]["return"]["ci_low"] is None
+    assert report.episodes == 1 and report.metrics["return"].ci_low is None
 
 
 def test_batched_fast_episodes_equal_one_at_a_time():

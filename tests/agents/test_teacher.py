@@ -114,8 +114,8 @@ def test_the_teacher_bench_reports_one_evaluation_episode():
     from agents.ceiling import teacher_ceiling
 
     report = teacher_ceiling("highway", episodes=1)
-    metrics = report["metrics"]
-    assert report["seeds"]["first"] == load_scenario("highway").evaluation.first_seed
-    assert metrics["collision_rate"]["mean"] == 0.0 and metrics["length"]["mean"] == 30
+    metrics = report.metrics
+    assert report.first_seed == load_scenario("highway").evaluation.first_seed
+    assert metrics["collision_rate"].mean == 0.0 and metrics["length"].mean == 30
     # above 30 steps x 2/3: what an episode at 20 m/s (the bottom of the rewarded speed range) in the left lane earns
-    assert metrics["return"]["mean"] > 20.0
+    assert metrics["return"].mean > 20.0

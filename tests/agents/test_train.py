@@ -158,15 +158,17 @@ def test_resume_starts_from_the_checkpoints_weights(tiny):
 def test_two_envs_run_in_subprocesses(tiny, monkeypatch):
     from stable_baselines3.common.vec_env import SubprocVecEnv
 
-    made = []
-    original = train_module.make_vec_env
+    from envs.backends import HighwayEnvBackend
 
-    def spy(scenario, n_envs, *args):
-        env = original(scenario, n_envs, *args)
+    made = []
+    original = HighwayEnvBackend.make_vec_env
+
+    def spy(self, scenario, n_envs, *args):
+        env = original(self, scenario, n_envs, *args)
         made.append(type(env.venv))
         return env
 
-    monkeypatch.setattr(train_module, "make_vec_env", spy)
+    monkeypatch.setattr(HighwayEnvBackend, "make_vec_env", spy)
     result = train(options(tiny, name="two-envs", n_envs=2, timesteps=64))
     assert made == [SubprocVecEnv]
     assert result.num_timesteps == 64 and read_run_config(result.run_dir).n_envs == 2
@@ -283,15 +285,17 @@ def test_cli_trains_and_evaluates(tiny, tmp_path):
 def test_training_on_the_fast_backend_and_evaluating_on_both(tiny, monkeypatch):
     from agents.evaluate import evaluate_run
 
+    from envs.backends import FastBackend
+
     made = []
-    original = train_module.make_vec_env
+    original = FastBackend.make_vec_env
 
     def spy(*args):
         env = original(*args)
         made.append(type(env.venv).__name__)
         return env
 
-    monkeypatch.setattr(train_module, "make_vec_env", spy)
+    monkeypatch.setattr(FastBackend, "make_vec_env", spy)
     result = train(options(tiny, backend="fast", n_envs=4, timesteps=128, name="smoke-fast"))
     assert made == ["FastVecEnv"]
     run = result.run_dir
@@ -304,12 +308,12 @@ def test_training_on_the_fast_backend_and_evaluating_on_both(tiny, monkeypatch):
     resumed = train(options(tiny, resume=str(run), scenario=None, config=None, backend=None, timesteps=256))
     assert resumed.start_timesteps == result.num_timesteps and read_run_config(run).backend == "fast"
 
-    fast_report, _ = evaluate_run(run, episodes=2, backend="fast")
+    fast_report, path = evaluate_run(run, episodes=2, backend="fast")
     again, _ = evaluate_run(run, episodes=2, backend="fast")
-    assert fast_report["per_episode"] == again["per_episode"]
-    assert (fast_report["backend"], fast_report["trained_backend"]) == ("fast", "fast")
-    reference, _ = evaluate_run(run, episodes=2, backend="highway-env")
-    assert reference["backend"] == "highway-env" and reference["episodes"] == 2
+    assert fast_report.per_episode == again.per_episode and path.name == "evaluation-short-fast.json"
+    assert (fast_report.backend, fast_report.trained_backend) == ("fast", "fast")
+    reference, path = evaluate_run(run, episodes=2, backend="highway-env")
+    assert reference.backend == "highway-env" and reference.episodes == 2 and path.name == "evaluation-short.json"
 
 
 def test_fast_backend_refuses_an_unsupported_scenario_before_making_a_run(tiny):
@@ -320,29 +324,10 @@ def test_fast_backend_refuses_an_unsupported_scenario_before_making_a_run(tiny):
     assert not (tiny.root / "runs" / "never").exists()
 
 
-def test_periodic_evaluation_always_runs_on_highway_env(tiny):
-    from envs.driving_env import DrivingEnv
-    from envs.fast.simulator import UnsupportedScenario
-
-    env = train_module.evaluation_env(str(tiny.scenario), "fast")
-    try:
-        assert isinstance(env, DrivingEnv)  # the reference simulator, not the one trained on
-    finally:
-        env.close()
-    with pytest.raises(UnsupportedScenario):
-        train_module.evaluation_env("merge", "fast")
-
-
-def test_the_default_backend_is_fast_where_it_reproduces_the_scenario():
-    from scenarios import load_scenario
-
-    assert train_module.default_backend(load_scenario("highway")) == "fast"
-    assert train_module.default_backend(load_scenario("merge")) == "highway-env"
-    assert train_module.default_backend(load_scenario("highway-noisy")) == "fast"  # corruptions are batched too
-
-
 def test_a_run_without_backend_trains_on_fast_with_fast_defaults(tiny, monkeypatch):
-    monkeypatch.setattr(train_module, "FAST_N_ENVS", 4)  # the default number of fast envs, small for a test
+    import envs.backends
+
+    monkeypatch.setattr(envs.backends, "FAST_N_ENVS", 4)  # the default number of fast envs, small for a test
     result = train(options(tiny, backend=None, n_envs=None, timesteps=64, name="default-backend"))
     config = read_run_config(result.run_dir)
     assert (config.backend, config.n_envs) == ("fast", 4) and result.backend == "fast"
@@ -425,7 +410,21 @@ def test_the_progress_bar_counts_the_whole_last_rollout():
     bar = progress_bar()
     model.learn(total_timesteps=40, callback=bar)
     assert model.num_timesteps == 64
-    assert bar.pbar.total == 64 and bar.pbar.n == 64
-    (shown,) = bar.pbar._prog.tasks  # what rich draws, which keeps the total it was created with
-    assert shown.total == 64 and shown.completed == 64
+    assert bar.bar.total == 64 and bar.bar.completed == 64  # what envs.progress draws
 
+
+
+def test_a_resumed_logger_purges_what_the_lost_session_logged_after_the_checkpoint(tmp_path):
+    """kill -9 after step 9, checkpoint at 5: the resumed session's steps 5.. replace the lost ones."""
+    first = train_module._tensorboard_logger(tmp_path, purge_step=None)
+    for step in range(10):
+        first.record("rollout/x", float(step))
+        first.dump(step)
+    first.close()
+    resumed = train_module._tensorboard_logger(tmp_path, purge_step=5)
+    for step in range(5, 8):
+        resumed.record("rollout/x", 100.0 + step)
+        resumed.dump(step)
+    resumed.close()
+    assert read_scalars(tmp_path)["rollout/x"] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0),
+                                                   (5, 105.0), (6, 106.0), (7, 107.0)]
