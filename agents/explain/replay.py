@@ -184,8 +184,10 @@ def write_replays(run: str | Path, episodes: int = 3, overlay: str = "both", eve
                 frames = episode_frames(env, loaded, episode, overlay, every, explainer, cache, result, title)
                 name = f"episode-{index:03d}-seed-{episode_seed}"
                 result.videos.append(write_video(out / f"{name}.mp4", frames, fps))
+                poster = frames[min(every, len(frames) - 1)]  # a keyframe: SHAP and per-vehicle numbers fresh
+                atomic_write(out / f"{name}.png", lambda tmp: imageio.imwrite(tmp, poster, format="PNG"))
                 row = {
-                    "episode": index, "seed": episode_seed, "video": f"{name}.mp4",
+                    "episode": index, "seed": episode_seed, "video": f"{name}.mp4", "poster": f"{name}.png",
                     "gif": f"{name}.gif" if gif else None, "return": episode.episode_return,
                     "collision": bool(episode.summary["collision"]), "driving_score": episode.summary["driving_score"],
                     "length": episode.length, "mean_speed": episode.summary["mean_speed"], "frames": len(frames),
@@ -237,7 +239,7 @@ def index_html(meta: dict, episodes: list[dict]) -> str:
         videos.append(
             f'<section id="ep{row["episode"]}"><h2>episode {row["episode"]} · seed {row["seed"]} · return '
             f'{row["return"]:.2f}{" · collision" if crash else ""}</h2>'
-            f'<video controls preload="metadata" src="{esc(row["video"])}"></video></section>'
+            f'<video controls preload="metadata" poster="{esc(row["poster"])}" src="{esc(row["video"])}"></video></section>'
         )
     returns = [row["return"] for row in episodes]
     crashes = sum(row["collision"] for row in episodes)

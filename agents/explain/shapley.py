@@ -39,7 +39,7 @@ from envs.files import atomic_write
 BACKGROUND_FRAMES = 32
 BACKGROUND_FIRST_SEED = 0  # training-range episode seeds 0, 1, ... record the background (never evaluation seeds)
 BACKGROUND_MAX_EPISODES = 200
-NSAMPLES = 32  # expected-gradient samples per keyframe
+NSAMPLES = 64  # expected-gradient samples per keyframe (docs/EXPLAIN.md: speed and additivity)
 CACHE_DIR = "explain"
 
 

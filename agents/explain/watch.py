@@ -161,9 +161,9 @@ def watch(run: str | Path, episodes: int = 10, overlay: str = "both", every: int
                             finished = True
                             step_once = False
                             record = None
-                        elif event.key == pygame.K_s and image is not None:
+                        elif event.key == pygame.K_s and screen is not None:
                             path = out_dir / f"watch-{episode_seed}-step{record.step if record else 0:03d}.png"
-                            save_png(image, path)
+                            save_window(screen, path)
                             print(f"saved {path}")
                 if record is None and finished:
                     break
@@ -180,8 +180,10 @@ def watch(run: str | Path, episodes: int = 10, overlay: str = "both", every: int
                     pygame.display.flip()
                     dirty = False
                 drawn += 1
-                if max_frames is not None and drawn >= max_frames:
+                if max_frames is not None and drawn >= max_frames:  # scripted runs: stop, keep the last window
                     quit_requested = True
+                    if screen is not None:
+                        save_window(screen, out_dir / "watch-last.png")
                 if finished and not paused and time.perf_counter() >= next_step_at:
                     break
                 clock.tick(DRAW_FPS)
@@ -198,7 +200,8 @@ def watch(run: str | Path, episodes: int = 10, overlay: str = "both", every: int
             pass
 
 
-def save_png(image: np.ndarray, path: Path) -> Path:
-    import imageio.v2 as imageio
+def save_window(screen, path: Path) -> Path:
+    """The window's own surface as a PNG (pygame.image.save), written atomically."""
+    import pygame
 
-    return atomic_write(path, lambda tmp: imageio.imwrite(tmp, image, format="PNG"))
+    return atomic_write(path, lambda tmp: pygame.image.save(screen, str(tmp)))

@@ -201,7 +201,7 @@ def test_watch_runs_a_few_frames_with_sdls_dummy_driver(trained, tmp_path, monke
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     out = watch(result.run_dir, episodes=1, overlay="both", every=1, backend="fast", out=tmp_path / "shots",
                 max_frames=12, nsamples=4)
-    assert out == tmp_path / "shots"
+    assert out == tmp_path / "shots" and (out / "watch-last.png").is_file()
 
 
 def test_watch_without_a_display_writes_the_replay_instead(trained, tmp_path, monkeypatch, capsys):
