@@ -232,6 +232,24 @@ def eps_text(eps: float) -> str:
     return f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-9 else f"{eps:g}"
 
 
+def cmd_replay(args: argparse.Namespace) -> None:
+    from agents.explain.replay import write_replays
+
+    result = write_replays(
+        args.run, episodes=args.episodes, overlay=args.overlay, every=args.every, scenario=args.scenario,
+        seed=args.seed, backend=args.backend, out=args.out, gif=args.gif, device=args.device, logdir=args.logdir,
+    )
+    print(f"wrote {len(result.videos)} video(s) and {result.index} in {result.seconds:.0f} s")
+
+
+def cmd_watch(args: argparse.Namespace) -> None:
+    from agents.explain.watch import watch
+
+    watch(args.run, episodes=args.episodes, overlay=args.overlay, every=args.every, scenario=args.scenario,
+          seed=args.seed, backend=args.backend, out=args.out, device=args.device, logdir=args.logdir,
+          max_frames=args.max_frames)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from envs.backends import BACKEND_NAMES, HIGHWAY_ENV
     from perception.distill import MODES as DISTILL_MODES
@@ -423,6 +441,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda")
     evaluate.add_argument("--backend", choices=BACKEND_NAMES, default=HIGHWAY_ENV.name, help="simulator to evaluate on (default: highway-env)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    explain_help = {"overlay": "attention (every frame), shap (keyframes), both, or none",
+                    "every": "a SHAP keyframe every K policy steps (computed once, cached in the run folder)"}
+    for name, text in (("replay", "videos of episodes with attention/SHAP overlays, top-down view, signals + index.html"),
+                       ("watch", "watch episodes live in a window with the replay's panels (no display: writes a replay)")):
+        explain = commands.add_parser(name, help=text)
+        explain.add_argument("--run", required=True, help="run folder (or its name in --logdir)")
+        explain.add_argument("--episodes", type=int, default=3 if name == "replay" else 10,
+                             help="episodes, on the scenario's evaluation seeds")
+        explain.add_argument("--overlay", default="both", help=explain_help["overlay"])
+        explain.add_argument("--every", type=int, default=5, help=explain_help["every"])
+        explain.add_argument("--scenario", default=None, help="another scenario with the same camera (default: the run's)")
+        explain.add_argument("--seed", type=non_negative_int, default=0, help="start this many seeds into the evaluation seeds")
+        explain.add_argument("--backend", choices=BACKENDS, default="highway-env", help="simulator (default: highway-env)")
+        explain.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/replays)")
+        explain.add_argument("--logdir", type=Path, default=Path("runs"), help="where to look up a run name")
+        explain.add_argument("--device", default="cpu", help="auto | cpu | cuda (default: cpu)")
+        if name == "replay":
+            explain.add_argument("--gif", action="store_true", help="also write a GIF per episode")
+            explain.set_defaults(func=cmd_replay)
+        else:
+            explain.add_argument("--max-frames", type=int, default=None, help=argparse.SUPPRESS)  # tests
+            explain.set_defaults(func=cmd_watch)
     return parser
 
 
