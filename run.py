@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         explain.add_argument("--every", type=int, default=5, help=explain_help["every"])
         explain.add_argument("--scenario", default=None, help="another scenario with the same camera (default: the run's)")
         explain.add_argument("--seed", type=non_negative_int, default=0, help="start this many seeds into the evaluation seeds")
-        explain.add_argument("--backend", choices=BACKENDS, default="highway-env", help="simulator (default: highway-env)")
+        explain.add_argument("--backend", choices=BACKEND_NAMES, default=HIGHWAY_ENV.name, help="simulator (default: highway-env)")
         explain.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/replays)")
         explain.add_argument("--logdir", type=Path, default=Path("runs"), help="where to look up a run name")
         explain.add_argument("--device", default="cpu", help="auto | cpu | cuda (default: cpu)")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
+from envs.scene import Scene
 from envs.system import usable_cores
 from scenarios import Scenario, load_scenario
 
@@ -56,6 +57,15 @@ class CameraEnv(Protocol):
 
     def top_down(self) -> np.ndarray:
         """(h, w, 3) uint8: a top-down view of the traffic around the ego, for previews and replays."""
+
+    def scene(self) -> Scene:
+        """The vehicles of the newest frame (envs.scene.Scene, row 0 the ego)."""
+
+    def vehicle_ids(self) -> np.ndarray:
+        """(N,) int64: an id per row of `scene()` that a vehicle keeps through the episode; 0 = the ego."""
+
+    def render_scene(self, scene: Scene) -> np.ndarray:
+        """(H, W, 3) uint8: the camera's frame of another scene at this instant (counterfactuals)."""
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]: ...
 

@@ -27,7 +27,7 @@ from envs.display import offscreen_video_driver
 from envs.ground_truth import privileged_state
 from envs.road_map import build_road_map
 from envs.safety import StepTracker
-from envs.scene import snapshot
+from envs.scene import Scene, snapshot
 from scenarios import Scenario, load_scenario
 from scenarios.schema import TRAINING_SEED_LIMIT
 
@@ -141,6 +141,21 @@ class DrivingEnv(gym.Env[np.ndarray, int]):
     def clean_frame(self) -> np.ndarray:
         """(H, W, 3) uint8: the newest frame before sensor corruptions."""
         return self._clean_frame
+
+    def scene(self) -> Scene:
+        """The vehicles the newest frame was drawn from (row 0 the ego)."""
+        return self._scene
+
+    def vehicle_ids(self) -> np.ndarray:
+        """(N,) int64: one id per row of `scene()` that a vehicle keeps through the episode; 0 = the ego."""
+        road, ego = self.sim.road, self.sim.vehicle
+        others = [vehicle for vehicle in road.vehicles if vehicle is not ego] + list(road.objects)  # snapshot's order
+        return np.array([0] + [id(other) for other in others], dtype=np.int64)
+
+    def render_scene(self, scene: Scene) -> np.ndarray:
+        """(H, W, 3) uint8: the camera's frame of another scene on this episode's road, e.g. the same
+        instant without one vehicle (counterfactual explanations)."""
+        return self.camera.render(self._road_map, scene)
 
     # -- Internals -------------------------------------------------------------------------
     def _observe_frame(self) -> np.ndarray:

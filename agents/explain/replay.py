@@ -98,9 +98,9 @@ def check_out_dir(out: Path) -> Path:
 def prepare(run: str | Path, scenario: str | None, backend: str, device: str, logdir: str | Path):
     """(env, LoadedRun, scenario name): every user mistake about the run and scenario raises here."""
     from agents.runs import find_run, latest_model, read_run_config
-    from envs.registration import check_backend
+    from envs.backends import get_backend
 
-    check_backend(backend)
+    get_backend(backend)  # a clear error for an unknown name, before the run is read
     run_dir = find_run(run, logdir)
     config = read_run_config(run_dir)
     latest_model(run_dir)  # a run without a model: FileNotFoundError before an env is built

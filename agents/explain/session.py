@@ -1,6 +1,6 @@
 """Building the env an explanation plays on, and playing an episode while recording what the panels show.
 
-`make_env` is the one place that constructs an env here (a backend registry can replace it).
+`make_env` is the one place that constructs an env here (through envs.backends).
 `play_episode` drives the agent deterministically, as `run.py evaluate` does, and records every
 step: the observation the agent decided on, the clean newest camera frame, the simulator's
 top-down view, the decision (probabilities, value, attention), the safety signals, and the
@@ -23,16 +23,10 @@ from envs.scene import Scene
 
 
 def make_env(scenario: str | Path, backend: str):
-    """The clearlane env of `scenario` on `backend` ("highway-env" or "fast"), rendering clean frames."""
-    from envs.registration import make_env as registry_make_env
+    """The clearlane env (a CameraEnv) of `scenario` on `backend` (envs.backends), rendering clean frames."""
+    from envs.backends import get_backend
 
-    return registry_make_env(scenario, backend, render_mode="rgb_array")
-
-
-def is_fast(env) -> bool:
-    from envs.fast.gym_env import FastDrivingEnv
-
-    return isinstance(env.unwrapped, FastDrivingEnv)
+    return get_backend(backend).make_env(scenario, render_mode="rgb_array")
 
 
 # -- vehicles behind a frame -------------------------------------------------------------------------
@@ -55,58 +49,18 @@ class VehicleFrame:
 
 def vehicle_frame(env) -> VehicleFrame:
     """The vehicles the env's newest frame was rendered from."""
-    inner = env.unwrapped
-    if is_fast(env):
-        from envs.fast.params import VEHICLE
-
-        state = inner.sim.state
-        present = state.present[0].cpu().numpy()  # (N,) bool, column 0 the ego
-        columns = np.flatnonzero(present)
-        x, y, heading, speed = (values[0].detach().cpu().double().numpy()[columns]
-                                for values in (state.x, state.y, state.heading, state.speed))
-        scene = Scene(np.stack([x, y], axis=1), heading, speed, np.full(len(columns), VEHICLE.length),
-                      np.full(len(columns), VEHICLE.width))
-        return VehicleFrame(scene, columns.astype(np.int64))
-    from envs.scene import snapshot
-
-    road, ego = inner.sim.road, inner.sim.vehicle
-    movers = [ego] + [vehicle for vehicle in road.vehicles if vehicle is not ego] + list(road.objects)  # snapshot's order
-    ids = np.array([0] + [id(obj) for obj in movers[1:]], dtype=np.int64)
-    return VehicleFrame(snapshot(road, ego), ids)
+    inner = env.unwrapped  # a CameraEnv (envs.backends)
+    return VehicleFrame(inner.scene(), inner.vehicle_ids())
 
 
 class FrameRenderer:
-    """Re-renders a clean camera frame (H, W, 3) uint8 from a Scene, with the env's own camera.
-
-    On highway-env: the env's camera and the road map of its current road. On the fast backend: a
-    BatchedBevCamera of its own (the simulator's keeps scratch buffers that must not be shared)."""
+    """Re-renders a clean camera frame (H, W, 3) uint8 from a Scene, with the env's own camera."""
 
     def __init__(self, env) -> None:
-        inner = env.unwrapped
-        self.fast = is_fast(env)
-        if self.fast:
-            from envs.fast.camera import BatchedBevCamera
-
-            self.camera = BatchedBevCamera(inner.scenario.camera.bev, inner.sim.traffic.lanes_count, "cpu")
-        else:
-            self.camera = inner.camera
-        self._env = inner
+        self._env = env.unwrapped  # a CameraEnv (envs.backends)
 
     def render(self, scene: Scene) -> np.ndarray:
-        if self.fast:
-            import torch
-
-            def row(values: np.ndarray) -> torch.Tensor:
-                return torch.as_tensor(values, dtype=torch.float64)[None]  # (1, N)
-
-            present = torch.ones((1, len(scene.speeds)), dtype=torch.bool)
-            frames = self.camera.render(row(scene.positions[:, 0]), row(scene.positions[:, 1]), row(scene.headings),
-                                        row(scene.lengths), row(scene.widths), present)  # (1, 3, H, W)
-            return frames[0].permute(1, 2, 0).numpy().copy()
-        from envs.road_map import build_road_map
-
-        road_map = build_road_map(self._env.sim.road.network, self.camera.map_pixels_per_meter)  # cached per road
-        return self.camera.render(road_map, scene)
+        return self._env.render_scene(scene)
 
     def render_stack(self, scenes: list[Scene]) -> np.ndarray:
         """Scenes of the stacked frames (oldest first) -> (3 * stack, H, W) uint8, the observation's layout."""

@@ -93,6 +93,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         self.episode_seed: int | None = None
         self.action_type = FastMetaActions(self.sim)  # what rule-based policies read, as on highway-env
         self._top_down_camera: BatchedBevCamera | None = None
+        self._scene_camera: BatchedBevCamera | None = None  # render_scene's, built on first use
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -133,6 +134,25 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
     def scene(self) -> Scene:
         """The current vehicles as envs.scene.Scene (row 0 the ego), for ground truth and tools."""
         return scenes_of(self.sim.state, [0])[0]
+
+    def vehicle_ids(self) -> np.ndarray:
+        """(N,) int64: one id per row of `scene()`, the vehicle's column in the state (0 = the ego),
+        which it keeps through the episode."""
+        return np.flatnonzero(self.sim.state.present[0].cpu().numpy()).astype(np.int64)
+
+    def render_scene(self, scene: Scene) -> np.ndarray:
+        """(H, W, 3) uint8: the camera's frame of another scene, e.g. the same instant without one
+        vehicle. A camera of its own: the simulator's keeps scratch buffers of its batch."""
+        if self._scene_camera is None:
+            self._scene_camera = BatchedBevCamera(self.scenario.camera.bev, self.sim.traffic.lanes_count, "cpu")
+
+        def row(values: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(values, dtype=torch.float64)[None]  # (1, N)
+
+        present = torch.ones((1, len(scene.speeds)), dtype=torch.bool)
+        frames = self._scene_camera.render(row(scene.positions[:, 0]), row(scene.positions[:, 1]),
+                                           row(scene.headings), row(scene.lengths), row(scene.widths), present)
+        return frames[0].permute(1, 2, 0).numpy().copy()  # (1, 3, H, W) -> (H, W, 3)
 
     def _observation(self) -> np.ndarray:
         return self.sim.observation()[0].cpu().numpy().copy()
