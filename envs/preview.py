@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,11 @@ from envs.backends import CameraEnv, backend_of, get_backend
 from envs.driving_env import with_camera_view
 from envs.files import atomic_write
 from envs.policies import action_indexes, make_policy
+from envs.video import VIDEO_SUFFIXES, write_video
 from scenarios import Scenario, load_scenario
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".gif")
 CAMERA_CAPTION = "camera (what the agent sees)"
 PREVIEW_POLICY = "lane-changing"
 
@@ -69,7 +69,7 @@ def write_preview(
     Returns the path written.
     """
     out = Path(out)
-    suffix = _video_suffix(out)
+    _check_video_name(out)  # before any work: the preview's own message
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive integer or None, got {steps!r}")
     if fps is not None and not (fps > 0 and math.isfinite(fps)):
@@ -79,7 +79,7 @@ def write_preview(
     try:
         fps = fps or float(env.metadata["render_fps"])
         # Frames stream into the writer: a long preview never sits in memory as a whole.
-        atomic_write(out, lambda tmp: _write_video(tmp, _episode_frames(env, seed, steps), fps, suffix))
+        write_video(out, _episode_frames(env, seed, steps), fps, fill=_BACKGROUND)
     finally:
         env.close()
     logger.debug("preview of %s at %.3g fps -> %s", env.scenario.name, fps, out)
@@ -148,14 +148,12 @@ def _make_env(scenario: str | Path | Scenario, camera: str | None, backend: str)
     return simulator.make_env(_scenario(scenario, camera), render_mode="rgb_array")
 
 
-def _video_suffix(out: Path) -> str:
-    suffix = out.suffix.lower()
-    if suffix not in VIDEO_SUFFIXES:
+def _check_video_name(out: Path) -> None:
+    if out.suffix.lower() not in VIDEO_SUFFIXES:
         raise ValueError(
             f"cannot write a preview to {out.name!r}: the file name must end in one of "
             f"{', '.join(VIDEO_SUFFIXES)} (e.g. preview.mp4)"
         )
-    return suffix
 
 
 def _episode_frames(env: gym.Env, seed: int, steps: int | None) -> Iterator[np.ndarray]:
@@ -210,30 +208,5 @@ def _text_width(text: str) -> int:
 
 def _put(frame: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int] = _TEXT) -> None:
     cv2.putText(frame, text, (x, y), _FONT, _FONT_SCALE, color, 1, cv2.LINE_AA)
-
-
-def _pad_even(frame: np.ndarray) -> np.ndarray:
-    """Pad the bottom/right edge by one background pixel where a side is odd."""
-    pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
-    if not (pad_h or pad_w):
-        return frame
-    return cv2.copyMakeBorder(frame, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=_BACKGROUND)
-
-
-def _write_video(path: Path, frames: Iterable[np.ndarray], fps: float, suffix: str) -> None:
-    if suffix == ".mp4":
-        writer = imageio.get_writer(
-            path, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-            pixelformat="yuv420p", macro_block_size=1, quality=7,
-        )
-        frames = map(_pad_even, frames)  # yuv420p needs even width and height
-    else:
-        # GIF frame duration [ms]; loop=0 repeats forever.
-        writer = imageio.get_writer(path, format="GIF", mode="I", duration=1000.0 / fps, loop=0)
-    try:
-        for frame in frames:
-            writer.append_data(frame)
-    finally:
-        writer.close()
 
 

@@ -22,7 +22,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import imageio.v2 as imageio
 import numpy as np
@@ -36,6 +35,7 @@ from agents.explain.shapley import (NSAMPLES, KeyframeCache, ShapExplainer, file
 from agents.explain.vehicles import vehicle_reasons
 from envs.files import atomic_write
 from envs.progress import progress_bar
+from envs.video import write_video
 
 logger = logging.getLogger(__name__)
 
@@ -53,30 +53,6 @@ class ReplayResult:
     seconds: float = 0.0
     shap_seconds: list[float] = field(default_factory=list)  # per computed (not cached) keyframe
     cache_hits: int = 0
-
-
-# -- video files -------------------------------------------------------------------------------------
-
-
-def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> Path:
-    """Frames (h, w, 3) uint8 RGB (even sizes) -> `path` atomically: .mp4 as H.264 yuv420p, .gif via Pillow."""
-    suffix = path.suffix.lower()
-    if suffix not in (".mp4", ".gif"):
-        raise ValueError(f"a replay video must end in .mp4 or .gif, got {path.name!r}")
-
-    def write(tmp: Path) -> None:
-        if suffix == ".mp4":
-            writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                        pixelformat="yuv420p", macro_block_size=1, quality=7)
-        else:
-            writer = imageio.get_writer(tmp, format="GIF", mode="I", duration=1000.0 / fps, loop=0)
-        try:
-            for frame in frames:
-                writer.append_data(frame)
-        finally:
-            writer.close()
-
-    return atomic_write(path, write)
 
 
 def check_out_dir(out: Path) -> Path:
