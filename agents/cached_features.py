@@ -54,18 +54,29 @@ def rollout_features(policy: ActorCriticPolicy, observations: np.ndarray, batch:
 
 
 @contextmanager
-def features_in_place_of_frames(policy: ActorCriticPolicy, buffer: RolloutBuffer) -> Iterator[None]:
-    """Within the block, `buffer` holds the features and `policy` reads features; both restored after."""
-    features = rollout_features(policy, buffer.observations)
-    saved = (buffer.observations, policy.features_extractor, policy.observation_space, policy.normalize_images)
+def policy_reads_features(policy: ActorCriticPolicy, feature_shape: tuple[int, ...]) -> Iterator[None]:
+    """Within the block, `policy` reads features of `feature_shape` (its extractor is an identity and
+    it does not divide by 255); its extractor, observation space and normalisation are restored after."""
+    saved = (policy.features_extractor, policy.observation_space, policy.normalize_images)
     try:
-        buffer.observations = features
         policy.features_extractor = nn.Identity()
-        policy.observation_space = spaces.Box(-np.inf, np.inf, features.shape[2:], np.float32)
+        policy.observation_space = spaces.Box(-np.inf, np.inf, tuple(feature_shape), np.float32)
         policy.normalize_images = False
         yield
     finally:
-        frames, policy.features_extractor, policy.observation_space, policy.normalize_images = saved
+        policy.features_extractor, policy.observation_space, policy.normalize_images = saved
+
+
+@contextmanager
+def features_in_place_of_frames(policy: ActorCriticPolicy, buffer: RolloutBuffer) -> Iterator[None]:
+    """Within the block, `buffer` holds the features and `policy` reads features; both restored after."""
+    features = rollout_features(policy, buffer.observations)
+    frames = buffer.observations
+    try:
+        buffer.observations = features
+        with policy_reads_features(policy, features.shape[2:]):
+            yield
+    finally:
         # RolloutBuffer.get flattens its arrays to (n_steps * n_envs, ...) once and marks it: keep the frames in step
         buffer.observations = buffer.swap_and_flatten(frames) if buffer.generator_ready else frames
 
