@@ -70,15 +70,15 @@ def policy_reads_features(policy: ActorCriticPolicy, feature_shape: tuple[int, .
 @contextmanager
 def features_in_place_of_frames(policy: ActorCriticPolicy, buffer: RolloutBuffer) -> Iterator[None]:
     """Within the block, `buffer` holds the features and `policy` reads features; both restored after."""
-    features = rollout_features(policy, buffer.observations)
-    frames = buffer.observations
+    frames, flat = buffer.observations, buffer.generator_ready  # flat: get() already made them (N, C, H, W)
+    features = rollout_features(policy, frames[:, None] if flat else frames)  # (T, n_envs, F) or (N, 1, F)
     try:
-        buffer.observations = features
+        buffer.observations = features[:, 0] if flat else features
         with policy_reads_features(policy, features.shape[2:]):
             yield
     finally:
         # RolloutBuffer.get flattens its arrays to (n_steps * n_envs, ...) once and marks it: keep the frames in step
-        buffer.observations = buffer.swap_and_flatten(frames) if buffer.generator_ready else frames
+        buffer.observations = buffer.swap_and_flatten(frames) if buffer.generator_ready and not flat else frames
 
 
 class CachedFeaturesPPO(PPO):

@@ -17,6 +17,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
 from agents.cached_features import CachedFeaturesPPO, policy_reads_features
+from agents.callbacks import SafetyCallback
 from agents.config import RunConfig, load_agent_config
 from agents.device_rollout import DevicePPO, DeviceRolloutBuffer, act, predict_values
 from agents.policy import PerceptionPolicy
@@ -155,6 +156,18 @@ def test_heads_mirror_the_policy_forward():
     assert torch.equal(values, model.policy.predict_values(frames))
 
 
+class RecordedSafety(SafetyCallback):
+    """The project's SafetyCallback, unchanged; keeps each rollout's episode summaries before logging them."""
+
+    def __init__(self) -> None:
+        super().__init__(route_length_m=1000.0)
+        self.summaries: list[list[dict[str, float]]] = []
+
+    def log_finished(self) -> None:
+        self.summaries.append(copy.deepcopy(self.finished))
+        super().log_finished()
+
+
 class Recorder(BaseCallback):
     """Every step's dones, rewards and safety infos; every rollout's buffer, in SB3's (n_steps, n_envs) layout."""
 
@@ -182,11 +195,11 @@ class Recorder(BaseCallback):
 
 
 def test_learn_gives_cached_features_ppo_s_rollouts_and_saves_plain_ppo(short_scenario, tmp_path):
-    runs, recorders = {}, {}
+    runs, recorders, monitors = {}, {}, {}
     for algorithm in (CachedFeaturesPPO, DevicePPO):  # one after the other: each seeds the global RNGs when built
         model = make_agent(algorithm, VecMonitor(FastVecEnv(short_scenario, N_ENVS)))
-        recorders[algorithm] = recorder = Recorder()
-        model.learn(total_timesteps=2 * N_ENVS * N_STEPS, callback=recorder)  # two rollouts, two updates
+        recorder, monitor = recorders[algorithm], monitors[algorithm] = Recorder(), RecordedSafety()
+        model.learn(total_timesteps=2 * N_ENVS * N_STEPS, callback=[recorder, monitor])  # two rollouts, two updates
         runs[algorithm] = model
     ours, theirs = recorders[DevicePPO], recorders[CachedFeaturesPPO]
     assert isinstance(runs[DevicePPO].rollout_buffer, DeviceRolloutBuffer)
@@ -199,6 +212,9 @@ def test_learn_gives_cached_features_ppo_s_rollouts_and_saves_plain_ppo(short_sc
         np.testing.assert_array_equal(rewards, expected[1])
         assert safety == expected[2] and timeouts == expected[3] and seeds == expected[4]
     assert any(True in timeouts for _, _, _, timeouts, _ in ours.steps)  # time-outs were bootstrapped
+    # SafetyCallback (agents/callbacks.py) sums up the same episodes
+    assert monitors[DevicePPO].episodes == monitors[CachedFeaturesPPO].episodes > 0
+    assert monitors[DevicePPO].summaries == monitors[CachedFeaturesPPO].summaries
 
     # The rollouts: same actions, values, log-probs and rewards (time-outs bootstrapped). Rollout 0 is
     # bit-equal but for bootstrapped rewards (V(terminal frame): one batch here, one frame at a time in
@@ -266,3 +282,14 @@ def test_packed_host_copy_keeps_kinds_and_values():
                "gap": torch.tensor([0.1, -2.5e7], dtype=torch.float32)}
     assert host_columns(columns, packed=True) == host_columns(columns, packed=False)
     assert [type(v[0]) for v in host_columns(columns, packed=True).values()] == [bool, int, float]
+
+
+def test_cached_features_ppo_can_update_twice_on_one_rollout():
+    """SB3's train may read a buffer that get() already flattened (the benchmark profiles a second update)."""
+    model = make_agent(CachedFeaturesPPO, FastVecEnv(load_scenario("highway"), 2))
+    model.learn(total_timesteps=2 * N_STEPS)
+    assert model.rollout_buffer.generator_ready
+    before = parameters(model)
+    model.train()
+    assert model.rollout_buffer.observations.shape == (2 * N_STEPS, 9, 96, 48)  # frames, flat as get() left them
+    assert any(not torch.equal(before[name], value) for name, value in parameters(model).items())
