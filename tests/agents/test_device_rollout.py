@@ -256,13 +256,25 @@ def test_learn_gives_cached_features_ppo_s_rollouts_and_saves_plain_ppo(short_sc
     assert agent.num_timesteps == 2 * N_ENVS * N_STEPS
 
 
-def test_learning_continues_on_the_device_across_learn_calls(short_scenario):
+def test_learning_continues_on_the_device_and_runs_the_student_once_per_sample(short_scenario):
     model = make_agent(DevicePPO, VecMonitor(FastVecEnv(short_scenario, 4)))
     model.learn(total_timesteps=4 * N_STEPS)
     observations = model._last_obs
     assert isinstance(observations, torch.Tensor) and observations.dtype == torch.uint8
-    model.learn(total_timesteps=4 * N_STEPS, reset_num_timesteps=False)
+
+    frames, timeouts = [], []
+    model.policy.features_extractor.register_forward_hook(lambda module, inputs, output: frames.append(len(inputs[0])))
+
+    class Timeouts(BaseCallback):
+        def _on_step(self) -> bool:
+            timeouts.append(sum(bool(info.get("TimeLimit.truncated")) for info in self.locals["infos"]))
+            return True
+
+    model.learn(total_timesteps=4 * N_STEPS, reset_num_timesteps=False, callback=Timeouts())
     assert model.num_timesteps == 2 * 4 * N_STEPS and model._n_updates == 2 * EPOCHS
+    # each new observation once (the first ones were read at the end of the last rollout), and the
+    # terminal observations of time-outs (bootstrapping); never again in train()
+    assert sum(frames) == 4 * N_STEPS + sum(timeouts) and sum(timeouts) > 0
 
 
 @pytest.mark.filterwarnings("ignore:You have specified a mini-batch size")
