@@ -11,7 +11,8 @@ CUDA before the clock is read. Hyperparameters are the `fast:` block of agents/d
 n_steps. Counts come from torch.profiler, per call: one simulator step (all B envs, host
 conversions included: what the trainer calls), one policy forward (features + heads + sampling)
 and one PPO minibatch update (an epoch's update divided by its minibatches; on the host path that
-includes re-running the student over the buffer).
+includes re-running the student over the buffer). "host infos ms/step" is what the device path
+still spends on the host per step: the packed copy of the step's columns and B info dicts.
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ def count_ops(device: torch.device, work: Callable[[], Any]) -> int:
         work()
         synchronize(device)
     events = profiler.events()
-    if device.type == "cuda":
-        return sum(1 for event in events if event.device_type == torch.autograd.DeviceType.CUDA)
+    if device.type == "cuda":  # device-side activities: kernels, and memcpy / memset
+        on_device = sum(1 for event in events if event.device_type == torch.autograd.DeviceType.CUDA)
+        return on_device or sum(len(event.kernels) for event in events)  # older profilers attach them to CPU events
     return sum(1 for event in events if event.name.startswith("aten::"))
 
 
@@ -114,6 +116,12 @@ def op_counts(model, path: str, device: torch.device) -> dict[str, float]:
 
         forward = lambda: act(policy, policy.extract_features(observations.to(model.device)))  # noqa: E731
     counts = {"sim_step": count_ops(device, step)}
+    if path == "device":  # what the host still does per step: one packed copy, then B info dicts
+        synchronize(device)
+        began = time.perf_counter()
+        for _ in range(5):
+            fast.host_results(fast.last_step)
+        counts["host_infos_ms"] = (time.perf_counter() - began) / 5 * 1e3
     observations = fast.observe_tensor()  # the step moved the frame stack on
     with torch.no_grad():
         counts["policy_forward"] = count_ops(device, forward)
@@ -174,12 +182,12 @@ def run(device_name: str, n_envs: Sequence[int], steps: int | None, n_steps: int
                         f"n_steps {n_steps}, batch {defaults.batch_size}, {defaults.n_epochs} epochs")
     unit = "kernels" if device.type == "cuda" else "aten ops"
     for column in ("envs", "path", "env steps/s", "x host", "rollout steps/s", "update s",
-                   f"{unit}/sim step", f"{unit}/forward", f"{unit}/minibatch"):
+                   f"{unit}/sim step", f"{unit}/forward", f"{unit}/minibatch", "host infos ms/step"):
         table.add_column(column, justify="right")
     host_speed = {r["n_envs"]: r["env_steps_per_s"] for r in results if r["path"] == "host" and "skipped" not in r}
     for r in results:
         if "skipped" in r:
-            table.add_row(str(r["n_envs"]), r["path"], "skipped", "", "", "", "", "", "")
+            table.add_row(str(r["n_envs"]), r["path"], "skipped", *[""] * 7)
             continue
         ops = r.get("ops_per_call", {})
         speedup = r["env_steps_per_s"] / host_speed[r["n_envs"]] if r["n_envs"] in host_speed else None
@@ -187,6 +195,7 @@ def run(device_name: str, n_envs: Sequence[int], steps: int | None, n_steps: int
             str(r["n_envs"]), r["path"], f"{r['env_steps_per_s']:,.0f}", "" if speedup is None else f"{speedup:.2f}",
             f"{r['rollout_env_steps_per_s']:,.0f}", f"{r['update_seconds']:.2f}",
             *(f"{ops[key]:,.0f}" if key in ops else "" for key in ("sim_step", "policy_forward", "minibatch_update")),
+            f"{ops['host_infos_ms']:.2f}" if "host_infos_ms" in ops else "",
         )
     console.print(table)
     if out is not None:
