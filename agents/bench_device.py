@@ -25,7 +25,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
