@@ -54,20 +54,31 @@ def rollout_features(policy: ActorCriticPolicy, observations: np.ndarray, batch:
 
 
 @contextmanager
-def features_in_place_of_frames(policy: ActorCriticPolicy, buffer: RolloutBuffer) -> Iterator[None]:
-    """Within the block, `buffer` holds the features and `policy` reads features; both restored after."""
-    features = rollout_features(policy, buffer.observations)
-    saved = (buffer.observations, policy.features_extractor, policy.observation_space, policy.normalize_images)
+def policy_reads_features(policy: ActorCriticPolicy, feature_shape: tuple[int, ...]) -> Iterator[None]:
+    """Within the block, `policy` reads features of `feature_shape` (its extractor is an identity and
+    it does not divide by 255); its extractor, observation space and normalisation are restored after."""
+    saved = (policy.features_extractor, policy.observation_space, policy.normalize_images)
     try:
-        buffer.observations = features
         policy.features_extractor = nn.Identity()
-        policy.observation_space = spaces.Box(-np.inf, np.inf, features.shape[2:], np.float32)
+        policy.observation_space = spaces.Box(-np.inf, np.inf, tuple(feature_shape), np.float32)
         policy.normalize_images = False
         yield
     finally:
-        frames, policy.features_extractor, policy.observation_space, policy.normalize_images = saved
+        policy.features_extractor, policy.observation_space, policy.normalize_images = saved
+
+
+@contextmanager
+def features_in_place_of_frames(policy: ActorCriticPolicy, buffer: RolloutBuffer) -> Iterator[None]:
+    """Within the block, `buffer` holds the features and `policy` reads features; both restored after."""
+    frames, flat = buffer.observations, buffer.generator_ready  # flat: get() already made them (N, C, H, W)
+    features = rollout_features(policy, frames[:, None] if flat else frames)  # (T, n_envs, F) or (N, 1, F)
+    try:
+        buffer.observations = features[:, 0] if flat else features
+        with policy_reads_features(policy, features.shape[2:]):
+            yield
+    finally:
         # RolloutBuffer.get flattens its arrays to (n_steps * n_envs, ...) once and marks it: keep the frames in step
-        buffer.observations = buffer.swap_and_flatten(frames) if buffer.generator_ready else frames
+        buffer.observations = buffer.swap_and_flatten(frames) if buffer.generator_ready and not flat else frames
 
 
 class CachedFeaturesPPO(PPO):

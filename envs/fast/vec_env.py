@@ -4,11 +4,19 @@ All B envs step in one call. SB3's contract is kept: a finished env is reset at 
 observation moves to `info["terminal_observation"]`, `info["TimeLimit.truncated"]` marks time-outs,
 and every info carries the step's `safety` signals (what SafetyCallback aggregates) and the
 episode seed. `seed(s)` gives env i the seed s + i for its next episode.
+
+`step_tensors` is the step itself, auto-reset included, on the simulator's device; `step_wait`
+turns its result into SB3's NumPy arrays and infos. A trainer that keeps its rollouts on the device
+(agents/device_rollout.py) calls `step_async_on_device`: the next `step_wait` then returns the
+observations as a device tensor (and terminal observations as device tensors in the infos), while
+rewards, dones and infos are the same host values as always, so VecMonitor and callbacks work as
+they are; the device tensors of that step are in `last_step`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -22,11 +30,53 @@ from scenarios import Scenario
 ACTIONS = 5  # DiscreteMetaAction: LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER
 
 
+def host_columns(columns: dict[str, torch.Tensor], packed: bool | None = None) -> dict[str, list]:
+    """{name: (B,) tensor} -> {name: B Python scalars of the tensor's kind (bool, int or float)}.
+
+    packed (default: when the tensors are not on the CPU): copy all columns to the host in ONE
+    transfer, as float64 (exact for float32, bool and integers below 2**53: seeds, lanes, counts),
+    instead of one synchronising copy per column (~15 per step on CUDA)."""
+    if not columns:
+        return {}
+    first = next(iter(columns.values()))
+    if packed is None:
+        packed = first.device.type != "cpu"
+    if not packed:
+        return {name: value.cpu().tolist() for name, value in columns.items()}
+    host = torch.stack([value.to(torch.float64) for value in columns.values()]).cpu()  # (columns, B), one copy
+    lists = {}
+    for (name, value), row in zip(columns.items(), host):
+        if value.dtype == torch.bool:
+            lists[name] = row.bool().tolist()
+        elif value.dtype.is_floating_point:
+            lists[name] = row.to(value.dtype).tolist()  # float32 -> float64 -> float32: exact
+        else:
+            lists[name] = row.to(torch.int64).tolist()
+    return lists
+
+
 def signal_rows(signals: dict[str, torch.Tensor]) -> list[dict[str, float | bool | int]]:
     """{name: (B,) tensor} -> B dicts of Python scalars, converting each tensor once."""
-    columns = {name: value.cpu().tolist() for name, value in signals.items()}
+    return rows_of(host_columns(signals))
+
+
+def rows_of(columns: dict[str, list]) -> list[dict[str, Any]]:
+    """{name: B values} -> B dicts {name: value}."""
     names = list(columns)
     return [dict(zip(names, row)) for row in zip(*columns.values())]
+
+
+@dataclass(frozen=True)
+class FastStep:
+    """One step of every env, after the auto-reset, as tensors on the simulator's device."""
+
+    rewards: torch.Tensor  # (B,) float32 highway-env's normalised reward of the step
+    dones: torch.Tensor  # (B,) bool: the episode ended (crash or time-out) and the env was reset
+    time_limit: torch.Tensor  # (B,) bool: ended by the time limit alone (SB3's TimeLimit.truncated)
+    signals: dict[str, torch.Tensor]  # each (B,): the step's safety signals (envs.fast.signals)
+    episode_seeds: torch.Tensor  # (B,) int64: the seed of the episode each env just stepped
+    finished: torch.Tensor  # (E,) int64: the envs that ended, ascending
+    terminal: Any  # their last observations, (E, ...): what `terminal_observations` made of them
 
 
 class FastVecEnv(VecEnv):
@@ -41,6 +91,8 @@ class FastVecEnv(VecEnv):
         super().__init__(num_envs, observation_space, gym.spaces.Discrete(ACTIONS))
         self.seeds = EpisodeSeeds(num_envs, self.sim.device)
         self._actions = torch.zeros(num_envs, dtype=torch.long)
+        self._on_device = False  # the next step_wait returns device observations (step_async_on_device)
+        self.last_step: FastStep | None = None  # the tensors of the latest step
 
     # -- VecEnv API ------------------------------------------------------------------------------
     def reset(self) -> np.ndarray:
@@ -60,39 +112,83 @@ class FastVecEnv(VecEnv):
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = torch.as_tensor(np.asarray(actions).reshape(self.num_envs), dtype=torch.long)
+        self._on_device = False
+
+    def step_async_on_device(self, actions: torch.Tensor) -> None:
+        """Like step_async, for (B,) integer actions on any device; the next `step_wait` returns the
+        observations (and the infos' terminal observations) as tensors on the simulator's device."""
+        self._actions = actions.reshape(self.num_envs).to(self.sim.device, torch.long)
+        self._on_device = True
 
     def step_wait(self):
-        result = self.sim.step(self._actions)
-        done = result.terminated | result.truncated
-        infos: list[dict[str, Any]] = [{"safety": signals} for signals in signal_rows(result.signals)]
-        episode_seeds = self.sim.episode_seeds.tolist()
-        time_limit = (result.truncated & ~result.terminated).tolist()
-        for i, info in enumerate(infos):
-            info["episode_seed"] = episode_seeds[i]
-        finished = done.nonzero(as_tuple=True)[0]
+        on_device, self._on_device = self._on_device, False
+        terminal = self.observe_rows_tensor if on_device else self.observe_rows  # (E,) rows -> (E, ...)
+        step = self.last_step = self.step_tensors(self._actions, terminal)
+        rewards, dones, infos = self.host_results(step)
+        # No copy: the next step leaves these frames as they are (FastHighway.observation),
+        # and SB3 copies them into its buffers by then.
+        return (self.observe_tensor() if on_device else self.observe()), rewards, dones, infos
+
+    def step_tensors(self, actions: torch.Tensor,
+                     terminal_observations: Callable[[torch.Tensor], Any] | None = None) -> FastStep:
+        """Step every env with (B,) int64 `actions`, reset the finished ones (the one auto-reset of
+        this backend), and return the step as device tensors.
+
+        terminal_observations: (E,) rows -> their last observations, read before the reset
+        (default: `observe_rows_tensor`). One host synchronisation: the finished rows."""
+        result = self.sim.step(actions)
+        done = result.terminated | result.truncated  # (B,) bool
+        episode_seeds = self.sim.episode_seeds.clone()  # (B,) the episodes just stepped, before resets renumber them
+        finished = done.nonzero(as_tuple=True)[0]  # (E,) synchronises: the resets need the rows
+        terminal = None
         if finished.numel():
-            terminal = self.observe_rows(finished)  # a copy, kept by SB3
-            for k, i in enumerate(finished.tolist()):
-                infos[i]["terminal_observation"] = terminal[k]
-                infos[i]["TimeLimit.truncated"] = time_limit[i]
+            terminal = (terminal_observations or self.observe_rows_tensor)(finished)  # a copy, kept by SB3
             self.sim.reset(finished, self.seeds.next(finished))
-        return (
-            # No copy: the next step leaves these frames as they are (FastHighway.observation),
-            # and SB3 copies them into its buffers by then.
-            self.observe(),
-            result.reward.cpu().numpy().astype(np.float32),
-            done.cpu().numpy(),
-            infos,
+        return FastStep(
+            rewards=result.reward.to(torch.float32), dones=done, time_limit=result.truncated & ~result.terminated,
+            signals=result.signals, episode_seeds=episode_seeds, finished=finished, terminal=terminal,
         )
+
+    def host_results(self, step: FastStep) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """SB3's (rewards (B,) float32, dones (B,) bool, infos) of a step, from one host copy of
+        its columns; `info["terminal_observation"]` is a row of `step.terminal`."""
+        columns = host_columns({
+            "reward": step.rewards, "done": step.dones, "time_limit": step.time_limit,
+            "episode_seed": step.episode_seeds, **{f"safety.{name}": value for name, value in step.signals.items()},
+        })
+        reward, done, time_limit, seeds = (columns.pop(key) for key in ("reward", "done", "time_limit", "episode_seed"))
+        signals = rows_of({name.removeprefix("safety."): values for name, values in columns.items()})
+        infos: list[dict[str, Any]] = [{"safety": row, "episode_seed": seed} for row, seed in zip(signals, seeds)]
+        for k, i in enumerate(i for i, ended in enumerate(done) if ended):
+            infos[i]["terminal_observation"] = step.terminal[k]
+            infos[i]["TimeLimit.truncated"] = time_limit[i]
+        return np.asarray(reward, dtype=np.float32), np.asarray(done, dtype=bool), infos
 
     # -- what the agent sees; a subclass may observe something else of the same states -----------
     def observe(self) -> np.ndarray:
         """(B, 3 * stack, H, W) uint8 camera observations of every env: a view, valid through the next step."""
-        return self.sim.observation().cpu().numpy()
+        return self.observe_tensor().cpu().numpy()
 
     def observe_rows(self, rows: torch.Tensor) -> np.ndarray:
         """A copy of the observations of the envs `rows` ((E,) int64): terminal observations, kept by SB3."""
-        return self.sim.observations_of(rows).cpu().numpy()
+        return self.observe_rows_tensor(rows).cpu().numpy()
+
+    def observe_tensor(self) -> torch.Tensor:
+        """`observe` on the simulator's device: (B, 3 * stack, H, W) uint8, a view, valid through the next step.
+        A subclass that observes something else overrides this too, or `on_device_observations` is False."""
+        return self.sim.observation()
+
+    def observe_rows_tensor(self, rows: torch.Tensor) -> torch.Tensor:
+        """`observe_rows` on the simulator's device: (E, 3 * stack, H, W) uint8, a copy."""
+        return self.sim.observations_of(rows)
+
+    @property
+    def on_device_observations(self) -> bool:
+        """Whether `observe_tensor` shows what `observe` shows (a subclass may override only the NumPy pair)."""
+        cls = type(self)
+        numpy_pair = (cls.observe, cls.observe_rows) == (FastVecEnv.observe, FastVecEnv.observe_rows)
+        tensor_pair = (cls.observe_tensor, cls.observe_rows_tensor) != (FastVecEnv.observe_tensor, FastVecEnv.observe_rows_tensor)
+        return numpy_pair or tensor_pair
 
     def close(self) -> None:
         return None
