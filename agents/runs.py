@@ -187,13 +187,16 @@ def build_agent(config: RunConfig, run_dir: Path, env, device: str, seed: int | 
     """A fresh SB3 PPO or A2C for `config` on `env` (a VecEnv), perception weights from the run folder.
 
     PPO is `CachedFeaturesPPO`: SB3's PPO, which reads a frozen student's features once per rollout
-    instead of once per epoch; it saves and loads as plain PPO."""
+    instead of once per epoch, or with `training.device_rollout` its `DevicePPO`, whose rollouts stay
+    on the device; both save and load as plain PPO."""
     from stable_baselines3 import A2C
 
     from agents.cached_features import CachedFeaturesPPO
+    from agents.device_rollout import DevicePPO
     from agents.policy import PerceptionPolicy
 
-    algorithm = {"ppo": CachedFeaturesPPO, "a2c": A2C}[config.algo]
+    ppo = DevicePPO if config.training.device_rollout else CachedFeaturesPPO
+    algorithm = {"ppo": ppo, "a2c": A2C}[config.algo]
     params = dataclasses.asdict(config.algo_params)
     perception = run_dir / PERCEPTION_FILE
     model = algorithm(

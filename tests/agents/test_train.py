@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import math
 import zipfile
 from pathlib import Path
 
@@ -428,3 +429,30 @@ def test_a_resumed_logger_purges_what_the_lost_session_logged_after_the_checkpoi
     resumed.close()
     assert read_scalars(tmp_path)["rollout/x"] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0),
                                                    (5, 105.0), (6, 106.0), (7, 107.0)]
+
+
+def test_device_rollout_trains_saves_resumes_and_evaluates(tiny, tmp_path, monkeypatch):
+    """`training.device_rollout: true` builds DevicePPO (agents/device_rollout.py), which takes its
+    device path on the fast backend; its run folder is an ordinary one for --resume and evaluate."""
+    from agents.device_rollout import DevicePPO, DeviceRolloutBuffer
+    from agents.evaluate import evaluate_run
+
+    config = tmp_path / "device.yaml"
+    settings = yaml.safe_load(tiny.config.read_text())
+    settings["training"]["device_rollout"] = True
+    config.write_text(yaml.safe_dump(settings))
+    models = []
+    original = DevicePPO.collect_rollouts
+
+    def spy(self, *args, **kwargs):
+        models.append((type(self), type(self.rollout_buffer)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DevicePPO, "collect_rollouts", spy)
+    result = train(options(tiny, backend="fast", n_envs=4, timesteps=128, name="on-device", config=config))
+    assert models and set(models) == {(DevicePPO, DeviceRolloutBuffer)}
+    assert read_run_config(result.run_dir).training.device_rollout is True
+    resumed = train(options(tiny, resume=str(result.run_dir), scenario=None, config=None, backend=None, timesteps=256))
+    assert resumed.start_timesteps == result.num_timesteps and resumed.num_timesteps >= 256
+    report, _ = evaluate_run(result.run_dir, episodes=2, backend="fast")
+    assert report.episodes == 2 and math.isfinite(report.metrics["return"].mean)
