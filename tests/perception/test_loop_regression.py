@@ -19,6 +19,12 @@ from tests.perception.test_distill import TINY_TEACHER, boxes
 from tests.perception.test_training import shortcut_task
 
 REL = 1e-5
+RECORDED_WITH = "2.13.0"  # torch's CPU build of the Makefile: other builds round convolutions differently,
+# and 8 steps of (adversarial) training amplify that past REL (seen with torch 2.11 on the H200 machine)
+pytestmark = pytest.mark.skipif(
+    torch.__version__.split("+")[0] != RECORDED_WITH,
+    reason=f"numbers recorded with torch {RECORDED_WITH} on the CPU; this is torch {torch.__version__}",
+)
 
 
 def _scalars(logdir, prefix: str) -> dict[str, list[float]]:

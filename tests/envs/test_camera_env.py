@@ -1,0 +1,48 @@
+"""The CameraEnv methods explanations rely on (envs.backends): the scene of the newest frame, stable
+vehicle ids, and re-rendering a scene with the env's own camera."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from envs.backends import BACKEND_NAMES, get_backend
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_re_rendering_the_scene_gives_the_clean_frame_and_ids_are_stable(backend):
+    env = get_backend(backend).make_env("highway")
+    try:
+        env.reset(seed=3)
+        first_ids = env.vehicle_ids()
+        for _ in range(3):
+            env.step(1)  # IDLE
+            scene, ids = env.scene(), env.vehicle_ids()
+            assert ids[0] == 0 and len(ids) == len(scene.speeds) == len(set(ids.tolist()))
+            assert np.array_equal(env.render_scene(scene), env.clean_frame)
+        assert set(ids.tolist()) <= set(first_ids.tolist())  # the same vehicles keep their ids
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_a_scene_without_a_vehicle_renders_without_its_pixels(backend):
+    from envs.scene import Scene
+
+    env = get_backend(backend).make_env("highway")
+    try:
+        env.reset(seed=3)
+        scene = env.scene()
+        keep = np.ones(len(scene.speeds), dtype=bool)
+        keep[1] = False  # the first other vehicle
+        fewer = Scene(scene.positions[keep], scene.headings[keep], scene.speeds[keep], scene.lengths[keep],
+                      scene.widths[keep])
+        with_all, without = env.render_scene(scene), env.render_scene(fewer)
+        assert without.shape == with_all.shape
+        empty = env.render_scene(Scene(scene.positions[:1], scene.headings[:1], scene.speeds[:1], scene.lengths[:1],
+                                       scene.widths[:1]))
+        changed = np.any(with_all != without, axis=2)
+        # whatever changed is where the removed car was drawn: the road-only frame shows there
+        assert np.array_equal(without[changed], empty[changed])
+    finally:
+        env.close()
