@@ -219,35 +219,46 @@ def latest_model(run_dir: Path) -> Path:
     candidates = model_paths(run_dir)
     if not candidates:
         raise _no_model(run_dir)
-    skipped: list[str] = []
+    skipped: list[tuple[str, str]] = []
     for path in candidates:
         try:
             check_model_file(path)
         except ValueError as error:
-            skipped.append(_short(error))
+            skipped.append(_short(error, path, run_dir))
             continue
         _report_skipped(run_dir, path, skipped)
         return path
     raise _nothing_valid(run_dir, skipped)
 
 
-def _short(error: Exception, limit: int = 400) -> str:
-    """An error as one short line (torch's size-mismatch messages span many lines)."""
+def _short(error: Exception, path: Path, run_dir: Path, limit: int = 320) -> tuple[str, str]:
+    """An error about one of the run's model files -> (its name inside the run folder, the rest of
+    the message on one line)."""
     text = " ".join(str(error).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    text = text.removeprefix(str(path))
+    return str(path.relative_to(run_dir)), text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _report_skipped(run_dir: Path, used: Path, skipped: list[str]) -> None:
+def _describe(skipped: list[tuple[str, str]]) -> str:
+    """'model.zip is corrupted ...; checkpoints/step-...zip: the same' (a fault is spelled out once)."""
+    parts, previous = [], None
+    for name, fault in skipped:
+        parts.append(f"{name}: the same" if fault == previous else name + fault)
+        previous = fault
+    return "; ".join(parts)
+
+
+def _report_skipped(run_dir: Path, used: Path, skipped: list[tuple[str, str]]) -> None:
     if skipped:
         log.warning(
-            "skipped %d newer model file(s) of %s: %s; using %s (%s steps)", len(skipped), run_dir, "; ".join(skipped),
+            "skipped %d newer model file(s) of %s: %s; using %s (%s steps)", len(skipped), run_dir, _describe(skipped),
             used.relative_to(run_dir), f"{saved_counters(used)['num_timesteps']:,}",
         )
 
 
-def _nothing_valid(run_dir: Path, skipped: list[str]) -> ValueError:
+def _nothing_valid(run_dir: Path, skipped: list[tuple[str, str]]) -> ValueError:
     return ValueError(
-        f"{run_dir} has no usable model: {'; '.join(skipped)}; restore a good {FINAL_MODEL} or checkpoint, "
+        f"{run_dir} has no usable model: {_describe(skipped)}. Restore a good {FINAL_MODEL} or checkpoint, "
         f"or train the run again (--force to reuse its name)"
     )
 
@@ -339,17 +350,36 @@ def load_newest_agent(config: RunConfig, run_dir: Path, env, device: str, seed: 
     if not candidates:
         raise _no_model(run_dir)
     model = build_agent(config, run_dir, env, device, seed=seed)
-    skipped: list[str] = []
+    skipped: list[tuple[str, str]] = []
     for path in candidates:
         try:
             check_model_file(path)
             _load_weights(model, path, run_dir, device)
         except ValueError as error:
-            skipped.append(_short(error))
+            skipped.append(_short(error, path, run_dir))
             continue
         _report_skipped(run_dir, path, skipped)
         return model, path
     raise _nothing_valid(run_dir, skipped)
+
+
+def _load_fault(error: Exception) -> str:
+    """torch's load_state_dict error ("Error(s) in loading state_dict for X:", then lines that list
+    every missing, unexpected or differently shaped tensor) in a few words, the first tensor named."""
+    faults, mismatches = [], []
+    for line in (line.strip() for line in str(error).splitlines()[1:]):
+        names = re.findall(r'"([^"]+)"', line)
+        if line.startswith("Missing key(s)") and names:
+            faults.append(f"{len(names)} tensor(s) missing, e.g. {names[0]}")
+        elif line.startswith("Unexpected key(s)") and names:
+            faults.append(f"{len(names)} unexpected tensor(s), e.g. {names[0]}")
+        elif match := re.match(r"size mismatch for (\S+): copying a param with shape torch.Size\((\[.*?\])\) "
+                               r"from checkpoint, the shape in current model is torch.Size\((\[.*?\])\)", line):
+            mismatches.append(f"size mismatch for {match[1]}: {match[2]} in the file, {match[3]} in the policy")
+    if mismatches:
+        faults.append(mismatches[0] + (f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""))
+    text = "; ".join(faults) if faults else " ".join(str(error).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _load_weights(model, path: Path, run_dir: Path, device: str) -> None:
@@ -359,13 +389,9 @@ def _load_weights(model, path: Path, run_dir: Path, device: str) -> None:
     try:
         model.set_parameters(str(path), exact_match=True, device=device)
     except (RuntimeError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, pickle.UnpicklingError) as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        # torch: "Error(s) in loading state_dict for X:" then one line per tensor; the first tells enough
-        reason = lines[1] + (f" (and {len(lines) - 2} more)" if len(lines) > 2 else "") if len(lines) > 1 else str(error)
-        reason = reason if len(reason) <= 200 else reason[:197] + "..."
         raise ValueError(
-            f"{path} is not a model of this run's architecture (its tensors do not fit the policy in "
-            f"{run_dir / CONFIG_FILE}: {reason})"
+            f"{path} is not a model of this run's architecture (its tensors do not fit the run's policy: "
+            f"{_load_fault(error)})"
         ) from None
     model.num_timesteps = counters["num_timesteps"]
     # SB3 has no public way to restore its update counter (train/n_updates) without unpickling:

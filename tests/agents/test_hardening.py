@@ -99,8 +99,9 @@ def test_a_model_of_another_architecture_is_one_clear_error_in_evaluate_and_resu
 
     line = cli_error(capsys, "evaluate", "--run", str(run_copy), "--episodes", "1")
     assert f"{run_copy} has no usable model:" in line
-    assert f"{run_copy / 'model.zip'} is not a model of this run's architecture" in line and "size mismatch" in line
-    assert "step-0000000032.zip is not a model of this run's architecture" in line
+    assert "model.zip is not a model of this run's architecture" in line
+    assert "size mismatch for mlp_extractor.policy_net.0.weight: [8, 112] in the file, [16, 112] in the policy (and" in line
+    assert "checkpoints/step-0000000064.zip: the same; checkpoints/step-0000000032.zip: the same" in line
 
     line = cli_error(capsys, "train", "--resume", str(run_copy), "--timesteps", "128")
     assert "has no usable model" in line and "is not a model of this run's architecture" in line
@@ -140,7 +141,9 @@ def test_a_run_whose_every_model_is_damaged_names_each_file(run_copy, capsys):
         path.write_bytes(b"not a zip")
     before = snapshot(run_copy)
     line = cli_error(capsys, "train", "--resume", str(run_copy), "--timesteps", "128")
-    assert line.count("is not a stable-baselines3 model file or is corrupted") == 3
+    assert "model.zip is not a stable-baselines3 model file or is corrupted (File is not a zip file)" in line
+    assert line.endswith("checkpoints/step-0000000032.zip: the same. Restore a good model.zip or checkpoint, or train "
+                         "the run again (--force to reuse its name)")
     assert snapshot(run_copy) == before
 
 
