@@ -6,7 +6,9 @@
 The flow, top to bottom:
 1. resolve the config (agents/defaults.yaml < --config FILE < flags) and check it against the
    scenario (camera shape vs the perception checkpoint) before anything is written;
-2. make the run folder (config.yaml, command.txt, a copy of the perception weights);
+2. make the run folder (config.yaml, command.txt, a copy of the perception weights, whose every
+   tensor was checked: digest, finite values); a start that fails before its first checkpoint
+   removes the folder again (agents.runs.remove_unstarted_run), so the same --name is free;
 3. `n_envs` envs (`SubprocVecEnv` workers when n_envs > 1, else in-process) under `VecMonitor`;
 4. on the fast backend, when `training.imitation_iterations` > 0, the warm start: the policy imitates
    the privileged teacher (agents/imitation.py), its env steps counted in the run's timesteps;
@@ -14,8 +16,8 @@ The flow, top to bottom:
    a checkpoint every `checkpoint_every` steps, hyperparameters once;
 6. the final model.zip, or on Ctrl-C a checkpoint, and a short summary.
 
-Resuming rebuilds the agent from config.yaml, loads the newest checkpoint's weights and optimizer
-state and continues with `reset_num_timesteps=False`, so steps and TensorBoard curves go on.
+Resuming rebuilds the agent from config.yaml, loads the newest valid checkpoint's weights and optimizer
+state (damaged or foreign newer files are skipped with a warning, agents.runs.load_newest_agent) and continues with `reset_num_timesteps=False`, so steps and TensorBoard curves go on.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from agents.runs import (
     copy_file,
     create_run_dir,
     find_run,
-    latest_model,
     load_agent,
     load_newest_agent,
     read_run_config,
@@ -228,7 +229,6 @@ def _resumed_run(options: TrainOptions):
         )
     run_dir = find_run(options.resume, options.logdir)
     config = read_run_config(run_dir)
-    latest_model(run_dir)  # no intact model file at all: a clear error before an env is built
     total = options.timesteps or config.training.timesteps
     config = dataclasses.replace(
         config,
