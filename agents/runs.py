@@ -17,17 +17,29 @@ Loading never unpickles: SB3's `Algorithm.load` rebuilds objects from cloudpickl
 the zip. Here the agent is rebuilt from `config.yaml` and only the tensors are read from the zip
 (`set_parameters`, which uses `torch.load(weights_only=True)`); the step counters come from the
 zip's JSON.
+
+`evaluate`, `train --resume` and the explanations load the newest *valid* model
+(`load_newest_agent`): model.zip or a checkpoint whose zip is intact and whose tensors fit the run's
+policy. Newer files that are damaged or of another architecture are skipped with a warning that
+names them and the fault; when none is valid, one error names every file.
+
+A run folder is made only after every check of a new run passed, and `train` removes it again when
+the start fails before anything was saved (`remove_unstarted_run`), so the same `--name` is free.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 import os
+import pickle
 import re
 import shutil
 import time
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +47,8 @@ import yaml
 
 from agents.config import RunConfig, parse_run_config
 from envs.files import atomic_write
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 COMMAND_FILE = "command.txt"
@@ -66,6 +80,16 @@ def create_run_dir(path: str | os.PathLike, force: bool = False) -> Path:
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path
+
+
+def remove_unstarted_run(run_dir: Path) -> bool:
+    """Delete the folder of a new run whose start failed, unless it already holds a model or a
+    checkpoint (then it can be resumed). `create_run_dir` made it, so it holds nothing of anyone
+    else's. Returns whether it was removed."""
+    if (run_dir / FINAL_MODEL).exists() or checkpoint_paths(run_dir):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not run_dir.exists()
 
 
 def find_run(run: str | os.PathLike, logdir: str | os.PathLike = "runs") -> Path:
@@ -135,26 +159,108 @@ def save_final_model(model, run_dir: Path) -> Path:
     return atomic_write(run_dir / FINAL_MODEL, lambda tmp: model.save(tmp))
 
 
+MODEL_ENTRIES = ("data", "policy.pth")  # what every SB3 model zip holds (besides the optimizer, version, ...)
+
+
 def saved_counters(path: Path) -> dict[str, int]:
     """num_timesteps and _n_updates stored in an SB3 zip (read from its JSON; nothing is unpickled)."""
     try:
         with zipfile.ZipFile(path) as archive:
             data = json.loads(archive.read("data"))
         return {"num_timesteps": int(data["num_timesteps"]), "_n_updates": int(data.get("_n_updates", 0))}
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as error:
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, EOFError, zlib.error) as error:
         raise ValueError(f"{path} is not a stable-baselines3 model file or is corrupted ({error!r})") from None
 
 
-def latest_model(run_dir: Path) -> Path:
-    """The newest model of the run: model.zip or the last checkpoint, whichever has more timesteps."""
+def check_model_file(path: Path) -> dict[str, int]:
+    """The counters of an SB3 zip that opens, holds `MODEL_ENTRIES` and whose every member passes its
+    CRC check; ValueError saying what is wrong otherwise. Whether its tensors fit the run's policy is
+    `load_agent`'s check."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            missing = [name for name in MODEL_ENTRIES if name not in archive.namelist()]
+            if missing:
+                raise ValueError(f"{path} is not a stable-baselines3 model file: it has no {', '.join(missing)}")
+            damaged = archive.testzip()  # reads every member: a flipped byte fails its CRC
+    except (zipfile.BadZipFile, EOFError, zlib.error) as error:  # an unreadable file (OSError) is not a damaged one
+        raise ValueError(f"{path} is not a stable-baselines3 model file or is corrupted ({error})") from None
+    if damaged is not None:
+        raise ValueError(f"{path} is corrupted: its member {damaged} fails the zip's CRC check")
+    return saved_counters(path)
+
+
+def model_paths(run_dir: Path) -> list[Path]:
+    """model.zip and the periodic checkpoints, newest first: by the timesteps they hold (a file whose
+    count cannot be read: model.zip first, a checkpoint by the step in its name). On a tie, model.zip."""
+
+    def steps(path: Path) -> float:
+        try:
+            return saved_counters(path)["num_timesteps"]
+        except ValueError:
+            match = _CHECKPOINT.match(path.name)
+            return int(match.group(1)) if match else math.inf
+
     candidates = [run_dir / FINAL_MODEL] if (run_dir / FINAL_MODEL).is_file() else []
-    candidates += checkpoint_paths(run_dir)[-1:]  # on a tie, max() keeps the first: model.zip
+    candidates += checkpoint_paths(run_dir)[::-1]
+    return sorted(candidates, key=lambda path: -steps(path))  # stable: model.zip before a checkpoint of its count
+
+
+def _no_model(run_dir: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{run_dir} has no model: no {FINAL_MODEL} and no {CHECKPOINT_DIR}/step-*.zip "
+        f"(the run stopped before its first checkpoint; train it again, with --force to reuse its name)"
+    )
+
+
+def latest_model(run_dir: Path) -> Path:
+    """The newest model file of the run that is intact (`check_model_file`): model.zip or a checkpoint,
+    whichever has more timesteps. Damaged newer files are skipped with a warning; ValueError when none
+    is intact. (`load_newest_agent` also checks that its tensors fit the run's policy.)"""
+    candidates = model_paths(run_dir)
     if not candidates:
-        raise FileNotFoundError(
-            f"{run_dir} has no model: no {FINAL_MODEL} and no {CHECKPOINT_DIR}/step-*.zip "
-            f"(the run stopped before its first checkpoint; train it again, with --force to reuse its name)"
+        raise _no_model(run_dir)
+    skipped: list[tuple[str, str]] = []
+    for path in candidates:
+        try:
+            check_model_file(path)
+        except ValueError as error:
+            skipped.append(_short(error, path, run_dir))
+            continue
+        _report_skipped(run_dir, path, skipped)
+        return path
+    raise _nothing_valid(run_dir, skipped)
+
+
+def _short(error: Exception, path: Path, run_dir: Path, limit: int = 320) -> tuple[str, str]:
+    """An error about one of the run's model files -> (its name inside the run folder, the rest of
+    the message on one line)."""
+    text = " ".join(str(error).split())
+    text = text.removeprefix(str(path))
+    return str(path.relative_to(run_dir)), text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe(skipped: list[tuple[str, str]]) -> str:
+    """'model.zip is corrupted ...; checkpoints/step-...zip: the same' (a fault is spelled out once)."""
+    parts, previous = [], None
+    for name, fault in skipped:
+        parts.append(f"{name}: the same" if fault == previous else name + fault)
+        previous = fault
+    return "; ".join(parts)
+
+
+def _report_skipped(run_dir: Path, used: Path, skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        log.warning(
+            "skipped %d newer model file(s) of %s: %s; using %s (%s steps)", len(skipped), run_dir, _describe(skipped),
+            used.relative_to(run_dir), f"{saved_counters(used)['num_timesteps']:,}",
         )
-    return max(candidates, key=lambda path: saved_counters(path)["num_timesteps"])
+
+
+def _nothing_valid(run_dir: Path, skipped: list[tuple[str, str]]) -> ValueError:
+    return ValueError(
+        f"{run_dir} has no usable model: {_describe(skipped)}. Restore a good {FINAL_MODEL} or checkpoint, "
+        f"or train the run again (--force to reuse its name)"
+    )
 
 
 # -- building and loading agents -----------------------------------------------------------------
@@ -224,16 +330,74 @@ def check_spaces(config: RunConfig, run_dir: Path, observation_space, action_spa
 
 
 def load_agent(config: RunConfig, run_dir: Path, env, device: str, path: Path | None = None, seed: int | None = None):
-    """The run's agent on `env` with the weights (and optimizer state, counters) of `path` (default: newest)."""
-    path = latest_model(run_dir) if path is None else path
+    """The run's agent on `env` with the weights (and optimizer state, counters) of `path`
+    (default: the newest valid model, `load_newest_agent`)."""
+    if path is None:
+        return load_newest_agent(config, run_dir, env, device, seed=seed)[0]
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    counters = saved_counters(path)
     model = build_agent(config, run_dir, env, device, seed=seed)
-    model.set_parameters(str(path), exact_match=True, device=device)
+    _load_weights(model, path, run_dir, device)
+    return model
+
+
+def load_newest_agent(config: RunConfig, run_dir: Path, env, device: str, seed: int | None = None):
+    """The run's agent on `env` with the newest model that is valid -> (agent, path of that model).
+
+    Valid: the zip is intact (`check_model_file`) and its tensors load into this run's policy. Newer
+    files that are not are skipped, and a warning says which and why; ValueError naming every file
+    and its fault when none is valid. The agent is built once; a failed load is overwritten by the
+    next (`set_parameters(exact_match=True)` replaces every tensor and the optimizer state).
+    """
+    candidates = model_paths(run_dir)
+    if not candidates:
+        raise _no_model(run_dir)
+    model = build_agent(config, run_dir, env, device, seed=seed)
+    skipped: list[tuple[str, str]] = []
+    for path in candidates:
+        try:
+            check_model_file(path)
+            _load_weights(model, path, run_dir, device)
+        except ValueError as error:
+            skipped.append(_short(error, path, run_dir))
+            continue
+        _report_skipped(run_dir, path, skipped)
+        return model, path
+    raise _nothing_valid(run_dir, skipped)
+
+
+def _load_fault(error: Exception) -> str:
+    """torch's load_state_dict error ("Error(s) in loading state_dict for X:", then lines that list
+    every missing, unexpected or differently shaped tensor) in a few words, the first tensor named."""
+    faults, mismatches = [], []
+    for line in (line.strip() for line in str(error).splitlines()[1:]):
+        names = re.findall(r'"([^"]+)"', line)
+        if line.startswith("Missing key(s)") and names:
+            faults.append(f"{len(names)} tensor(s) missing, e.g. {names[0]}")
+        elif line.startswith("Unexpected key(s)") and names:
+            faults.append(f"{len(names)} unexpected tensor(s), e.g. {names[0]}")
+        elif match := re.match(r"size mismatch for (\S+): copying a param with shape torch.Size\((\[.*?\])\) "
+                               r"from checkpoint, the shape in current model is torch.Size\((\[.*?\])\)", line):
+            mismatches.append(f"size mismatch for {match[1]}: {match[2]} in the file, {match[3]} in the policy")
+    if mismatches:
+        faults.append(mismatches[0] + (f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""))
+    text = "; ".join(faults) if faults else " ".join(str(error).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _load_weights(model, path: Path, run_dir: Path, device: str) -> None:
+    """`set_parameters` from `path`, and the step counters from its JSON; ValueError naming the file
+    when it is damaged or its tensors do not fit the run's policy (another architecture, another run's model)."""
+    counters = check_model_file(path)
+    try:
+        model.set_parameters(str(path), exact_match=True, device=device)
+    except (RuntimeError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, pickle.UnpicklingError) as error:
+        raise ValueError(
+            f"{path} is not a model of this run's architecture (its tensors do not fit the run's policy: "
+            f"{_load_fault(error)})"
+        ) from None
     model.num_timesteps = counters["num_timesteps"]
     # SB3 has no public way to restore its update counter (train/n_updates) without unpickling:
     # `PPO.load` restores it from the zip's pickled data, which a run folder never unpickles, and
     # `set_parameters` loads weights only. So the private attribute is set, from the zip's JSON.
     model._n_updates = counters["_n_updates"]
-    return model

@@ -6,7 +6,9 @@
 The flow, top to bottom:
 1. resolve the config (agents/defaults.yaml < --config FILE < flags) and check it against the
    scenario (camera shape vs the perception checkpoint) before anything is written;
-2. make the run folder (config.yaml, command.txt, a copy of the perception weights);
+2. make the run folder (config.yaml, command.txt, a copy of the perception weights, whose every
+   tensor was checked: digest, finite values); a start that fails before its first checkpoint
+   removes the folder again (agents.runs.remove_unstarted_run), so the same --name is free;
 3. `n_envs` envs (`SubprocVecEnv` workers when n_envs > 1, else in-process) under `VecMonitor`;
 4. on the fast backend, when `training.imitation_iterations` > 0, the warm start: the policy imitates
    the privileged teacher (agents/imitation.py), its env steps counted in the run's timesteps;
@@ -14,8 +16,8 @@ The flow, top to bottom:
    a checkpoint every `checkpoint_every` steps, hyperparameters once;
 6. the final model.zip, or on Ctrl-C a checkpoint, and a short summary.
 
-Resuming rebuilds the agent from config.yaml, loads the newest checkpoint's weights and optimizer
-state and continues with `reset_num_timesteps=False`, so steps and TensorBoard curves go on.
+Resuming rebuilds the agent from config.yaml, loads the newest valid checkpoint's weights and optimizer
+state (damaged or foreign newer files are skipped with a warning, agents.runs.load_newest_agent) and continues with `reset_num_timesteps=False`, so steps and TensorBoard curves go on.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from agents.runs import (
     copy_file,
     create_run_dir,
     find_run,
-    latest_model,
     load_agent,
+    load_newest_agent,
     read_run_config,
+    remove_unstarted_run,
     run_name,
     save_checkpoint,
     save_final_model,
@@ -123,7 +126,7 @@ def _check_options(options: TrainOptions) -> None:
 
 def _new_run(options: TrainOptions):
     """Resolve and check everything, then make the run folder. Returns (run_dir, config, eval env)."""
-    from perception.checkpoint import read_metadata
+    from perception.checkpoint import verify_checkpoint
     from perception.extractor import DEFAULT_STUDENT
     from scenarios import load_scenario
 
@@ -153,7 +156,7 @@ def _new_run(options: TrainOptions):
             )
             raise FileNotFoundError(f"perception checkpoint not found: {perception} ({hint})")
         observation_shape = tuple(int(n) for n in env.observation_space.shape)
-        input_shape = tuple(read_metadata(perception)["input_shape"])
+        input_shape = tuple(verify_checkpoint(perception)["input_shape"])  # every tensor: digest, finite values
         if input_shape != observation_shape:
             raise ValueError(
                 f"perception checkpoint {perception} reads frames of shape (C, H, W) = {input_shape}, but scenario "
@@ -175,9 +178,13 @@ def _new_run(options: TrainOptions):
             **{algo: agent.algo_config(algo)},
         )
         run_dir = create_run_dir(Path(options.logdir) / (options.name or run_name(scenario.name, algo)), options.force)
-        copy_file(perception, run_dir / PERCEPTION_FILE)
-        write_run_config(run_dir, config)
-        append_command(run_dir, options.command)
+        try:
+            copy_file(perception, run_dir / PERCEPTION_FILE)
+            write_run_config(run_dir, config)
+            append_command(run_dir, options.command)
+        except BaseException:
+            remove_unstarted_run(run_dir)
+            raise
     except BaseException:
         env.close()
         raise
@@ -211,7 +218,7 @@ def _resumed_run(options: TrainOptions):
     """Check that the run can go on. Returns (run_dir, config, eval env, model path)."""
     conflicting = {
         "--scenario": options.scenario, "--algo": options.algo, "--seed": options.seed, "--config": options.config,
-        "--fine-tune": options.fine_tune, "--perception": options.perception, "--name": options.name,
+        "--fine-tune": options.fine_tune, "perception (policy.perception)": options.perception, "--name": options.name,
         "--backend": options.backend,
     }
     given = [flag for flag, value in conflicting.items() if value is not None] + (["--force"] if options.force else [])
@@ -222,14 +229,7 @@ def _resumed_run(options: TrainOptions):
         )
     run_dir = find_run(options.resume, options.logdir)
     config = read_run_config(run_dir)
-    model_path = latest_model(run_dir)
-    done = saved_counters(model_path)["num_timesteps"]
     total = options.timesteps or config.training.timesteps
-    if done >= total:
-        raise ValueError(
-            f"run {run_dir} already has {done:,} of its {total:,} timesteps; pass --timesteps with a larger total "
-            f"to train longer"
-        )
     config = dataclasses.replace(
         config,
         n_envs=options.n_envs or config.n_envs,
@@ -239,12 +239,34 @@ def _resumed_run(options: TrainOptions):
     env = evaluation_env(config.scenario, config.backend)
     try:
         check_spaces(config, run_dir, env.observation_space, env.action_space, config.scenario)
+        model_path = _newest_valid_model(config, run_dir, env, options.device)
+        done = saved_counters(model_path)["num_timesteps"]
+        if done >= total:
+            asked = "asked for" if options.timesteps else "of its config"
+            reached = f"all the {total:,} {asked}" if done == total else f"more than the {total:,} {asked}"
+            raise ValueError(
+                f"run {run_dir} has already trained {done:,} timesteps, {reached}; pass --timesteps with a total "
+                f"above {done:,} to train longer"
+            )
         write_run_config(run_dir, config)
         append_command(run_dir, options.command)
     except BaseException:
         env.close()
         raise
     return run_dir, config, env, model_path
+
+
+def _newest_valid_model(config: RunConfig, run_dir: Path, env, device: str) -> Path:
+    """The newest model of the run whose tensors load into its policy (agents.runs.load_newest_agent,
+    which warns about the newer files it skipped), tried on one env before the training envs start."""
+    import warnings
+
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    with warnings.catch_warnings():  # PPO's mini-batch warning for 1 env: nothing trains on this agent
+        warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
+        _, path = load_newest_agent(config, run_dir, DummyVecEnv([lambda: env]), str(resolve_device(device)))
+    return path
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -316,6 +338,10 @@ def train(options: TrainOptions) -> TrainResult:
         else:
             saved = save_final_model(model, run_dir)
         model.logger.close()
+    except BaseException:
+        if model_path is None and remove_unstarted_run(run_dir):  # a failed start: the same --name works again
+            log.info("removed %s: the run failed before its first checkpoint", run_dir)
+        raise
     finally:
         _close(vec_env)
         eval_env.close()

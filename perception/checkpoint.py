@@ -10,6 +10,13 @@ tensors; its string metadata records
     input_shape  JSON [C, H, W]
     label_dim    D of the label head (perception.labels.LABEL_DIM)
     extra        JSON of whatever the caller adds (metrics, training config, ...)
+    tensors_sha256  `tensors_digest` of the weights: SHA-256 over every tensor's name, dtype, shape
+                 and bytes, in name order
+
+Every load checks the weights: the digest (a flipped byte, a tensor edited after saving: "corrupted
+or modified") and that every value is finite (NaN/inf weights are refused, not trained on or
+exported). A file written before the digest existed has no `tensors_sha256`; it is accepted with
+the finite-values check only.
 
 Training state (`save_training_state` / `load_training_state`): a `torch.save` file of tensors
 and plain containers only, read back with `torch.load(weights_only=True)`; it holds the model
@@ -23,6 +30,7 @@ Loading never runs pickled code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -40,8 +48,32 @@ from perception.models import ArchConfig, PerceptionNet
 FORMAT_NAME = "clearlane-perception"
 FORMAT_VERSION = 1
 TRAINING_STATE_FORMAT = "clearlane-perception-training-state"
+DIGEST_KEY = "tensors_sha256"
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) over every tensor's name, dtype, shape and raw bytes, in name order.
+
+    The same numbers give the same digest whatever the device or memory layout they come from.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """ValueError naming the first tensor that holds NaN or infinite values."""
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"{path}: tensor {name!r} holds {bad} non-finite (NaN or infinite) value(s) of {tensor.numel()}; "
+                f"the weights are corrupted or training diverged: use another checkpoint or retrain"
+            )
 
 
 def save_checkpoint(
@@ -78,6 +110,8 @@ def save_checkpoint(
         "extra": extra_json,
     }
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    check_finite(tensors, path)  # never write weights that no load would accept
+    metadata[DIGEST_KEY] = tensors_digest(tensors)
     data = safetensors_save(tensors, metadata=metadata)
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
@@ -118,6 +152,7 @@ def _read(path: Path, load_tensors: bool) -> tuple[dict[str, Any], dict[str, tor
             "input_shape": tuple(int(n) for n in json.loads(raw["input_shape"])),
             "label_dim": int(raw["label_dim"]),
             "extra": json.loads(raw.get("extra", "{}")),
+            DIGEST_KEY: raw.get(DIGEST_KEY),  # None: saved before digests existed
         }
     except (KeyError, TypeError, ValueError) as error:
         raise _not_a_checkpoint(path, f"bad metadata: {error!r}") from None
@@ -128,7 +163,25 @@ def _read(path: Path, load_tensors: bool) -> tuple[dict[str, Any], dict[str, tor
         )
     if len(metadata["input_shape"]) != 3:
         raise _not_a_checkpoint(path, f"input_shape {metadata['input_shape']} is not (C, H, W)")
+    if load_tensors:
+        _verify(path, tensors, metadata[DIGEST_KEY])
     return metadata, tensors
+
+
+def _verify(path: Path, tensors: dict[str, torch.Tensor], recorded: str | None) -> None:
+    """The weights are the ones that were saved (digest) and hold only finite numbers."""
+    if recorded is not None and tensors_digest(tensors) != recorded:
+        raise ValueError(
+            f"{path} is corrupted or was modified after it was saved: its weights do not match the SHA-256 "
+            f"recorded in its metadata; restore it from the original (git checkout, a backup) or retrain"
+        )
+    check_finite(tensors, path)
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read every tensor of `path` and check it (format, digest, finite values) -> its metadata."""
+    metadata, _ = _read(Path(path), load_tensors=True)
+    return metadata
 
 
 def load_model(
@@ -140,7 +193,8 @@ def load_model(
     """Rebuild the model stored at `path` -> (model in eval mode on `device`, metadata).
 
     Raises FileNotFoundError for a missing file; ValueError for a file that is not a clearlane
-    perception checkpoint (garbage, truncated), and ValueError naming expected vs found when the
+    perception checkpoint (garbage, truncated), whose weights differ from the digest saved with them
+    or hold NaN/inf, and ValueError naming expected vs found when the
     architecture, input shape or label dimension differ from `expected_*` / this code's LABEL_DIM.
     """
     path = Path(path)

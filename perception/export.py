@@ -50,7 +50,9 @@ def parity(
     batch_sizes: tuple[int, ...] = (1, 5),
     seed: int = 0,
 ) -> float:
-    """Max |ONNX Runtime - PyTorch| over all outputs, for random inputs in [0, 1] of each batch size."""
+    """Max |ONNX Runtime - PyTorch| over all outputs, for random inputs in [0, 1] of each batch size.
+
+    ValueError when an output of either holds NaN or inf (they would compare as equal to anything)."""
     session = onnx_session(onnx_path)
     generator = torch.Generator().manual_seed(seed)
     parameter = next(model.parameters())
@@ -67,6 +69,13 @@ def parity(
                     f"{onnx_path}: output {name!r} has shape {value.shape} in ONNX Runtime, "
                     f"{reference.shape} in PyTorch (batch {batch})"
                 )
+            if not (np.isfinite(value).all() and np.isfinite(reference).all()):
+                # NaN compares false: max(0.0, nan) is 0.0, so a NaN model would "match" with 0.00e+00
+                which = "PyTorch" if not np.isfinite(reference).all() else "ONNX Runtime"
+                raise ValueError(
+                    f"{onnx_path}: output {name!r} holds NaN or infinite values in {which} (batch {batch}); "
+                    f"such a model is never exported"
+                )
             worst = max(worst, float(np.max(np.abs(value - reference))))
     return worst
 
@@ -75,7 +84,8 @@ def export(model_path: str | os.PathLike, out: str | os.PathLike | None = None, 
     """Export the checkpoint at `model_path` to ONNX -> (path written, max abs difference vs PyTorch).
 
     out: the .onnx file (default: `model_path` with the suffix .onnx). Raises ValueError, and
-    writes nothing at `out`, when ONNX Runtime and PyTorch differ by more than PARITY_TOLERANCE.
+    writes nothing at `out`, when ONNX Runtime and PyTorch differ by more than PARITY_TOLERANCE or
+    either computes NaN/inf. A checkpoint with non-finite weights is refused when it is loaded.
     """
     model_path = Path(model_path)
     out = model_path.with_suffix(".onnx") if out is None else Path(out)

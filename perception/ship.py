@@ -8,12 +8,11 @@ attack budget, its metrics and the commands that regenerate it.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 from envs.files import atomic_write
-from perception.checkpoint import load_model
+from perception.checkpoint import DIGEST_KEY, load_model, save_checkpoint, verify_checkpoint
 from perception.dataset import load_manifest
 from perception.export import export
 from perception.models import count_flops, count_params
@@ -40,7 +39,10 @@ def ship(
         raise ValueError(f"{model_path} is {size / 1e6:.1f} MB; shipped weights stay under {MAX_SHIPPED_BYTES / 1e6:.0f} MB")
 
     weights = out_dir / "student.safetensors"
-    atomic_write(weights, lambda tmp: shutil.copyfile(model_path, tmp))
+    # re-saved, not copied: the same tensors and metadata, with the digest of its tensors (a file saved
+    # before digests existed gets one), which every load checks
+    save_checkpoint(weights, model, extra=metadata.get("extra", {}))
+    size = weights.stat().st_size
     onnx_path, onnx_diff = export(weights, out_dir / "student.onnx")
     input_shape = tuple(metadata["input_shape"])
     manifest = load_manifest(Path(data))
@@ -53,6 +55,7 @@ def ship(
         "params": count_params(model),
         "macs": count_flops(model, input_shape),
         "bytes": size,
+        "tensors_sha256": verify_checkpoint(weights)[DIGEST_KEY],  # also in the file's metadata; checked on every load
         "data": {
             "path": str(data),
             "scenarios": manifest.scenarios,

@@ -116,20 +116,19 @@ class LoadedRun:
 
 
 def load_run(run: str | Path, env, device: str = "cpu", logdir: str | Path = "runs", scenario: str | None = None) -> LoadedRun:
-    """The newest model of `run`, rebuilt without unpickling (agents.runs.load_agent), on `env`'s spaces.
+    """The newest valid model of `run`, rebuilt without unpickling (agents.runs.load_newest_agent), on `env`'s spaces.
 
     A run folder without a model is a FileNotFoundError; a scenario whose camera or actions differ
     from the run's is a ValueError (agents.runs.check_spaces)."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents.runs import check_spaces, find_run, latest_model, load_agent, read_run_config
+    from agents.runs import check_spaces, find_run, load_newest_agent, read_run_config
 
     run_dir = find_run(run, logdir)
     config = read_run_config(run_dir)
     check_spaces(config, run_dir, env.observation_space, env.action_space, scenario or config.scenario)
-    model_path = latest_model(run_dir)
     with warnings.catch_warnings():  # PPO's mini-batch warning: nothing trains here
         warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
-        agent = load_agent(config, run_dir, DummyVecEnv([lambda: env]), device, model_path)
+        agent, model_path = load_newest_agent(config, run_dir, DummyVecEnv([lambda: env]), device)
     agent.policy.set_training_mode(False)
     return LoadedRun(run_dir, config, model_path, int(agent.num_timesteps), agent, DecisionModel(agent.policy))

@@ -117,7 +117,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_the_count(tiny, monkeypa
     more = train(TrainOptions(resume="interrupted", timesteps=170, logdir=tiny.root / "runs", progress_bar=False))
     assert more.start_timesteps == 144 and more.num_timesteps == 176
     assert read_run_config(run).training.timesteps == 170
-    with pytest.raises(ValueError, match="already has 176 of its 170 timesteps"):
+    with pytest.raises(ValueError, match="has already trained 176 timesteps, more than the 170 of its config; pass --timesteps with a total above 176"):
         train(TrainOptions(resume=str(run), logdir=tiny.root / "runs", progress_bar=False))
     with pytest.raises(ValueError, match="leave out --algo, --seed"):
         train(TrainOptions(resume=str(run), algo="a2c", seed=1, logdir=tiny.root / "runs"))

@@ -12,13 +12,16 @@ from safetensors.torch import save_file
 
 from envs.files import atomic_write
 from perception.checkpoint import (
+    DIGEST_KEY,
     FORMAT_NAME,
     load_model,
     load_training_state,
     read_metadata,
     save_checkpoint,
     save_training_state,
+    tensors_digest,
     training_state_path,
+    verify_checkpoint,
 )
 from perception.labels import LABEL_DIM
 from perception.models import STUDENT, PerceptionNet, build_model
@@ -119,6 +122,7 @@ def test_weights_that_do_not_fit_the_recorded_arch(saved, tmp_path) -> None:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    del metadata["tensors_sha256"]  # as a file from before digests: the digest would refuse it first
     tensors["head.weight"] = torch.zeros(LABEL_DIM, 7)
     bad = tmp_path / "bad.safetensors"
     save_file(tensors, str(bad), metadata=metadata)
@@ -128,6 +132,69 @@ def test_weights_that_do_not_fit_the_recorded_arch(saved, tmp_path) -> None:
     save_file(tensors, str(bad), metadata=metadata)
     with pytest.raises(ValueError, match="missing \\['head.weight'\\]"):
         load_model(bad)
+
+
+def _tensors_and_metadata(path):
+    with safe_open(str(path), framework="pt") as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys()}, handle.metadata()
+
+
+def test_the_digest_of_the_tensors_is_saved_and_survives_a_round_trip(saved, tmp_path) -> None:
+    model, path = saved
+    metadata = read_metadata(path)
+    assert metadata[DIGEST_KEY] == tensors_digest(model.state_dict()) and len(metadata[DIGEST_KEY]) == 64
+    loaded, _ = load_model(path)
+    again = save_checkpoint(tmp_path / "again.safetensors", loaded)
+    assert read_metadata(again)[DIGEST_KEY] == metadata[DIGEST_KEY]  # same numbers, same digest
+
+
+def test_flipped_bytes_in_the_weights_are_refused_as_corrupted(saved) -> None:
+    _, path = saved
+    data = bytearray(path.read_bytes())
+    start = len(data) - 4096 - 100  # 4 KB inside the tensor data (the JSON header is at the start)
+    data[start:start + 4096] = bytes(byte ^ 0xFF for byte in data[start:start + 4096])
+    path.write_bytes(bytes(data))
+    read_metadata(path)  # the header is intact
+    for load in (load_model, verify_checkpoint):
+        with pytest.raises(ValueError, match="is corrupted or was modified after it was saved: its weights do not "
+                                             "match the SHA-256 recorded in its metadata"):
+            load(path)
+
+
+def test_non_finite_weights_are_refused_on_load_and_on_save(saved, tmp_path) -> None:
+    model, path = saved
+    tensors, metadata = _tensors_and_metadata(path)
+    del metadata[DIGEST_KEY]  # a file without a digest (saved before digests existed) is checked for NaN/inf too
+    tensors["head.weight"][0, 0] = float("nan")
+    bad = tmp_path / "nan.safetensors"
+    save_file(tensors, str(bad), metadata=metadata)
+    with pytest.raises(ValueError, match=r"tensor 'head.weight' holds 1 non-finite \(NaN or infinite\) value"):
+        load_model(bad)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("inf"))
+    with pytest.raises(ValueError, match="non-finite"):
+        save_checkpoint(tmp_path / "inf.safetensors", model)
+    assert not (tmp_path / "inf.safetensors").exists()
+
+
+def test_a_file_without_a_digest_still_loads(saved, tmp_path) -> None:
+    model, path = saved
+    tensors, metadata = _tensors_and_metadata(path)
+    del metadata[DIGEST_KEY]
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata=metadata)
+    loaded, loaded_metadata = load_model(old)
+    assert loaded_metadata[DIGEST_KEY] is None
+    assert tensors_digest(loaded.state_dict()) == tensors_digest(model.state_dict())
+
+
+def test_the_shipped_student_carries_its_digest_in_the_file_and_the_card() -> None:
+    from perception.extractor import DEFAULT_STUDENT
+
+    card = json.loads(DEFAULT_STUDENT.with_name("student.json").read_text())
+    metadata = verify_checkpoint(DEFAULT_STUDENT)
+    assert metadata[DIGEST_KEY] is not None and card["tensors_sha256"] == metadata[DIGEST_KEY]
+    assert card["bytes"] == DEFAULT_STUDENT.stat().st_size
 
 
 def test_save_rejects_inconsistent_arguments(saved, tmp_path) -> None:

@@ -78,6 +78,33 @@ def test_export_refuses_a_graph_that_differs(checkpoint, tmp_path, monkeypatch) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.safetensors"]
 
 
+def test_nan_weights_are_never_exported(checkpoint, tmp_path) -> None:
+    """NaN compares false: the parity check once reported "max diff 0.00e+00" for a NaN model."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path, model = checkpoint
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = handle.metadata()
+    del metadata["tensors_sha256"]  # as a file from before digests: only the finite-values check stands
+    tensors["head.bias"].fill_(float("nan"))
+    bad = tmp_path / "nan.safetensors"
+    save_file(tensors, str(bad), metadata=metadata)
+    with pytest.raises(ValueError, match=r"tensor 'head.bias' holds \d+ non-finite \(NaN or infinite\)"):
+        export(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.safetensors"]  # no .onnx, no temporary file
+    # the parity check itself: NaN outputs are an error, not a difference of 0
+    broken = build_model(model.arch, *model.input_shape).eval()
+    broken.load_state_dict(model.state_dict())
+    onnx_path = tmp_path / "good.onnx"
+    export_onnx(model, onnx_path)
+    with torch.no_grad():
+        broken.head.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="output 'labels' holds NaN or infinite values in PyTorch"):
+        export_module.parity(broken, onnx_path)
+
+
 def test_export_of_a_missing_checkpoint(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="perception checkpoint not found"):
         export(tmp_path / "missing.safetensors")

@@ -41,7 +41,9 @@ def test_ship_writes_weights_onnx_and_card(tmp_path, dataset):
     assert card["input"]["shape_chw"] == list(SHAPE)
     assert card["params"] == sum(p.numel() for p in student.parameters())
     assert card["onnx_max_abs_diff"] < 1e-4
-    shipped, _ = load_model(out / "student.safetensors")
+    shipped, metadata = load_model(out / "student.safetensors")
+    assert card["tensors_sha256"] == metadata["tensors_sha256"] and len(card["tensors_sha256"]) == 64
+    assert card["bytes"] == (out / "student.safetensors").stat().st_size
     frames = torch.rand(2, *SHAPE)
     torch.testing.assert_close(shipped(frames).labels, student(frames).labels)
     session = ort.InferenceSession(str(out / "student.onnx"), providers=["CPUExecutionProvider"])
