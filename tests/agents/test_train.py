@@ -54,12 +54,13 @@ def test_training_fills_the_run_folder_and_tensorboard(tiny, algo, fine_tune):
 
     scalars = read_scalars(run)
     for key in (
-        "rollout/ep_rew_mean", "train/value_loss", "train/entropy_loss", "safety/collision_rate",
-        "safety/driving_score", "safety/min_ttc", "safety/mean_speed", "eval/mean_reward",
-        "eval/collision_rate", "eval/mean_speed", "eval/driving_score",
+        "rollout/ep_rew_mean", "train/value_loss", "train/entropy_loss", f"safety_train/{algo}/collision_rate",
+        f"safety_train/{algo}/driving_score", f"safety_train/{algo}/min_ttc_s", f"safety_train/{algo}/mean_speed_mps",
+        "eval/return", "eval/collision_rate", "eval/mean_speed_mps", "eval/driving_score", "eval_highway_env/return",
     ):
         assert all_finite(scalars.get(key, [])), (key, sorted(scalars))
-    assert max(step for step, _ in scalars["eval/mean_reward"]) == result.num_timesteps
+    assert [step for step, _ in scalars["eval/return"]][0] == 0  # before training
+    assert max(step for step, _ in scalars["eval/return"]) == result.num_timesteps
     assert "steps/s" in format_summary(result) and f"evaluate --run {run}" in format_summary(result)
 
     # the perception student stays frozen unless --fine-tune
@@ -131,7 +132,7 @@ def test_resume_after_a_kill_continues_from_the_newest_checkpoint_without_a_fold
     assert checkpoint_paths(run)[-1].name == "step-0000000064.zip"
     resumed = train(TrainOptions(resume=str(run), logdir=tiny.root / "runs", progress_bar=False))
     assert resumed.start_timesteps == 64 and resumed.num_timesteps == 96
-    for tag in ("rollout/ep_rew_mean", "eval/mean_reward"):
+    for tag in ("rollout/ep_rew_mean", "eval/return"):
         steps = [step for step, _ in read_scalars(run)[tag]]
         assert steps == sorted(set(steps)) and steps[-1] == 96, (tag, steps)  # TensorBoard dropped the lost steps
 
@@ -172,7 +173,7 @@ def test_two_envs_run_in_subprocesses(tiny, monkeypatch):
     result = train(options(tiny, name="two-envs", n_envs=2, timesteps=64))
     assert made == [SubprocVecEnv]
     assert result.num_timesteps == 64 and read_run_config(result.run_dir).n_envs == 2
-    assert all_finite(read_scalars(result.run_dir)["safety/collision_rate"])
+    assert all_finite(read_scalars(result.run_dir)["safety_train/ppo/collision_rate"])
 
 
 def test_an_existing_run_folder_needs_force(tiny):
@@ -303,7 +304,8 @@ def test_training_on_the_fast_backend_and_evaluating_on_both(tiny, monkeypatch):
     assert config.backend == "fast" and config.n_envs == 4 and result.num_timesteps >= 128
     assert config.policy.map_channels > 0  # the fast block's policy reads the feature map; evaluate loads it below
     scalars = read_scalars(run)
-    for key in ("rollout/ep_rew_mean", "safety/collision_rate", "safety/mean_speed", "eval/mean_reward"):
+    for key in ("rollout/ep_rew_mean", "safety_train/ppo/collision_rate", "safety_train/ppo/mean_speed_mps",
+                "eval/return"):
         assert all_finite(scalars.get(key, [])), (key, sorted(scalars))
     resumed = train(options(tiny, resume=str(run), scenario=None, config=None, backend=None, timesteps=256))
     assert resumed.start_timesteps == result.num_timesteps and read_run_config(run).backend == "fast"
