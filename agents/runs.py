@@ -5,8 +5,7 @@ A run folder `runs/<scenario>-<algo>-<YYYYmmdd-HHMMSS>/` holds
     config.yaml                  the resolved RunConfig; `--resume` and `evaluate` read it back
     command.txt                  every command line that trained this run, one per line
     perception.safetensors       the perception weights the policy started from (the folder is self-contained)
-    events.out.tfevents.*        TensorBoard: rollout/*, train/*, safety_train/*, eval/*, eval_ci95/*, eval_hist/*, eval_final/*, text, hparams
-    safety_summary.md            the final evaluation's table (also TensorBoard's safety/summary)
+    events.out.tfevents.*        TensorBoard: rollout/*, train/*, safety/*, eval/*, eval_final/*, hparams
     checkpoints/step-<N>.zip     SB3 `model.save` every `checkpoint_every` env steps; the newest few are kept
     model.zip                    the final model (SB3 `model.save`)
     evaluation-<scenario>.json   written by `python run.py evaluate`
