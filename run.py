@@ -207,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     result = train(TrainOptions(
         scenario=args.scenario, algo=args.algo, timesteps=args.timesteps, n_envs=args.n_envs, seed=args.seed,
         device=args.device, backend=args.backend, logdir=args.logdir, name=args.name, resume=args.resume, force=args.force,
-        config=args.config, fine_tune=args.fine_tune, threads=args.threads,
+        config=args.config, fine_tune=args.fine_tune, threads=args.threads, baseline=args.baseline,
         command=command_line(),
     ))
     print(format_summary(result))
@@ -428,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fine-tune", action="store_true", default=None, help="train the perception student too (default: frozen)")
     train.add_argument("--resume", default=None, metavar="RUN", help="continue this run folder from its newest checkpoint")
     train.add_argument("--force", action="store_true", help="replace an existing run folder of the same name")
+    train.add_argument("--baseline", default=None, metavar="RUN",
+                       help="a run of the same scenario: its newest model plays the final evaluation's episodes too, "
+                            "and TensorBoard's safety/summary compares both (docs/SAFETY.md)")
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser(

@@ -6,6 +6,6 @@
 - `agents.config`    hyperparameters: `agents/defaults.yaml` per scenario, `--config` overrides (strict)
 - `agents.runs`      run folders, checkpoints, building and loading an agent without unpickling
 - `agents.train`     the training loop: envs, callbacks, Ctrl-C, resume
-- `agents.callbacks` safety/*, eval/*, checkpoints, hparams for TensorBoard
+- `agents.callbacks` safety_train/*, eval/*, checkpoints, hparams for TensorBoard (tags and units: `agents.safety_board`)
 - `agents.evaluate`  deterministic evaluation on the scenario's evaluation seeds, 95 % t intervals
 """

@@ -1,5 +1,7 @@
 """stable-baselines3 callbacks: safety metrics, periodic evaluation, checkpoints, hyperparameters.
 
+What the safety and evaluation callbacks write, and in which units: agents/safety_board.py.
+
 SB3's VecEnvs reset an env as soon as its episode ends and hand back, for that env, the info of
 the episode's *last step* (the first observation of the next episode replaces the observation,
 the last one moves to `info["terminal_observation"]`). So `self.locals["infos"][i]` always belongs
@@ -17,85 +19,66 @@ from typing import Sequence
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam
 
-from agents.evaluate import EpisodeMetrics, run_episodes, safety_means
+from agents.evaluate import EpisodeMetrics
 from agents.runs import save_checkpoint
-from envs.safety import SafetyMonitor
+from agents.safety_board import EpisodeTracker, Evaluator, SafetyBoard
 
 # Formats that cannot show hyperparameters; TensorBoard can.
 _NOT_TENSORBOARD = ("stdout", "log", "json", "csv")
 
 
 class SafetyCallback(BaseCallback):
-    """One `SafetyMonitor` per env, fed every step's info; at each rollout's end logs `safety/*`,
-    the means over the episodes finished since the last log (nothing when none finished)."""
+    """One `SafetyMonitor` per env (agents.safety_board.EpisodeTracker), fed every step's info; at each
+    rollout's end logs `safety_train/<phase>/*`, the means over the episodes finished since the last
+    log (nothing when none finished). `board` None: nothing is written (the rows stay in `logged`)."""
 
-    def __init__(self, route_length_m: float) -> None:
+    def __init__(self, route_length_m: float, board: SafetyBoard | None = None, phase: str = "ppo") -> None:
         super().__init__()
         self.route_length_m = route_length_m
-        self.monitors: list[SafetyMonitor] = []
-        self.finished: list[dict[str, float]] = []  # SafetyMonitor.summary() of episodes not yet logged
+        self.board = board
+        self.phase = phase
+        self.tracker: EpisodeTracker | None = None
         self.episodes = 0  # finished since training started
+        self.logged: list[list[EpisodeMetrics]] = []  # the rows of each point written
 
     def _init_callback(self) -> None:
-        self.monitors = [SafetyMonitor(self.route_length_m) for _ in range(self.training_env.num_envs)]
+        self.tracker = EpisodeTracker(self.route_length_m, self.training_env.num_envs)
+
+    @property
+    def finished(self) -> list[EpisodeMetrics]:
+        """Episodes finished and not yet logged."""
+        return self.tracker.finished.get(self.phase, [])
 
     def _on_step(self) -> bool:
-        for monitor, info, done in zip(self.monitors, self.locals["infos"], self.locals["dones"]):
-            if "safety" in info:
-                monitor.update(info)
-            if done:
-                if monitor.totals.steps:
-                    self.finished.append(monitor.summary())
-                    self.episodes += 1
-                monitor.reset()
+        self.tracker.step(self.locals["infos"], self.locals["dones"], self.phase)
         return True
 
     def _on_rollout_end(self) -> None:
         self.log_finished()
 
     def log_finished(self) -> None:
-        if not self.finished:
+        rows = self.tracker.pop().get(self.phase, [])
+        if not rows:
             return
-        for key, value in safety_means(self.finished).items():
-            self.logger.record(f"safety/{key}", value)
-        self.logger.record("safety/episodes", len(self.finished))
-        self.finished.clear()
+        self.episodes += len(rows)
+        self.logged.append(rows)
+        if self.board is not None:
+            self.board.log_training(self.phase, rows, self.num_timesteps)
 
 
 class PeriodicEvaluation(BaseCallback):
-    """Every `every` env steps (checked at the end of a rollout), play `seeds` deterministically on
-    `env` (a non-vectorised clearlane env) and log `eval/*`."""
+    """At the end of every rollout, `evaluator.maybe_evaluate`: every `evaluator.every` env steps,
+    the fixed evaluation episodes, logged as eval/* (agents.safety_board)."""
 
-    def __init__(self, env, seeds: Sequence[int], every: int) -> None:
+    def __init__(self, evaluator: Evaluator) -> None:
         super().__init__()
-        if every < 1:
-            raise ValueError(f"eval interval must be positive, got {every}")
-        self.env = env
-        self.seeds = list(seeds)
-        self.every = every
-        self.next_at = every
-        self.last_results: list[EpisodeMetrics] = []
-
-    def _on_training_start(self) -> None:
-        self.next_at = (self.num_timesteps // self.every + 1) * self.every
+        self.evaluator = evaluator
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
-        if self.num_timesteps < self.next_at:
-            return
-        results = run_episodes(self.model, self.env, self.seeds, deterministic=True)
-        self.last_results = results
-        for key, name in (
-            ("return", "mean_reward"),
-            ("collision_rate", "collision_rate"),
-            ("mean_speed", "mean_speed"),
-            ("driving_score", "driving_score"),
-            ("length", "mean_ep_length"),
-        ):
-            self.logger.record(f"eval/{name}", sum(result[key] for result in results) / len(results))
-        self.next_at = (self.num_timesteps // self.every + 1) * self.every
+        self.evaluator.maybe_evaluate(self.model, self.num_timesteps)
 
 
 class PeriodicCheckpoint(BaseCallback):
@@ -122,16 +105,18 @@ class PeriodicCheckpoint(BaseCallback):
 
 
 class HParamsCallback(BaseCallback):
-    """Log the run's hyperparameters once, at the start of training, to TensorBoard's HPARAMS tab."""
+    """Log the run's hyperparameters once, at the start of training, to TensorBoard's HPARAMS tab, with
+    `metrics` (tags of scalars: the plugin shows each one's last value) beside them."""
 
-    METRICS = ("rollout/ep_rew_mean", "eval/mean_reward", "eval/driving_score", "safety/collision_rate")
+    METRICS = ("rollout/ep_rew_mean",)
 
-    def __init__(self, hparams: dict[str, bool | str | float | int | None]) -> None:
+    def __init__(self, hparams: dict[str, bool | str | float | int | None], metrics: Sequence[str] = ()) -> None:
         super().__init__()
         self.hparams = {key: _hparam_value(value) for key, value in hparams.items()}
+        self.metrics = [*self.METRICS, *metrics]
 
     def _on_training_start(self) -> None:
-        metric_dict = {name: 0.0 for name in self.METRICS}  # filled by the scalars of the same names
+        metric_dict = {name: 0.0 for name in self.metrics}  # filled by the scalars of the same names
         self.logger.record("hparams", HParam(self.hparams, metric_dict), exclude=_NOT_TENSORBOARD)
 
     def _on_step(self) -> bool:
@@ -139,7 +124,10 @@ class HParamsCallback(BaseCallback):
 
 
 def _hparam_value(value):
-    if value is None or isinstance(value, (bool, str)):
+    """What the HPARAMS tab can show: booleans as "true"/"false" (as numbers they read 0.0000/1.0000)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None or isinstance(value, str):
         return "none" if value is None else value
     if isinstance(value, (int, float)):
         return value if math.isfinite(value) else str(value)

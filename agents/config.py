@@ -57,7 +57,9 @@ class TrainingConfig:
     checkpoint_every: Annotated[StrictInt, Field(ge=1)]  # [env steps] a kill -9 loses at most this much
     keep_checkpoints: Annotated[StrictInt, Field(ge=1, le=1000)]  # the newest ones are kept
     eval_every: Annotated[StrictInt, Field(ge=0)]  # [env steps] between evaluations; 0 = never
-    eval_episodes: Annotated[StrictInt, Field(ge=1, le=10_000)]  # on the scenario's first evaluation seeds
+    # episodes of the periodic evaluation, batched on the fast backend where it reproduces the scenario
+    # (seconds for hundreds), on the scenario's first evaluation seeds
+    eval_episodes: Annotated[StrictInt, Field(ge=1, le=10_000)]
     # Warm start (agents/imitation.py), fast backend only: DAgger iterations of imitating the
     # privileged teacher before PPO/A2C, each `imitation_steps` policy steps of every env. 0 = none.
     # (Defaults here keep run folders written before these keys existed readable.)
@@ -66,6 +68,9 @@ class TrainingConfig:
     # PPO on the fast backend: rollouts, features and minibatches stay on the policy's device
     # (agents/device_rollout.py; the same updates as SB3's). Off by default until measured on a GPU.
     device_rollout: StrictBool = False
+    # episodes on highway-env (~1 s each): the final check of a run evaluated on the fast backend, and the
+    # periodic evaluation of scenarios the fast backend does not reproduce; 0 = none
+    reference_eval_episodes: Annotated[StrictInt, Field(ge=0, le=10_000)] = 20
 
     @property
     def imitates(self) -> bool:

@@ -74,6 +74,8 @@ METRICS: tuple[Metric, ...] = (
 EpisodeMetrics = TypedDict("EpisodeMetrics", {
     "seed": int, "return": float, "length": int, "collision_rate": float, "mean_speed": float,
     "min_ttc": float,  # [s], capped at MIN_TTC_CAP_S
+    "min_headway": float,  # [s], capped at MIN_TTC_CAP_S (issue 19: its distribution in TensorBoard)
+    "rms_jerk": float,  # [m/s^3] root mean square over the episode's steps
     "unsafe_fraction": float, "off_road_fraction": float, "hard_brakes_per_km": float, "lane_changes_per_km": float,
     "distance": float,  # [m]
     "route_completion": float, "driving_score": float,
@@ -222,6 +224,8 @@ def episode_metrics(seed: int, episode_return: float, length: int, safety: dict[
         "collision_rate": float(safety["collision"]),
         "mean_speed": float(safety["mean_speed"]),
         "min_ttc": float(min(safety["min_ttc"], MIN_TTC_CAP_S)),
+        "min_headway": float(min(safety["min_headway"], MIN_TTC_CAP_S)),
+        "rms_jerk": float(safety["rms_jerk"]),
         "unsafe_fraction": float(safety["unsafe_fraction"]),
         "off_road_fraction": float(safety["off_road_fraction"]),
         "hard_brakes_per_km": float(safety["hard_brakes_per_km"]),

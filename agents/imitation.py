@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from stable_baselines3.common.policies import ActorCriticPolicy
@@ -68,10 +69,12 @@ def imitate_teacher(
     teacher: LookaheadTeacher | None = None,
     on_iteration: Callable[[ImitationProgress], None] | None = None,
     on_step: Callable[[], None] | None = None,
+    on_transition: Callable[[list[dict], np.ndarray, bool], None] | None = None,
 ) -> ImitationProgress:
     """DAgger on `env` (a FastVecEnv, or a VecEnv wrapper of one) for `iterations` x `steps` steps of
     all its envs; fits the policy's actor (its feature extractor must be frozen). Returns the last
-    iteration's progress; `on_iteration` gets each one, `on_step` is called after each env step."""
+    iteration's progress; `on_iteration` gets each one, `on_step` is called after each env step, and
+    `on_transition` with its (infos, dones, learner_drove) (the safety signals of the episodes driven)."""
     if iterations < 1 or steps < 1:
         raise ValueError(f"imitation needs positive iterations and steps, got {iterations} and {steps}")
     simulator = privileged_simulator(env)
@@ -98,7 +101,9 @@ def imitate_teacher(
             values[filled : filled + len(step_values)] = step_values
             filled += len(step_features)
             driver = best_actions(step_values) if iteration == 0 else greedy
-            observations, *_ = env.step(driver.cpu().numpy())
+            observations, _, dones, infos = env.step(driver.cpu().numpy())
+            if on_transition is not None:
+                on_transition(infos, dones, iteration > 0)
             if on_step is not None:
                 on_step()
         all_features, all_values = features[:filled], values[:filled]

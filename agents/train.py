@@ -12,9 +12,11 @@ The flow, top to bottom:
 3. `n_envs` envs (`SubprocVecEnv` workers when n_envs > 1, else in-process) under `VecMonitor`;
 4. on the fast backend, when `training.imitation_iterations` > 0, the warm start: the policy imitates
    the privileged teacher (agents/imitation.py), its env steps counted in the run's timesteps;
-5. `model.learn` with callbacks: safety/* per finished episode, eval/* every `eval_every` steps,
+5. `model.learn` with callbacks: safety_train/<algo>/* per rollout, eval/* every `eval_every` steps,
    a checkpoint every `checkpoint_every` steps, hyperparameters once;
-6. the final model.zip, or on Ctrl-C a checkpoint, and a short summary.
+6. the final evaluation (eval/*, on highway-env too for a fast-backend run, against `--baseline`),
+   its table in TensorBoard's text tab, the final model.zip, or on Ctrl-C a checkpoint, and a short summary.
+What goes to TensorBoard about safety, under which tags and units: agents/safety_board.py.
 
 Resuming rebuilds the agent from config.yaml, loads the newest valid checkpoint's weights and optimizer
 state (damaged or foreign newer files are skipped with a warning, agents.runs.load_newest_agent) and continues with `reset_num_timesteps=False`, so steps and TensorBoard curves go on.
@@ -33,6 +35,10 @@ from pathlib import Path
 from agents.callbacks import HParamsCallback, PeriodicCheckpoint, PeriodicEvaluation, SafetyCallback
 from agents.config import RunConfig, check_algo, load_agent_config
 from agents.evaluate import evaluation_seeds
+from agents.safety_board import (
+    EVAL_PREFIX, REFERENCE_PREFIX, EpisodeTracker, Evaluated, EvaluationSet, Evaluator, SafetyBoard, hparam_metrics,
+    summarize, summary_markdown, tensorboard_writer, untouched_rng,
+)
 from agents.runs import (
     PERCEPTION_FILE,
     append_command,
@@ -79,6 +85,7 @@ class TrainOptions:
     threads: int | None = None  # PyTorch CPU threads of the main process; None: cores left over by the env workers
     progress_bar: bool = True
     command: str = ""  # the command line, recorded in command.txt
+    baseline: str | None = None  # a run folder (or its name in logdir) of the same scenario to compare the final evaluation with
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class TrainResult:
     interrupted: bool
     elapsed_s: float  # wall time of model.learn [s]
     backend: str = "highway-env"  # the simulator it trained on
+    eval_seconds: float = 0.0  # [s] of elapsed_s spent in the evaluations (eval/*, eval_highway_env/*, the baseline's)
 
     @property
     def steps_per_s(self) -> float:
@@ -277,6 +285,7 @@ def train(options: TrainOptions) -> TrainResult:
     from stable_baselines3.common.callbacks import CallbackList
 
     _check_options(options)
+    baseline = _check_baseline(options)
     device = str(resolve_device(options.device))
     if options.resume:
         run_dir, config, eval_env, model_path = _resumed_run(options)
@@ -304,15 +313,24 @@ def train(options: TrainOptions) -> TrainResult:
         model.set_logger(_tensorboard_logger(run_dir, purge_step=None if model_path is None else start_timesteps))
 
         training = config.training
+        writer = tensorboard_writer(model.logger)
+        board = SafetyBoard(writer) if writer is not None else None
+        periodic, reference = _evaluation_sets(config, eval_env, str(device))
+        evaluator = Evaluator(board, periodic, training.eval_every, start_timesteps) if periodic else None
+        phases = _phases(config)
+        prefixes = [evaluation.prefix for evaluation in (periodic, reference) if evaluation is not None]
+        if model_path is None and board is not None:
+            board.write_layout(phases, [(evaluation.prefix, _chart_title(evaluation))
+                                        for evaluation in (periodic, reference) if evaluation is not None])
+            board.write_glossary(0, _run_about(run_dir, config, periodic, reference))
         callbacks = [
-            SafetyCallback(eval_env.scenario.safety.route_length_m),
+            SafetyCallback(eval_env.scenario.safety.route_length_m, board, config.algo),
             PeriodicCheckpoint(run_dir, training.checkpoint_every, training.keep_checkpoints),
         ]
-        if training.eval_every > 0:
-            seeds = evaluation_seeds(eval_env.scenario, training.eval_episodes)
-            callbacks.append(PeriodicEvaluation(eval_env, seeds, training.eval_every))
+        if evaluator is not None:
+            callbacks.append(PeriodicEvaluation(evaluator))
         if model_path is None:
-            callbacks.append(HParamsCallback(_hparams(config)))
+            callbacks.append(HParamsCallback(_hparams(config), hparam_metrics(phases, prefixes)))
         progress = progress_bar() if options.progress_bar else None
         if progress is not None:
             callbacks.append(progress)
@@ -320,14 +338,19 @@ def train(options: TrainOptions) -> TrainResult:
         interrupted = False
         began = time.perf_counter()
         try:
+            if evaluator is not None and model_path is None:
+                evaluator.evaluate(model, 0)  # before training: where the curves start
             if model_path is None and training.imitates:
-                _imitate(model, vec_env, training, run_dir, options.progress_bar)
+                _imitate(model, vec_env, training, run_dir, options.progress_bar, board, evaluator,
+                         eval_env.scenario.safety.route_length_m)
             model.learn(
                 total_timesteps=training.timesteps - model.num_timesteps,
                 callback=CallbackList(callbacks),
                 log_interval=1,
                 reset_num_timesteps=model.num_timesteps == 0,
             )
+            if evaluator is not None:
+                _final_evaluation(model, evaluator, reference, baseline, board, run_dir, eval_env, str(device), began)
         except KeyboardInterrupt:
             interrupted = True
             if progress is not None:
@@ -345,31 +368,162 @@ def train(options: TrainOptions) -> TrainResult:
     finally:
         _close(vec_env)
         eval_env.close()
-    return TrainResult(run_dir, saved, start_timesteps, model.num_timesteps, interrupted, elapsed, config.backend)
+    return TrainResult(run_dir, saved, start_timesteps, model.num_timesteps, interrupted, elapsed, config.backend,
+                       evaluator.seconds if evaluator is not None else 0.0)
 
 
-def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool) -> None:
+# -- safety and evaluation in TensorBoard (agents/safety_board.py) --------------------------------
+
+
+@dataclass(frozen=True)
+class _Baseline:
+    run_dir: Path
+    config: RunConfig
+    model_path: Path
+
+
+def _check_baseline(options: TrainOptions) -> _Baseline | None:
+    """--baseline RUN: a run folder of the same scenario, with a model; checked before anything is written."""
+    from scenarios import load_scenario
+
+    if options.baseline is None:
+        return None
+    try:
+        run_dir = find_run(options.baseline, options.logdir)
+        config = read_run_config(run_dir)
+        model_path = latest_model(run_dir)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"--baseline {options.baseline}: {error}") from None
+    if options.resume:
+        ours = read_run_config(find_run(options.resume, options.logdir)).scenario
+    else:
+        argument = str(options.scenario or "highway")
+        ours = _stored_scenario(argument, load_scenario(argument))
+    if config.scenario != ours:
+        raise ValueError(
+            f"--baseline {options.baseline}: that run is of scenario {config.scenario}, this one of {ours}; "
+            f"a baseline must be a run of the same scenario (its evaluation episodes are compared one by one)"
+        )
+    return _Baseline(run_dir, config, model_path)
+
+
+def _evaluation_sets(config: RunConfig, eval_env, device: str) -> tuple[EvaluationSet | None, EvaluationSet | None]:
+    """(periodic eval/*, final eval_highway_env/*). The periodic evaluation plays `eval_episodes` batched on
+    a backend that can (fast: ~20 ms per episode) where it reproduces the scenario, else
+    `reference_eval_episodes` on highway-env (~1 s each); the first case adds a final check of
+    `reference_eval_episodes` on highway-env, the reference simulator. None where there is none."""
+    from envs.backends import BACKENDS, REFERENCE
+
+    training, scenario = config.training, eval_env.scenario
+    if training.eval_every <= 0:
+        return None, None
+    reference = None
+    if training.reference_eval_episodes > 0:
+        reference = EvaluationSet(REFERENCE_PREFIX, evaluation_seeds(scenario, training.reference_eval_episodes),
+                                  REFERENCE.name, batched=False, scenario=scenario, env=eval_env)
+    batched = next((backend for backend in BACKENDS if backend.batched and backend.supports(scenario)), None)
+    if batched is None:
+        if reference is None:
+            return None, None
+        return dataclasses.replace(reference, prefix=EVAL_PREFIX), None
+    periodic = EvaluationSet(EVAL_PREFIX, evaluation_seeds(scenario, training.eval_episodes), batched.name,
+                             batched=True, scenario=scenario, device=device)
+    return periodic, reference
+
+
+def _phases(config: RunConfig) -> list[str]:
+    """The phases whose training episodes are logged (safety_train/<phase>/*), in order."""
+    return (["dagger_teacher", "dagger"] if config.training.imitates else []) + [config.algo]
+
+
+def _chart_title(evaluation: EvaluationSet) -> str:
+    when = "step 0, every eval_every steps and the end" if evaluation.prefix == EVAL_PREFIX else "the end of the run"
+    return f"{evaluation.prefix}: mean and 95 % band, {len(evaluation.seeds)} episodes on {evaluation.backend} ({when})"
+
+
+def _run_about(run_dir: Path, config: RunConfig, periodic: EvaluationSet | None,
+               reference: EvaluationSet | None) -> str:
+    lines = [f"**{run_dir.name}**: {config.algo.upper()} on `{config.scenario}`, trained on the {config.backend} "
+             f"simulator, {config.training.timesteps:,} env steps"
+             + (f" ({config.training.imitation_iterations} DAgger iterations first)" if config.training.imitates else "")
+             + "."]
+    if periodic is not None:
+        lines.append(f"`{periodic.prefix}/*`: {periodic.about}, every {config.training.eval_every:,} env steps.")
+    if reference is not None:
+        lines.append(f"`{reference.prefix}/*`: {reference.about}, at the end.")
+    return "  \n".join(lines)
+
+
+def _final_evaluation(model, evaluator: Evaluator, reference: EvaluationSet | None, baseline: _Baseline | None,
+                      board: SafetyBoard | None, run_dir: Path, eval_env, device: str, began: float) -> None:
+    """At the last step: eval/* (unless the periodic one was there), eval_highway_env/*, the baseline
+    on the same episodes, and the summary table (text tab and <run>/safety_summary.md)."""
+    step = model.num_timesteps
+    final = evaluator.final(model, step)
+    checked = evaluator.evaluate(model, step, reference) if reference is not None else None
+    compared = None
+    if baseline is not None:
+        started = time.perf_counter()
+        compared = _evaluate_baseline(baseline, evaluator.evaluation, eval_env, device)
+        evaluator.seconds += time.perf_counter() - started
+    text = summary_markdown(final, checked, compared, baseline.run_dir.name if baseline else None, evaluator.seconds,
+                            time.perf_counter() - began)
+    if board is not None:
+        board.write_summary(step, text)
+    (run_dir / "safety_summary.md").write_text(text + "\n")
+    log.info("final evaluation: %s", run_dir / "safety_summary.md")
+
+
+def _evaluate_baseline(baseline: _Baseline, evaluation: EvaluationSet, eval_env, device: str) -> Evaluated:
+    """The baseline run's newest model on the same evaluation episodes."""
+    import warnings
+
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    check_spaces(baseline.config, baseline.run_dir, eval_env.observation_space, eval_env.action_space,
+                 baseline.config.scenario)
+    with untouched_rng(), warnings.catch_warnings():  # PPO's batch-size warning: nothing trains here
+        warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
+        model = load_agent(baseline.config, baseline.run_dir, DummyVecEnv([lambda: eval_env]), device,
+                           baseline.model_path)
+    rows = evaluation.play(model)
+    return Evaluated(int(model.num_timesteps), rows, summarize(rows), evaluation)
+
+
+def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board: SafetyBoard | None = None,
+             evaluator: Evaluator | None = None, route_length_m: float = 1.0) -> None:
     """The warm start (agents/imitation.py): the policy imitates the privileged teacher for
     `imitation_iterations` DAgger iterations. Its env steps count towards the run's timesteps; a
     checkpoint after each iteration means a kill loses at most one iteration (`--resume` then goes
-    on with PPO/A2C from it). imitation/* goes to TensorBoard."""
+    on with PPO/A2C from it). imitation/* goes to TensorBoard, and after each iteration the safety of
+    its finished episodes (safety_train/dagger_teacher/* in the first, where the teacher drives;
+    safety_train/dagger/* after, where the learner drives) and, when due, eval/*."""
     from agents.imitation import imitate_teacher
 
     steps_per_iteration = training.imitation_steps * vec_env.num_envs  # env steps of all envs
+    tracker = EpisodeTracker(route_length_m, vec_env.num_envs)
+
+    def transition(infos, dones, learner_drove: bool) -> None:
+        tracker.step(infos, dones, "dagger" if learner_drove else "dagger_teacher")
 
     def record(progress) -> None:
         model.num_timesteps = progress.iteration * steps_per_iteration
         for key in ("regret", "agreement", "samples"):
             model.logger.record(f"imitation/{key}", getattr(progress, key))
         model.logger.dump(model.num_timesteps)
+        for phase, rows in tracker.pop().items():
+            if board is not None:
+                board.log_training(phase, rows, model.num_timesteps)
         save_checkpoint(model, run_dir, training.keep_checkpoints)
+        if evaluator is not None:
+            evaluator.maybe_evaluate(model, model.num_timesteps)
         log.info("imitation %d/%d: regret %.3f, agreement with the teacher %.2f, %.0f s", progress.iteration,
                  training.imitation_iterations, progress.regret, progress.agreement, progress.seconds)
 
     total = training.imitation_iterations * steps_per_iteration
     with _progress_bar(total, "imitating the teacher", unit="env steps", disable=not show_progress) as bar:
         imitate_teacher(model.policy, vec_env, training.imitation_iterations, training.imitation_steps,
-                        on_iteration=record, on_step=lambda: bar.advance(vec_env.num_envs))
+                        on_iteration=record, on_step=lambda: bar.advance(vec_env.num_envs), on_transition=transition)
 
 
 def _tensorboard_logger(run_dir: Path, purge_step: int | None):
@@ -473,6 +627,9 @@ def format_summary(result: TrainResult) -> str:
             status,
             f"  run folder: {run}  ({result.num_timesteps - result.start_timesteps:,} steps in "
             f"{result.elapsed_s:.0f} s, {result.steps_per_s:.1f} steps/s on the {result.backend} simulator)",
+            *([f"  evaluation: {result.eval_seconds:.0f} s of the {result.elapsed_s:.0f} s "
+               f"({result.eval_seconds / max(result.elapsed_s, 1e-9):.1%}); final table in {run / 'safety_summary.md'}"]
+              if result.eval_seconds and not result.interrupted else []),
             f"  watch:      tensorboard --logdir {run.parent}",
             f"  evaluate:   python run.py evaluate --run {run}",
             *([f"  continue:   python run.py train --resume {run}"] if result.interrupted else []),

@@ -141,11 +141,13 @@ class _EpisodeTotals:
     steps: int = 0
     collided: bool = False
     min_ttc_s: float = math.inf
+    min_headway_s: float = math.inf
     unsafe_steps: int = 0
     off_road_steps: int = 0
     hard_brakes: int = 0
     lane_changes: int = 0
     speed_sum: float = 0.0
+    jerk_square_sum: float = 0.0  # [m^2/s^6]
     distance_m: float = 0.0
 
 
@@ -171,12 +173,14 @@ class SafetyMonitor:
         totals.steps += 1
         totals.collided |= bool(signals["crashed"])
         totals.min_ttc_s = min(totals.min_ttc_s, float(signals["ttc"]))
+        totals.min_headway_s = min(totals.min_headway_s, float(signals["headway"]))
         unsafe = signals["ttc"] < UNSAFE_TTC_S or signals["headway"] < UNSAFE_HEADWAY_S
         totals.unsafe_steps += int(unsafe)
         totals.off_road_steps += int(signals["off_road"])
         totals.hard_brakes += int(signals["hard_brake"])
         totals.lane_changes += int(signals["lane_change"])
         totals.speed_sum += float(signals["speed"])
+        totals.jerk_square_sum += float(signals["jerk"]) ** 2
         totals.distance_m = float(signals["distance"])
         if self.record_ground_truth:
             self.ground_truth.append(info["ground_truth"])
@@ -192,11 +196,13 @@ class SafetyMonitor:
         return {
             "collision": float(totals.collided),
             "min_ttc": totals.min_ttc_s,
+            "min_headway": totals.min_headway_s,
             "unsafe_fraction": totals.unsafe_steps / totals.steps,
             "off_road_fraction": off_road_fraction,
             "hard_brakes_per_km": totals.hard_brakes / km if km > 0 else 0.0,
             "lane_changes_per_km": totals.lane_changes / km if km > 0 else 0.0,
             "mean_speed": totals.speed_sum / totals.steps,
+            "rms_jerk": math.sqrt(totals.jerk_square_sum / totals.steps),
             "distance": totals.distance_m,
             "route_completion": route_completion,
             "driving_score": driving_score(route_completion, int(totals.collided), off_road_fraction),

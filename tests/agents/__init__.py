@@ -47,7 +47,8 @@ def make_tiny(root: Path) -> Tiny:
     scenario = write_scenario(root / "short.yaml", **{"episode.duration": 3})
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump({
-        "training": {"checkpoint_every": 32, "keep_checkpoints": 2, "eval_every": 32, "eval_episodes": 1,
+        "training": {"checkpoint_every": 32, "keep_checkpoints": 2, "eval_every": 32, "eval_episodes": 4,
+                     "reference_eval_episodes": 2,
                      "imitation_iterations": 0},  # the fast block's warm start is tested on its own
         "policy": {"perception": str(student), "net_arch": [16]},
         "ppo": {"n_steps": 32, "batch_size": 32, "n_epochs": 2},

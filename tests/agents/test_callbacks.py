@@ -12,9 +12,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.callbacks import PeriodicCheckpoint, SafetyCallback
 from agents.evaluate import MIN_TTC_CAP_S, mean_ci, run_episodes, safety_means
+from agents.safety_board import SafetyBoard, training_row
 from envs.registration import make_env, make_env_fn
 from envs.safety import SafetyMonitor
-from tests.agents import write_scenario
+from tests.agents import read_scalars, write_scenario
 
 
 class RecordingLogger:
@@ -65,38 +66,50 @@ def test_safety_callback_counts_the_terminal_step_of_an_sb3_vec_env(short_scenar
         callback.on_step()
     vec.close()
     assert dones[0] and "terminal_observation" in infos[0]
-    assert callback.finished == [direct.summary()]
-    assert callback.monitors[0].totals.steps == 0  # reset for the next episode
+    expected = training_row(direct.summary(), len(actions))
+    assert len(callback.finished) == 1
+    assert {key: value for key, value in callback.finished[0].items() if key != "return"} == \
+        {key: value for key, value in expected.items() if key != "return"}
+    assert callback.tracker.monitors[0].totals.steps == 0  # reset for the next episode
 
 
-def test_safety_callback_logs_means_of_episodes_finished_since_the_last_log():
-    callback = SafetyCallback(route_length_m=1000.0)
+def test_safety_callback_logs_means_of_episodes_finished_since_the_last_log(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    callback = SafetyCallback(route_length_m=1000.0, board=SafetyBoard(writer), phase="ppo")
     model = fake_model(num_envs=2)
     callback.init_callback(model)
 
     def step(infos, dones):
+        model.num_timesteps += 2
         callback.update_locals({"infos": infos, "dones": np.array(dones)})
         callback.on_step()
 
-    step([signals(distance=10.0), signals(distance=20.0, ttc=1.0)], [False, False])
-    step([signals(distance=20.0), signals(distance=40.0, crashed=True)], [False, True])  # env 1 ends
+    step([signals(distance=10.0), signals(distance=20.0, ttc=1.0, headway=0.5, jerk=3.0)], [False, False])
+    step([signals(distance=20.0), signals(distance=40.0, crashed=True, jerk=4.0)], [False, True])  # env 1 ends
     callback.on_rollout_end()
-    logged = model.logger.records
-    assert logged["safety/episodes"] == 1
-    assert logged["safety/collision_rate"] == 1.0
-    assert logged["safety/min_ttc"] == 1.0
-    assert logged["safety/route_completion"] == pytest.approx(0.04)
-    assert logged["safety/driving_score"] == pytest.approx(0.04 * 0.6)
-    assert logged["safety/unsafe_fraction"] == 0.5
-
-    model.logger.records.clear()
     callback.on_rollout_end()  # nothing finished since: nothing logged
-    assert model.logger.records == {}
     step([signals(distance=30.0), signals(distance=5.0)], [True, False])  # env 0 ends after 3 steps, no TTC
     callback.on_rollout_end()
-    assert model.logger.records["safety/collision_rate"] == 0.0
-    assert model.logger.records["safety/min_ttc"] == MIN_TTC_CAP_S  # inf is capped for the mean
-    assert model.logger.records["safety/mean_speed"] == 20.0
+    writer.close()
+    logged = {tag: points for tag, points in read_scalars(tmp_path).items()}
+
+    def at(name):
+        return logged[f"safety_train/ppo/{name}"]
+
+    assert at("episodes") == [(4, 1.0), (6, 1.0)]  # one episode in each point, at the env step it was logged
+    assert at("collision_rate") == [(4, 1.0), (6, 0.0)]
+    assert at("min_ttc_s") == [(4, 1.0), (6, MIN_TTC_CAP_S)]  # inf is capped for the mean
+    assert at("min_headway_s")[0] == (4, 0.5)
+    assert at("share_ttc_below_1.5s") == [(4, 1.0), (6, 0.0)] and at("share_headway_below_1s")[0] == (4, 1.0)
+    assert at("rms_jerk_mps3")[0][1] == pytest.approx(math.sqrt((3.0**2 + 4.0**2) / 2))
+    assert at("route_completion")[0][1] == pytest.approx(0.04)
+    assert at("driving_score")[0][1] == pytest.approx(0.04 * 0.6)
+    assert at("unsafe_fraction")[0] == (4, 0.5)
+    assert at("mean_speed_mps")[1] == (6, 20.0) and at("length_steps") == [(4, 2.0), (6, 3.0)]
+    assert "safety_train/ppo/return" not in logged  # the return of training episodes is rollout/ep_rew_mean's
+    assert callback.episodes == 2
 
 
 class FakeSavingModel:

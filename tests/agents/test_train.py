@@ -55,12 +55,13 @@ def test_training_fills_the_run_folder_and_tensorboard(tiny, algo, fine_tune):
 
     scalars = read_scalars(run)
     for key in (
-        "rollout/ep_rew_mean", "train/value_loss", "train/entropy_loss", "safety/collision_rate",
-        "safety/driving_score", "safety/min_ttc", "safety/mean_speed", "eval/mean_reward",
-        "eval/collision_rate", "eval/mean_speed", "eval/driving_score",
+        "rollout/ep_rew_mean", "train/value_loss", "train/entropy_loss", f"safety_train/{algo}/collision_rate",
+        f"safety_train/{algo}/driving_score", f"safety_train/{algo}/min_ttc_s", f"safety_train/{algo}/mean_speed_mps",
+        "eval/return", "eval/collision_rate", "eval/mean_speed_mps", "eval/driving_score", "eval_highway_env/return",
     ):
         assert all_finite(scalars.get(key, [])), (key, sorted(scalars))
-    assert max(step for step, _ in scalars["eval/mean_reward"]) == result.num_timesteps
+    assert [step for step, _ in scalars["eval/return"]][0] == 0  # before training
+    assert max(step for step, _ in scalars["eval/return"]) == result.num_timesteps
     assert "steps/s" in format_summary(result) and f"evaluate --run {run}" in format_summary(result)
 
     # the perception student stays frozen unless --fine-tune
@@ -132,7 +133,7 @@ def test_resume_after_a_kill_continues_from_the_newest_checkpoint_without_a_fold
     assert checkpoint_paths(run)[-1].name == "step-0000000064.zip"
     resumed = train(TrainOptions(resume=str(run), logdir=tiny.root / "runs", progress_bar=False))
     assert resumed.start_timesteps == 64 and resumed.num_timesteps == 96
-    for tag in ("rollout/ep_rew_mean", "eval/mean_reward"):
+    for tag in ("rollout/ep_rew_mean", "eval/return"):
         steps = [step for step, _ in read_scalars(run)[tag]]
         assert steps == sorted(set(steps)) and steps[-1] == 96, (tag, steps)  # TensorBoard dropped the lost steps
 
@@ -173,7 +174,7 @@ def test_two_envs_run_in_subprocesses(tiny, monkeypatch):
     result = train(options(tiny, name="two-envs", n_envs=2, timesteps=64))
     assert made == [SubprocVecEnv]
     assert result.num_timesteps == 64 and read_run_config(result.run_dir).n_envs == 2
-    assert all_finite(read_scalars(result.run_dir)["safety/collision_rate"])
+    assert all_finite(read_scalars(result.run_dir)["safety_train/ppo/collision_rate"])
 
 
 def test_an_existing_run_folder_needs_force(tiny):
@@ -304,7 +305,8 @@ def test_training_on_the_fast_backend_and_evaluating_on_both(tiny, monkeypatch):
     assert config.backend == "fast" and config.n_envs == 4 and result.num_timesteps >= 128
     assert config.policy.map_channels > 0  # the fast block's policy reads the feature map; evaluate loads it below
     scalars = read_scalars(run)
-    for key in ("rollout/ep_rew_mean", "safety/collision_rate", "safety/mean_speed", "eval/mean_reward"):
+    for key in ("rollout/ep_rew_mean", "safety_train/ppo/collision_rate", "safety_train/ppo/mean_speed_mps",
+                "eval/return"):
         assert all_finite(scalars.get(key, [])), (key, sorted(scalars))
     resumed = train(options(tiny, resume=str(run), scenario=None, config=None, backend=None, timesteps=256))
     assert resumed.start_timesteps == result.num_timesteps and read_run_config(run).backend == "fast"
@@ -456,3 +458,91 @@ def test_device_rollout_trains_saves_resumes_and_evaluates(tiny, tmp_path, monke
     assert resumed.start_timesteps == result.num_timesteps and resumed.num_timesteps >= 256
     report, _ = evaluate_run(result.run_dir, episodes=2, backend="fast")
     assert report.episodes == 2 and math.isfinite(report.metrics["return"].mean)
+
+
+# -- safety in TensorBoard over the whole run (issue 19) ------------------------------------------
+
+
+def test_a_fast_run_logs_safety_for_every_phase_and_evaluates_with_intervals(tiny, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from agents.safety_board import GLOSSARY, glossary_markdown
+
+    config = tmp_path / "imitate.yaml"
+    settings = yaml.safe_load(tiny.config.read_text())
+    settings["training"].update(imitation_iterations=3, imitation_steps=6, eval_every=20)
+    config.write_text(yaml.safe_dump(settings))
+    result = train(options(tiny, backend="fast", n_envs=4, timesteps=128, name="safety-phases", config=config))
+    run = result.run_dir
+    scalars = read_scalars(run)
+    # DAgger: 3 iterations of 6 steps of 4 envs (3-step episodes): the teacher's iteration, then the learner's
+    assert scalars["safety_train/dagger_teacher/episodes"] == [(24, 8.0)]
+    assert scalars["safety_train/dagger/episodes"] == [(48, 8.0), (72, 8.0)]
+    assert [step for step, _ in scalars["safety_train/ppo/collision_rate"]] == [200]  # one rollout of 32 x 4 envs
+    # eval/*: step 0, each DAgger iteration or rollout past a multiple of 20, the last step (4 episodes each)
+    evaluated = [0, 24, 48, 72, 200]
+    assert [step for step, _ in scalars["eval/collision_rate"]] == evaluated
+    assert {value for _, value in scalars["eval/episodes"]} == {4.0}
+    for entry in GLOSSARY:
+        means, lows, highs = (scalars[tag] for tag in (
+            f"eval/{entry.name}", f"eval_ci95/{entry.name}/low", f"eval_ci95/{entry.name}/high"))
+        assert len(means) == len(lows) == len(highs) == len(evaluated), entry.name
+        assert all(low <= mean <= high for (_, mean), (_, low), (_, high) in zip(means, lows, highs)), entry.name
+    assert [step for step, _ in scalars["eval_highway_env/return"]] == [200]  # the reference, at the end
+    assert scalars["eval_highway_env/episodes"] == [(200, 2.0)]
+
+    events = EventAccumulator(str(run), size_guidance={"histograms": 0, "tensors": 0})
+    events.Reload()
+    assert [event.step for event in events.Histograms("eval_hist/min_ttc_s")] == evaluated
+    assert all(event.histogram_value.num == 4 for event in events.Histograms("eval_hist/rms_jerk_mps3"))
+    glossary = events.Tensors("safety/glossary")[0].tensor_proto.string_val[0].decode()
+    assert glossary_markdown() in glossary and "`eval/*`: 4 deterministic episodes on the fast simulator" in glossary
+    summary = events.Tensors("safety/summary")[0]
+    assert summary.step == 200 and "Final evaluation at step 200" in summary.tensor_proto.string_val[0].decode()
+    assert (run / "safety_summary.md").read_text().startswith("### Final evaluation at step 200")
+
+    content = events.PluginTagToContent("hparams")["_hparams_/experiment"]
+    metrics = {info.name.tag for info in plugin_data_pb2.HParamsPluginData.FromString(content).experiment.metric_infos}
+    for entry in GLOSSARY:
+        assert {f"eval/{entry.name}", f"eval_highway_env/{entry.name}"} <= metrics, entry.name
+    assert {"safety_train/ppo/collision_rate", "safety_train/dagger/min_ttc_s",
+            "safety_train/dagger_teacher/unsafe_fraction"} <= metrics
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info.hparams
+    assert start["policy/fine_tune"].string_value == "false"  # not 0.0000
+    assert 0 < result.eval_seconds < result.elapsed_s and "evaluation:" in format_summary(result)
+
+
+def test_a_baseline_run_is_compared_on_the_same_episodes(tiny):
+    baseline = train(options(tiny, backend="fast", n_envs=1, timesteps=32, name="the-baseline"))
+    result = train(options(tiny, backend="fast", n_envs=1, timesteps=32, seed=1, name="compared",
+                           baseline="the-baseline"))
+    summary = (result.run_dir / "safety_summary.md").read_text()
+    assert f"baseline `{baseline.run_dir.name}` (step 32)" in summary
+    assert "difference (this − baseline, paired)" in summary
+
+
+@pytest.mark.parametrize("baseline, fragment", [
+    ("no-such-run", "--baseline no-such-run: run folder not found"),
+    ("not-a-run", "is not a run folder"),
+    ("other-scenario", "a baseline must be a run of the same scenario"),
+])
+def test_a_bad_baseline_is_one_clear_error_before_anything_is_written(tiny, baseline, fragment):
+    runs = tiny.root / "runs"
+    (runs / "not-a-run").mkdir(parents=True, exist_ok=True)
+    if baseline == "other-scenario" and not (runs / "other-scenario").exists():
+        other = write_scenario(tiny.root / "other.yaml", **{"episode.duration": 3})
+        train(options(tiny, scenario=str(other), timesteps=32, name="other-scenario", backend="fast"))
+    before = set(runs.iterdir())
+    with pytest.raises((ValueError, FileNotFoundError)) as raised:
+        train(options(tiny, name="never-trained", baseline=baseline))
+    assert fragment in str(raised.value)
+    assert set(runs.iterdir()) == before
+
+
+def test_cli_refuses_a_baseline_that_is_not_a_run(tiny):
+    result = run_cli("train", "--scenario", str(tiny.scenario), "--baseline", str(tiny.root), "--timesteps", "32")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--baseline" in errors[0] and "is not a run folder" in errors[0], result.stderr

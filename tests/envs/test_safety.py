@@ -108,16 +108,16 @@ def test_tracker_measures_acceleration_jerk_and_events():
 
 
 def step_info(ttc=math.inf, headway=math.inf, speed=20.0, distance=0.0, crashed=False, off_road=False,
-              hard_brake=False, lane_change=False) -> dict:
+              hard_brake=False, lane_change=False, jerk=0.0) -> dict:
     return {"safety": dict(ttc=ttc, headway=headway, speed=speed, distance=distance, crashed=crashed,
-                           off_road=off_road, hard_brake=hard_brake, lane_change=lane_change)}
+                           off_road=off_road, hard_brake=hard_brake, lane_change=lane_change, jerk=jerk)}
 
 
 def test_monitor_aggregates_an_episode_exactly():
     monitor = SafetyMonitor(route_length_m=1000.0)
     steps = [
-        step_info(ttc=8.0, headway=2.0, speed=20.0, distance=100.0),
-        step_info(ttc=1.5, headway=2.0, speed=22.0, distance=200.0, hard_brake=True),  # unsafe (TTC)
+        step_info(ttc=8.0, headway=2.0, speed=20.0, distance=100.0, jerk=3.0),
+        step_info(ttc=1.5, headway=2.0, speed=22.0, distance=200.0, hard_brake=True, jerk=-4.0),  # unsafe (TTC)
         step_info(ttc=9.0, headway=0.5, speed=24.0, distance=300.0, lane_change=True),  # unsafe (headway)
         step_info(speed=26.0, distance=400.0, off_road=True),
         step_info(speed=28.0, distance=500.0, crashed=True, lane_change=True),
@@ -126,7 +126,8 @@ def test_monitor_aggregates_an_episode_exactly():
         monitor.update(info)
     summary = monitor.summary()
     assert summary["collision"] == 1.0
-    assert summary["min_ttc"] == 1.5
+    assert summary["min_ttc"] == 1.5 and summary["min_headway"] == 0.5
+    assert summary["rms_jerk"] == pytest.approx(math.sqrt((3.0**2 + 4.0**2) / 5))
     assert summary["unsafe_fraction"] == pytest.approx(2 / 5)
     assert summary["off_road_fraction"] == pytest.approx(1 / 5)
     assert summary["hard_brakes_per_km"] == pytest.approx(2.0)  # 1 in 0.5 km
