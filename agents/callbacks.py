@@ -67,8 +67,13 @@ class SafetyCallback(BaseCallback):
 
 
 class PeriodicEvaluation(BaseCallback):
-    """At the end of every rollout, `evaluator.maybe_evaluate`: every `evaluator.every` env steps,
-    the fixed evaluation episodes, logged as eval/* (agents.safety_board)."""
+    """At the start of every rollout, `evaluator.maybe_evaluate`: every `evaluator.every` env steps,
+    the fixed evaluation episodes, logged as eval/* (agents.safety_board).
+
+    At the start, not the end: SB3 calls `on_rollout_end` before the update that learns from the
+    rollout, so an evaluation there would show the model one update behind the step it is logged
+    at (and behind the saved model.zip at the last step). At the next rollout's start the model is
+    the one trained on every step counted so far."""
 
     def __init__(self, evaluator: Evaluator) -> None:
         super().__init__()
@@ -77,7 +82,7 @@ class PeriodicEvaluation(BaseCallback):
     def _on_step(self) -> bool:
         return True
 
-    def _on_rollout_end(self) -> None:
+    def _on_rollout_start(self) -> None:
         self.evaluator.maybe_evaluate(self.model, self.num_timesteps)
 
 

@@ -426,7 +426,8 @@ class Evaluator:
         return self.evaluate(model, step) if step >= self.next_at else None
 
     def final(self, model, step: int) -> Evaluated:
-        """The evaluation at the last step (reused when the last periodic one was at it)."""
+        """The evaluation of the final model at the last step (reused when the last periodic one
+        evaluated that model: periodic ones run when a DAgger iteration or an update is done)."""
         if self.last is not None and self.last.step == step:
             return self.last
         return self.evaluate(model, step)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import math
 import subprocess
 import sys
-import math
 import zipfile
 from pathlib import Path
 
@@ -467,13 +468,23 @@ def test_a_fast_run_logs_safety_for_every_phase_and_evaluates_with_intervals(tin
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    from agents.safety_board import GLOSSARY, glossary_markdown
+    from agents.safety_board import GLOSSARY, Evaluator, glossary_markdown
 
     config = tmp_path / "imitate.yaml"
     settings = yaml.safe_load(tiny.config.read_text())
     settings["training"].update(imitation_iterations=3, imitation_steps=6, eval_every=20)
     config.write_text(yaml.safe_dump(settings))
-    result = train(options(tiny, backend="fast", n_envs=4, timesteps=128, name="safety-phases", config=config))
+    evaluated_weights = {}  # step -> the policy's weights that eval/* at that step played
+    original = Evaluator.evaluate
+
+    def spy(self, model, step, evaluation=None):
+        if evaluation is None or evaluation is self.evaluation:  # eval/*, not eval_highway_env/*
+            evaluated_weights[step] = {name: value.clone() for name, value in model.policy.state_dict().items()}
+        return original(self, model, step, evaluation)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Evaluator, "evaluate", spy)
+        result = train(options(tiny, backend="fast", n_envs=4, timesteps=128, name="safety-phases", config=config))
     run = result.run_dir
     scalars = read_scalars(run)
     # DAgger: 3 iterations of 6 steps of 4 envs (3-step episodes): the teacher's iteration, then the learner's
@@ -491,6 +502,15 @@ def test_a_fast_run_logs_safety_for_every_phase_and_evaluates_with_intervals(tin
         assert all(low <= mean <= high for (_, mean), (_, low), (_, high) in zip(means, lows, highs)), entry.name
     assert [step for step, _ in scalars["eval_highway_env/return"]] == [200]  # the reference, at the end
     assert scalars["eval_highway_env/episodes"] == [(200, 2.0)]
+    # the last eval/* is the saved model's (not the one before the last update): the same weights, and
+    # the same numbers as `run.py evaluate` of model.zip on those episodes
+    saved_weights = torch.load(io.BytesIO(zipfile.ZipFile(run / "model.zip").read("policy.pth")), weights_only=True)
+    assert all(torch.equal(evaluated_weights[200][name], saved_weights[name]) for name in saved_weights)
+    from agents.evaluate import evaluate_run
+
+    saved, _ = evaluate_run(run, episodes=4, backend="fast")
+    for tag, name in (("return", "return"), ("collision_rate", "collision_rate"), ("mean_speed_mps", "mean_speed")):
+        assert scalars[f"eval/{tag}"][-1][1] == pytest.approx(saved.metrics[name].mean, rel=1e-6), tag
 
     events = EventAccumulator(str(run), size_guidance={"histograms": 0, "tensors": 0})
     events.Reload()
