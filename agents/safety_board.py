@@ -397,7 +397,8 @@ class Evaluated:
 
 class Evaluator:
     """The periodic evaluation of a run: `evaluation` at step 0, whenever the step passes a multiple of
-    `every` (at the end of a DAgger iteration or a rollout), and at the end; the time it takes is counted."""
+    `every` (after a DAgger iteration's fit, or at the start of a rollout, after the previous one's
+    update), and at the end; the time it takes is counted."""
 
     def __init__(self, board: SafetyBoard | None, evaluation: EvaluationSet, every: int, start_step: int = 0) -> None:
         if every < 1:
