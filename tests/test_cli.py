@@ -160,3 +160,12 @@ def test_an_unwritable_path_gives_one_line(monkeypatch, capsys):
     monkeypatch.setattr(run, "cmd_scenarios", break_down)
     with pytest.raises(OSError):
         run.main(["scenarios"])
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs a read-only place (sysfs)")
+def test_a_read_only_place_gives_one_line_without_the_writers_tracebacks():
+    """imageio printed 'Exception ignored' tracebacks about the temporary name; atomic_write now
+    tries the place first and names the user's path."""
+    result = run_cli("preview", "--steps", "2", "--out", "/sys/kernel/x.gif")
+    assert_one_line_error(result, "/sys/kernel/x.gif")
+    assert "Exception ignored" not in result.stderr and ".tmp" not in result.stderr
