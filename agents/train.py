@@ -47,6 +47,7 @@ from agents.runs import (
     copy_file,
     create_run_dir,
     find_run,
+    latest_model,
     load_agent,
     load_newest_agent,
     read_run_config,
@@ -379,7 +380,6 @@ def train(options: TrainOptions) -> TrainResult:
 class _Baseline:
     run_dir: Path
     config: RunConfig
-    model_path: Path
 
 
 def _check_baseline(options: TrainOptions) -> _Baseline | None:
@@ -391,7 +391,7 @@ def _check_baseline(options: TrainOptions) -> _Baseline | None:
     try:
         run_dir = find_run(options.baseline, options.logdir)
         config = read_run_config(run_dir)
-        model_path = latest_model(run_dir)
+        latest_model(run_dir)  # it has an intact model file; the one played is the newest valid one
     except FileNotFoundError as error:
         raise FileNotFoundError(f"--baseline {options.baseline}: {error}") from None
     if options.resume:
@@ -404,7 +404,7 @@ def _check_baseline(options: TrainOptions) -> _Baseline | None:
             f"--baseline {options.baseline}: that run is of scenario {config.scenario}, this one of {ours}; "
             f"a baseline must be a run of the same scenario (its evaluation episodes are compared one by one)"
         )
-    return _Baseline(run_dir, config, model_path)
+    return _Baseline(run_dir, config)
 
 
 def _evaluation_sets(config: RunConfig, eval_env, device: str) -> tuple[EvaluationSet | None, EvaluationSet | None]:
@@ -475,7 +475,7 @@ def _final_evaluation(model, evaluator: Evaluator, reference: EvaluationSet | No
 
 
 def _evaluate_baseline(baseline: _Baseline, evaluation: EvaluationSet, eval_env, device: str) -> Evaluated:
-    """The baseline run's newest model on the same evaluation episodes."""
+    """The baseline run's newest valid model (agents.runs.load_newest_agent) on the same evaluation episodes."""
     import warnings
 
     from stable_baselines3.common.vec_env import DummyVecEnv
@@ -484,8 +484,7 @@ def _evaluate_baseline(baseline: _Baseline, evaluation: EvaluationSet, eval_env,
                  baseline.config.scenario)
     with untouched_rng(), warnings.catch_warnings():  # PPO's batch-size warning: nothing trains here
         warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
-        model = load_agent(baseline.config, baseline.run_dir, DummyVecEnv([lambda: eval_env]), device,
-                           baseline.model_path)
+        model = load_agent(baseline.config, baseline.run_dir, DummyVecEnv([lambda: eval_env]), device)
     rows = evaluation.play(model)
     return Evaluated(int(model.num_timesteps), rows, summarize(rows), evaluation)
 
