@@ -104,8 +104,6 @@ def cmd_perception_train(args: argparse.Namespace) -> None:
 
 
 def cmd_perception_eval(args: argparse.Namespace) -> None:
-    import shlex
-
     from perception.attacks import parse_eps
     from perception.evaluate import evaluate_models
     from perception.report import check_targets, write_report
@@ -124,8 +122,7 @@ def cmd_perception_eval(args: argparse.Namespace) -> None:
         models, args.data, eps_list=[parse_eps(text) for text in args.eps], attack_frames=args.attack_frames,
         pgd_steps=args.pgd_steps, device=args.device, threads=args.latency_threads, seed=args.seed,
     )
-    command = "python run.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
-    path = write_report(run, args.out, command=command)
+    path = write_report(run, args.out, command=command_line())
     for check in check_targets(run):
         value = "n/a" if check.value is None else f"{check.value:.3g}{check.unit}"
         print(f"{check.status:>4}  {check.what}: {value} (target {check.target})")
