@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Sequence, TypedDict
 
@@ -296,9 +295,8 @@ def evaluate_run(
     Returns (report, path of the JSON file).
     """
     from stable_baselines3.common.utils import set_random_seed
-    from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents.runs import check_spaces, find_run, load_newest_agent, read_run_config
+    from agents.runs import check_spaces, find_run, load_agent_to_play, read_run_config
     from envs.system import resolve_device
 
     if episodes < 1:
@@ -314,10 +312,8 @@ def evaluate_run(
     try:
         check_spaces(config, run_dir, env.observation_space, env.action_space, scenario_arg)
         set_random_seed(seed)
-        with warnings.catch_warnings():  # PPO warns that its training batch does not divide one env's rollout; nothing trains here
-            warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
-            # the newest valid model; damaged newer ones are skipped with a warning naming them
-            model, model_path = load_newest_agent(config, run_dir, DummyVecEnv([lambda: env]), device, seed=seed)
+        # the newest valid model; damaged newer ones are skipped with a warning naming them
+        model, model_path = load_agent_to_play(config, run_dir, env, device, seed=seed)
         seeds = evaluation_seeds(env.scenario, episodes, seed)
         if simulator.batched:  # all episodes side by side, the same numbers as one at a time
             per_episode = run_batched_episodes(model, env.scenario, seeds, device)

@@ -341,6 +341,19 @@ def load_agent(config: RunConfig, run_dir: Path, env, device: str, path: Path | 
     return model
 
 
+def load_agent_to_play(config: RunConfig, run_dir: Path, env, device: str, seed: int | None = None):
+    """The run's newest valid agent (`load_newest_agent`) on one gym env, to play or check, not to train
+    -> (agent, path of its model). PPO warns that its mini-batch does not divide one env's rollout:
+    nothing trains here, so that warning is silenced."""
+    import warnings
+
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
+        return load_newest_agent(config, run_dir, DummyVecEnv([lambda: env]), device, seed=seed)
+
+
 def load_newest_agent(config: RunConfig, run_dir: Path, env, device: str, seed: int | None = None):
     """The run's agent on `env` with the newest model that is valid -> (agent, path of that model).
 

@@ -49,7 +49,7 @@ from agents.runs import (
     find_run,
     latest_model,
     load_agent,
-    load_newest_agent,
+    load_agent_to_play,
     read_run_config,
     remove_unstarted_run,
     run_name,
@@ -268,13 +268,7 @@ def _resumed_run(options: TrainOptions):
 def _newest_valid_model(config: RunConfig, run_dir: Path, env, device: str) -> Path:
     """The newest model of the run whose tensors load into its policy (agents.runs.load_newest_agent,
     which warns about the newer files it skipped), tried on one env before the training envs start."""
-    import warnings
-
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
-    with warnings.catch_warnings():  # PPO's mini-batch warning for 1 env: nothing trains on this agent
-        warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
-        _, path = load_newest_agent(config, run_dir, DummyVecEnv([lambda: env]), str(resolve_device(device)))
+    _, path = load_agent_to_play(config, run_dir, env, str(resolve_device(device)))
     return path
 
 
@@ -476,15 +470,10 @@ def _final_evaluation(model, evaluator: Evaluator, reference: EvaluationSet | No
 
 def _evaluate_baseline(baseline: _Baseline, evaluation: EvaluationSet, eval_env, device: str) -> Evaluated:
     """The baseline run's newest valid model (agents.runs.load_newest_agent) on the same evaluation episodes."""
-    import warnings
-
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
     check_spaces(baseline.config, baseline.run_dir, eval_env.observation_space, eval_env.action_space,
                  baseline.config.scenario)
-    with untouched_rng(), warnings.catch_warnings():  # PPO's batch-size warning: nothing trains here
-        warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
-        model = load_agent(baseline.config, baseline.run_dir, DummyVecEnv([lambda: eval_env]), device)
+    with untouched_rng():  # building the agent draws initial weights: not from the training's generators
+        model, _ = load_agent_to_play(baseline.config, baseline.run_dir, eval_env, device)
     rows = evaluation.play(model)
     return Evaluated(int(model.num_timesteps), rows, summarize(rows), evaluation)
 

@@ -11,7 +11,6 @@ same modules SB3's `predict` runs. A deterministic agent acts on the largest log
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -120,15 +119,12 @@ def load_run(run: str | Path, env, device: str = "cpu", logdir: str | Path = "ru
 
     A run folder without a model is a FileNotFoundError; a scenario whose camera or actions differ
     from the run's is a ValueError (agents.runs.check_spaces)."""
-    from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents.runs import check_spaces, find_run, load_newest_agent, read_run_config
+    from agents.runs import check_spaces, find_run, load_agent_to_play, read_run_config
 
     run_dir = find_run(run, logdir)
     config = read_run_config(run_dir)
     check_spaces(config, run_dir, env.observation_space, env.action_space, scenario or config.scenario)
-    with warnings.catch_warnings():  # PPO's mini-batch warning: nothing trains here
-        warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
-        agent, model_path = load_newest_agent(config, run_dir, DummyVecEnv([lambda: env]), device)
+    agent, model_path = load_agent_to_play(config, run_dir, env, device)
     agent.policy.set_training_mode(False)
     return LoadedRun(run_dir, config, model_path, int(agent.num_timesteps), agent, DecisionModel(agent.policy))

@@ -159,7 +159,7 @@ class FastVecEnv(VecEnv):
         reward, done, time_limit, seeds = (columns.pop(key) for key in ("reward", "done", "time_limit", "episode_seed"))
         signals = rows_of({name.removeprefix("safety."): values for name, values in columns.items()})
         infos: list[dict[str, Any]] = [{"safety": row, "episode_seed": seed} for row, seed in zip(signals, seeds)]
-        for k, i in enumerate(i for i, ended in enumerate(done) if ended):
+        for k, i in enumerate(step.finished.tolist()):  # finished rows, ascending, as `terminal`'s rows
             infos[i]["terminal_observation"] = step.terminal[k]
             infos[i]["TimeLimit.truncated"] = time_limit[i]
         return np.asarray(reward, dtype=np.float32), np.asarray(done, dtype=bool), infos

@@ -6,6 +6,7 @@ import io
 import math
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -425,6 +426,9 @@ def test_a_resumed_logger_purges_what_the_lost_session_logged_after_the_checkpoi
         first.record("rollout/x", float(step))
         first.dump(step)
     first.close()
+    # A resumed session starts later than the lost one: its events file (named by the second it was made,
+    # then a per-process counter that sorts as text, 10 before 9) must sort after the first one's.
+    time.sleep(1.1)
     resumed = train_module._tensorboard_logger(tmp_path, purge_step=5)
     for step in range(5, 8):
         resumed.record("rollout/x", 100.0 + step)

@@ -42,6 +42,7 @@ def test_a_scene_without_a_vehicle_renders_without_its_pixels(backend):
         empty = env.render_scene(Scene(scene.positions[:1], scene.headings[:1], scene.speeds[:1], scene.lengths[:1],
                                        scene.widths[:1]))
         changed = np.any(with_all != without, axis=2)
+        assert changed.any()  # the car was in view: its pixels are gone
         # whatever changed is where the removed car was drawn: the road-only frame shows there
         assert np.array_equal(without[changed], empty[changed])
     finally:
