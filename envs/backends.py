@@ -65,7 +65,8 @@ class CameraEnv(Protocol):
         """(N,) int64: an id per row of `scene()` that a vehicle keeps through the episode; 0 = the ego."""
 
     def render_scene(self, scene: Scene) -> np.ndarray:
-        """(H, W, 3) uint8: the camera's frame of another scene at this instant (counterfactuals)."""
+        """(H, W, 3) uint8: the camera's frame of another scene at this instant (counterfactuals).
+        Safe to call from another thread while the env steps (watch renders in a worker)."""
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]: ...
 

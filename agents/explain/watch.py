@@ -51,7 +51,7 @@ class ShapWorker:
         explainer.explainer = shap.GradientExplainer(explainer.model, explainer.background, batch_size=explainer.nsamples)
         self.explainer = explainer
         self.scenario = env.unwrapped.scenario
-        self.renderer = FrameRenderer(env)  # its own camera
+        self.renderer = FrameRenderer(env)  # render_scene is thread-safe (envs.backends.CameraEnv)
         self.requests: queue.Queue = queue.Queue()
         self.results: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="shap-keyframes", daemon=True)

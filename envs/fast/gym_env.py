@@ -7,6 +7,7 @@ reward and `info` (safety signals, ground truth, reward terms, episode seed).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,9 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         self.action_type = FastMetaActions(self.sim)  # what rule-based policies read, as on highway-env
         self._top_down_camera: BatchedBevCamera | None = None
         self._scene_camera: BatchedBevCamera | None = None  # render_scene's, built on first use
+        # That camera reuses scratch buffers between calls, so two threads rendering at once (watch's
+        # SHAP worker and its drawing loop) would read each other's half-written pixel indices.
+        self._scene_camera_lock = threading.Lock()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -142,17 +146,18 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
 
     def render_scene(self, scene: Scene) -> np.ndarray:
         """(H, W, 3) uint8: the camera's frame of another scene, e.g. the same instant without one
-        vehicle. A camera of its own: the simulator's keeps scratch buffers of its batch."""
-        if self._scene_camera is None:
-            self._scene_camera = BatchedBevCamera(self.scenario.camera.bev, self.sim.traffic.lanes_count, "cpu")
+        vehicle. A camera of its own: the simulator's keeps scratch buffers of its batch. Thread-safe."""
 
         def row(values: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(values, dtype=torch.float64)[None]  # (1, N)
 
         present = torch.ones((1, len(scene.speeds)), dtype=torch.bool)
-        frames = self._scene_camera.render(row(scene.positions[:, 0]), row(scene.positions[:, 1]),
-                                           row(scene.headings), row(scene.lengths), row(scene.widths), present)
-        return frames[0].permute(1, 2, 0).numpy().copy()  # (1, 3, H, W) -> (H, W, 3)
+        with self._scene_camera_lock:
+            if self._scene_camera is None:
+                self._scene_camera = BatchedBevCamera(self.scenario.camera.bev, self.sim.traffic.lanes_count, "cpu")
+            frames = self._scene_camera.render(row(scene.positions[:, 0]), row(scene.positions[:, 1]),
+                                               row(scene.headings), row(scene.lengths), row(scene.widths), present)
+            return frames[0].permute(1, 2, 0).numpy().copy()  # (1, 3, H, W) -> (H, W, 3)
 
     def _observation(self) -> np.ndarray:
         return self.sim.observation()[0].cpu().numpy().copy()

@@ -47,3 +47,32 @@ def test_a_scene_without_a_vehicle_renders_without_its_pixels(backend):
         assert np.array_equal(without[changed], empty[changed])
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_render_scene_from_two_threads_at_once_gives_the_single_thread_frame(backend):
+    """watch re-renders counterfactuals in its SHAP worker while the drawing loop does too; the fast
+    camera's scratch buffers once made that an IndexError or a garbled frame."""
+    import threading
+
+    env = get_backend(backend).make_env("highway")
+    try:
+        env.reset(seed=3)
+        scene = env.scene()
+        expected = env.render_scene(scene).copy()
+        wrong, errors = [], []
+
+        def render_many() -> None:
+            try:
+                wrong.extend(i for i in range(150) if not np.array_equal(env.render_scene(scene), expected))
+            except Exception as error:  # noqa: BLE001 (reported below)
+                errors.append(error)
+
+        threads = [threading.Thread(target=render_many) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and wrong == []
+    finally:
+        env.close()
