@@ -191,6 +191,12 @@ def cmd_bench_teacher(args: argparse.Namespace) -> None:
     print(f"{args.episodes} episodes in {report.seconds:.0f} s")
 
 
+def cmd_bench_explain(args: argparse.Namespace) -> None:
+    from agents.explain.bench import bench_explain, format_bench
+
+    print(format_bench(bench_explain(args.run, backend=args.backend, every=args.every, logdir=args.logdir)))
+
+
 def command_line() -> str:
     """The command line this process was started with, as a user would type it again."""
     import shlex
@@ -244,7 +250,7 @@ def cmd_watch(args: argparse.Namespace) -> None:
 
     watch(args.run, episodes=args.episodes, overlay=args.overlay, every=args.every, scenario=args.scenario,
           seed=args.seed, backend=args.backend, out=args.out, device=args.device, logdir=args.logdir,
-          max_frames=args.max_frames)
+          max_frames=args.max_frames, speed=args.speed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
                                help="time to collision with the car ahead [s] below which a step costs --ttc-penalty")
     bench_teacher.add_argument("--ttc-penalty", type=float, help="cost of such a step; 0 = none")
     bench_teacher.set_defaults(func=cmd_bench_teacher)
+    bench_explain = bench_kinds.add_parser(
+        "explain", help="what explanations cost: a replay (cold and cached), watch's step and redraw, a TensorBoard replay"
+    )
+    bench_explain.add_argument("--run", required=True, help="run folder (or its name in --logdir); it is not written to")
+    bench_explain.add_argument("--backend", choices=BACKEND_NAMES, default=HIGHWAY_ENV.name)
+    bench_explain.add_argument("--every", type=positive_int, default=5, help="a SHAP keyframe every K policy steps")
+    bench_explain.add_argument("--logdir", type=Path, default=Path("runs"), help="where to look up a run name")
+    bench_explain.set_defaults(func=cmd_bench_explain)
 
     perception = commands.add_parser("perception", help="perception data, training, distillation, export")
     perception_steps = perception.add_subparsers(dest="step", required=True, metavar="STEP")
@@ -462,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
             explain.add_argument("--gif", action="store_true", help="also write a GIF per episode")
             explain.set_defaults(func=cmd_replay)
         else:
+            explain.add_argument("--speed", type=float, default=1.0, help="playback speed (1 = real time, 2 = twice as fast)")
             explain.add_argument("--max-frames", type=int, default=None, help=argparse.SUPPRESS)  # tests
             explain.set_defaults(func=cmd_watch)
     return parser

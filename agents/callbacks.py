@@ -1,4 +1,4 @@
-"""stable-baselines3 callbacks: safety metrics, periodic evaluation, checkpoints, hyperparameters.
+"""stable-baselines3 callbacks: safety metrics, periodic evaluation and replays, checkpoints, hyperparameters.
 
 What the safety and evaluation callbacks write, and in which units: agents/safety_board.py.
 
@@ -20,6 +20,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam
 
 from agents.evaluate import EpisodeMetrics
+from agents.explain.training_replay import TrainingReplays
 from agents.runs import save_checkpoint
 from agents.safety_board import EpisodeTracker, Evaluator, SafetyBoard
 
@@ -84,6 +85,21 @@ class PeriodicEvaluation(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         self.evaluator.maybe_evaluate(self.model, self.num_timesteps)
+
+
+class PeriodicReplay(BaseCallback):
+    """At the start of every rollout (for the reason PeriodicEvaluation gives), `replays.maybe_log`:
+    every `replays.every` env steps, one replay with overlays in TensorBoard (agents.explain.training_replay)."""
+
+    def __init__(self, replays: TrainingReplays) -> None:
+        super().__init__()
+        self.replays = replays
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        self.replays.maybe_log(self.model, self.num_timesteps)
 
 
 class PeriodicCheckpoint(BaseCallback):

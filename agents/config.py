@@ -71,6 +71,9 @@ class TrainingConfig:
     # episodes on highway-env (~1 s each): the final check of a run evaluated on the fast backend, and the
     # periodic evaluation of scenarios the fast backend does not reproduce; 0 = none
     reference_eval_episodes: Annotated[StrictInt, Field(ge=0, le=10_000)] = 20
+    # [env steps] between replays in TensorBoard (one episode with the attention overlay, as an animated
+    # GIF in the IMAGES tab: agents/explain/training_replay.py); 0 = none
+    replay_every: Annotated[StrictInt, Field(ge=0)] = 0
 
     @property
     def imitates(self) -> bool:

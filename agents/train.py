@@ -32,7 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.callbacks import HParamsCallback, PeriodicCheckpoint, PeriodicEvaluation, SafetyCallback
+from agents.callbacks import HParamsCallback, PeriodicCheckpoint, PeriodicEvaluation, PeriodicReplay, SafetyCallback
+from agents.explain.training_replay import TrainingReplays
 from agents.config import RunConfig, check_algo, load_agent_config
 from agents.evaluate import evaluation_seeds
 from agents.safety_board import (
@@ -99,6 +100,7 @@ class TrainResult:
     elapsed_s: float  # wall time of model.learn [s]
     backend: str = "highway-env"  # the simulator it trained on
     eval_seconds: float = 0.0  # [s] of elapsed_s spent in the evaluations (eval/*, eval_highway_env/*, the baseline's)
+    replay_seconds: float = 0.0  # [s] of elapsed_s spent on replays for TensorBoard (replay/*)
 
     @property
     def steps_per_s(self) -> float:
@@ -294,7 +296,7 @@ def train(options: TrainOptions) -> TrainResult:
 
     backend = get_backend(config.backend)
     _set_threads(options.threads, config.n_envs if backend.uses_worker_processes else 1)  # else: no workers
-    vec_env = None
+    vec_env = replays = None
     try:
         vec_env = backend.make_vec_env(config.scenario, config.n_envs, str(device))
         if model_path is None:
@@ -312,6 +314,9 @@ def train(options: TrainOptions) -> TrainResult:
         board = SafetyBoard(writer) if writer is not None else None
         periodic, reference = _evaluation_sets(config, eval_env, str(device))
         evaluator = Evaluator(board, periodic, training.eval_every, start_timesteps) if periodic else None
+        replays = (TrainingReplays(writer, config.scenario, config.backend, training.replay_every,
+                                   start_step=start_timesteps)
+                   if writer is not None and training.replay_every else None)
         phases = _phases(config)
         prefixes = [evaluation.prefix for evaluation in (periodic, reference) if evaluation is not None]
         if model_path is None and board is not None:
@@ -324,6 +329,8 @@ def train(options: TrainOptions) -> TrainResult:
         ]
         if evaluator is not None:
             callbacks.append(PeriodicEvaluation(evaluator))
+        if replays is not None:
+            callbacks.append(PeriodicReplay(replays))
         if model_path is None:
             callbacks.append(HParamsCallback(_hparams(config), hparam_metrics(phases, prefixes)))
         progress = progress_bar() if options.progress_bar else None
@@ -335,9 +342,11 @@ def train(options: TrainOptions) -> TrainResult:
         try:
             if evaluator is not None and model_path is None:
                 evaluator.evaluate(model, 0)  # before training: where the curves start
+            if replays is not None and model_path is None:
+                replays.log(model, 0)
             if model_path is None and training.imitates:
                 _imitate(model, vec_env, training, run_dir, options.progress_bar, board, evaluator,
-                         eval_env.scenario.safety.route_length_m)
+                         eval_env.scenario.safety.route_length_m, replays)
             model.learn(
                 total_timesteps=training.timesteps - model.num_timesteps,
                 callback=CallbackList(callbacks),
@@ -346,6 +355,8 @@ def train(options: TrainOptions) -> TrainResult:
             )
             if evaluator is not None:
                 _final_evaluation(model, evaluator, reference, baseline, board, run_dir, eval_env, str(device), began)
+            if replays is not None:
+                replays.final(model, model.num_timesteps)
         except KeyboardInterrupt:
             interrupted = True
             if progress is not None:
@@ -363,8 +374,11 @@ def train(options: TrainOptions) -> TrainResult:
     finally:
         _close(vec_env)
         eval_env.close()
+        if replays is not None:
+            replays.close()
     return TrainResult(run_dir, saved, start_timesteps, model.num_timesteps, interrupted, elapsed, config.backend,
-                       evaluator.seconds if evaluator is not None else 0.0)
+                       evaluator.seconds if evaluator is not None else 0.0,
+                       replays.seconds if replays is not None else 0.0)
 
 
 # -- safety and evaluation in TensorBoard (agents/safety_board.py) --------------------------------
@@ -479,13 +493,14 @@ def _evaluate_baseline(baseline: _Baseline, evaluation: EvaluationSet, eval_env,
 
 
 def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board: SafetyBoard | None = None,
-             evaluator: Evaluator | None = None, route_length_m: float = 1.0) -> None:
+             evaluator: Evaluator | None = None, route_length_m: float = 1.0,
+             replays: TrainingReplays | None = None) -> None:
     """The warm start (agents/imitation.py): the policy imitates the privileged teacher for
     `imitation_iterations` DAgger iterations. Its env steps count towards the run's timesteps; a
     checkpoint after each iteration means a kill loses at most one iteration (`--resume` then goes
     on with PPO/A2C from it). imitation/* goes to TensorBoard, and after each iteration the safety of
     its finished episodes (safety_train/dagger_teacher/* in the first, where the teacher drives;
-    safety_train/dagger/* after, where the learner drives) and, when due, eval/*."""
+    safety_train/dagger/* after, where the learner drives) and, when due, eval/* and a replay."""
     from agents.imitation import imitate_teacher
 
     steps_per_iteration = training.imitation_steps * vec_env.num_envs  # env steps of all envs
@@ -505,6 +520,8 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board
         save_checkpoint(model, run_dir, training.keep_checkpoints)
         if evaluator is not None:
             evaluator.maybe_evaluate(model, model.num_timesteps)
+        if replays is not None:
+            replays.maybe_log(model, model.num_timesteps)
         log.info("imitation %d/%d: regret %.3f, agreement with the teacher %.2f, %.0f s", progress.iteration,
                  training.imitation_iterations, progress.regret, progress.agreement, progress.seconds)
 
@@ -618,6 +635,8 @@ def format_summary(result: TrainResult) -> str:
             *([f"  evaluation: {result.eval_seconds:.0f} s of the {result.elapsed_s:.0f} s "
                f"({result.eval_seconds / max(result.elapsed_s, 1e-9):.1%}); final table in {run / 'safety_summary.md'}"]
               if result.eval_seconds and not result.interrupted else []),
+            *([f"  replays:    {result.replay_seconds:.0f} s ({result.replay_seconds / max(result.elapsed_s, 1e-9):.1%}); "
+               f"TensorBoard's IMAGES tab, replay/*"] if result.replay_seconds else []),
             f"  watch:      tensorboard --logdir {run.parent}",
             f"  evaluate:   python run.py evaluate --run {run}",
             *([f"  continue:   python run.py train --resume {run}"] if result.interrupted else []),

@@ -7,6 +7,7 @@ killed process leaves the old file or none, never half a video.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Iterable
 
@@ -36,17 +37,27 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float,
         raise ValueError(f"a video file must end in one of {', '.join(VIDEO_SUFFIXES)}, got {path.name!r}")
 
     def write(tmp: Path) -> None:
-        if suffix == ".mp4":
-            writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                        pixelformat="yuv420p", macro_block_size=1, quality=7)
-            padded = (pad_even(frame, fill) for frame in frames)
-        else:  # GIF frame duration [ms]; loop=0 repeats forever
-            writer = imageio.get_writer(tmp, format="GIF", mode="I", duration=1000.0 / fps, loop=0)
-            padded = iter(frames)
+        if suffix == ".gif":
+            tmp.write_bytes(encode_gif(frames, fps))
+            return
+        writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                    pixelformat="yuv420p", macro_block_size=1, quality=7)
         try:
-            for frame in padded:
-                writer.append_data(frame)
+            for frame in frames:
+                writer.append_data(pad_even(frame, fill))
         finally:
             writer.close()
 
     return atomic_write(path, write)
+
+
+def encode_gif(frames: Iterable[np.ndarray], fps: float) -> bytes:
+    """Frames (h, w, 3) uint8 RGB -> the bytes of a GIF that loops forever (TensorBoard shows it animated)."""
+    buffer = io.BytesIO()
+    writer = imageio.get_writer(buffer, format="GIF", mode="I", duration=1000.0 / fps, loop=0)  # duration [ms] per frame
+    try:
+        for frame in frames:
+            writer.append_data(frame)
+    finally:
+        writer.close()
+    return buffer.getvalue()

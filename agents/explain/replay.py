@@ -26,7 +26,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 
-from agents.explain.decision import LoadedRun, load_run
+from agents.explain.decision import DecisionModel, LoadedRun, load_run
 from agents.explain.overlays import check_overlay
 from agents.explain.panels import ShapView, Timeline, compose
 from agents.explain.session import Episode, FrameRenderer, make_env, play_episode
@@ -101,10 +101,11 @@ def shap_tools(env, loaded: LoadedRun, backend: str, nsamples: int, output: str 
     return explainer, cache
 
 
-def episode_frames(env, loaded: LoadedRun, episode: Episode, overlay: str, every: int,
-                   explainer: ShapExplainer | None, cache: KeyframeCache | None, result: ReplayResult,
-                   title: str) -> list[np.ndarray]:
-    """Compose every frame of a played episode: SHAP keyframes (cached), per-vehicle reasons, panels."""
+def episode_frames(env, decision: DecisionModel, episode: Episode, overlay: str, title: str, every: int = DEFAULT_EVERY,
+                   explainer: ShapExplainer | None = None, cache: KeyframeCache | None = None,
+                   shap_seconds: list[float] | None = None) -> list[np.ndarray]:
+    """Compose every frame of a played episode: SHAP keyframes (cached; the time of each computed one
+    appended to `shap_seconds`), per-vehicle reasons, panels. No explainer: attention only."""
     scenario = env.unwrapped.scenario
     renderer = FrameRenderer(env)
     keyframes = keyframe_steps(episode.length, every) if explainer is not None else []
@@ -115,11 +116,11 @@ def episode_frames(env, loaded: LoadedRun, episode: Episode, overlay: str, every
         values = None
         if record.step in keyframes:
             keyframe = cache.explain(explainer, record.observation)
-            if not keyframe.cached:
-                result.shap_seconds.append(keyframe.seconds)
+            if not keyframe.cached and shap_seconds is not None:
+                shap_seconds.append(keyframe.seconds)
             shap_view = ShapView(keyframe, record.step, record.frame)
             values = keyframe.values if keyframe.output == "action" else None
-        reasons = vehicle_reasons(scenario, loaded.decision, renderer, record.stack, record.decision.action,
+        reasons = vehicle_reasons(scenario, decision, renderer, record.stack, record.decision.action,
                                   record.decision.attention, values)
         frames.append(compose(record, overlay, timeline, episode_return, title, shap_view, reasons))
     return frames
@@ -157,7 +158,8 @@ def write_replays(run: str | Path, episodes: int = 3, overlay: str = "both", eve
                 bar.describe(f"replay: explaining episode {index + 1}/{len(seeds)}")
                 title = (f"{loaded.run_dir.name} on {scenario_obj.name} ({backend}), seed {episode_seed}, "
                          f"{loaded.num_timesteps:,} steps")
-                frames = episode_frames(env, loaded, episode, overlay, every, explainer, cache, result, title)
+                frames = episode_frames(env, loaded.decision, episode, overlay, title, every, explainer, cache,
+                                        result.shap_seconds)
                 name = f"episode-{index:03d}-seed-{episode_seed}"
                 result.videos.append(write_video(out / f"{name}.mp4", frames, fps))
                 poster = frames[min(every, len(frames) - 1)]  # a keyframe: SHAP and per-vehicle numbers fresh

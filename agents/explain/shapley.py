@@ -127,8 +127,6 @@ class ShapExplainer:
 
     def __init__(self, model: DecisionModel, background: np.ndarray, output: str = "action",
                  nsamples: int = NSAMPLES, seed: int = 0) -> None:
-        import shap
-
         if nsamples < 1:
             raise ValueError(f"nsamples must be >= 1, got {nsamples}")
         self.model = model.with_output(check_output(output))
@@ -137,10 +135,19 @@ class ShapExplainer:
         self.seed = int(seed)
         device = next(model.parameters()).device
         self.background = torch.from_numpy(np.ascontiguousarray(background)).to(device, torch.float32) / 255.0
-        self.explainer = shap.GradientExplainer(self.model, self.background, batch_size=self.nsamples)
+        self._gradient_explainer = None  # built for the first keyframe not in the cache: importing shap takes ~2 s
         with torch.no_grad():
             self._expected = self.model(self.background).mean(dim=0).cpu().numpy()  # (A,) or (1,)
         self.background_digest = digest(np.ascontiguousarray(background).tobytes())
+
+    @property
+    def gradient_explainer(self):
+        """shap.GradientExplainer over `self.model` (set `model` before the first keyframe to explain another copy)."""
+        if self._gradient_explainer is None:
+            import shap
+
+            self._gradient_explainer = shap.GradientExplainer(self.model, self.background, batch_size=self.nsamples)
+        return self._gradient_explainer
 
     def settings_digest(self) -> str:
         return digest(self.output, str(self.nsamples), str(self.seed), self.background_digest)
@@ -152,11 +159,11 @@ class ShapExplainer:
         with torch.no_grad():
             outputs = self.model(frames)[0]  # (A,) or (1,)
         if self.output == "action":
-            values, indexes = self.explainer.shap_values(frames, nsamples=self.nsamples, ranked_outputs=1,
+            values, indexes = self.gradient_explainer.shap_values(frames, nsamples=self.nsamples, ranked_outputs=1,
                                                          output_rank_order="max", rseed=self.seed)
             index = int(np.asarray(indexes).reshape(-1)[0])
         else:
-            values, index = self.explainer.shap_values(frames, nsamples=self.nsamples, rseed=self.seed), 0
+            values, index = self.gradient_explainer.shap_values(frames, nsamples=self.nsamples, rseed=self.seed), 0
         values = np.asarray(values, dtype=np.float32).reshape(observation.shape)  # (1, C, H, W, 1) -> (C, H, W)
         return Keyframe(values, self.output, index, float(outputs[index]), float(self._expected[index]),
                         time.perf_counter() - start)

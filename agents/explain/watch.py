@@ -1,6 +1,6 @@
 """`python run.py watch`: the replay's panels live in a pygame window.
 
-    python run.py watch --run RUN [--episodes N] [--overlay both] [--every K] [--scenario S] [--backend B]
+    python run.py watch --run RUN [--episodes N] [--overlay both] [--every K] [--scenario S] [--backend B] [--speed X]
 
 Keys: space pause/resume · n (or →) one step while paused · o next overlay · e next episode ·
 s save a screenshot (PNG in --out) · q / Esc quit.
@@ -16,6 +16,7 @@ the replay (`run.py replay`) instead.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import queue
 import threading
@@ -46,9 +47,6 @@ class ShapWorker:
     def __init__(self, env, loaded, backend: str, nsamples: int) -> None:
         explainer, self.cache = shap_tools(env, loaded, backend, nsamples)
         explainer.model = copy.deepcopy(explainer.model)  # its own modules: no shared last_attention
-        import shap
-
-        explainer.explainer = shap.GradientExplainer(explainer.model, explainer.background, batch_size=explainer.nsamples)
         self.explainer = explainer
         self.scenario = env.unwrapped.scenario
         self.renderer = FrameRenderer(env)  # render_scene is thread-safe (envs.backends.CameraEnv)
@@ -78,8 +76,12 @@ class ShapWorker:
 
 def watch(run: str | Path, episodes: int = 10, overlay: str = "both", every: int = 5, scenario: str | None = None,
           seed: int = 0, backend: str = "highway-env", out: str | Path | None = None, device: str = "cpu",
-          logdir: str | Path = "runs", max_frames: int | None = None, nsamples: int = NSAMPLES) -> Path | None:
-    """Open the window and play; returns the folder of saved screenshots (or the replay's, without a display)."""
+          logdir: str | Path = "runs", max_frames: int | None = None, nsamples: int = NSAMPLES,
+          timings: dict[str, list[float]] | None = None, speed: float = 1.0) -> Path | None:
+    """Open the window and play; returns the folder of saved screenshots (or the replay's, without a display).
+
+    `speed`: playback speed, 1 = the scenario's policy frequency (real time). `timings` (benchmarks): the seconds of each policy step's work ("step": the env step, the decision
+    and the per-vehicle reasons) and of each redraw ("draw": compose and blit) are appended to it."""
     from agents.evaluate import evaluation_seeds
     from envs.system import resolve_device
 
@@ -87,6 +89,8 @@ def watch(run: str | Path, episodes: int = 10, overlay: str = "both", every: int
     keyframe_steps(0, every)
     if not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"--episodes must be a positive integer, got {episodes!r}")
+    if not (isinstance(speed, (int, float)) and math.isfinite(speed) and speed > 0):
+        raise ValueError(f"--speed must be a positive number (1 = real time), got {speed!r}")
     if not display_available():
         target = out
         print(f"no display (DISPLAY is not set): writing a replay of {episodes} episode(s) instead"
@@ -104,7 +108,7 @@ def watch(run: str | Path, episodes: int = 10, overlay: str = "both", every: int
         if out is not None:
             check_out_dir(out_dir)
         scenario_obj = env.unwrapped.scenario
-        step_seconds = 1.0 / float(env.metadata["render_fps"])
+        step_seconds = 1.0 / (float(env.metadata["render_fps"]) * speed)
         uses_shap = overlay in ("shap", "both")
         worker = ShapWorker(env, loaded, backend, nsamples) if uses_shap else None
         renderer = FrameRenderer(env)
@@ -126,6 +130,7 @@ def watch(run: str | Path, episodes: int = 10, overlay: str = "both", every: int
             while not quit_requested:
                 now = time.perf_counter()
                 if not finished and (step_once or (not paused and now >= next_step_at)):
+                    step_began = time.perf_counter()
                     record = next(records, None)
                     if record is None:
                         finished = True
@@ -139,6 +144,8 @@ def watch(run: str | Path, episodes: int = 10, overlay: str = "both", every: int
                                                   record.decision.action, record.decision.attention)
                         finished = not record.taken
                         dirty = True
+                        if timings is not None:
+                            timings.setdefault("step", []).append(time.perf_counter() - step_began)
                     step_once, next_step_at = False, now + step_seconds
                 while worker is not None and not worker.results.empty():
                     result_episode, step, view, view_reasons = worker.results.get()
@@ -168,6 +175,7 @@ def watch(run: str | Path, episodes: int = 10, overlay: str = "both", every: int
                 if record is None and finished:
                     break
                 if dirty and record is not None:
+                    draw_began = time.perf_counter()
                     fresh = shap_view if shap_view is not None and shap_view.step <= record.step else None
                     reasons_now = reasons
                     if fresh is not None and fresh.step == record.step and shap_reasons is not None:
@@ -179,6 +187,8 @@ def watch(run: str | Path, episodes: int = 10, overlay: str = "both", every: int
                     pygame.surfarray.blit_array(screen, np.ascontiguousarray(image.transpose(1, 0, 2)))
                     pygame.display.flip()
                     dirty = False
+                    if timings is not None:
+                        timings.setdefault("draw", []).append(time.perf_counter() - draw_began)
                 drawn += 1
                 if max_frames is not None and drawn >= max_frames:  # scripted runs: stop, keep the last window
                     quit_requested = True

@@ -49,7 +49,8 @@ def make_tiny(root: Path) -> Tiny:
     config.write_text(yaml.safe_dump({
         "training": {"checkpoint_every": 32, "keep_checkpoints": 2, "eval_every": 32, "eval_episodes": 4,
                      "reference_eval_episodes": 2,
-                     "imitation_iterations": 0},  # the fast block's warm start is tested on its own
+                     "imitation_iterations": 0,  # the fast block's warm start is tested on its own
+                     "replay_every": 0},  # replays in TensorBoard are tested on their own
         "policy": {"perception": str(student), "net_arch": [16]},
         "ppo": {"n_steps": 32, "batch_size": 32, "n_epochs": 2},
         "a2c": {"n_steps": 8},

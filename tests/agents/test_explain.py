@@ -199,9 +199,17 @@ def test_watch_runs_a_few_frames_with_sdls_dummy_driver(trained, tmp_path, monke
 
     tiny, result = trained
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    timings: dict[str, list[float]] = {}
     out = watch(result.run_dir, episodes=1, overlay="both", every=1, backend="fast", out=tmp_path / "shots",
-                max_frames=12, nsamples=4)
+                max_frames=12, nsamples=4, timings=timings)
     assert out == tmp_path / "shots" and (out / "watch-last.png").is_file()
+    assert len(timings["step"]) >= 1 and len(timings["draw"]) >= 1  # real time: how many steps fit is the clock's say
+    assert all(seconds > 0 for seconds in timings["step"] + timings["draw"])
+
+    timings.clear()  # 100x real time: the whole episode (the reset and 3 steps), every step drawn
+    watch(result.run_dir, episodes=1, overlay="attention", backend="fast", out=tmp_path / "shots", speed=100.0,
+          timings=timings)
+    assert len(timings["step"]) == 4 and len(timings["draw"]) >= 4
 
 
 def test_watch_without_a_display_writes_the_replay_instead(trained, tmp_path, monkeypatch, capsys):
@@ -247,3 +255,13 @@ def test_bad_input_is_one_clear_error_and_leaves_nothing_behind(trained, tmp_pat
     assert list(locked.iterdir()) == []
     code = cli.main(["replay", "--run", str(result.run_dir), "--every", "0", "--out", str(tmp_path / "out")])
     assert code == 2 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("speed", [0, -1.0, float("nan"), float("inf")])
+def test_watch_refuses_a_speed_that_is_not_a_positive_number(trained, tmp_path, speed):
+    from agents.explain.watch import watch
+
+    _, result = trained
+    with pytest.raises(ValueError, match="--speed must be a positive number"):
+        watch(result.run_dir, episodes=1, backend="fast", out=tmp_path / "out", speed=speed)
+    assert not (tmp_path / "out").exists()

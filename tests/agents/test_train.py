@@ -570,3 +570,33 @@ def test_cli_refuses_a_baseline_that_is_not_a_run(tiny):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "--baseline" in errors[0] and "is not a run folder" in errors[0], result.stderr
+
+
+def test_replays_reach_tensorboards_images_tab_and_do_not_change_training(tiny, tmp_path):
+    """training.replay_every: one episode with overlays as an animated GIF under replay/<scenario>, read
+    back with TensorBoard's own reader; the same seed trains the same weights with replays on or off."""
+    import imageio.v2 as imageio
+    from stable_baselines3.common.save_util import load_from_zip_file
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    config = yaml.safe_load(tiny.config.read_text())
+    config["training"]["replay_every"] = 32
+    with_replays = tmp_path / "replays.yaml"
+    with_replays.write_text(yaml.safe_dump(config))
+    result = train(options(tiny, name="replays", timesteps=96, config=with_replays))
+    assert result.replay_seconds > 0 and "replays:" in format_summary(result)
+
+    accumulator = EventAccumulator(str(result.run_dir), size_guidance={IMAGES: 0})
+    accumulator.Reload()
+    assert accumulator.Tags()["images"] == ["replay/short"]
+    events = accumulator.Images("replay/short")
+    assert [event.step for event in events] == [0, 32, 64, 96]  # step 0, every 32, the end
+    for event in events:
+        frames = imageio.mimread(event.encoded_image_string, format="GIF")
+        assert len(frames) == 4  # the 3-step episode: its reset and 3 policy steps
+        assert frames[0].shape[:2] == (event.height, event.width) and event.width > event.height > 96
+
+    plain = train(options(tiny, name="no-replays", timesteps=96))
+    assert plain.replay_seconds == 0
+    weights = [load_from_zip_file(run / "model.zip", load_data=False)[1]["policy"] for run in (result.run_dir, plain.run_dir)]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
