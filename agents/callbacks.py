@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam
 
 from agents.evaluate import EpisodeMetrics
-from agents.explain.training_replay import TrainingReplays
 from agents.runs import save_checkpoint
-from agents.safety_board import EpisodeTracker, Evaluator, SafetyBoard
+from agents.safety_board import EpisodeTracker, SafetyBoard
 
 # Formats that cannot show hyperparameters; TensorBoard can.
 _NOT_TENSORBOARD = ("stdout", "log", "json", "csv")
@@ -67,39 +67,25 @@ class SafetyCallback(BaseCallback):
             self.board.log_training(self.phase, rows, self.num_timesteps)
 
 
-class PeriodicEvaluation(BaseCallback):
-    """At the start of every rollout, `evaluator.maybe_evaluate`: every `evaluator.every` env steps,
-    the fixed evaluation episodes, logged as eval/* (agents.safety_board).
+class AtRolloutStart(BaseCallback):
+    """At the start of every rollout, `task(model, num_timesteps)`: the periodic evaluation
+    (`Evaluator.maybe_evaluate`: eval/* every `every` env steps, agents.safety_board) and the replays
+    (`TrainingReplays.maybe_log`, agents.explain.training_replay) each decide whether one is due.
 
     At the start, not the end: SB3 calls `on_rollout_end` before the update that learns from the
     rollout, so an evaluation there would show the model one update behind the step it is logged
     at (and behind the saved model.zip at the last step). At the next rollout's start the model is
     the one trained on every step counted so far."""
 
-    def __init__(self, evaluator: Evaluator) -> None:
+    def __init__(self, task: Callable[[BaseAlgorithm, int], object]) -> None:
         super().__init__()
-        self.evaluator = evaluator
+        self.task = task
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_start(self) -> None:
-        self.evaluator.maybe_evaluate(self.model, self.num_timesteps)
-
-
-class PeriodicReplay(BaseCallback):
-    """At the start of every rollout (for the reason PeriodicEvaluation gives), `replays.maybe_log`:
-    every `replays.every` env steps, one replay with overlays in TensorBoard (agents.explain.training_replay)."""
-
-    def __init__(self, replays: TrainingReplays) -> None:
-        super().__init__()
-        self.replays = replays
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_start(self) -> None:
-        self.replays.maybe_log(self.model, self.num_timesteps)
+        self.task(self.model, self.num_timesteps)
 
 
 class PeriodicCheckpoint(BaseCallback):

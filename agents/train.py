@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.callbacks import HParamsCallback, PeriodicCheckpoint, PeriodicEvaluation, PeriodicReplay, SafetyCallback
+from agents.callbacks import AtRolloutStart, HParamsCallback, PeriodicCheckpoint, SafetyCallback
 from agents.explain.training_replay import TrainingReplays
 from agents.config import RunConfig, check_algo, load_agent_config
 from agents.evaluate import evaluation_seeds
@@ -328,9 +328,9 @@ def train(options: TrainOptions) -> TrainResult:
             PeriodicCheckpoint(run_dir, training.checkpoint_every, training.keep_checkpoints),
         ]
         if evaluator is not None:
-            callbacks.append(PeriodicEvaluation(evaluator))
+            callbacks.append(AtRolloutStart(evaluator.maybe_evaluate))
         if replays is not None:
-            callbacks.append(PeriodicReplay(replays))
+            callbacks.append(AtRolloutStart(replays.maybe_log))
         if model_path is None:
             callbacks.append(HParamsCallback(_hparams(config), hparam_metrics(phases, prefixes)))
         progress = progress_bar() if options.progress_bar else None
