@@ -218,6 +218,18 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise SystemExit(130)  # after a clean save: scripts chaining `train && evaluate` stop here
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from agents.sweep import SweepOptions, print_rows, run_sweep
+
+    sweep_dir, rows = run_sweep(SweepOptions(
+        scenario=args.scenario, seeds=args.seeds, grid=args.grid, config=args.config, address=args.address,
+        timesteps=args.timesteps, logdir=args.logdir, name=args.name, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, resume=args.resume, eval_episodes=args.eval_episodes,
+    ))
+    print_rows(rows)
+    print(f"table: {sweep_dir / 'results.md'} (and .csv, .json)")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from agents.evaluate import evaluate_run, print_report
 
@@ -288,6 +300,21 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--backend", choices=BACKEND_NAMES, default=HIGHWAY_ENV.name,
                          help="simulator: highway-env (default) or fast (right panel: its own zoomed-out top-down)")
     preview.set_defaults(func=cmd_preview)
+
+    sweep = commands.add_parser("sweep", help="train a grid of configs x seeds as Ray Tune trials, then one table")
+    sweep.add_argument("--scenario", default="highway", help="scenario name or path to a .yaml file")
+    sweep.add_argument("--seeds", type=int, default=5, help="seeds per config (0, 1, ...)")
+    sweep.add_argument("--grid", default=None, help="grid YAML: a --config block with lists where values vary")
+    sweep.add_argument("--config", default=None, help="a --config file under the grid's values")
+    sweep.add_argument("--address", default=None, help="auto | HOST:PORT of a running Ray cluster (default: a local one)")
+    sweep.add_argument("--timesteps", type=positive_int, default=None, help="env steps per trial")
+    sweep.add_argument("--logdir", default="sweeps", help="where sweep folders go")
+    sweep.add_argument("--name", default=None, help="sweep folder name (default: <scenario>-sweep)")
+    sweep.add_argument("--cpus-per-trial", type=float, default=1.0)
+    sweep.add_argument("--gpus-per-trial", type=float, default=0.0)
+    sweep.add_argument("--eval-episodes", type=positive_int, default=20, help="evaluation episodes per trial")
+    sweep.add_argument("--resume", default=None, help="a sweep folder to finish")
+    sweep.set_defaults(func=cmd_sweep)
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench_kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
