@@ -96,7 +96,7 @@ def run_sweep(options: SweepOptions) -> tuple[Path, list[Row]]:
     else:
         the_plan = plan(options)
         import_ray()
-        name = options.name or f"{options.scenario}-sweep"
+        name = options.name or f"{Path(options.scenario).stem}-sweep"
         sweep_dir = (Path(options.logdir) / name).resolve()
         if sweep_dir.exists():
             raise ValueError(f"{sweep_dir} exists; pick another --name or finish it with --resume {sweep_dir}")
