@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,38 @@ def test_grid_with_unknown_key_names_file_and_key(tmp_path):
     done = sweep("--grid", str(grid), "--logdir", str(tmp_path / "sweeps"), cwd=tmp_path)
     assert done.returncode == 2
     assert str(grid) in done.stderr and "gama" in done.stderr
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.xfail(reason="on this machine the driver's ray.init(address=127.0.0.1:PORT) reports 'Failed to connect "
+                          "to Ray cluster at 192.0.2.2:PORT' (the host's own, unroutable address); not yet solved",
+                   strict=False)
+def test_sweep_on_a_real_cluster_through_address(tmp_path):
+    """`ray start --head` as a separate process, then a two-trial sweep through --address."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    port = free_port()
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay under 107 bytes
+    start = [str(ray_bin), "start", "--head", "--port", str(port), "--num-cpus", "2",
+             "--include-dashboard", "false", "--temp-dir", str(temp)]
+    try:
+        started = subprocess.run(start, capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stderr[-2000:]
+        tiny = make_tiny(tmp_path)
+        done = sweep("--scenario", str(tiny.scenario), "--seeds", "2", "--config", str(tiny.config),
+                     "--timesteps", "32", "--eval-episodes", "2", "--logdir", str(tmp_path / "sweeps"), "--name", "c",
+                     "--address", f"127.0.0.1:{port}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert sorted(p.name for p in (tmp_path / "sweeps" / "c" / "trials").iterdir() if p.is_dir()) == \
+            ["c0-seed0", "c0-seed1"]
+        with (tmp_path / "sweeps" / "c" / "results.csv").open() as handle:
+            assert [row["seeds"] for row in csv.DictReader(handle)] == ["2"]
+    finally:
+        subprocess.run([str(ray_bin), "stop"], capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
