@@ -95,7 +95,7 @@ def run_sweep(options: SweepOptions) -> tuple[Path, list[Row]]:
         the_plan = yaml.safe_load((sweep_dir / PLAN_FILE).read_text())
     else:
         the_plan = plan(options)
-        import_ray()
+        import_ray(options.address)
         name = options.name or f"{Path(options.scenario).stem}-sweep"
         sweep_dir = (Path(options.logdir) / name).resolve()
         if sweep_dir.exists():

@@ -35,3 +35,18 @@ def test_listening_address_passes():
         server.bind(("127.0.0.1", 0))
         server.listen()
         check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
+
+
+def test_token_mode_is_chosen_when_a_token_exists(tmp_path, monkeypatch):
+    from agents import ray_backend
+
+    monkeypatch.setattr(ray_backend, "DEFAULT_TOKEN_FILE", tmp_path / "absent")
+    environ = {"RAY_AUTH_TOKEN": "secret"}
+    assert ray_backend.use_token_if_present(environ) and environ["RAY_AUTH_MODE"] == "token"
+    environ = {}
+    assert not ray_backend.use_token_if_present(environ) and "RAY_AUTH_MODE" not in environ
+    (tmp_path / "auth_token").write_text("secret")
+    monkeypatch.setattr(ray_backend, "DEFAULT_TOKEN_FILE", tmp_path / "auth_token")
+    assert ray_backend.use_token_if_present(environ) and environ["RAY_AUTH_MODE"] == "token"
+    environ = {"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "secret"}
+    assert not ray_backend.use_token_if_present(environ) and environ["RAY_AUTH_MODE"] == "disabled"

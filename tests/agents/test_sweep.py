@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
+from agents.ray_backend import check_reachable
 from tests.agents import make_tiny
+from tests.agents.test_ray_backend import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("ray")
 
 
-def sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", *args], cwd=cwd,
+def sweep(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -65,36 +70,46 @@ def test_grid_with_unknown_key_names_file_and_key(tmp_path):
     assert str(grid) in done.stderr and "gama" in done.stderr
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.xfail(reason="on this machine the driver's ray.init(address=127.0.0.1:PORT) reports 'Failed to connect "
-                          "to Ray cluster at 192.0.2.2:PORT' (the host's own, unroutable address); not yet solved",
-                   strict=False)
 def test_sweep_on_a_real_cluster_through_address(tmp_path):
-    """`ray start --head` as a separate process, then a two-trial sweep through --address."""
+    """`ray start --head` as a separate process, with token authentication (on by default for a local
+    head in Ray 2.60), then a two-trial sweep through --address whose driver has the token but no
+    RAY_AUTH_MODE (agents/ray_backend.py turns token mode on)."""
     ray_bin = Path(sys.executable).parent / "ray"
     port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay under 107 bytes
-    start = [str(ray_bin), "start", "--head", "--port", str(port), "--num-cpus", "2",
-             "--include-dashboard", "false", "--temp-dir", str(temp)]
+    token = secrets.token_hex(16)
+    driver_env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")}
+    driver_env["RAY_AUTH_TOKEN"] = token
+    head_env = {**driver_env, "RAY_AUTH_MODE": "token"}
+    # --block: the head lives as long as this process, so terminating it stops this head only (`ray stop`
+    # would stop every Ray on the machine, e.g. a sweep test in another pytest worker)
+    start = [str(ray_bin), "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
+             "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir", str(temp)]
+    head = subprocess.Popen(start, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=head_env)
     try:
-        started = subprocess.run(start, capture_output=True, text=True, timeout=120)
-        assert started.returncode == 0, started.stderr[-2000:]
+        wait_until_listening(port, head)
         tiny = make_tiny(tmp_path)
         done = sweep("--scenario", str(tiny.scenario), "--seeds", "2", "--config", str(tiny.config),
                      "--timesteps", "32", "--eval-episodes", "2", "--logdir", str(tmp_path / "sweeps"), "--name", "c",
-                     "--address", f"127.0.0.1:{port}", cwd=tmp_path)
+                     "--address", f"127.0.0.1:{port}", cwd=tmp_path, env=driver_env)
         assert done.returncode == 0, done.stderr[-2000:]
         assert sorted(p.name for p in (tmp_path / "sweeps" / "c" / "trials").iterdir() if p.is_dir()) == \
             ["c0-seed0", "c0-seed1"]
         with (tmp_path / "sweeps" / "c" / "results.csv").open() as handle:
             assert [row["seeds"] for row in csv.DictReader(handle)] == ["2"]
     finally:
-        subprocess.run([str(ray_bin), "stop"], capture_output=True, timeout=120)
+        head.terminate()
+        head.wait(timeout=60)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def wait_until_listening(port: int, head: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert head.poll() is None, f"ray start --head exited: {head.stderr.read()[-2000:]}"
+        try:
+            check_reachable(f"127.0.0.1:{port}", timeout_s=1.0)
+            return
+        except ValueError:
+            time.sleep(0.5)
+    raise AssertionError(f"the Ray head did not listen on port {port} within {timeout_s:.0f} s")
