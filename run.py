@@ -219,13 +219,19 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from agents.sweep import SweepOptions, print_rows, run_sweep
+    from agents.sweep import SweepIncomplete, SweepOptions, print_rows, run_sweep
 
-    sweep_dir, rows = run_sweep(SweepOptions(
+    options = SweepOptions(
         scenario=args.scenario, seeds=args.seeds, grid=args.grid, config=args.config, address=args.address,
         timesteps=args.timesteps, logdir=args.logdir, name=args.name, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, resume=args.resume, eval_episodes=args.eval_episodes,
-    ))
+        eval_backend=args.eval_backend, n_envs=args.n_envs,
+    )
+    try:
+        sweep_dir, rows = run_sweep(options)
+    except SweepIncomplete as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     print_rows(rows)
     print(f"table: {sweep_dir / 'results.md'} (and .csv, .json)")
 
@@ -309,10 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", default=None, help="auto | HOST:PORT of a running Ray cluster (default: a local one)")
     sweep.add_argument("--timesteps", type=positive_int, default=None, help="env steps per trial")
     sweep.add_argument("--logdir", default="sweeps", help="where sweep folders go")
-    sweep.add_argument("--name", default=None, help="sweep folder name (default: <scenario>-sweep)")
+    sweep.add_argument("--name", default=None, help="sweep folder name (default: <scenario>-sweep-<YYYYmmdd-HHMMSS>)")
     sweep.add_argument("--cpus-per-trial", type=float, default=1.0)
     sweep.add_argument("--gpus-per-trial", type=float, default=0.0)
-    sweep.add_argument("--eval-episodes", type=positive_int, default=20, help="evaluation episodes per trial")
+    sweep.add_argument("--n-envs", type=positive_int, default=None,
+                       help="training envs per trial (default: the backend's; on highway-env set it to --cpus-per-trial)")
+    sweep.add_argument("--eval-episodes", type=positive_int, default=200, help="evaluation episodes per trial (default: 200)")
+    sweep.add_argument("--eval-backend", choices=BACKEND_NAMES, default=None,
+                       help="simulator of each trial's final evaluation (default: the one it trained on)")
     sweep.add_argument("--resume", default=None, help="a sweep folder to finish")
     sweep.set_defaults(func=cmd_sweep)
 

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,7 @@ def test_two_trial_sweep_table_matches_the_trials_evaluations(tmp_path):
     tiny = make_tiny(tmp_path)
     grid = tmp_path / "grid.yaml"
     grid.write_text("ppo:\n  gamma: [0.8, 0.9]\n")
-    done = sweep("--scenario", str(tiny.scenario), "--seeds", "1", "--grid", str(grid), "--config", str(tiny.config),
+    done = sweep("--scenario", str(tiny.scenario), "--seeds", "1", "--grid", str(grid), "--config", str(tiny.config), "--n-envs", "2",
                  "--timesteps", "64", "--eval-episodes", "2", "--logdir", str(tmp_path / "sweeps"), "--name", "s",
                  cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -44,7 +45,7 @@ def test_two_trial_sweep_table_matches_the_trials_evaluations(tmp_path):
     assert sum(row["best"] == "1" for row in rows) == 1
     for k, row in enumerate(rows):
         trial = sweep_dir / "trials" / f"c{k}-seed0"
-        evaluation = json.loads((trial / "evaluation-short.json").read_text())
+        evaluation = json.loads((trial / "evaluation-short-fast.json").read_text())  # on the simulator it trained on
         assert float(row["driving_score_median"]) == pytest.approx(evaluation["metrics"]["driving_score"]["mean"])
         assert float(row["return_median"]) == pytest.approx(evaluation["metrics"]["return"]["mean"])
         assert list(trial.glob("events.out.tfevents.*")), "each trial keeps its own TensorBoard logs"
@@ -89,7 +90,7 @@ def test_sweep_on_a_real_cluster_through_address(tmp_path):
     try:
         wait_until_listening(port, head)
         tiny = make_tiny(tmp_path)
-        done = sweep("--scenario", str(tiny.scenario), "--seeds", "2", "--config", str(tiny.config),
+        done = sweep("--scenario", str(tiny.scenario), "--seeds", "2", "--config", str(tiny.config), "--n-envs", "2",
                      "--timesteps", "32", "--eval-episodes", "2", "--logdir", str(tmp_path / "sweeps"), "--name", "c",
                      "--address", f"127.0.0.1:{port}", cwd=tmp_path, env=driver_env)
         assert done.returncode == 0, done.stderr[-2000:]
@@ -113,3 +114,32 @@ def wait_until_listening(port: int, head: subprocess.Popen, timeout_s: float = 9
         except ValueError:
             time.sleep(0.5)
     raise AssertionError(f"the Ray head did not listen on port {port} within {timeout_s:.0f} s")
+
+
+def test_a_killed_sweep_resumes_without_redoing_finished_trials(tmp_path):
+    """kill -9 of the whole sweep (driver and Ray) after its first trial, then --resume: the table has both."""
+    tiny = make_tiny(tmp_path)
+    sweep_dir = tmp_path / "sweeps" / "k"
+    args = ["--scenario", str(tiny.scenario), "--seeds", "2", "--config", str(tiny.config), "--n-envs", "2", "--timesteps", "64",
+            "--eval-episodes", "2", "--cpus-per-trial", "2", "--logdir", str(tmp_path / "sweeps"), "--name", "k"]
+    driver = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sweep", *args], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = sweep_dir / "trials" / "c0-seed0"
+    try:
+        deadline = time.monotonic() + 240
+        while not list(first.glob("evaluation-*.json")) and time.monotonic() < deadline:
+            assert driver.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.2)
+        assert list(first.glob("evaluation-*.json")), "the first trial did not finish within 240 s"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    assert not (sweep_dir / "results.csv").exists()
+    trained = (first / "model.zip").stat().st_mtime_ns
+
+    done = sweep("--resume", str(sweep_dir), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with (sweep_dir / "results.csv").open() as handle:
+        assert [row["seeds"] for row in csv.DictReader(handle)] == ["2"]
+    assert (first / "model.zip").stat().st_mtime_ns == trained, "a finished trial is not trained again"
+    assert list((sweep_dir / "trials" / "c0-seed1").glob("evaluation-*.json"))
