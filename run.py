@@ -218,6 +218,18 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise SystemExit(130)  # after a clean save: scripts chaining `train && evaluate` stop here
 
 
+def cmd_evaluate_runs(args: argparse.Namespace) -> None:
+    from agents.evaluate_runs import evaluate_runs
+    from agents.sweep_table import to_markdown
+
+    if args.scenario is not None or args.seed:
+        raise ValueError("--runs evaluates each run on its own scenario from the first evaluation seed; "
+                         "leave out --scenario and --seed")
+    rows = evaluate_runs(args.runs, episodes=args.episodes, backend=args.backend, device=args.device,
+                         address=args.address, cpus_per_run=args.cpus_per_run)
+    print(to_markdown(rows), end="")
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
     from agents.sweep import SweepIncomplete, SweepOptions, print_rows, run_sweep
 
@@ -237,6 +249,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    if (args.run is None) == (args.runs is None):
+        raise ValueError("evaluate needs one of --run RUN (one run) or --runs DIR_OR_GLOB (many, in parallel on Ray)")
+    if args.runs is not None:
+        cmd_evaluate_runs(args)
+        return
     from agents.evaluate import evaluate_run, print_report
 
     report, path = evaluate_run(
@@ -484,7 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="deterministic evaluation of a run on the scenario's evaluation seeds: safety table, 95%% CIs",
     )
-    evaluate.add_argument("--run", required=True, help="run folder (or its name in --logdir)")
+    evaluate.add_argument("--run", default=None, help="run folder (or its name in --logdir)")
+    evaluate.add_argument("--runs", default=None,
+                          help="many runs in parallel on Ray: a folder of runs (e.g. a sweep), a run, or a glob; "
+                               "prints one row per config (median and IQR over seeds)")
+    evaluate.add_argument("--address", default=None, help="with --runs: auto | HOST:PORT of a Ray cluster (default: local)")
+    evaluate.add_argument("--cpus-per-run", type=float, default=1.0, help="with --runs: CPUs (and PyTorch threads) per run")
     evaluate.add_argument("--episodes", type=positive_int, default=50, help="episodes (default: 50)")
     evaluate.add_argument("--scenario", default=None, help="another scenario with the same camera (default: the run's)")
     evaluate.add_argument("--seed", type=non_negative_int, default=0, help="start this many seeds into the evaluation seeds")

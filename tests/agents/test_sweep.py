@@ -51,6 +51,14 @@ def test_two_trial_sweep_table_matches_the_trials_evaluations(tmp_path):
         assert list(trial.glob("events.out.tfevents.*")), "each trial keeps its own TensorBoard logs"
     assert "| c1 | 0.9 |" in done.stdout
 
+    # evaluate --runs on the trials, in parallel on Ray, gives the sweep's table again (same seeds, same episodes)
+    evaluated = subprocess.run([sys.executable, str(ROOT / "run.py"), "evaluate", "--runs", str(sweep_dir / "trials"),
+                                "--episodes", "2", "--backend", "fast"], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert (sweep_dir / "results.md").read_text() in evaluated.stdout
+    assert evaluated.stdout.count("runs, ") == 2  # a progress line per run
+
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--seeds", "0"], "at least 1 seed"),
