@@ -246,6 +246,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         raise SystemExit(1) from None
     print_rows(rows)
     print(f"table: {sweep_dir / 'results.md'} (and .csv, .json)")
+    print(f"TensorBoard, its HPARAMS tab side by side: tensorboard --logdir {sweep_dir / 'trials'}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ its eval/* means go to `tune.report`. Failed trials are retried (`FailureConfig`
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,9 @@ def run_sweep(options: SweepOptions) -> tuple[Path, list[Row]]:
         sweep_dir.mkdir(parents=True)
         (sweep_dir / PLAN_FILE).write_text(yaml.safe_dump(the_plan, sort_keys=False))
     init_ray(options.address)
+    # Ray Tune's newer console output prints its own tables, and a TensorBoard command for its internal
+    # artifacts rather than the trials' logs, even at verbose=0; SweepProgress says what matters
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
     from agents.sweep_progress import SweepProgress
