@@ -44,6 +44,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
 def cmd_scenarios(args: argparse.Namespace) -> None:
     from scenarios import available_scenarios, load_scenario
 
@@ -237,7 +251,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         scenario=args.scenario, seeds=args.seeds, grid=args.grid, config=args.config, address=args.address,
         timesteps=args.timesteps, logdir=args.logdir, name=args.name, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, resume=args.resume, eval_episodes=args.eval_episodes,
-        eval_backend=args.eval_backend, n_envs=args.n_envs,
+        eval_backend=args.eval_backend, n_envs=args.n_envs, device=args.device,
     )
     try:
         sweep_dir, rows = run_sweep(options)
@@ -334,8 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--timesteps", type=positive_int, default=None, help="env steps per trial")
     sweep.add_argument("--logdir", default="sweeps", help="where sweep folders go")
     sweep.add_argument("--name", default=None, help="sweep folder name (default: <scenario>-sweep-<YYYYmmdd-HHMMSS>)")
-    sweep.add_argument("--cpus-per-trial", type=float, default=1.0)
-    sweep.add_argument("--gpus-per-trial", type=float, default=0.0)
+    sweep.add_argument("--cpus-per-trial", type=positive_float, default=1.0,
+                       help="CPUs (and PyTorch threads) per trial; trials run side by side on the CPUs (default: 1)")
+    sweep.add_argument("--gpus-per-trial", type=non_negative_float, default=0.0,
+                       help="GPUs per trial, a fraction shares one (default: 0)")
+    sweep.add_argument("--device", default=None, help="cpu | cuda | auto (default: cuda with --gpus-per-trial, else cpu)")
     sweep.add_argument("--n-envs", type=positive_int, default=None,
                        help="training envs per trial (default: the backend's; on highway-env set it to --cpus-per-trial)")
     sweep.add_argument("--eval-episodes", type=positive_int, default=200, help="evaluation episodes per trial (default: 200)")
@@ -507,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="many runs in parallel on Ray: a folder of runs (e.g. a sweep), a run, or a glob; "
                                "prints one row per config (median and IQR over seeds)")
     evaluate.add_argument("--address", default=None, help="with --runs: auto | HOST:PORT of a Ray cluster (default: local)")
-    evaluate.add_argument("--cpus-per-run", type=float, default=1.0, help="with --runs: CPUs (and PyTorch threads) per run")
+    evaluate.add_argument("--cpus-per-run", type=positive_float, default=1.0, help="with --runs: CPUs (and PyTorch threads) per run")
     evaluate.add_argument("--episodes", type=positive_int, default=50, help="episodes (default: 50)")
     evaluate.add_argument("--scenario", default=None, help="another scenario with the same camera (default: the run's)")
     evaluate.add_argument("--seed", type=non_negative_int, default=0, help="start this many seeds into the evaluation seeds")

@@ -49,7 +49,7 @@ class SweepOptions:
     eval_episodes: int = 200
     eval_backend: str | None = None  # None: each trial is evaluated on the simulator it trained on
     n_envs: int | None = None  # per trial; None: the backend's default (256 batched envs on fast, one worker per core on highway-env)
-    device: str = "cpu"
+    device: str | None = None  # None: cuda when --gpus-per-trial > 0, else cpu
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,7 +63,8 @@ def plan(options: SweepOptions) -> dict[str, Any]:
     return {"scenario": options.scenario if shipped else str(path),  # absolute: trials run in Ray's working folder
             "seeds": list(range(options.seeds)), "configs": configs,
             "base_config": str(Path(options.config).resolve()) if options.config else None,
-            "timesteps": options.timesteps, "eval_episodes": options.eval_episodes, "device": options.device,
+            "timesteps": options.timesteps, "eval_episodes": options.eval_episodes,
+            "device": options.device or ("cuda" if options.gpus_per_trial > 0 else "cpu"),
             "n_envs": options.n_envs, "eval_backend": options.eval_backend,
             "cpus_per_trial": options.cpus_per_trial, "gpus_per_trial": options.gpus_per_trial,
             "max_failures": options.max_failures}
