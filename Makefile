@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # torch first, pinned to the CPU wheel available on these machines, so that no resolver
-# pulls the multi-GB CUDA build; then the project itself (editable) with its test extras.
+# pulls the multi-GB CUDA build; then the project itself (editable) with its test extras and
+# the distributed extra (Ray), so that CI runs the sweep tests too.
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: setup train test bench clean
@@ -14,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,dist]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -44,6 +44,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
 def cmd_scenarios(args: argparse.Namespace) -> None:
     from scenarios import available_scenarios, load_scenario
 
@@ -218,7 +232,43 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise SystemExit(130)  # after a clean save: scripts chaining `train && evaluate` stop here
 
 
+def cmd_evaluate_runs(args: argparse.Namespace) -> None:
+    from agents.evaluate_runs import evaluate_runs
+    from agents.sweep_table import to_markdown
+
+    if args.scenario is not None or args.seed:
+        raise ValueError("--runs evaluates each run on its own scenario from the first evaluation seed; "
+                         "leave out --scenario and --seed")
+    rows = evaluate_runs(args.runs, episodes=args.episodes, backend=args.backend, device=args.device,
+                         address=args.address, cpus_per_run=args.cpus_per_run)
+    print(to_markdown(rows), end="")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from agents.sweep import SweepIncomplete, SweepOptions, print_rows, run_sweep
+
+    options = SweepOptions(
+        scenario=args.scenario, seeds=args.seeds, grid=args.grid, config=args.config, address=args.address,
+        timesteps=args.timesteps, logdir=args.logdir, name=args.name, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, resume=args.resume, eval_episodes=args.eval_episodes,
+        eval_backend=args.eval_backend, n_envs=args.n_envs, device=args.device,
+    )
+    try:
+        sweep_dir, rows = run_sweep(options)
+    except SweepIncomplete as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print_rows(rows)
+    print(f"table: {sweep_dir / 'results.md'} (and .csv, .json)")
+    print(f"TensorBoard, its HPARAMS tab side by side: tensorboard --logdir {sweep_dir / 'trials'}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    if (args.run is None) == (args.runs is None):
+        raise ValueError("evaluate needs one of --run RUN (one run) or --runs DIR_OR_GLOB (many, in parallel on Ray)")
+    if args.runs is not None:
+        cmd_evaluate_runs(args)
+        return
     from agents.evaluate import evaluate_run, print_report
 
     report, path = evaluate_run(
@@ -288,6 +338,28 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--backend", choices=BACKEND_NAMES, default=HIGHWAY_ENV.name,
                          help="simulator: highway-env (default) or fast (right panel: its own zoomed-out top-down)")
     preview.set_defaults(func=cmd_preview)
+
+    sweep = commands.add_parser("sweep", help="train a grid of configs x seeds as Ray Tune trials, then one table")
+    sweep.add_argument("--scenario", default="highway", help="scenario name or path to a .yaml file")
+    sweep.add_argument("--seeds", type=int, default=5, help="seeds per config (0, 1, ...)")
+    sweep.add_argument("--grid", default=None, help="grid YAML: a --config block with lists where values vary")
+    sweep.add_argument("--config", default=None, help="a --config file under the grid's values")
+    sweep.add_argument("--address", default=None, help="auto | HOST:PORT of a running Ray cluster (default: a local one)")
+    sweep.add_argument("--timesteps", type=positive_int, default=None, help="env steps per trial")
+    sweep.add_argument("--logdir", default="sweeps", help="where sweep folders go")
+    sweep.add_argument("--name", default=None, help="sweep folder name (default: <scenario>-sweep-<YYYYmmdd-HHMMSS>)")
+    sweep.add_argument("--cpus-per-trial", type=positive_float, default=1.0,
+                       help="CPUs (and PyTorch threads) per trial; trials run side by side on the CPUs (default: 1)")
+    sweep.add_argument("--gpus-per-trial", type=non_negative_float, default=0.0,
+                       help="GPUs per trial, a fraction shares one (default: 0)")
+    sweep.add_argument("--device", default=None, help="cpu | cuda | auto (default: cuda with --gpus-per-trial, else cpu)")
+    sweep.add_argument("--n-envs", type=positive_int, default=None,
+                       help="training envs per trial (default: the backend's; on highway-env set it to --cpus-per-trial)")
+    sweep.add_argument("--eval-episodes", type=positive_int, default=200, help="evaluation episodes per trial (default: 200)")
+    sweep.add_argument("--eval-backend", choices=BACKEND_NAMES, default=None,
+                       help="simulator of each trial's final evaluation (default: the one it trained on)")
+    sweep.add_argument("--resume", default=None, help="a sweep folder to finish")
+    sweep.set_defaults(func=cmd_sweep)
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench_kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -447,7 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="deterministic evaluation of a run on the scenario's evaluation seeds: safety table, 95%% CIs",
     )
-    evaluate.add_argument("--run", required=True, help="run folder (or its name in --logdir)")
+    evaluate.add_argument("--run", default=None, help="run folder (or its name in --logdir)")
+    evaluate.add_argument("--runs", default=None,
+                          help="many runs in parallel on Ray: a folder of runs (e.g. a sweep), a run, or a glob; "
+                               "prints one row per config (median and IQR over seeds)")
+    evaluate.add_argument("--address", default=None, help="with --runs: auto | HOST:PORT of a Ray cluster (default: local)")
+    evaluate.add_argument("--cpus-per-run", type=positive_float, default=1.0, help="with --runs: CPUs (and PyTorch threads) per run")
     evaluate.add_argument("--episodes", type=positive_int, default=50, help="episodes (default: 50)")
     evaluate.add_argument("--scenario", default=None, help="another scenario with the same camera (default: the run's)")
     evaluate.add_argument("--seed", type=non_negative_int, default=0, help="start this many seeds into the evaluation seeds")

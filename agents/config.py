@@ -188,6 +188,7 @@ def load_agent_config(
     overrides: dict[str, dict[str, Any]] | None = None,
     defaults_file: str | Path = DEFAULTS_FILE,
     backend: str = "highway-env",
+    overrides_source: str | Path | None = None,
 ) -> AgentConfig:
     """The hyperparameters for `scenario_name` on `backend`: defaults, the scenario's block, the
     backend's block, the user's file, then `overrides`.
@@ -195,12 +196,14 @@ def load_agent_config(
     scenario_name: a shipped scenario (its block applies, if any); None for a user's scenario file.
 
     overrides: {section: {key: value}} from command-line flags, e.g. {"training": {"timesteps": 5000}}.
+
+    overrides_source: the file that errors in `overrides` are reported against (a sweep's grid), if any.
     """
     defaults_file = Path(defaults_file)
     blocks = _read_defaults(str(defaults_file), defaults_file.stat().st_mtime_ns)
     merged = _merge(blocks["default"], blocks.get(scenario_name, {}))
     merged = _merge(merged, blocks.get(backend, {}))
-    source = defaults_file
+    source: Path = defaults_file
     if config_file is not None:
         config_file = Path(config_file).expanduser()
         user = _read_block(config_file)
@@ -208,6 +211,8 @@ def load_agent_config(
         source = config_file
     if overrides:
         merged = _merge(merged, overrides)
+        if overrides_source is not None:
+            source = Path(overrides_source)
     return _validate(AgentConfig, merged, source)
 
 

@@ -321,7 +321,7 @@ def evaluate_run(
             per_episode = run_episodes(model, env, seeds, deterministic=True)
     finally:
         env.close()
-    name = env.scenario.name if simulator.reference else f"{env.scenario.name}-{simulator.name}"  # file/tag name
+    name = evaluation_name(env.scenario.name, simulator.name)
     report = EvaluationReport(
         scenario=env.scenario.name, episodes=episodes, first_seed=seeds[0], last_seed=seeds[-1], algo=config.algo,
         num_timesteps=int(model.num_timesteps), model=str(model_path.relative_to(run_dir)),
@@ -333,6 +333,12 @@ def evaluate_run(
     )
     _write_tensorboard(run_dir, name, report)
     return report, path
+
+
+def evaluation_name(scenario: str, backend: str) -> str:
+    """The name of an evaluation's file (`evaluation-<name>.json`) and TensorBoard tag: the scenario's on
+    the reference simulator, `<scenario>-<backend>` on another."""
+    return scenario if get_backend(backend).reference else f"{scenario}-{backend}"
 
 
 def _write_tensorboard(run_dir: Path, scenario: str, report: EvaluationReport) -> None:

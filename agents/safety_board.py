@@ -387,6 +387,9 @@ class EvaluationSet:
                 f"{self.seeds[0]}..{self.seeds[-1]}")
 
 
+EvaluationListener = Callable[[int, dict[str, Estimate]], None]  # (env step, metric key -> estimate)
+
+
 @dataclasses.dataclass(frozen=True)
 class Evaluated:
     step: int
@@ -398,12 +401,15 @@ class Evaluated:
 class Evaluator:
     """The periodic evaluation of a run: `evaluation` at step 0, whenever the step passes a multiple of
     `every` (after a DAgger iteration's fit, or at the start of a rollout, after the previous one's
-    update), and at the end; the time it takes is counted."""
+    update), and at the end; the time it takes is counted. `listener(step, estimates)` hears each
+    of these evaluations (a sweep's trial reports them to Ray Tune)."""
 
-    def __init__(self, board: SafetyBoard | None, evaluation: EvaluationSet, every: int, start_step: int = 0) -> None:
+    def __init__(self, board: SafetyBoard | None, evaluation: EvaluationSet, every: int, start_step: int = 0,
+                 listener: EvaluationListener | None = None) -> None:
         if every < 1:
             raise ValueError(f"eval interval must be positive, got {every}")
         self.board = board
+        self.listener = listener
         self.evaluation = evaluation
         self.every = every
         self.next_at = (start_step // every + 1) * every
@@ -421,6 +427,8 @@ class Evaluator:
         if evaluation is self.evaluation:
             self.last = result
             self.next_at = (step // self.every + 1) * self.every
+            if self.listener is not None:
+                self.listener(step, estimates)
         return result
 
     def maybe_evaluate(self, model, step: int) -> Evaluated | None:

@@ -37,8 +37,8 @@ from agents.explain.training_replay import TrainingReplays
 from agents.config import RunConfig, check_algo, load_agent_config
 from agents.evaluate import evaluation_seeds
 from agents.safety_board import (
-    EVAL_PREFIX, REFERENCE_PREFIX, EpisodeTracker, Evaluated, EvaluationSet, Evaluator, SafetyBoard, hparam_metrics,
-    summarize, summary_markdown, tensorboard_writer, untouched_rng,
+    EVAL_PREFIX, REFERENCE_PREFIX, EpisodeTracker, Evaluated, EvaluationListener, EvaluationSet, Evaluator, SafetyBoard,
+    hparam_metrics, summarize, summary_markdown, tensorboard_writer, untouched_rng,
 )
 from agents.runs import (
     PERCEPTION_FILE,
@@ -88,6 +88,7 @@ class TrainOptions:
     progress_bar: bool = True
     command: str = ""  # the command line, recorded in command.txt
     baseline: str | None = None  # a run folder (or its name in logdir) of the same scenario to compare the final evaluation with
+    on_evaluation: EvaluationListener | None = None  # hears each periodic evaluation (a sweep reports it to Ray Tune)
 
 
 @dataclass(frozen=True)
@@ -313,7 +314,8 @@ def train(options: TrainOptions) -> TrainResult:
         writer = tensorboard_writer(model.logger)
         board = SafetyBoard(writer) if writer is not None else None
         periodic, reference = _evaluation_sets(config, eval_env, str(device))
-        evaluator = Evaluator(board, periodic, training.eval_every, start_timesteps) if periodic else None
+        evaluator = (Evaluator(board, periodic, training.eval_every, start_timesteps, options.on_evaluation)
+                     if periodic else None)
         replays = (TrainingReplays(writer, config.scenario, config.backend, training.replay_every,
                                    start_step=start_timesteps)
                    if writer is not None and training.replay_every else None)
