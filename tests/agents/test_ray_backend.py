@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +54,15 @@ def test_token_mode_is_chosen_when_a_token_exists(tmp_path, monkeypatch):
     assert ray_backend.use_token_if_present(environ) and environ["RAY_AUTH_MODE"] == "token"
     environ = {"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "secret"}
     assert not ray_backend.use_token_if_present(environ) and environ["RAY_AUTH_MODE"] == "disabled"
+
+
+def test_sweep_without_ray_says_how_to_install_it(tmp_path):
+    """The base install has no Ray: a package named ray that fails to import stands in for its absence."""
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "run.py"), "sweep", "--seeds", "1", "--logdir", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 2
+    assert done.stderr.strip() == 'error: Ray is not installed; install the distributed extra: pip install -e ".[dist]"'
