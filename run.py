@@ -229,12 +229,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {path} and eval_final/{path.stem.removeprefix('evaluation-')}/* (TensorBoard) in {report.run}")
 
 
-def eps_text(eps: float) -> str:
-    """A budget as the CLI writes it: 4/255 for 4 grey levels."""
-    levels = eps * 255
-    return f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-9 else f"{eps:g}"
-
-
 def cmd_replay(args: argparse.Namespace) -> None:
     from agents.explain.replay import write_replays
 
@@ -255,6 +249,7 @@ def cmd_watch(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from envs.backends import BACKEND_NAMES, HIGHWAY_ENV
+    from perception.attacks import format_eps
     from perception.distill import MODES as DISTILL_MODES
     from perception.distill import DistillConfig
     from perception.loop import field_default
@@ -361,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--data", type=Path, default=Path("data/perception/highway-mix"), help="dataset folder")
     p_train.add_argument("--arch", choices=list(ARCHS), default=trained("arch"))
     p_train.add_argument("--mode", choices=TRAIN_MODES, default=trained("mode"))
-    p_train.add_argument("--eps", default=eps_text(trained("eps")), help="l-inf budget in [0, 1] pixels, e.g. 4/255")
+    p_train.add_argument("--eps", default=format_eps(trained("eps")), help="l-inf budget in [0, 1] pixels, e.g. 4/255")
     p_train.add_argument("--epochs", type=positive_int, default=trained("epochs"))
     p_train.add_argument("--batch-size", type=positive_int, default=trained("batch_size"))
     p_train.add_argument("--lr", type=float, default=trained("lr"))
@@ -377,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--teacher", type=Path, default=Path(distilled("teacher")), help="teacher checkpoint")
     distill.add_argument("--data", type=Path, default=Path("data/perception/highway-mix"), help="dataset folder")
     distill.add_argument("--mode", choices=DISTILL_MODES, default=distilled("mode"), help="robust: RSLAD-style adversarial term")
-    distill.add_argument("--eps", default=eps_text(distilled("eps")), help="l-inf budget of the training attack in [0, 1] pixels, e.g. 4/255")
+    distill.add_argument("--eps", default=format_eps(distilled("eps")), help="l-inf budget of the training attack in [0, 1] pixels, e.g. 4/255")
     distill.add_argument("--pgd-steps", type=positive_int, default=distilled("pgd_steps"), help="steps of the training attack")
     distill.add_argument("--epochs", type=positive_int, default=distilled("epochs"))
     distill.add_argument("--batch-size", type=positive_int, default=distilled("batch_size"))
