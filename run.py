@@ -6,6 +6,7 @@
     python run.py bench env
     python run.py train --scenario highway [--algo a2c] [--resume RUN]
     python run.py evaluate --run RUN [--episodes 50] [--scenario OTHER]
+    python run.py evaluate --run RUN --attack none,pgd,mad --eps 1/255,3/255 [--corruption all]
 """
 
 from __future__ import annotations
@@ -221,12 +222,36 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from agents.evaluate import evaluate_run, print_report
 
+    if args.attack is not None or args.corruption is not None or args.transfer_from is not None:
+        return cmd_evaluate_robustness(args)
     report, path = evaluate_run(
         args.run, episodes=args.episodes, scenario=args.scenario, seed=args.seed, logdir=args.logdir,
         device=args.device, backend=args.backend, command=command_line(),
     )
     print_report(report)
     print(f"wrote {path} and eval_final/{path.stem.removeprefix('evaluation-')}/* (TensorBoard) in {report.run}")
+
+
+def cmd_evaluate_robustness(args: argparse.Namespace) -> None:
+    from agents.evaluate import print_report
+    from agents.robust.corruptions import parse_corruptions
+    from agents.robust.evaluate import (evaluate_robustness, parse_attacks, parse_counts, parse_eps_list,
+                                        print_robustness)
+
+    attacks = parse_attacks(args.attack if args.attack is not None else "none")
+    restarts = parse_counts(args.restarts, "--restarts")
+    if len(restarts) != 1:
+        raise ValueError(f"--restarts takes one positive integer, got {args.restarts!r}")
+    report, block, path = evaluate_robustness(
+        args.run, attacks=attacks, eps=parse_eps_list(args.eps), steps=parse_counts(args.steps, "--steps"),
+        restarts=restarts[0], corruptions=parse_corruptions(args.corruption),
+        transfer_from=args.transfer_from, episodes=args.episodes, scenario=args.scenario, seed=args.seed,
+        logdir=args.logdir, device=args.device, backend=args.backend, command=command_line(),
+    )
+    print_report(report)
+    print_robustness(block)
+    name = path.stem.removeprefix("evaluation-")
+    print(f"wrote {path} (\"robustness\") and robust/{name}/* (TensorBoard) in {report.run}")
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
@@ -449,6 +474,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--logdir", type=Path, default=Path("runs"), help="where to look up a run name")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda")
     evaluate.add_argument("--backend", choices=BACKEND_NAMES, default=HIGHWAY_ENV.name, help="simulator to evaluate on (default: highway-env)")
+    robust = evaluate.add_argument_group(
+        "robustness (docs/ROBUSTNESS.md)", "attacks on the camera frames at decision time and sensor corruptions; "
+        "results go into the evaluation JSON under \"robustness\" and to TensorBoard under robust/*")
+    robust.add_argument("--attack", default=None, metavar="LIST",
+                        help="comma-separated: none, random, fgsm, pgd, mad, critic (e.g. none,pgd,mad)")
+    robust.add_argument("--eps", default="3/255", metavar="LIST",
+                        help="l-inf budgets in (0, 1] pixel units, comma-separated (default: 3/255), e.g. 1/255,3/255,8/255")
+    robust.add_argument("--steps", default="10", metavar="LIST",
+                        help="PGD steps of pgd, mad and critic, comma-separated (default: 10), e.g. 10,50")
+    robust.add_argument("--restarts", default="1", metavar="N", help="PGD random restarts, best kept (default: 1)")
+    robust.add_argument("--transfer-from", default=None, metavar="RUN",
+                        help="also play each white-box attack crafted on this run's model (a transfer attack)")
+    robust.add_argument("--corruption", default=None, metavar="LIST",
+                        help="sensor faults one at a time: all, or KIND:SEVERITY, comma-separated "
+                             "(noise, blur, brightness, drop; severity 1 = highway-noisy's level, 2 = twice it)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     explain_help = {"overlay": "attention (every frame), shap (keyframes), both, or none",
