@@ -239,3 +239,16 @@ def test_the_command_line_runs_an_attack_and_prints_the_table(trained):
     )
     assert process.returncode == 0, process.stderr
     assert "fgsm-eps3" in process.stdout and "robustness" in process.stdout
+
+
+def test_attacked_evaluation_runs_on_highway_env_one_episode_at_a_time(trained, tmp_path):
+    import shutil
+
+    _, result = trained
+    run_dir = shutil.copytree(result.run_dir, tmp_path / "run")
+    report, block, path = evaluate_robustness(run_dir, attacks=["none", "pgd"], eps=[EPS], steps=[1], episodes=1,
+                                              backend="highway-env", device="cpu", progress=False)
+    assert path.name == "evaluation-short.json" and block["backend"] == "highway-env"
+    pgd = block["settings"]["pgd1-eps3"]
+    assert pgd["episodes"] == 1 and pgd["attack_ms_per_step"] > 0
+    assert block["settings"]["none"]["metrics"]["return"] == report.metrics["return"].to_dict()
