@@ -254,10 +254,14 @@ def masking_checks(settings: dict[str, dict[str, Any]]) -> tuple[list[str], list
                         f"(return {_mean(strongest):.2f})")
         for entry in same:
             if (entry["attack"] == "random" or entry["transfer"]) and _mean(entry) < _mean(strongest):
+                margin = _mean(strongest) - _mean(entry)
+                noise = 2 * math.hypot(_stderr(entry), _stderr(strongest))
+                size = "more than" if margin > noise else "within"
                 warnings.append(
                     f"{entry['setting']} (return {_mean(entry):.2f}) beats the strongest white-box attack "
-                    f"{strongest['setting']} (return {_mean(strongest):.2f}) at ε = {format_eps(eps)}: the gradient "
-                    f"may be masked; the white-box numbers are not trustworthy"
+                    f"{strongest['setting']} (return {_mean(strongest):.2f}) at ε = {format_eps(eps)} by {margin:.2f}, "
+                    f"{size} 2 standard errors ({noise:.2f}): the gradient may be masked; the white-box numbers are "
+                    f"not trustworthy"
                 )
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for entry in attacks:
