@@ -340,11 +340,24 @@ def evaluate_run(
         metrics=summarize(per_episode), per_episode=per_episode, run=str(run_dir), trained_on=config.scenario,
         trained_backend=config.backend, backend=simulator.name, scenario_source=env.scenario.source, command=command,
     )
-    path = atomic_write(
-        run_dir / f"evaluation-{name}.json", lambda tmp: tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    )
+    data = {**report.to_dict(), **_robustness_of_this_evaluation(run_dir / f"evaluation-{name}.json", report)}
+    path = atomic_write(run_dir / f"evaluation-{name}.json", lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
     _write_tensorboard(run_dir, name, report)
     return report, path
+
+
+def _robustness_of_this_evaluation(path: Path, report: EvaluationReport) -> dict[str, Any]:
+    """{"robustness": block} of the file being replaced when it was measured on the same model, backend and
+    seeds (agents/robust/evaluate.py), so a plain evaluation does not throw away the attacked one; else {}."""
+    try:
+        block = json.loads(path.read_text()).get("robustness")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    same = {"model": report.model, "num_timesteps": report.num_timesteps, "backend": report.backend,
+            "episodes": report.episodes, "first_seed": report.first_seed}
+    if isinstance(block, dict) and all(block.get(key) == value for key, value in same.items()):
+        return {"robustness": block}
+    return {}
 
 
 def _write_tensorboard(run_dir: Path, scenario: str, report: EvaluationReport) -> None:

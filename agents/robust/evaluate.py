@@ -366,6 +366,17 @@ def evaluate_robustness(
     measured: dict[str, dict[str, Any]] = {}
     if previous and all(previous.get(key) == value for key, value in identity.items()):
         measured.update(previous.get("settings", {}))
+
+    def save() -> dict[str, Any]:  # after every setting: a killed command loses at most the setting it was playing
+        findings, warnings = masking_checks(measured)
+        block = {**identity, "threat_model": THREAT_MODEL, "settings": measured, "checks": findings,
+                 "warnings": warnings, "command": command}
+        data = json.loads(path.read_text())
+        data["robustness"] = block
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+        return block
+
+    block = save()  # the plain evaluation rewrote the file: the earlier settings go back in at once
     for index, setting in enumerate(settings, 1):
         if progress:
             log.info("[%d/%d] %s: %s", index, len(settings), setting.name, setting.describe())
@@ -373,17 +384,13 @@ def evaluate_robustness(
                              device, seed=seed)
         if setting.transfer:
             entry["source_run"] = str(source_dir)
+        entry["command"] = command
         measured[setting.name] = entry
+        block = save()
         if progress:
             log.info("    return %.2f, collisions %.1f%%, action changed %.1f%%, %.2f ms/step, %.0f s",
                      _mean(entry), 100 * _mean(entry, "collision_rate"), 100 * entry["action_changed_fraction"],
                      entry["attack_ms_per_step"], entry["seconds"])
-    findings, warnings = masking_checks(measured)
-    block = {**identity, "threat_model": THREAT_MODEL, "settings": measured, "checks": findings,
-             "warnings": warnings, "command": command}
-    data = json.loads(path.read_text())
-    data["robustness"] = block
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
     _write_tensorboard(run_dir, path.stem.removeprefix("evaluation-"), block, report.num_timesteps,
                        [setting.name for setting in settings])
     return report, block, path

@@ -252,3 +252,18 @@ def test_attacked_evaluation_runs_on_highway_env_one_episode_at_a_time(trained, 
     pgd = block["settings"]["pgd1-eps3"]
     assert pgd["episodes"] == 1 and pgd["attack_ms_per_step"] > 0
     assert block["settings"]["none"]["metrics"]["return"] == report.metrics["return"].to_dict()
+
+
+def test_a_plain_evaluation_keeps_the_robustness_block_of_the_same_model_and_seeds(trained, tmp_path):
+    import shutil
+
+    from agents.evaluate import evaluate_run
+
+    _, result = trained
+    run_dir = shutil.copytree(result.run_dir, tmp_path / "run")
+    _, block, path = evaluate_robustness(run_dir, attacks=["random"], eps=[EPS], episodes=2, backend="fast",
+                                         device="cpu", progress=False)
+    evaluate_run(run_dir, episodes=2, backend="fast", device="cpu")
+    assert json.loads(path.read_text())["robustness"]["settings"].keys() == block["settings"].keys()
+    evaluate_run(run_dir, episodes=3, backend="fast", device="cpu")  # other seeds: the block no longer applies
+    assert "robustness" not in json.loads(path.read_text())
