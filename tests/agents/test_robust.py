@@ -267,3 +267,24 @@ def test_a_plain_evaluation_keeps_the_robustness_block_of_the_same_model_and_see
     assert json.loads(path.read_text())["robustness"]["settings"].keys() == block["settings"].keys()
     evaluate_run(run_dir, episodes=3, backend="fast", device="cpu")  # other seeds: the block no longer applies
     assert "robustness" not in json.loads(path.read_text())
+
+
+def test_the_sa_regularizer_is_zero_at_eps_zero_positive_otherwise_and_reaches_the_actor(trained):
+    from agents.explain.decision import load_run
+    from agents.robust.regularizer import sa_regularizer
+    from envs import make_env
+
+    tiny, result = trained
+    env = make_env(str(tiny.scenario), "fast")
+    try:
+        decision = load_run(result.run_dir, env).decision  # its own copy: parameters still trainable
+        frames = torch.from_numpy(np.stack([env.reset(seed=seed)[0] for seed in range(3)])).float() / 255
+    finally:
+        env.close()
+    assert sa_regularizer(decision, frames, 0.0).item() == 0.0
+    torch.manual_seed(0)
+    value = sa_regularizer(decision, frames, 3 / 255, steps=3)
+    assert value.item() > 0
+    value.backward()
+    gradients = [p.grad for p in decision.action_net.parameters()]
+    assert all(g is not None for g in gradients) and any(g.abs().sum() > 0 for g in gradients)
