@@ -224,6 +224,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     if args.attack is not None or args.corruption is not None or args.transfer_from is not None:
         return cmd_evaluate_robustness(args)
+    given = [flag for flag, value in (("--eps", args.eps), ("--steps", args.steps), ("--restarts", args.restarts))
+             if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} set(s) the attacks of --attack, which is missing (e.g. --attack pgd)")
     report, path = evaluate_run(
         args.run, episodes=args.episodes, scenario=args.scenario, seed=args.seed, logdir=args.logdir,
         device=args.device, backend=args.backend, command=command_line(),
@@ -239,11 +243,11 @@ def cmd_evaluate_robustness(args: argparse.Namespace) -> None:
                                         print_robustness)
 
     attacks = parse_attacks(args.attack if args.attack is not None else "none")
-    restarts = parse_counts(args.restarts, "--restarts")
+    restarts = parse_counts(args.restarts or "1", "--restarts")
     if len(restarts) != 1:
         raise ValueError(f"--restarts takes one positive integer, got {args.restarts!r}")
     report, block, path = evaluate_robustness(
-        args.run, attacks=attacks, eps=parse_eps_list(args.eps), steps=parse_counts(args.steps, "--steps"),
+        args.run, attacks=attacks, eps=parse_eps_list(args.eps or "3/255"), steps=parse_counts(args.steps or "10", "--steps"),
         restarts=restarts[0], corruptions=parse_corruptions(args.corruption),
         transfer_from=args.transfer_from, episodes=args.episodes, scenario=args.scenario, seed=args.seed,
         logdir=args.logdir, device=args.device, backend=args.backend, command=command_line(),
@@ -479,11 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
         "results go into the evaluation JSON under \"robustness\" and to TensorBoard under robust/*")
     robust.add_argument("--attack", default=None, metavar="LIST",
                         help="comma-separated: none, random, fgsm, pgd, mad, critic (e.g. none,pgd,mad)")
-    robust.add_argument("--eps", default="3/255", metavar="LIST",
+    robust.add_argument("--eps", default=None, metavar="LIST",
                         help="l-inf budgets in (0, 1] pixel units, comma-separated (default: 3/255), e.g. 1/255,3/255,8/255")
-    robust.add_argument("--steps", default="10", metavar="LIST",
+    robust.add_argument("--steps", default=None, metavar="LIST",
                         help="PGD steps of pgd, mad and critic, comma-separated (default: 10), e.g. 10,50")
-    robust.add_argument("--restarts", default="1", metavar="N", help="PGD random restarts, best kept (default: 1)")
+    robust.add_argument("--restarts", default=None, metavar="N", help="PGD random restarts, best kept (default: 1)")
     robust.add_argument("--transfer-from", default=None, metavar="RUN",
                         help="also play each white-box attack crafted on this run's model (a transfer attack)")
     robust.add_argument("--corruption", default=None, metavar="LIST",

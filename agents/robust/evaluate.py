@@ -344,6 +344,9 @@ def evaluate_robustness(
         raise ValueError(f"--restarts must be a positive integer, got {restarts!r}")
     if episodes < 1:
         raise ValueError(f"--episodes must be a positive integer, got {episodes}")
+    if transfer_from is not None and not any(kind in WHITE_BOX for kind in attacks):
+        raise ValueError(f"--transfer-from crafts white-box attacks on another model: add one of "
+                         f"{', '.join(sorted(WHITE_BOX))} to --attack")
     simulator = get_backend(backend)
     run_dir = find_run(run, logdir)
     source_dir = find_run(transfer_from, logdir) if transfer_from is not None else None

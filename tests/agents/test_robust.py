@@ -222,6 +222,8 @@ def _main(capsys, *args: str) -> tuple[int, str]:
     (["--attack", "pgd", "--steps", "0"], "--steps must be a positive integer"),
     (["--attack", "pgd", "--restarts", "x"], "--restarts takes positive integers"),
     (["--corruption", "fog:1"], "unknown corruption 'fog'"),
+    (["--eps", "3/255"], "--attack, which is missing"),
+    (["--transfer-from", "elsewhere"], "--transfer-from crafts white-box attacks"),
 ])
 def test_bad_robustness_input_is_one_line_and_exit_code_2(trained, capsys, flags, fragment):
     _, result = trained
