@@ -6,6 +6,7 @@
     python run.py bench env
     python run.py train --scenario highway [--algo a2c] [--resume RUN]
     python run.py evaluate --run RUN [--episodes 50] [--scenario OTHER]
+    python run.py evaluate --run RUN --attack none,pgd,mad --eps 1/255,3/255 [--corruption all]
 """
 
 from __future__ import annotations
@@ -266,11 +267,22 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     if (args.run is None) == (args.runs is None):
         raise ValueError("evaluate needs one of --run RUN (one run) or --runs DIR_OR_GLOB (many, in parallel on Ray)")
+    robustness = {"--attack": args.attack, "--corruption": args.corruption, "--transfer-from": args.transfer_from,
+                  "--eps": args.eps, "--steps": args.steps, "--restarts": args.restarts}
     if args.runs is not None:
+        given = [flag for flag, value in robustness.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: attacked evaluation takes one --run, not --runs")
         cmd_evaluate_runs(args)
         return
     from agents.evaluate import evaluate_run, print_report
 
+    if args.attack is not None or args.corruption is not None or args.transfer_from is not None:
+        return cmd_evaluate_robustness(args)
+    given = [flag for flag, value in (("--eps", args.eps), ("--steps", args.steps), ("--restarts", args.restarts))
+             if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} set(s) the attacks of --attack, which is missing (e.g. --attack pgd)")
     report, path = evaluate_run(
         args.run, episodes=args.episodes, scenario=args.scenario, seed=args.seed, logdir=args.logdir,
         device=args.device, backend=args.backend, command=command_line(),
@@ -279,10 +291,26 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {path} and eval_final/{path.stem.removeprefix('evaluation-')}/* (TensorBoard) in {report.run}")
 
 
-def eps_text(eps: float) -> str:
-    """A budget as the CLI writes it: 4/255 for 4 grey levels."""
-    levels = eps * 255
-    return f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-9 else f"{eps:g}"
+def cmd_evaluate_robustness(args: argparse.Namespace) -> None:
+    from agents.evaluate import print_report
+    from agents.robust.corruptions import parse_corruptions
+    from agents.robust.evaluate import (evaluate_robustness, parse_attacks, parse_counts, parse_eps_list,
+                                        print_robustness)
+
+    attacks = parse_attacks(args.attack if args.attack is not None else "none")
+    restarts = parse_counts(args.restarts or "1", "--restarts")
+    if len(restarts) != 1:
+        raise ValueError(f"--restarts takes one positive integer, got {args.restarts!r}")
+    report, block, path = evaluate_robustness(
+        args.run, attacks=attacks, eps=parse_eps_list(args.eps or "3/255"), steps=parse_counts(args.steps or "10", "--steps"),
+        restarts=restarts[0], corruptions=parse_corruptions(args.corruption),
+        transfer_from=args.transfer_from, episodes=args.episodes, scenario=args.scenario, seed=args.seed,
+        logdir=args.logdir, device=args.device, backend=args.backend, command=command_line(),
+    )
+    print_report(report)
+    print_robustness(block)
+    name = path.stem.removeprefix("evaluation-")
+    print(f"wrote {path} (\"robustness\") and robust/{name}/* (TensorBoard) in {report.run}")
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
@@ -305,6 +333,7 @@ def cmd_watch(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from envs.backends import BACKEND_NAMES, HIGHWAY_ENV
+    from perception.attacks import format_eps
     from perception.distill import MODES as DISTILL_MODES
     from perception.distill import DistillConfig
     from perception.loop import field_default
@@ -433,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--data", type=Path, default=Path("data/perception/highway-mix"), help="dataset folder")
     p_train.add_argument("--arch", choices=list(ARCHS), default=trained("arch"))
     p_train.add_argument("--mode", choices=TRAIN_MODES, default=trained("mode"))
-    p_train.add_argument("--eps", default=eps_text(trained("eps")), help="l-inf budget in [0, 1] pixels, e.g. 4/255")
+    p_train.add_argument("--eps", default=format_eps(trained("eps")), help="l-inf budget in [0, 1] pixels, e.g. 4/255")
     p_train.add_argument("--epochs", type=positive_int, default=trained("epochs"))
     p_train.add_argument("--batch-size", type=positive_int, default=trained("batch_size"))
     p_train.add_argument("--lr", type=float, default=trained("lr"))
@@ -449,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--teacher", type=Path, default=Path(distilled("teacher")), help="teacher checkpoint")
     distill.add_argument("--data", type=Path, default=Path("data/perception/highway-mix"), help="dataset folder")
     distill.add_argument("--mode", choices=DISTILL_MODES, default=distilled("mode"), help="robust: RSLAD-style adversarial term")
-    distill.add_argument("--eps", default=eps_text(distilled("eps")), help="l-inf budget of the training attack in [0, 1] pixels, e.g. 4/255")
+    distill.add_argument("--eps", default=format_eps(distilled("eps")), help="l-inf budget of the training attack in [0, 1] pixels, e.g. 4/255")
     distill.add_argument("--pgd-steps", type=positive_int, default=distilled("pgd_steps"), help="steps of the training attack")
     distill.add_argument("--epochs", type=positive_int, default=distilled("epochs"))
     distill.add_argument("--batch-size", type=positive_int, default=distilled("batch_size"))
@@ -531,6 +560,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--logdir", type=Path, default=Path("runs"), help="where to look up a run name")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda")
     evaluate.add_argument("--backend", choices=BACKEND_NAMES, default=HIGHWAY_ENV.name, help="simulator to evaluate on (default: highway-env)")
+    robust = evaluate.add_argument_group(
+        "robustness (docs/ROBUSTNESS.md)", "attacks on the camera frames at decision time and sensor corruptions; "
+        "results go into the evaluation JSON under \"robustness\" and to TensorBoard under robust/*")
+    robust.add_argument("--attack", default=None, metavar="LIST",
+                        help="comma-separated: none, random, fgsm, pgd, mad, critic (e.g. none,pgd,mad)")
+    robust.add_argument("--eps", default=None, metavar="LIST",
+                        help="l-inf budgets in (0, 1] pixel units, comma-separated (default: 3/255), e.g. 1/255,3/255,8/255")
+    robust.add_argument("--steps", default=None, metavar="LIST",
+                        help="PGD steps of pgd, mad and critic, comma-separated (default: 10), e.g. 10,50")
+    robust.add_argument("--restarts", default=None, metavar="N", help="PGD random restarts, best kept (default: 1)")
+    robust.add_argument("--transfer-from", default=None, metavar="RUN",
+                        help="also play each white-box attack crafted on this run's model (a transfer attack)")
+    robust.add_argument("--corruption", default=None, metavar="LIST",
+                        help="sensor faults one at a time: all, or KIND:SEVERITY, comma-separated "
+                             "(noise, blur, brightness, drop; severity 1 = highway-noisy's level, 2 = twice it)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     explain_help = {"overlay": "attention (every frame), shap (keyframes), both, or none",

@@ -22,7 +22,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence, TypedDict
+from typing import Any, Callable, Sequence, TypedDict
 
 import gymnasium as gym
 import numpy as np
@@ -75,7 +75,9 @@ EpisodeMetrics = TypedDict("EpisodeMetrics", {
     "min_ttc": float,  # [s], capped at MIN_TTC_CAP_S
     "min_headway": float,  # [s], capped at MIN_TTC_CAP_S (issue 19: its distribution in TensorBoard)
     "rms_jerk": float,  # [m/s^3] root mean square over the episode's steps
-    "unsafe_fraction": float, "off_road_fraction": float, "hard_brakes_per_km": float, "lane_changes_per_km": float,
+    "unsafe_fraction": float,
+    "ttc_unsafe_fraction": float,  # share of steps with TTC < 2 s (issue 16's robustness table)
+    "off_road_fraction": float, "hard_brakes_per_km": float, "lane_changes_per_km": float,
     "distance": float,  # [m]
     "route_completion": float, "driving_score": float,
 })
@@ -149,6 +151,9 @@ class EvaluationReport:
         }
 
 
+StepHook = Callable[[np.ndarray], None]  # (B,) bool: the rows whose step just counted (robustness statistics)
+
+
 # -- episodes ------------------------------------------------------------------------------------
 
 
@@ -159,10 +164,11 @@ def evaluation_seeds(scenario, episodes: int, offset: int = 0) -> list[int]:
 
 
 def run_episodes(model, env: CameraEnv | gym.Wrapper, seeds: Sequence[int],
-                 deterministic: bool = True) -> list[EpisodeMetrics]:
+                 deterministic: bool = True, on_step: StepHook | None = None) -> list[EpisodeMetrics]:
     """Play one episode per seed on a (non-vectorised) clearlane env; per-episode metrics.
 
     model: anything with SB3's `predict(obs, deterministic)`; env: a backend's CameraEnv (or a wrapper of one).
+    on_step: called after every step with the (1,) mask of rows whose step counted (always true here).
     """
     route_length_m = env.unwrapped.scenario.safety.route_length_m
     results = []
@@ -177,6 +183,8 @@ def run_episodes(model, env: CameraEnv | gym.Wrapper, seeds: Sequence[int],
             total_reward += float(reward)
             steps += 1
             done = terminated or truncated
+            if on_step is not None:
+                on_step(np.ones(1, dtype=bool))
         results.append(episode_metrics(int(seed), total_reward, steps, monitor.summary()))
     return results
 
@@ -185,9 +193,10 @@ FAST_EVAL_BATCH = 256  # [envs] episodes played at once by run_batched_episodes
 
 
 def run_batched_episodes(model, scenario, seeds: Sequence[int], device: str = "cpu",
-                         batch: int = FAST_EVAL_BATCH) -> list[EpisodeMetrics]:
+                         batch: int = FAST_EVAL_BATCH, on_step: StepHook | None = None) -> list[EpisodeMetrics]:
     """`run_episodes` on the fast backend: up to `batch` consecutive seeds at a time, one per row of a
-    FastVecEnv; each row's first episode is its result (SB3's auto-reset starts another, ignored)."""
+    FastVecEnv; each row's first episode is its result (SB3's auto-reset starts another, ignored).
+    on_step: called after every batched step with the (B,) mask of the rows whose step counted."""
     from envs.fast.vec_env import FastVecEnv
 
     if any(b != a + 1 for a, b in zip(seeds, seeds[1:])):
@@ -208,6 +217,8 @@ def run_batched_episodes(model, scenario, seeds: Sequence[int], device: str = "c
                 monitors[row].update(infos[row])
             returns[playing] += rewards[playing]
             steps[playing] += 1
+            if on_step is not None:
+                on_step(playing.copy())
             playing &= ~dones
         results += [episode_metrics(seed, returns[row], int(steps[row]), monitors[row].summary())
                     for row, seed in enumerate(chunk)]
@@ -226,6 +237,7 @@ def episode_metrics(seed: int, episode_return: float, length: int, safety: dict[
         "min_headway": float(min(safety["min_headway"], MIN_TTC_CAP_S)),
         "rms_jerk": float(safety["rms_jerk"]),
         "unsafe_fraction": float(safety["unsafe_fraction"]),
+        "ttc_unsafe_fraction": float(safety["ttc_unsafe_fraction"]),
         "off_road_fraction": float(safety["off_road_fraction"]),
         "hard_brakes_per_km": float(safety["hard_brakes_per_km"]),
         "lane_changes_per_km": float(safety["lane_changes_per_km"]),
@@ -328,9 +340,8 @@ def evaluate_run(
         metrics=summarize(per_episode), per_episode=per_episode, run=str(run_dir), trained_on=config.scenario,
         trained_backend=config.backend, backend=simulator.name, scenario_source=env.scenario.source, command=command,
     )
-    path = atomic_write(
-        run_dir / f"evaluation-{name}.json", lambda tmp: tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    )
+    data = {**report.to_dict(), **_robustness_of_this_evaluation(run_dir / f"evaluation-{name}.json", report)}
+    path = atomic_write(run_dir / f"evaluation-{name}.json", lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
     _write_tensorboard(run_dir, name, report)
     return report, path
 
@@ -339,6 +350,20 @@ def evaluation_name(scenario: str, backend: str) -> str:
     """The name of an evaluation's file (`evaluation-<name>.json`) and TensorBoard tag: the scenario's on
     the reference simulator, `<scenario>-<backend>` on another."""
     return scenario if get_backend(backend).reference else f"{scenario}-{backend}"
+
+
+def _robustness_of_this_evaluation(path: Path, report: EvaluationReport) -> dict[str, Any]:
+    """{"robustness": block} of the file being replaced when it was measured on the same model, backend and
+    seeds (agents/robust/evaluate.py), so a plain evaluation does not throw away the attacked one; else {}."""
+    try:
+        block = json.loads(path.read_text()).get("robustness")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    same = {"model": report.model, "num_timesteps": report.num_timesteps, "backend": report.backend,
+            "episodes": report.episodes, "first_seed": report.first_seed}
+    if isinstance(block, dict) and all(block.get(key) == value for key, value in same.items()):
+        return {"robustness": block}
+    return {}
 
 
 def _write_tensorboard(run_dir: Path, scenario: str, report: EvaluationReport) -> None:

@@ -143,6 +143,7 @@ class _EpisodeTotals:
     min_ttc_s: float = math.inf
     min_headway_s: float = math.inf
     unsafe_steps: int = 0
+    ttc_unsafe_steps: int = 0  # steps with TTC < UNSAFE_TTC_S alone
     off_road_steps: int = 0
     hard_brakes: int = 0
     lane_changes: int = 0
@@ -176,6 +177,7 @@ class SafetyMonitor:
         totals.min_headway_s = min(totals.min_headway_s, float(signals["headway"]))
         unsafe = signals["ttc"] < UNSAFE_TTC_S or signals["headway"] < UNSAFE_HEADWAY_S
         totals.unsafe_steps += int(unsafe)
+        totals.ttc_unsafe_steps += int(signals["ttc"] < UNSAFE_TTC_S)
         totals.off_road_steps += int(signals["off_road"])
         totals.hard_brakes += int(signals["hard_brake"])
         totals.lane_changes += int(signals["lane_change"])
@@ -198,6 +200,7 @@ class SafetyMonitor:
             "min_ttc": totals.min_ttc_s,
             "min_headway": totals.min_headway_s,
             "unsafe_fraction": totals.unsafe_steps / totals.steps,
+            "ttc_unsafe_fraction": totals.ttc_unsafe_steps / totals.steps,  # share of steps with TTC < 2 s
             "off_road_fraction": off_road_fraction,
             "hard_brakes_per_km": totals.hard_brakes / km if km > 0 else 0.0,
             "lane_changes_per_km": totals.lane_changes / km if km > 0 else 0.0,

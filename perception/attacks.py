@@ -4,7 +4,10 @@
     x_adv = fgsm_rs(model, x, target, mask, eps=4/255)                        # Wong et al. 2020
 
 Both maximise `perception.models.label_loss` (masked MSE), keep every pixel of `x_adv`
-within `eps` of `x` and inside [0, 1], and return a detached tensor.
+within `eps` of `x` and inside [0, 1], and return a detached tensor. Both run `ascend`, the one
+ℓ∞ PGD loop of the project (any objective, restarts, best iterate per sample), which the
+decision-time attacks on the driving policy (agents/robust/attacks.py) use as well.
+`parse_eps("3/255")` and `format_eps(3 / 255)` turn budgets into numbers and back.
 
 Model mode: attacks never call `model.train()` / `model.eval()`; they run the model as the
 caller left it. clearlane's perception models have no BatchNorm and no dropout, so both modes
@@ -65,6 +68,12 @@ def _to_float(text: str) -> float | None:
         return None
 
 
+def format_eps(eps: float) -> str:
+    """A budget as the command line writes it: "4/255" for 4 grey levels, else the number ("0.01")."""
+    levels = float(eps) * 255
+    return f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-9 else f"{float(eps):g}"
+
+
 def _check_budget(eps: float, alpha: float, steps: int) -> None:
     if not (0.0 <= eps <= 1.0):
         raise ValueError(f"eps must be in [0, 1] (pixel units in [0, 1] images), got {eps}")
@@ -74,21 +83,78 @@ def _check_budget(eps: float, alpha: float, steps: int) -> None:
         raise ValueError(f"steps must be a non-negative integer, got {steps}")
 
 
-def _input_gradient(
-    model: nn.Module, x_adv: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, loss_fn: LossFn
-) -> torch.Tensor:
-    """d loss / d x_adv, (B, C, H, W); parameters' .grad untouched."""
-    x_adv = x_adv.detach().requires_grad_(True)
-    with torch.enable_grad():
-        loss = loss_fn(model(x_adv).labels, target, mask)
-        (gradient,) = torch.autograd.grad(loss, x_adv)
-    return gradient
-
-
 def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     """Back into the ℓ∞ ball of radius eps around x, and into [0, 1]."""
     x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps)
     return x_adv.clamp(0.0, 1.0)
+
+
+def ascend(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    restarts: int = 1,
+    random_start: bool = True,
+    keep_best: bool = False,
+) -> torch.Tensor:
+    """ℓ∞ projected gradient ascent on `loss_fn(x_adv)` in [0, 1] pixel space: the one PGD loop.
+
+    x (B, ...) float in [0, 1]. loss_fn(x_adv) -> a scalar, or with keep_best a (B,) loss per
+    sample (the gradient is taken of its sum: samples are independent). eps, step_size in [0, 1]
+    pixel units; random_start: begin from a uniform point of the ε-ball (else from x).
+    keep_best: return, per sample, the iterate with the highest loss seen (over all steps and
+    restarts), so more steps or restarts from the same start never give a lower loss; without it,
+    the last iterate (restarts must then be 1).
+    Returns x_adv, detached, with |x_adv - x| <= eps and 0 <= x_adv <= 1. Gradients are taken with
+    respect to the input only (`torch.autograd.grad`): parameters' `.grad` fields stay untouched.
+    """
+    _check_budget(eps, step_size, steps)
+    if int(restarts) != restarts or restarts < 1:
+        raise ValueError(f"restarts must be a positive integer, got {restarts}")
+    if restarts > 1 and not keep_best:
+        raise ValueError("restarts > 1 needs keep_best=True (a per-sample loss) to choose among them")
+    x = x.detach()
+    if eps == 0.0:
+        return x.clone()
+    best, best_loss = x.clone(), None
+    for _ in range(int(restarts)):
+        x_adv = x.clone()
+        if random_start:
+            x_adv = _project(x + torch.empty_like(x).uniform_(-eps, eps), x, eps)
+        for step in range(int(steps) + 1):
+            if step == int(steps) and not keep_best:
+                break  # the last iterate needs no loss
+            x_adv = x_adv.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = loss_fn(x_adv)
+                gradient = None if step == int(steps) else torch.autograd.grad(loss.sum(), x_adv)[0]
+            if keep_best:
+                best, best_loss = _keep_best(best, best_loss, x_adv.detach(), loss.detach())
+            if gradient is not None:
+                x_adv = _project(x_adv.detach() + step_size * gradient.sign(), x, eps)
+        if not keep_best:
+            best = x_adv
+    return best.detach()
+
+
+def _keep_best(best: torch.Tensor, best_loss: torch.Tensor | None, candidate: torch.Tensor,
+               loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the candidate where its (B,) loss is higher than the best so far."""
+    if loss.dim() != 1 or loss.shape[0] != candidate.shape[0]:
+        raise ValueError(f"keep_best needs a (B,) loss per sample, got shape {tuple(loss.shape)}")
+    if best_loss is None:
+        return candidate.clone(), loss.clone()
+    better = loss > best_loss  # (B,)
+    where = better.view(-1, *([1] * (candidate.dim() - 1)))
+    return torch.where(where, candidate, best), torch.where(better, loss, best_loss)
+
+
+def _label_objective(model: nn.Module, target: torch.Tensor, mask: torch.Tensor,
+                     loss_fn: LossFn) -> Callable[[torch.Tensor], torch.Tensor]:
+    target, mask = target.detach(), mask.detach()
+    return lambda x_adv: loss_fn(model(x_adv).labels, target, mask)
 
 
 def pgd(
@@ -108,18 +174,7 @@ def pgd(
     random_start: begin from a uniform point of the ε-ball (else from x).
     Returns x_adv (B, C, H, W), detached, with |x_adv - x| <= eps and 0 <= x_adv <= 1.
     """
-    _check_budget(eps, alpha, steps)
-    x = x.detach()
-    target, mask = target.detach(), mask.detach()
-    if eps == 0.0:
-        return x.clone()
-    x_adv = x.clone()
-    if random_start:
-        x_adv = _project(x + torch.empty_like(x).uniform_(-eps, eps), x, eps)
-    for _ in range(int(steps)):
-        gradient = _input_gradient(model, x_adv, target, mask, loss_fn)
-        x_adv = _project(x_adv + alpha * gradient.sign(), x, eps)
-    return x_adv.detach()
+    return ascend(_label_objective(model, target, mask, loss_fn), x, eps, steps, alpha, random_start=random_start)
 
 
 def fgsm_rs(
@@ -139,11 +194,4 @@ def fgsm_rs(
     overfitting" at large eps (robustness to PGD collapses suddenly): watch the PGD probe.
     """
     alpha = 1.25 * eps if alpha is None else alpha
-    _check_budget(eps, alpha, 1)
-    x = x.detach()
-    target, mask = target.detach(), mask.detach()
-    if eps == 0.0:
-        return x.clone()
-    x_start = _project(x + torch.empty_like(x).uniform_(-eps, eps), x, eps)
-    gradient = _input_gradient(model, x_start, target, mask, loss_fn)
-    return _project(x_start + alpha * gradient.sign(), x, eps).detach()
+    return ascend(_label_objective(model, target, mask, loss_fn), x, eps, 1, alpha, random_start=True)

@@ -26,6 +26,10 @@ ARGV = st.one_of(
     BAD_NUMBERS.map(lambda value: ["train", "--n-envs", value]),
     BAD_NUMBERS.map(lambda value: ["evaluate", "--run", "r", "--episodes", value]),
     BAD_NUMBERS.map(lambda value: ["preview", "--steps", value]),
+    BAD_NUMBERS.map(lambda value: ["evaluate", "--run", "r", "--attack", "pgd", "--steps", value]),
+    BAD_NUMBERS.map(lambda value: ["evaluate", "--run", "r", "--attack", "pgd", "--eps", value]),
+    NAMES.map(lambda name: ["evaluate", "--run", "r", "--attack", f"x{name}"]),
+    NAMES.map(lambda name: ["evaluate", "--run", "r", "--corruption", f"x{name}"]),
 )
 
 
