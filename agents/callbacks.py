@@ -18,15 +18,11 @@ from typing import Callable, Sequence
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import HParam
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from agents.evaluate import EpisodeMetrics
 from agents.runs import save_checkpoint
-from agents.safety_board import EpisodeTracker, SafetyBoard
-
-# Formats that cannot show hyperparameters; TensorBoard can.
-_NOT_TENSORBOARD = ("stdout", "log", "json", "csv")
-
+from agents.safety_board import EpisodeTracker, SafetyBoard, tensorboard_writer
 
 class SafetyCallback(BaseCallback):
     """One `SafetyMonitor` per env (agents.safety_board.EpisodeTracker), fed every step's info; at each
@@ -113,21 +109,43 @@ class PeriodicCheckpoint(BaseCallback):
 
 class HParamsCallback(BaseCallback):
     """Log the run's hyperparameters once, at the start of training, to TensorBoard's HPARAMS tab, with
-    `metrics` (tags of scalars: the plugin shows each one's last value) beside them."""
+    `metrics` (tags of scalars: the plugin shows each one's last value) beside them. The plugin shows
+    hyperparameters marked `differs` first, then by name; a sweep marks its seed and grid keys (`first`)
+    so that its trials' table opens on what they vary, not on algo, backend, n_envs, ..."""
 
     METRICS = ("rollout/ep_rew_mean",)
 
-    def __init__(self, hparams: dict[str, bool | str | float | int | None], metrics: Sequence[str] = ()) -> None:
+    def __init__(self, hparams: dict[str, bool | str | float | int | None], metrics: Sequence[str] = (),
+                 first: Sequence[str] = ()) -> None:
         super().__init__()
         self.hparams = {key: _hparam_value(value) for key, value in hparams.items()}
         self.metrics = [*self.METRICS, *metrics]
+        self.first = tuple(first)
 
     def _on_training_start(self) -> None:
         metric_dict = {name: 0.0 for name in self.metrics}  # filled by the scalars of the same names
-        self.logger.record("hparams", HParam(self.hparams, metric_dict), exclude=_NOT_TENSORBOARD)
+        writer = tensorboard_writer(self.logger)
+        if writer is None:
+            return
+        # as SB3's TensorBoard output writes an HParam, plus the `differs` marks
+        experiment, session_start, session_end = hparams_summaries(self.hparams, metric_dict)
+        _mark_differing(experiment, self.first)
+        for summary in (experiment, session_start, session_end):
+            writer.file_writer.add_summary(summary)
 
     def _on_step(self) -> bool:
         return True
+
+
+def _mark_differing(summary, names: Sequence[str]) -> None:
+    """Set `differs` on the named hyperparameters of a TensorBoard experiment summary (in place)."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    value = summary.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in names
+    value.metadata.plugin_data.content = data.SerializeToString()
 
 
 def _hparam_value(value):

@@ -100,7 +100,8 @@ def run_trial(trial: dict[str, Any]) -> None:
 
         common = dict(timesteps=trial["timesteps"], logdir=run_dir.parent, device=trial["device"], n_envs=trial.get("n_envs"),
                       threads=trial.get("threads", 1), progress_bar=False, command=f"sweep trial {trial['name']}",
-                      on_evaluation=report)
+                      on_evaluation=report,
+                      hparams_first=("seed", *(key.replace(".", "/", 1) for key in params_of(trial["config"]))))
         if (run_dir / "config.yaml").is_file() and checkpoint_paths(run_dir):  # killed mid-run: go on from its checkpoint
             options = TrainOptions(resume=trial["name"], **common)
         else:  # new, or killed before its first checkpoint: start (again)

@@ -89,6 +89,7 @@ class TrainOptions:
     command: str = ""  # the command line, recorded in command.txt
     baseline: str | None = None  # a run folder (or its name in logdir) of the same scenario to compare the final evaluation with
     on_evaluation: EvaluationListener | None = None  # hears each periodic evaluation (a sweep reports it to Ray Tune)
+    hparams_first: tuple[str, ...] = ()  # HPARAMS tab: these come first (a sweep's seed and grid keys, e.g. "ppo/gamma")
 
 
 @dataclass(frozen=True)
@@ -334,7 +335,7 @@ def train(options: TrainOptions) -> TrainResult:
         if replays is not None:
             callbacks.append(AtRolloutStart(replays.maybe_log))
         if model_path is None:
-            callbacks.append(HParamsCallback(_hparams(config), hparam_metrics(phases, prefixes)))
+            callbacks.append(HParamsCallback(_hparams(config), hparam_metrics(phases, prefixes), options.hparams_first))
         progress = progress_bar() if options.progress_bar else None
         if progress is not None:
             callbacks.append(progress)

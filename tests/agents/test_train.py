@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import math
 import subprocess
@@ -83,13 +85,17 @@ def test_hyperparameters_reach_tensorboards_hparams_tab(tiny):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    result = train(options(tiny, name="hparams", timesteps=32))
+    result = train(dataclasses.replace(options(tiny, name="hparams", timesteps=32), hparams_first=("seed", "ppo/gamma")))
     accumulator = EventAccumulator(str(result.run_dir))
     accumulator.Reload()
-    content = accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    content = accumulator.PluginTagToContent("hparams")
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info.hparams
     assert hparams["algo"].string_value == "ppo"
     assert hparams["ppo/gamma"].number_value == pytest.approx(0.8)
+    # the plugin lists hyperparameters marked `differs` first: a sweep's seed and grid keys
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert sorted(info.name for info in experiment.hparam_infos if info.differs) == ["ppo/gamma", "seed"]
+    assert len(experiment.hparam_infos) == len(hparams) > 2
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_continues_the_count(tiny, monkeypatch):
