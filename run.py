@@ -223,11 +223,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     from agents.train import TrainOptions, format_summary, train
     from perception.attacks import parse_eps
 
+    robust_eps = None
+    if args.robust_eps is not None:
+        try:
+            robust_eps = parse_eps(args.robust_eps)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"--robust-eps: {error}") from None
     result = train(TrainOptions(
         scenario=args.scenario, algo=args.algo, timesteps=args.timesteps, n_envs=args.n_envs, seed=args.seed,
         device=args.device, backend=args.backend, logdir=args.logdir, name=args.name, resume=args.resume, force=args.force,
         config=args.config, fine_tune=args.fine_tune, threads=args.threads, baseline=args.baseline,
-        robust_reg=args.robust_reg, robust_eps=None if args.robust_eps is None else parse_eps(args.robust_eps),
+        robust_reg=args.robust_reg, robust_eps=robust_eps,
         command=command_line(),
     ))
     print(format_summary(result))
