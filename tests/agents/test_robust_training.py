@@ -186,3 +186,27 @@ def test_unsupported_combinations_are_one_error_line_and_exit_2(tmp_path, args, 
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:") or ": error:" in line]
     assert len(errors) == 1 and fragment in errors[0], result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing written
+
+
+def test_the_imitation_term_reaches_the_actor(robust_run):
+    from agents.imitation import _Smoothing
+
+    tiny, result = robust_run
+    config = read_run_config(result.run_dir)
+    from envs.backends import get_backend
+
+    vec_env = get_backend(config.backend).make_vec_env(config.scenario, config.n_envs, "cpu")
+    try:
+        model = load_agent(config, result.run_dir, vec_env, "cpu")
+    finally:
+        vec_env.close()
+    policy = model.policy
+    frames = torch.from_numpy(_frames(tiny))
+    smoothing = _Smoothing(SASchedule(weight=0.5, eps=8 / 255, steps=2, ramp_end=0), 8 / 255, frames)
+    policy.optimizer.zero_grad()
+    torch.manual_seed(0)
+    term = smoothing.term(policy)
+    term.backward()
+    assert smoothing.values[0] > 0 and term.item() == pytest.approx(0.5 * smoothing.values[0])
+    actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in actor)
