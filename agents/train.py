@@ -13,7 +13,9 @@ The flow, top to bottom:
 4. on the fast backend, when `training.imitation_iterations` > 0, the warm start: the policy imitates
    the privileged teacher (agents/imitation.py), its env steps counted in the run's timesteps;
 5. `model.learn` with callbacks: safety_train/<algo>/* per rollout, eval/* every `eval_every` steps,
-   a checkpoint every `checkpoint_every` steps, hyperparameters once;
+   a checkpoint every `checkpoint_every` steps, hyperparameters once; with `--robust-reg sa`
+   (`training.robust_reg`) PPO is `SmoothPPO` and steps 4-5 add SA-PPO's regulariser to their loss
+   (agents/robust/sa_ppo.py);
 6. the final evaluation (eval/*, on highway-env too for a fast-backend run, against `--baseline`),
    its table in TensorBoard's text tab, the final model.zip, or on Ctrl-C a checkpoint, and a short summary.
 What goes to TensorBoard about safety, under which tags and units: agents/safety_board.py.
