@@ -221,11 +221,19 @@ def command_line() -> str:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from agents.train import TrainOptions, format_summary, train
+    from perception.attacks import parse_eps
 
+    robust_eps = None
+    if args.robust_eps is not None:
+        try:
+            robust_eps = parse_eps(args.robust_eps)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"--robust-eps: {error}") from None
     result = train(TrainOptions(
         scenario=args.scenario, algo=args.algo, timesteps=args.timesteps, n_envs=args.n_envs, seed=args.seed,
         device=args.device, backend=args.backend, logdir=args.logdir, name=args.name, resume=args.resume, force=args.force,
         config=args.config, fine_tune=args.fine_tune, threads=args.threads, baseline=args.baseline,
+        robust_reg=args.robust_reg, robust_eps=robust_eps,
         command=command_line(),
     ))
     print(format_summary(result))
@@ -543,6 +551,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--baseline", default=None, metavar="RUN",
                        help="a run of the same scenario: its newest model plays the final evaluation's episodes too, "
                             "and TensorBoard's safety/summary compares both (docs/SAFETY.md)")
+    train.add_argument("--robust-reg", choices=("none", "sa"), default=None,
+                       help="sa: SA-PPO's smoothness regulariser (KL between the policy on clean and on MAD-attacked "
+                            "frames) in PPO's and the imitation phase's loss (default: the config's, none; docs/ROBUSTNESS.md)")
+    train.add_argument("--robust-eps", default=None, metavar="EPS",
+                       help="with --robust-reg sa: the l-inf budget in (0, 1] pixel units its schedule ramps up to "
+                            "(default: the config's, 3/255)")
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser(

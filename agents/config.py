@@ -74,10 +74,22 @@ class TrainingConfig:
     # [env steps] between replays in TensorBoard (one episode with the attention overlay, as an animated
     # GIF in the IMAGES tab: agents/explain/training_replay.py); 0 = none
     replay_every: Annotated[StrictInt, Field(ge=0)] = 0
+    # Robust policy training (agents/robust/sa_ppo.py, docs/ROBUSTNESS.md): "sa" adds SA-PPO's smoothness
+    # regulariser, KL(pi(.|x) || pi(.|x^)) with x^ the MAD attack's frames within robust_eps, to PPO's
+    # loss and to the imitation phase's, weighted by robust_reg_weight; the budget ramps up linearly
+    # from 0 at step 0 to robust_eps halfway through the PPO phase. "none" = off (the default).
+    robust_reg: Literal["none", "sa"] = "none"
+    robust_eps: Annotated[Number, Field(gt=0.0, le=1.0)] = 3 / 255  # [0, 1] pixel units: the l-inf budget at full ramp
+    robust_reg_weight: Annotated[Number, Field(ge=0.0)] = 0.3  # kappa: the regulariser's weight in the loss
+    robust_steps: Annotated[StrictInt, Field(ge=1, le=100)] = 3  # PGD steps of the MAD attack per minibatch
 
     @property
     def imitates(self) -> bool:
         return self.imitation_iterations > 0
+
+    @property
+    def robust(self) -> bool:
+        return self.robust_reg != "none"
 
 
 @dataclass(frozen=True, config=_STRICT)

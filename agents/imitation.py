@@ -17,10 +17,16 @@ choices crash. For each sample the teacher gives the value of every action (an (
 the loss is the policy's expected regret, sum_a pi(a|s) * (max_a' Q(s, a') - Q(s, a)), plus a small
 cross-entropy to the teacher's best action as a tie-breaker. Measured: cross-entropy alone crashed
 in 40-98 % of the evaluation episodes, the regret loss in 6-12 % (docs/BENCHMARKS.md, "Imitation").
+
+With `smoothing` (`train --robust-reg sa`, agents/robust/sa_ppo.py) each minibatch's loss also gets
+kappa * R, SA-PPO's smoothness regulariser, on a minibatch of camera frames of the latest iteration
+(those of its first SA_FRAME_ENVS envs: the states the current policy reaches), at the ε of the run's
+schedule at the iteration's last step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -38,6 +44,8 @@ EPOCHS = 5  # passes over all samples after each iteration (drove better than 10
 # the cost: docs/BENCHMARKS.md, "Session 8")
 BATCH_SIZE = 256  # [samples] per gradient step
 LEARNING_RATE = 1e-3  # Adam, on the actor only
+SA_FRAME_ENVS = 64  # with `smoothing`: the envs whose frames of the latest iteration are kept for the regulariser
+# (40 steps x 64 envs x 9x96x48 bytes = 106 MB; all 256 envs' frames would be 425 MB)
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,8 @@ class ImitationProgress:
     regret: float  # mean regret of the policy's greedy action over all samples (teacher's value units)
     agreement: float  # fraction of samples where the policy's greedy action is the teacher's
     seconds: float  # since the start of the imitation
+    sa_kl: float | None = None  # with `smoothing`: mean SA regulariser R over this iteration's minibatches
+    sa_eps: float | None = None  # with `smoothing`: its budget ε in this iteration [0, 1] pixel units
 
 
 def actor_logits(policy: ActorCriticPolicy, features: torch.Tensor) -> torch.Tensor:
@@ -70,11 +80,13 @@ def imitate_teacher(
     on_iteration: Callable[[ImitationProgress], None] | None = None,
     on_step: Callable[[], None] | None = None,
     on_transition: Callable[[list[dict], np.ndarray, bool], None] | None = None,
+    smoothing=None,
 ) -> ImitationProgress:
     """DAgger on `env` (a FastVecEnv, or a VecEnv wrapper of one) for `iterations` x `steps` steps of
     all its envs; fits the policy's actor (its feature extractor must be frozen). Returns the last
     iteration's progress; `on_iteration` gets each one, `on_step` is called after each env step, and
-    `on_transition` with its (infos, dones, learner_drove) (the safety signals of the episodes driven)."""
+    `on_transition` with its (infos, dones, learner_drove) (the safety signals of the episodes driven).
+    `smoothing`: an agents.robust.sa_ppo.SASchedule, whose regulariser joins the loss (module docstring)."""
     if iterations < 1 or steps < 1:
         raise ValueError(f"imitation needs positive iterations and steps, got {iterations} and {steps}")
     simulator = privileged_simulator(env)
@@ -87,17 +99,24 @@ def imitate_teacher(
     features = torch.empty((capacity, policy.features_dim), device=policy.device)  # (N, F)
     values = torch.empty((capacity, int(env.action_space.n)), device=policy.device)  # (N, 5)
     filled = 0
+    frame_envs = min(env.num_envs, SA_FRAME_ENVS)
+    frames = None  # with smoothing: (steps * frame_envs, C, H, W) uint8 of the latest iteration
+    if smoothing is not None:
+        frames = torch.empty((steps * frame_envs, *env.observation_space.shape), dtype=torch.uint8, device=policy.device)
     began = time.perf_counter()
     observations = env.reset()
     progress = None
     policy.set_training_mode(False)
     for iteration in range(iterations):
-        for _ in range(steps):
+        for step in range(steps):
             with torch.no_grad():
                 step_features = policy.extract_features(torch.as_tensor(observations, device=policy.device))
                 greedy = actor_logits(policy, step_features).argmax(dim=1)
             step_values = teacher.action_values().to(policy.device)  # of the states the frames show
             features[filled : filled + len(step_features)] = step_features
+            if frames is not None:
+                row = step * frame_envs
+                frames[row : row + frame_envs] = torch.as_tensor(observations[:frame_envs], device=policy.device)
             values[filled : filled + len(step_values)] = step_values
             filled += len(step_features)
             driver = best_actions(step_values) if iteration == 0 else greedy
@@ -107,22 +126,51 @@ def imitate_teacher(
             if on_step is not None:
                 on_step()
         all_features, all_values = features[:filled], values[:filled]
-        _fit(policy, optimizer, all_features, all_values)
+        sa = None
+        if smoothing is not None:
+            eps = smoothing.eps_at((iteration + 1) * steps * env.num_envs)  # the run's env steps so far
+            sa = _Smoothing(smoothing, eps, frames)
+        _fit(policy, optimizer, all_features, all_values, sa)
         progress = _progress(policy, iteration + 1, all_features, all_values, time.perf_counter() - began)
+        if sa is not None:
+            progress = dataclasses.replace(progress, sa_kl=float(np.mean(sa.values)) if sa.values else 0.0,
+                                           sa_eps=sa.eps)
         if on_iteration is not None:
             on_iteration(progress)
     return progress
 
 
+class _Smoothing:
+    """SA-PPO's regulariser in the imitation loss: frames drawn without replacement, BATCH_SIZE a minibatch."""
+
+    def __init__(self, schedule, eps: float, frames: torch.Tensor) -> None:
+        self.schedule, self.eps, self.frames = schedule, eps, frames
+        self.order = torch.empty(0, dtype=torch.long)
+        self.values: list[float] = []  # R of each minibatch
+
+    def term(self, policy: ActorCriticPolicy) -> torch.Tensor:
+        """kappa * R on the next minibatch of frames."""
+        from agents.robust.sa_ppo import decision_model
+
+        if len(self.order) == 0:
+            self.order = torch.randperm(len(self.frames))
+        batch, self.order = self.order[:BATCH_SIZE], self.order[BATCH_SIZE:]
+        regulariser = self.schedule.loss(decision_model(policy), self.frames[batch.to(self.frames.device)], self.eps)
+        self.values.append(float(regulariser.detach()))
+        return self.schedule.weight * regulariser
+
+
 def _fit(policy: ActorCriticPolicy, optimizer: torch.optim.Optimizer, features: torch.Tensor,
-         values: torch.Tensor) -> None:
-    """EPOCHS passes of minibatch Adam on the actor over all samples."""
+         values: torch.Tensor, smoothing: _Smoothing | None = None) -> None:
+    """EPOCHS passes of minibatch Adam on the actor over all samples (+ kappa * R with `smoothing`)."""
     policy.set_training_mode(True)
     for _ in range(EPOCHS):
         order = torch.randperm(len(features), device=features.device)
         for start in range(0, len(order), BATCH_SIZE):
             batch = order[start : start + BATCH_SIZE]
             loss = regret_loss(actor_logits(policy, features[batch]), values[batch])
+            if smoothing is not None:
+                loss = loss + smoothing.term(policy)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

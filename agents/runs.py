@@ -294,16 +294,23 @@ def build_agent(config: RunConfig, run_dir: Path, env, device: str, seed: int | 
 
     PPO is `CachedFeaturesPPO`: SB3's PPO, which reads a frozen student's features once per rollout
     instead of once per epoch, or with `training.device_rollout` its `DevicePPO`, whose rollouts stay
-    on the device; both save and load as plain PPO."""
+    on the device; both save and load as plain PPO. With `training.robust_reg: sa` it is `SmoothPPO`
+    (agents/robust/sa_ppo.py: CachedFeaturesPPO plus SA-PPO's regulariser), which saves as plain PPO too."""
     from stable_baselines3 import A2C
 
     from agents.cached_features import CachedFeaturesPPO
     from agents.device_rollout import DevicePPO
     from agents.policy import PerceptionPolicy
 
+    from agents.robust.sa_ppo import SmoothPPO, check_robust_training, schedule_for
+
+    check_robust_training(config.algo, config.training)
     ppo = DevicePPO if config.training.device_rollout else CachedFeaturesPPO
     algorithm = {"ppo": ppo, "a2c": A2C}[config.algo]
     params = dataclasses.asdict(config.algo_params)
+    if config.training.robust:  # `--robust-reg sa`: PPO with SA-PPO's regulariser (agents/robust/sa_ppo.py)
+        algorithm = SmoothPPO
+        params["smoothing"] = schedule_for(config.training, config.n_envs)
     perception = run_dir / PERCEPTION_FILE
     model = algorithm(
         PerceptionPolicy, env, policy_kwargs=policy_kwargs(config, perception),

@@ -13,7 +13,9 @@ The flow, top to bottom:
 4. on the fast backend, when `training.imitation_iterations` > 0, the warm start: the policy imitates
    the privileged teacher (agents/imitation.py), its env steps counted in the run's timesteps;
 5. `model.learn` with callbacks: safety_train/<algo>/* per rollout, eval/* every `eval_every` steps,
-   a checkpoint every `checkpoint_every` steps, hyperparameters once;
+   a checkpoint every `checkpoint_every` steps, hyperparameters once; with `--robust-reg sa`
+   (`training.robust_reg`) PPO is `SmoothPPO` and steps 4-5 add SA-PPO's regulariser to their loss
+   (agents/robust/sa_ppo.py);
 6. the final evaluation (eval/*, on highway-env too for a fast-backend run, against `--baseline`),
    its table in TensorBoard's text tab, the final model.zip, or on Ctrl-C a checkpoint, and a short summary.
 What goes to TensorBoard about safety, under which tags and units: agents/safety_board.py.
@@ -36,6 +38,7 @@ from agents.callbacks import AtRolloutStart, HParamsCallback, PeriodicCheckpoint
 from agents.explain.training_replay import TrainingReplays
 from agents.config import RunConfig, check_algo, load_agent_config
 from agents.evaluate import evaluation_seeds
+from agents.robust.sa_ppo import check_robust_training, schedule_for
 from agents.safety_board import (
     EVAL_PREFIX, REFERENCE_PREFIX, EpisodeTracker, Evaluated, EvaluationListener, EvaluationSet, Evaluator, SafetyBoard,
     hparam_metrics, summarize, summary_markdown, tensorboard_writer, untouched_rng,
@@ -88,6 +91,8 @@ class TrainOptions:
     progress_bar: bool = True
     command: str = ""  # the command line, recorded in command.txt
     baseline: str | None = None  # a run folder (or its name in logdir) of the same scenario to compare the final evaluation with
+    robust_reg: str | None = None  # none | sa: SA-PPO's smoothness regulariser (agents/robust/sa_ppo.py); default the config's (none)
+    robust_eps: float | None = None  # [0, 1] pixel units: its budget at full ramp; default the config's (3/255)
     on_evaluation: EvaluationListener | None = None  # hears each periodic evaluation (a sweep reports it to Ray Tune)
     hparams_first: tuple[str, ...] = ()  # HPARAMS tab: these come first (a sweep's seed and grid keys, e.g. "ppo/gamma")
 
@@ -135,6 +140,10 @@ def _check_options(options: TrainOptions) -> None:
         check_algo(options.algo)
     if options.backend is not None:
         get_backend(options.backend)
+    if options.robust_reg is not None and options.robust_reg not in ("none", "sa"):
+        raise ValueError(f"--robust-reg must be none or sa, got {options.robust_reg!r}")
+    if options.robust_eps is not None and not 0.0 < options.robust_eps <= 1.0:
+        raise ValueError(f"--robust-eps must be in (0, 1] (pixel units, e.g. 3/255), got {options.robust_eps:g}")
 
 
 def _new_run(options: TrainOptions):
@@ -157,6 +166,10 @@ def _new_run(options: TrainOptions):
             overrides["policy"]["fine_tune"] = options.fine_tune
         if options.perception is not None:
             overrides["policy"]["perception"] = str(options.perception)
+        if options.robust_reg is not None:
+            overrides["training"]["robust_reg"] = options.robust_reg
+        if options.robust_eps is not None:
+            overrides["training"]["robust_eps"] = options.robust_eps
         agent = load_agent_config(
             scenario.name if stored == scenario_arg else None, options.config, overrides, backend=backend.name
         )
@@ -177,6 +190,9 @@ def _new_run(options: TrainOptions):
             )
         n_envs = options.n_envs or backend.default_n_envs()
         _check_imitation(agent.training, backend, n_envs)
+        check_robust_training(algo, agent.training)
+        if options.robust_eps is not None and not agent.training.robust:
+            raise ValueError("--robust-eps is the budget of the robust regulariser, which is off; add --robust-reg sa")
         config = RunConfig(
             scenario=stored,
             algo=algo,
@@ -232,7 +248,7 @@ def _resumed_run(options: TrainOptions):
     conflicting = {
         "--scenario": options.scenario, "--algo": options.algo, "--seed": options.seed, "--config": options.config,
         "--fine-tune": options.fine_tune, "perception (policy.perception)": options.perception, "--name": options.name,
-        "--backend": options.backend,
+        "--backend": options.backend, "--robust-reg": options.robust_reg, "--robust-eps": options.robust_eps,
     }
     given = [flag for flag, value in conflicting.items() if value is not None] + (["--force"] if options.force else [])
     if given:
@@ -349,7 +365,7 @@ def train(options: TrainOptions) -> TrainResult:
                 replays.log(model, 0)
             if model_path is None and training.imitates:
                 _imitate(model, vec_env, training, run_dir, options.progress_bar, board, evaluator,
-                         eval_env.scenario.safety.route_length_m, replays)
+                         eval_env.scenario.safety.route_length_m, replays, schedule_for(training, config.n_envs))
             model.learn(
                 total_timesteps=training.timesteps - model.num_timesteps,
                 callback=CallbackList(callbacks),
@@ -457,6 +473,8 @@ def _run_about(run_dir: Path, config: RunConfig, periodic: EvaluationSet | None,
     lines = [f"**{run_dir.name}**: {config.algo.upper()} on `{config.scenario}`, trained on the {config.backend} "
              f"simulator, {config.training.timesteps:,} env steps"
              + (f" ({config.training.imitation_iterations} DAgger iterations first)" if config.training.imitates else "")
+             + (f", with SA-PPO's smoothness regulariser (weight {config.training.robust_reg_weight:g}, ε up to "
+                f"{config.training.robust_eps * 255:.3g}/255: robust/sa_kl, robust/sa_eps)" if config.training.robust else "")
              + "."]
     if periodic is not None:
         lines.append(f"`{periodic.prefix}/*`: {periodic.about}, every {config.training.eval_every:,} env steps.")
@@ -497,13 +515,15 @@ def _evaluate_baseline(baseline: _Baseline, evaluation: EvaluationSet, eval_env,
 
 def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board: SafetyBoard | None = None,
              evaluator: Evaluator | None = None, route_length_m: float = 1.0,
-             replays: TrainingReplays | None = None) -> None:
+             replays: TrainingReplays | None = None, smoothing=None) -> None:
     """The warm start (agents/imitation.py): the policy imitates the privileged teacher for
     `imitation_iterations` DAgger iterations. Its env steps count towards the run's timesteps; a
     checkpoint after each iteration means a kill loses at most one iteration (`--resume` then goes
     on with PPO/A2C from it). imitation/* goes to TensorBoard, and after each iteration the safety of
     its finished episodes (safety_train/dagger_teacher/* in the first, where the teacher drives;
-    safety_train/dagger/* after, where the learner drives) and, when due, eval/* and a replay."""
+    safety_train/dagger/* after, where the learner drives) and, when due, eval/* and a replay.
+    `smoothing` (an agents.robust.sa_ppo.SASchedule, `--robust-reg sa`) adds SA-PPO's regulariser to
+    the imitation loss; robust/sa_kl and robust/sa_eps then go to TensorBoard after each iteration."""
     from agents.imitation import imitate_teacher
 
     steps_per_iteration = training.imitation_steps * vec_env.num_envs  # env steps of all envs
@@ -516,6 +536,9 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board
         model.num_timesteps = progress.iteration * steps_per_iteration
         for key in ("regret", "agreement", "samples"):
             model.logger.record(f"imitation/{key}", getattr(progress, key))
+        if progress.sa_eps is not None:
+            model.logger.record("robust/sa_eps", progress.sa_eps)
+            model.logger.record("robust/sa_kl", progress.sa_kl)
         model.logger.dump(model.num_timesteps)
         for phase, rows in tracker.pop().items():
             if board is not None:
@@ -531,7 +554,8 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board
     total = training.imitation_iterations * steps_per_iteration
     with _progress_bar(total, "imitating the teacher", unit="env steps", disable=not show_progress) as bar:
         imitate_teacher(model.policy, vec_env, training.imitation_iterations, training.imitation_steps,
-                        on_iteration=record, on_step=lambda: bar.advance(vec_env.num_envs), on_transition=transition)
+                        on_iteration=record, on_step=lambda: bar.advance(vec_env.num_envs), on_transition=transition,
+                        smoothing=smoothing)
 
 
 def _tensorboard_logger(run_dir: Path, purge_step: int | None):

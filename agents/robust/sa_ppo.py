@@ -1,0 +1,145 @@
+"""`train --robust-reg sa`: SA-PPO's smoothness regulariser in PPO's updates and in the imitation phase's.
+
+    loss = ppo_loss + kappa * R(θ),   R(θ) = mean KL(π_θ(· | x) || π_θ(· | x̂)),   x̂ = MAD(x, ε)
+
+(Zhang et al. 2020; the term is agents/robust/regularizer.py). x are rollout frames (uint8), x̂ the
+MAD attack's frames (PGD-`robust_steps` on the same KL, random start, best iterate kept), re-quantised
+to valid uint8 within floor(255 ε) grey levels: the threat model of `evaluate --attack`.
+
+Schedule (`SASchedule.eps_at`): ε grows linearly with the run's env steps from 0 at step 0 to
+`training.robust_eps` halfway through the PPO phase, then stays. The PPO phase begins after the
+imitation warm start's env steps, so a run without imitation ramps over the first half of PPO; with
+imitation, the DAgger iterations see the first part of the same ramp (iteration i of n fits at the
+ε of its last step), and PPO goes on from there (one monotone ramp, no drop at the switch). Since
+perturbations are whole grey levels, the effective budget moves in steps of 1/255. The ramp is
+computed from the config at each (re)start: a resume that extends --timesteps stretches it.
+
+PPO: `SmoothPPO` is `CachedFeaturesPPO` (SB3's PPO reading cached features of the frozen student)
+with one addition. SB3's `PPO.train` computes each minibatch's loss, then calls
+`policy.optimizer.zero_grad()`, `loss.backward()`, clips the gradient norm and steps. For the length
+of `train`, SmoothPPO's `zero_grad` is followed by `(kappa * R).backward()` on a minibatch of frames:
+the gradients accumulate, so the clipped, applied gradient is exactly that of `loss + kappa * R`,
+without copying SB3's 100-line update. The frames come from the same rollout, drawn without
+replacement (a fresh permutation each pass), `batch_size` per minibatch: R covers every rollout frame
+once per epoch, as the PPO loss does (the cached features carry no frames, so the minibatch is a
+parallel draw, not the PPO minibatch's own samples). R goes through the whole policy from the frames
+(student, map convs, actor MLP); with the student frozen, its gradient reaches the actor (MLP, its
+1x1 map conv, action head). The model saves and loads as plain PPO.
+
+Imitation: `agents.imitation.imitate_teacher(..., smoothing=...)` adds kappa * R to each minibatch
+of its regret loss, on frames of the latest DAgger iteration (the states the current policy reaches).
+
+TensorBoard: `robust/sa_kl` (mean R over the update's minibatches), `robust/sa_eps` (ε of the update).
+Not supported: A2C (no minibatch loss to hook here) and `training.device_rollout` (DevicePPO's own
+update loop): both are one-line errors (`check_robust_training`).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from agents.cached_features import CachedFeaturesPPO
+from agents.robust.regularizer import sa_regularizer
+
+
+@dataclass(frozen=True)
+class SASchedule:
+    """The regulariser's settings for one run: weight, target budget, PGD steps, and the ramp's end."""
+
+    weight: float  # kappa
+    eps: float  # [0, 1] pixel units, reached at ramp_end
+    steps: int  # PGD steps of the MAD attack
+    ramp_end: int  # [env steps of the run] where ε reaches `eps`
+
+    def eps_at(self, num_timesteps: int) -> float:
+        """ε at the run's env step `num_timesteps`: linear from 0 at step 0 to `eps` at `ramp_end`."""
+        if self.ramp_end <= 0:
+            return self.eps
+        return self.eps * min(1.0, max(0.0, num_timesteps / self.ramp_end))
+
+    def loss(self, decision, frames: torch.Tensor, eps: float) -> torch.Tensor:
+        """R(θ) on uint8 frames (B, C, H, W) at budget eps (not yet weighted)."""
+        return sa_regularizer(decision, frames, eps, steps=self.steps)
+
+
+def schedule_for(training, n_envs: int) -> SASchedule | None:
+    """The run's `SASchedule` from its training config block (None when the regulariser is off)."""
+    if not training.robust:
+        return None
+    imitation = training.imitation_iterations * training.imitation_steps * n_envs  # [env steps] before PPO
+    ramp_end = imitation + max(0, training.timesteps - imitation) // 2
+    return SASchedule(float(training.robust_reg_weight), float(training.robust_eps), int(training.robust_steps),
+                      ramp_end)
+
+
+def check_robust_training(algo: str, training) -> None:
+    """One clear error for the combinations `--robust-reg sa` does not support."""
+    if not training.robust:
+        return
+    if algo != "ppo":
+        raise ValueError(f"--robust-reg {training.robust_reg} (training.robust_reg) works with PPO only, not "
+                         f"{algo.upper()}; use --algo ppo or leave the regulariser out")
+    if training.device_rollout:
+        raise ValueError(f"--robust-reg {training.robust_reg} (training.robust_reg) does not work with "
+                         "training.device_rollout (DevicePPO's own update loop); set device_rollout: false")
+
+
+def decision_model(policy):
+    """The policy as frames in [0, 1] -> logits (agents.explain.decision.DecisionModel), sharing its modules."""
+    from agents.explain.decision import DecisionModel
+
+    return DecisionModel(policy, "action")
+
+
+class SmoothPPO(CachedFeaturesPPO):
+    """CachedFeaturesPPO whose updates minimise ppo_loss + kappa * R (the module docstring).
+
+    `smoothing`: the run's `SASchedule` (agents.runs.build_agent passes it from the config)."""
+
+    def __init__(self, *args, smoothing: SASchedule, **kwargs) -> None:
+        self.smoothing = smoothing
+        super().__init__(*args, **kwargs)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "smoothing"]  # the model zip stays plain PPO's
+
+    def train(self) -> None:
+        eps = self.smoothing.eps_at(self.num_timesteps)
+        values: list[float] = []
+        with self._regularised_updates(eps, values):
+            super().train()
+        self.logger.record("robust/sa_eps", eps)
+        self.logger.record("robust/sa_kl", float(np.mean(values)) if values else 0.0)
+
+    @contextmanager
+    def _regularised_updates(self, eps: float, values: list[float]) -> Iterator[None]:
+        """Within the block, each `optimizer.zero_grad()` is followed by `(kappa * R).backward()`."""
+        optimizer = self.policy.optimizer
+        decision = decision_model(self.policy)  # built now: CachedFeaturesPPO swaps the extractor out during train
+        buffer = self.rollout_buffer
+        frames = buffer.observations  # (n_steps, n_envs, C, H, W) float32 0..255, or (N, C, H, W) once flattened
+        frames = frames.reshape(-1, *frames.shape[-3:])  # (N, C, H, W), a view
+        order: list[int] = []
+        zero_grad = optimizer.zero_grad
+
+        def zero_grad_then_regulariser(*args, **kwargs) -> None:
+            zero_grad(*args, **kwargs)
+            if not order:
+                order.extend(torch.randperm(len(frames)).tolist())
+            batch = [order.pop() for _ in range(min(self.batch_size, len(order)))]
+            uint8 = torch.as_tensor(frames[np.sort(batch)], device=self.device).to(torch.uint8)  # (b, C, H, W)
+            regulariser = self.smoothing.loss(decision, uint8, eps)
+            if regulariser.requires_grad:  # not at ε = 0
+                (self.smoothing.weight * regulariser).backward()
+            values.append(float(regulariser.detach()))
+
+        optimizer.zero_grad = zero_grad_then_regulariser
+        try:
+            yield
+        finally:
+            del optimizer.zero_grad  # the bound method again
