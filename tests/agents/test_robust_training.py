@@ -105,15 +105,8 @@ def test_the_regulariser_is_zero_at_eps_zero_and_positive_on_uint8_frames(robust
 
 def test_the_regulariser_term_reaches_the_actor_not_the_critic(robust_run):
     """SmoothPPO's zero_grad hook leaves kappa * dR/dθ in the gradients, before PPO's own backward."""
-    from envs.backends import get_backend
-
     tiny, result = robust_run
-    config = read_run_config(result.run_dir)
-    vec_env = get_backend(config.backend).make_vec_env(config.scenario, config.n_envs, "cpu")
-    try:
-        model = load_agent(config, result.run_dir, vec_env, "cpu")
-    finally:
-        vec_env.close()
+    model = _load_trained(result.run_dir)
     frames = _frames(tiny, model.n_envs)  # (n_envs, C, H, W)
     model.rollout_buffer.observations[:] = frames[None].astype(np.float32)  # every step: these frames
     values: list[float] = []
@@ -192,15 +185,7 @@ def test_the_imitation_term_reaches_the_actor(robust_run):
     from agents.imitation import _Smoothing
 
     tiny, result = robust_run
-    config = read_run_config(result.run_dir)
-    from envs.backends import get_backend
-
-    vec_env = get_backend(config.backend).make_vec_env(config.scenario, config.n_envs, "cpu")
-    try:
-        model = load_agent(config, result.run_dir, vec_env, "cpu")
-    finally:
-        vec_env.close()
-    policy = model.policy
+    policy = _load_trained(result.run_dir).policy
     frames = torch.from_numpy(_frames(tiny))
     smoothing = _Smoothing(SASchedule(weight=0.5, eps=8 / 255, steps=2, ramp_end=0), 8 / 255, frames)
     policy.optimizer.zero_grad()
@@ -210,3 +195,15 @@ def test_the_imitation_term_reaches_the_actor(robust_run):
     assert smoothing.values[0] > 0 and term.item() == pytest.approx(0.5 * smoothing.values[0])
     actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in actor)
+
+
+def _load_trained(run_dir):
+    """The run's model, loaded as `evaluate` loads it (SmoothPPO when the run used the regulariser)."""
+    from envs.backends import get_backend
+
+    config = read_run_config(run_dir)
+    vec_env = get_backend(config.backend).make_vec_env(config.scenario, config.n_envs, "cpu")
+    try:
+        return load_agent(config, run_dir, vec_env, "cpu")
+    finally:
+        vec_env.close()
