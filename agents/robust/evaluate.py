@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from agents.evaluate import METRICS, EvaluationReport, evaluate_run, evaluation_name, evaluation_seeds, mean_ci
+from agents.evaluate import METRICS, EvaluationReport, evaluate_run, evaluation_seeds, mean_ci
 from agents.robust.attacks import ATTACKS, GRADIENT, ITERATIVE, AttackSpec, check_attack, perturb_observations
 from agents.robust.corruptions import CorruptionSpec, corrupted_scenario
 from envs.files import atomic_write
@@ -359,16 +359,14 @@ def evaluate_robustness(
         source = _load_policy(source_dir, env, device, logdir, scenario).decision if source_dir is not None else None
     finally:
         env.close()
-    previous = _previous_block(run_dir, evaluation_name(env.scenario.name, simulator.name))
-
     report, path = evaluate_run(run_dir, episodes=episodes, scenario=scenario, seed=seed, logdir=logdir, device=device,
                                 backend=backend, command=command)
     seeds = evaluation_seeds(env.scenario, episodes, seed)
     identity = {"model": report.model, "num_timesteps": report.num_timesteps, "backend": simulator.name,
                 "scenario": report.scenario, "episodes": episodes, "first_seed": seeds[0], "last_seed": seeds[-1]}
-    measured: dict[str, dict[str, Any]] = {}
-    if previous and all(previous.get(key) == value for key, value in identity.items()):
-        measured.update(previous.get("settings", {}))
+    # evaluate_run kept the file's robustness block only if it was measured on this model, backend and seeds
+    kept = json.loads(path.read_text()).get("robustness") or {}
+    measured: dict[str, dict[str, Any]] = dict(kept.get("settings", {}))
 
     def save() -> dict[str, Any]:  # after every setting: a killed command loses at most the setting it was playing
         findings, warnings = masking_checks(measured)
@@ -409,14 +407,6 @@ def _run_scenario(run_dir: Path) -> str:
     from agents.runs import read_run_config
 
     return read_run_config(run_dir).scenario
-
-
-def _previous_block(run_dir: Path, name: str) -> dict[str, Any] | None:
-    path = run_dir / f"evaluation-{name}.json"
-    try:
-        return json.loads(path.read_text()).get("robustness")
-    except (OSError, ValueError):
-        return None
 
 
 def _write_tensorboard(run_dir: Path, scenario: str, block: dict[str, Any], step: int, names: Sequence[str]) -> None:
