@@ -254,7 +254,8 @@ def cmd_evaluate_runs(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from agents.sweep import SweepIncomplete, SweepOptions, print_rows, run_sweep
+    from agents.sweep import SweepIncomplete, SweepOptions, run_sweep
+    from agents.sweep_table import to_markdown
 
     options = SweepOptions(
         scenario=args.scenario, seeds=args.seeds, grid=args.grid, config=args.config, address=args.address,
@@ -267,7 +268,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     except SweepIncomplete as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    print_rows(rows)
+    print(to_markdown(rows), end="")
     print(f"table: {sweep_dir / 'results.md'} (and .csv, .json)")
     print(f"TensorBoard, its HPARAMS tab side by side: tensorboard --logdir {sweep_dir / 'trials'}")
 

@@ -12,10 +12,9 @@ its eval/* means go to `tune.report`. Failed trials are retried (`FailureConfig`
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,9 @@ import yaml
 
 from agents.ray_backend import import_ray, init_ray
 from agents.sweep_grid import expand_grid, load_grid
+from agents.sweep_table import Row, build_rows, read_trial, write_table
 from scenarios.loader import SCENARIO_DIR, resolve_scenario_path
-from agents.sweep_table import COLUMNS, Row, build_rows, read_trial, to_markdown, write_table
 
-log = logging.getLogger(__name__)
 PLAN_FILE = "sweep.yaml"
 
 
@@ -50,7 +48,6 @@ class SweepOptions:
     eval_backend: str | None = None  # None: each trial is evaluated on the simulator it trained on
     n_envs: int | None = None  # per trial; None: the backend's default (256 batched envs on fast, one worker per core on highway-env)
     device: str | None = None  # None: cuda when --gpus-per-trial > 0, else cpu
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def plan(options: SweepOptions) -> dict[str, Any]:
@@ -98,8 +95,8 @@ def run_trial(trial: dict[str, Any]) -> None:
     else:
         from agents.runs import checkpoint_paths
 
-        common = dict(timesteps=trial["timesteps"], logdir=run_dir.parent, device=trial["device"], n_envs=trial.get("n_envs"),
-                      threads=trial.get("threads", 1), progress_bar=False, command=f"sweep trial {trial['name']}",
+        common = dict(timesteps=trial["timesteps"], logdir=run_dir.parent, device=trial["device"], n_envs=trial["n_envs"],
+                      threads=trial["threads"], progress_bar=False, command=f"sweep trial {trial['name']}",
                       on_evaluation=report,
                       hparams_first=("seed", *(key.replace(".", "/", 1) for key in params_of(trial["config"]))))
         if (run_dir / "config.yaml").is_file() and checkpoint_paths(run_dir):  # killed mid-run: go on from its checkpoint
@@ -110,7 +107,7 @@ def run_trial(trial: dict[str, Any]) -> None:
         result = train(options)
         num_timesteps, backend = result.num_timesteps, result.backend
     evaluation, _ = evaluate_run(run_dir, episodes=trial["eval_episodes"], logdir=run_dir.parent, device=trial["device"],
-                                 backend=trial.get("eval_backend") or backend)
+                                 backend=trial["eval_backend"] or backend)
     report(num_timesteps, evaluation.metrics, final=True)
 
 
@@ -151,7 +148,7 @@ def run_sweep(options: SweepOptions) -> tuple[Path, list[Row]]:
         {"name": f"c{k}-seed{seed}", "seed": seed, "config": config, "scenario": the_plan["scenario"],
          "base_config": the_plan["base_config"], "timesteps": the_plan["timesteps"],
          "eval_episodes": the_plan["eval_episodes"], "device": the_plan["device"], "trials_dir": str(trials_dir),
-         "n_envs": the_plan.get("n_envs"), "eval_backend": the_plan.get("eval_backend"),
+         "n_envs": the_plan["n_envs"], "eval_backend": the_plan["eval_backend"],
          "threads": max(1, round(resources["cpu"]))}
         for k, config in enumerate(the_plan["configs"]) for seed in the_plan["seeds"]
     ])}
@@ -197,7 +194,7 @@ def collect(sweep_dir: Path, the_plan: dict[str, Any]) -> list[Row]:
             run_dir = sweep_dir / "trials" / f"c{k}-seed{seed}"
             if not (run_dir / "config.yaml").is_file():
                 continue
-            backend = the_plan.get("eval_backend") or read_run_config(run_dir).backend
+            backend = the_plan["eval_backend"] or read_run_config(run_dir).backend
             file = run_dir / f"evaluation-{evaluation_name(scenario, backend)}.json"
             if file.is_file():
                 results.append(read_trial(f"c{k}", params_of(config), seed, file))
@@ -209,7 +206,3 @@ def _merged_block(base_config: str | None, config: dict[str, dict[str, Any]]) ->
     for section, body in config.items():
         block.setdefault(section, {}).update(body)
     return block
-
-
-def print_rows(rows: list[Row]) -> None:
-    print(to_markdown(rows), end="")

@@ -50,6 +50,10 @@ def test_two_trial_sweep_table_matches_the_trials_evaluations(tmp_path):
         assert float(row["return_median"]) == pytest.approx(evaluation["metrics"]["return"]["mean"])
         assert list(trial.glob("events.out.tfevents.*")), "each trial keeps its own TensorBoard logs"
     assert "| c1 | 0.9 |" in done.stdout
+    # each trial's periodic evaluations reached Ray Tune as they came (step 0 and the end), then the final one
+    for trial in ("c0-seed0", "c1-seed0"):
+        assert f"{trial}: evaluation at 0 env steps" in done.stdout
+        assert f"{trial}: final evaluation at 64 env steps" in done.stdout and f"{trial}: done" in done.stdout
 
     # evaluate --runs on the trials, in parallel on Ray, gives the sweep's table again (same seeds, same episodes)
     evaluated = subprocess.run([sys.executable, str(ROOT / "run.py"), "evaluate", "--runs", str(sweep_dir / "trials"),
