@@ -144,17 +144,17 @@ class _Smoothing:
     """SA-PPO's regulariser in the imitation loss: frames drawn without replacement, BATCH_SIZE a minibatch."""
 
     def __init__(self, schedule, eps: float, frames: torch.Tensor) -> None:
+        from agents.robust.sa_ppo import FrameBatches
+
         self.schedule, self.eps, self.frames = schedule, eps, frames
-        self.order = torch.empty(0, dtype=torch.long)
+        self.batches = FrameBatches(len(frames), BATCH_SIZE)
         self.values: list[float] = []  # R of each minibatch
 
     def term(self, policy: ActorCriticPolicy) -> torch.Tensor:
         """kappa * R on the next minibatch of frames."""
         from agents.robust.sa_ppo import decision_model
 
-        if len(self.order) == 0:
-            self.order = torch.randperm(len(self.frames))
-        batch, self.order = self.order[:BATCH_SIZE], self.order[BATCH_SIZE:]
+        batch = self.batches.next()
         regulariser = self.schedule.loss(decision_model(policy), self.frames[batch.to(self.frames.device)], self.eps)
         self.values.append(float(regulariser.detach()))
         return self.schedule.weight * regulariser

@@ -89,6 +89,22 @@ def check_robust_training(algo: str, training) -> None:
                          "training.device_rollout (DevicePPO's own update loop); set device_rollout: false")
 
 
+class FrameBatches:
+    """Indices of minibatches of `count` frames, drawn without replacement: a fresh permutation each time
+    all were drawn, so the regulariser covers every frame once per pass (PPO's and the imitation's)."""
+
+    def __init__(self, count: int, batch_size: int) -> None:
+        self.count, self.batch_size = count, batch_size
+        self.order = torch.empty(0, dtype=torch.long)
+
+    def next(self) -> torch.Tensor:
+        """(b,) sorted indices, b <= batch_size (the last batch of a pass may be smaller)."""
+        if len(self.order) == 0:
+            self.order = torch.randperm(self.count)
+        batch, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+        return batch.sort().values
+
+
 def decision_model(policy):
     """The policy as frames in [0, 1] -> logits (agents.explain.decision.DecisionModel), sharing its modules."""
     from agents.explain.decision import DecisionModel
@@ -124,15 +140,13 @@ class SmoothPPO(CachedFeaturesPPO):
         buffer = self.rollout_buffer
         frames = buffer.observations  # (n_steps, n_envs, C, H, W) float32 0..255, or (N, C, H, W) once flattened
         frames = frames.reshape(-1, *frames.shape[-3:])  # (N, C, H, W), a view
-        order: list[int] = []
+        batches = FrameBatches(len(frames), self.batch_size)
         zero_grad = optimizer.zero_grad
 
         def zero_grad_then_regulariser(*args, **kwargs) -> None:
             zero_grad(*args, **kwargs)
-            if not order:
-                order.extend(torch.randperm(len(frames)).tolist())
-            batch = [order.pop() for _ in range(min(self.batch_size, len(order)))]
-            uint8 = torch.as_tensor(frames[np.sort(batch)], device=self.device).to(torch.uint8)  # (b, C, H, W)
+            batch = batches.next().numpy()
+            uint8 = torch.as_tensor(frames[batch], device=self.device).to(torch.uint8)  # (b, C, H, W)
             regulariser = self.smoothing.loss(decision, uint8, eps)
             if regulariser.requires_grad:  # not at ε = 0
                 (self.smoothing.weight * regulariser).backward()

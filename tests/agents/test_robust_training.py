@@ -207,3 +207,14 @@ def _load_trained(run_dir):
         return load_agent(config, run_dir, vec_env, "cpu")
     finally:
         vec_env.close()
+
+
+def test_frame_batches_cover_every_frame_once_per_pass():
+    from agents.robust.sa_ppo import FrameBatches
+
+    batches = FrameBatches(10, 4)
+    for _ in range(2):  # two passes
+        drawn = [batches.next() for _ in range(3)]  # 4 + 4 + 2
+        assert [len(batch) for batch in drawn] == [4, 4, 2]
+        assert all(bool((batch[1:] > batch[:-1]).all()) for batch in drawn)  # sorted, no repeats
+        assert sorted(torch.cat(drawn).tolist()) == list(range(10))
