@@ -81,7 +81,12 @@ class TrainingConfig:
     robust_reg: Literal["none", "sa"] = "none"
     robust_eps: Annotated[Number, Field(gt=0.0, le=1.0)] = 3 / 255  # [0, 1] pixel units: the l-inf budget at full ramp
     robust_reg_weight: Annotated[Number, Field(ge=0.0)] = 0.3  # kappa: the regulariser's weight in the loss
-    robust_steps: Annotated[StrictInt, Field(ge=1, le=100)] = 3  # PGD steps of the MAD attack per minibatch
+    robust_steps: Annotated[StrictInt, Field(ge=1, le=100)] = 3  # PGD steps of the MAD attack that crafts x^
+    # When x^ is crafted. "rollout": once per PPO rollout (and per DAgger iteration), against the policy of
+    # that moment, and the student's features of x and x^ cached, so that each minibatch's R runs only the
+    # actor (MLP and 1x1 map conv); "minibatch": afresh for every minibatch through the whole network,
+    # SA-PPO's own way, which costs x29-82 per PPO update on the CPU (docs/ROBUSTNESS.md).
+    robust_refresh: Literal["rollout", "minibatch"] = "rollout"
 
     @property
     def imitates(self) -> bool:

@@ -19,9 +19,11 @@ cross-entropy to the teacher's best action as a tie-breaker. Measured: cross-ent
 in 40-98 % of the evaluation episodes, the regret loss in 6-12 % (docs/BENCHMARKS.md, "Imitation").
 
 With `smoothing` (`train --robust-reg sa`, agents/robust/sa_ppo.py) each minibatch's loss also gets
-kappa * R, SA-PPO's smoothness regulariser, on a minibatch of camera frames of the latest iteration
-(those of its first SA_FRAME_ENVS envs: the states the current policy reaches), at the ε of the run's
-schedule at the iteration's last step.
+kappa * R, SA-PPO's smoothness regulariser, on a minibatch of samples of the latest iteration (those
+of its first SA_FRAME_ENVS envs: the states the current policy reaches), at the ε of the run's
+schedule at the iteration's last step. With `robust_refresh: rollout` (the default) their attacked
+frames are crafted once, as the iteration collects them, and R reads the cached features; with
+`minibatch` every minibatch attacks its frames afresh.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ EPOCHS = 5  # passes over all samples after each iteration (drove better than 10
 # the cost: docs/BENCHMARKS.md, "Session 8")
 BATCH_SIZE = 256  # [samples] per gradient step
 LEARNING_RATE = 1e-3  # Adam, on the actor only
-SA_FRAME_ENVS = 64  # with `smoothing`: the envs whose frames of the latest iteration are kept for the regulariser
-# (40 steps x 64 envs x 9x96x48 bytes = 106 MB; all 256 envs' frames would be 425 MB)
+SA_FRAME_ENVS = 64  # with `smoothing`: the envs whose samples of the latest iteration the regulariser reads
+# (frames: 40 steps x 64 envs x 9x96x48 bytes = 106 MB, all 256 envs' would be 425 MB; features: 2 x 25 MB)
 
 
 @dataclass(frozen=True)
@@ -99,24 +101,21 @@ def imitate_teacher(
     features = torch.empty((capacity, policy.features_dim), device=policy.device)  # (N, F)
     values = torch.empty((capacity, int(env.action_space.n)), device=policy.device)  # (N, 5)
     filled = 0
-    frame_envs = min(env.num_envs, SA_FRAME_ENVS)
-    frames = None  # with smoothing: (steps * frame_envs, C, H, W) uint8 of the latest iteration
-    if smoothing is not None:
-        frames = torch.empty((steps * frame_envs, *env.observation_space.shape), dtype=torch.uint8, device=policy.device)
+    samples = None if smoothing is None else _SmoothingSamples(smoothing, policy, steps, env)
     began = time.perf_counter()
     observations = env.reset()
     progress = None
     policy.set_training_mode(False)
     for iteration in range(iterations):
+        eps = None if smoothing is None else smoothing.eps_at((iteration + 1) * steps * env.num_envs)  # at its end
         for step in range(steps):
             with torch.no_grad():
                 step_features = policy.extract_features(torch.as_tensor(observations, device=policy.device))
                 greedy = actor_logits(policy, step_features).argmax(dim=1)
             step_values = teacher.action_values().to(policy.device)  # of the states the frames show
             features[filled : filled + len(step_features)] = step_features
-            if frames is not None:
-                row = step * frame_envs
-                frames[row : row + frame_envs] = torch.as_tensor(observations[:frame_envs], device=policy.device)
+            if samples is not None:
+                samples.add(step, observations, eps)
             values[filled : filled + len(step_values)] = step_values
             filled += len(step_features)
             driver = best_actions(step_values) if iteration == 0 else greedy
@@ -126,10 +125,7 @@ def imitate_teacher(
             if on_step is not None:
                 on_step()
         all_features, all_values = features[:filled], values[:filled]
-        sa = None
-        if smoothing is not None:
-            eps = smoothing.eps_at((iteration + 1) * steps * env.num_envs)  # the run's env steps so far
-            sa = _Smoothing(smoothing, eps, frames)
+        sa = None if samples is None else samples.smoothness(eps)
         _fit(policy, optimizer, all_features, all_values, sa)
         progress = _progress(policy, iteration + 1, all_features, all_values, time.perf_counter() - began)
         if sa is not None:
@@ -140,28 +136,44 @@ def imitate_teacher(
     return progress
 
 
-class _Smoothing:
-    """SA-PPO's regulariser in the imitation loss: frames drawn without replacement, BATCH_SIZE a minibatch."""
+class _SmoothingSamples:
+    """The latest iteration's samples for SA-PPO's regulariser: those of its first SA_FRAME_ENVS envs
+    (the states the current policy reaches). With `robust_refresh: rollout` their features and those of
+    their MAD-attacked frames, crafted as they come against the policy of this iteration; with
+    `minibatch` the frames, attacked afresh in every minibatch of the fit."""
 
-    def __init__(self, schedule, eps: float, frames: torch.Tensor) -> None:
-        from agents.robust.sa_ppo import FrameBatches
+    def __init__(self, schedule, policy: ActorCriticPolicy, steps: int, env) -> None:
+        self.schedule, self.policy = schedule, policy
+        self.envs = min(env.num_envs, SA_FRAME_ENVS)
+        rows = steps * self.envs
+        if schedule.refresh == "minibatch":  # (rows, C, H, W) uint8
+            self.frames = torch.empty((rows, *env.observation_space.shape), dtype=torch.uint8, device=policy.device)
+        else:  # (rows, F) each
+            self.clean = torch.empty((rows, policy.features_dim), device=policy.device)
+            self.attacked = torch.empty_like(self.clean)
 
-        self.schedule, self.eps, self.frames = schedule, eps, frames
-        self.batches = FrameBatches(len(frames), BATCH_SIZE)
-        self.values: list[float] = []  # R of each minibatch
+    def add(self, step: int, observations: np.ndarray, eps: float) -> None:
+        """Keep step `step`'s frames (n_envs, C, H, W) uint8 of the first envs, or their features."""
+        rows = slice(step * self.envs, (step + 1) * self.envs)
+        if self.schedule.refresh == "minibatch":
+            self.frames[rows] = torch.as_tensor(observations[: self.envs], device=self.policy.device)
+            return
+        from agents.robust.sa_ppo import attacked_features
 
-    def term(self, policy: ActorCriticPolicy) -> torch.Tensor:
-        """kappa * R on the next minibatch of frames."""
-        from agents.robust.sa_ppo import decision_model
+        self.clean[rows], self.attacked[rows] = attacked_features(self.policy, observations[: self.envs], eps,
+                                                                  self.schedule.steps)
 
-        batch = self.batches.next()
-        regulariser = self.schedule.loss(decision_model(policy), self.frames[batch.to(self.frames.device)], self.eps)
-        self.values.append(float(regulariser.detach()))
-        return self.schedule.weight * regulariser
+    def smoothness(self, eps: float):
+        """kappa * R's minibatches (BATCH_SIZE) for the fit after this iteration: agents.robust.sa_ppo.Smoothness."""
+        from agents.robust.sa_ppo import cached_attacks, fresh_attacks
+
+        if self.schedule.refresh == "minibatch":
+            return fresh_attacks(self.schedule, eps, self.frames, BATCH_SIZE, self.policy)
+        return cached_attacks(self.schedule, eps, self.clean, self.attacked, BATCH_SIZE)
 
 
 def _fit(policy: ActorCriticPolicy, optimizer: torch.optim.Optimizer, features: torch.Tensor,
-         values: torch.Tensor, smoothing: _Smoothing | None = None) -> None:
+         values: torch.Tensor, smoothing=None) -> None:
     """EPOCHS passes of minibatch Adam on the actor over all samples (+ kappa * R with `smoothing`)."""
     policy.set_training_mode(True)
     for _ in range(EPOCHS):

@@ -116,16 +116,10 @@ def objective(decision, spec: AttackSpec, clean: torch.Tensor) -> Callable[[torc
         critic = decision.with_output("value")
         return lambda frames: -critic(frames)[:, 0]
     with torch.no_grad():
-        clean_log_probs = torch.log_softmax(actor(clean), dim=1)  # (B, A)
+        clean_logits = actor(clean)  # (B, A)
     if spec.kind == "mad":
-        clean_probs = clean_log_probs.exp()
-
-        def kl(frames: torch.Tensor) -> torch.Tensor:  # KL(clean || perturbed), (B,)
-            log_probs = torch.log_softmax(actor(frames), dim=1)
-            return (clean_probs * (clean_log_probs - log_probs)).sum(dim=1)
-
-        return kl
-    greedy = clean_log_probs.argmax(dim=1, keepdim=True)  # (B, 1) the clean greedy action
+        return lambda frames: action_kl(clean_logits, actor(frames))
+    greedy = clean_logits.argmax(dim=1, keepdim=True)  # (B, 1) the clean greedy action
 
     def pushed_off(frames: torch.Tensor) -> torch.Tensor:  # -log pi(a0 | x), (B,)
         return -torch.log_softmax(actor(frames), dim=1).gather(1, greedy)[:, 0]
@@ -133,13 +127,18 @@ def objective(decision, spec: AttackSpec, clean: torch.Tensor) -> Callable[[torc
     return pushed_off
 
 
+def action_kl(clean_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """(B,) KL(π_clean || π) between two (B, A) batches of action logits: MAD's objective, SA-PPO's R."""
+    clean_log_probs = torch.log_softmax(clean_logits, dim=1)
+    log_probs = torch.log_softmax(logits, dim=1)
+    return (clean_log_probs.exp() * (clean_log_probs - log_probs)).sum(dim=1)
+
+
 def kl_divergence(decision, clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
     """(B,) KL(π(· | clean) || π(· | perturbed)) of the policy, for frames in [0, 1]."""
     actor = decision.with_output("action")
     with torch.no_grad():
-        clean_log_probs = torch.log_softmax(actor(clean), dim=1)
-        log_probs = torch.log_softmax(actor(perturbed), dim=1)
-    return (clean_log_probs.exp() * (clean_log_probs - log_probs)).sum(dim=1)
+        return action_kl(actor(clean), actor(perturbed))
 
 
 # -- perturbing observations ----------------------------------------------------------------------

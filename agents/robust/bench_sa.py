@@ -7,10 +7,13 @@ One rollout of `--n-steps` per env is collected on the fast backend (`highway`, 
 agents/defaults.yaml: the shipped student, net_arch [256, 256], the feature map), then PPO's update
 on that same rollout buffer is timed, from the same weights and optimizer state each time:
 
-    plain   CachedFeaturesPPO.train  (what `train` runs today: the student once per rollout, MLPs per epoch)
-    sa      SmoothPPO.train          (the same + kappa * R per minibatch: MAD PGD-`--pgd-steps` through
-                                      the whole policy from the frames, at the full ε)
+    plain         CachedFeaturesPPO.train  (what `train` runs: the student once per rollout, MLPs per epoch)
+    sa rollout    SmoothPPO.train, `robust_refresh: rollout` (the default): MAD PGD-`--pgd-steps` through
+                  the whole policy once per rollout frame, then kappa * R per minibatch from cached features
+    sa minibatch  SmoothPPO.train, `robust_refresh: minibatch`: the same + kappa * R per minibatch with
+                  the MAD attack afresh through the whole policy from the frames (SA-PPO's own way)
 
+All at the full ε (3/255).
 Each is run `--repeats` times, alternating; the median is reported, with the rollout's collection
 time for scale (a PPO iteration is collection + update). One thread by default, so the ratio is a
 property of the work and not of how many cores happen to be free.
@@ -20,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+REFRESH = ("rollout", "minibatch")  # training.robust_refresh
 
 
 def _synchronize(device: torch.device) -> None:
@@ -67,7 +73,15 @@ def measure(n_envs: int = 8, n_steps: int = 32, batch_size: int = 64, epochs: in
         collect_s = time.perf_counter() - began
         weights = copy.deepcopy(model.policy.state_dict())
         optimizer = copy.deepcopy(model.policy.optimizer.state_dict())
-        updates = {"plain": lambda: CachedFeaturesPPO.train(model), "sa": model.train}
+        schedule = model.smoothing
+
+        def smooth(refresh: str):
+            def update() -> None:
+                model.smoothing = dataclasses.replace(schedule, refresh=refresh)
+                model.train()
+            return update
+
+        updates = {"plain": lambda: CachedFeaturesPPO.train(model), **{refresh: smooth(refresh) for refresh in REFRESH}}
         seconds: dict[str, list[float]] = {name: [] for name in updates}
         for _ in range(repeats):
             for name, update in updates.items():
@@ -83,15 +97,17 @@ def measure(n_envs: int = 8, n_steps: int = 32, batch_size: int = 64, epochs: in
         env.close()
     samples = n_steps * n_envs
     minibatches = epochs * -(-samples // batch_size)
-    plain, sa = statistics.median(seconds["plain"]), statistics.median(seconds["sa"])
+    plain = statistics.median(seconds["plain"])
+    modes = {}
+    for refresh in REFRESH:
+        sa = statistics.median(seconds[refresh])
+        modes[refresh] = {"update_s": sa, "ratio": sa / plain, "extra_ms_per_minibatch": 1e3 * (sa - plain) / minibatches,
+                          "iteration_ratio": (collect_s + sa) / (collect_s + plain), "runs_s": seconds[refresh]}
     return {
         "device": str(where), "threads": torch.get_num_threads(), "n_envs": n_envs, "n_steps": n_steps,
         "samples": samples, "batch_size": batch_size, "epochs": epochs, "minibatches": minibatches,
         "pgd_steps": pgd_steps, "eps": eps, "weight": weight, "repeats": repeats,
-        "collect_s": collect_s, "plain_update_s": plain, "sa_update_s": sa, "ratio": sa / plain,
-        "sa_extra_ms_per_minibatch": 1e3 * (sa - plain) / minibatches,
-        "iteration_ratio": (collect_s + sa) / (collect_s + plain),
-        "plain_runs_s": seconds["plain"], "sa_runs_s": seconds["sa"],
+        "collect_s": collect_s, "plain_update_s": plain, "plain_runs_s": seconds["plain"], "sa": modes,
     }
 
 
@@ -115,11 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"PPO update on one rollout of {result['samples']} samples ({result['minibatches']} minibatches of "
           f"{result['batch_size']}, {result['epochs']} epochs), {result['device']}, {result['threads']} thread(s), "
           f"median of {result['repeats']}:")
-    print(f"  plain (CachedFeaturesPPO)       {result['plain_update_s']:8.2f} s")
-    print(f"  --robust-reg sa (PGD-{result['pgd_steps']}, 3/255)  {result['sa_update_s']:8.2f} s   "
-          f"x{result['ratio']:.1f}  (+{result['sa_extra_ms_per_minibatch']:.0f} ms per minibatch)")
-    print(f"  rollout collection              {result['collect_s']:8.2f} s   "
-          f"whole iteration (collect + update): x{result['iteration_ratio']:.2f}")
+    print(f"  plain (CachedFeaturesPPO)                     {result['plain_update_s']:8.2f} s")
+    for refresh, mode in result["sa"].items():
+        print(f"  --robust-reg sa, {refresh:9} (PGD-{result['pgd_steps']}, 3/255)  {mode['update_s']:8.2f} s   "
+              f"x{mode['ratio']:.1f}  (+{mode['extra_ms_per_minibatch']:.0f} ms per minibatch; whole iteration, "
+              f"collect + update: x{mode['iteration_ratio']:.2f})")
+    print(f"  rollout collection                            {result['collect_s']:8.2f} s")
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from agents.robust.attacks import AttackSpec, objective, perturb_frames
+from agents.imitation import actor_logits
+from agents.robust.attacks import AttackSpec, action_kl, objective, perturb_frames
 from perception.attacks import ascend
 
 
@@ -38,6 +39,13 @@ def sa_regularizer(decision, frames: torch.Tensor, eps: float, steps: int = 3, s
         perturbed = ascend(objective(decision, spec, frames), frames, eps, steps, spec.alpha, random_start=True,
                            keep_best=True)
     actor = decision.with_output("action")
-    clean_log_probs = torch.log_softmax(actor(frames), dim=1)  # (B, A)
-    log_probs = torch.log_softmax(actor(perturbed), dim=1)
-    return (clean_log_probs.exp() * (clean_log_probs - log_probs)).sum(dim=1).mean()
+    return action_kl(actor(frames), actor(perturbed)).mean()
+
+
+def feature_regularizer(policy, clean_features: torch.Tensor, attacked_features: torch.Tensor) -> torch.Tensor:
+    """Scalar R(θ) from the frozen student's cached features (B, F) of the clean and the attacked frames.
+
+    The same KL as `sa_regularizer`, for frames crafted earlier (`train --robust-reg sa`'s default
+    `robust_refresh: rollout`): only the actor runs (its 1x1 map conv, MLP and action head), and the
+    gradient reaches it through both distributions. policy: SB3 `ActorCriticPolicy`."""
+    return action_kl(actor_logits(policy, clean_features), actor_logits(policy, attacked_features)).mean()

@@ -36,15 +36,18 @@ update loop): both are one-line errors (`check_robust_training`).
 
 from __future__ import annotations
 
+import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from agents.cached_features import CachedFeaturesPPO
-from agents.robust.regularizer import sa_regularizer
+from agents.cached_features import FEATURE_BATCH, CachedFeaturesPPO
+from agents.robust.attacks import AttackSpec, perturb_frames
+from agents.robust.regularizer import feature_regularizer, sa_regularizer
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class SASchedule:
     eps: float  # [0, 1] pixel units, reached at ramp_end
     steps: int  # PGD steps of the MAD attack
     ramp_end: int  # [env steps of the run] where ε reaches `eps`
+    refresh: str = "rollout"  # when x̂ is crafted: "rollout" (features cached) or "minibatch" (training.robust_refresh)
 
     def eps_at(self, num_timesteps: int) -> float:
         """ε at the run's env step `num_timesteps`: linear from 0 at step 0 to `eps` at `ramp_end`."""
@@ -74,7 +78,7 @@ def schedule_for(training, n_envs: int) -> SASchedule | None:
     imitation = training.imitation_iterations * training.imitation_steps * n_envs  # [env steps] before PPO
     ramp_end = imitation + max(0, training.timesteps - imitation) // 2
     return SASchedule(float(training.robust_reg_weight), float(training.robust_eps), int(training.robust_steps),
-                      ramp_end)
+                      ramp_end, training.robust_refresh)
 
 
 def check_robust_training(algo: str, training) -> None:
@@ -112,6 +116,68 @@ def decision_model(policy):
     return DecisionModel(policy, "action")
 
 
+def attacked_features(policy, frames, eps: float, steps: int, batch: int = FEATURE_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen student's features (N, F) of frames (N, C, H, W) (uint8 values; numpy or tensor) and of
+    their MAD-attacked versions: PGD-`steps` on KL(π(· | x) || π(· | x̂)) through the whole policy as it
+    is now, within ε, re-quantised to uint8. Under one grey level of budget nothing moves and no PGD runs."""
+    decision = decision_model(policy)
+    spec = AttackSpec("mad", eps, steps=steps)
+    clean, attacked = [], []
+    for start in range(0, len(frames), batch):
+        chunk = torch.as_tensor(frames[start : start + batch], device=policy.device).to(torch.uint8)  # (b, C, H, W)
+        with torch.no_grad():
+            clean.append(policy.extract_features(chunk))  # (b, F); extract_features divides by 255
+        if math.floor(255.0 * eps + 1e-6) == 0:
+            attacked.append(clean[-1])
+            continue
+        adversarial = perturb_frames(decision, chunk, spec)  # (b, C, H, W) uint8
+        with torch.no_grad():
+            attacked.append(policy.extract_features(adversarial))
+    return torch.cat(clean), torch.cat(attacked)
+
+
+class Smoothness:
+    """kappa * R on successive minibatches of one rollout's (or DAgger iteration's) samples, each sample
+    once per pass (`FrameBatches`). Built by `fresh_attacks` or `cached_attacks`; `values` collects R."""
+
+    def __init__(self, schedule: SASchedule, eps: float, count: int, batch_size: int,
+                 regulariser: Callable[[object, torch.Tensor], torch.Tensor]) -> None:
+        self.schedule, self.eps = schedule, eps
+        self.batches = FrameBatches(count, batch_size)
+        self.regulariser = regulariser  # (policy, indices (b,)) -> R on those samples
+        self.values: list[float] = []  # R of each minibatch
+
+    def term(self, policy) -> torch.Tensor:
+        """kappa * R on the next minibatch (a scalar that carries gradients to the actor, except at ε = 0)."""
+        regulariser = self.regulariser(policy, self.batches.next())
+        self.values.append(float(regulariser.detach()))
+        return self.schedule.weight * regulariser
+
+
+def fresh_attacks(schedule: SASchedule, eps: float, frames, batch_size: int, policy) -> Smoothness:
+    """`robust_refresh: minibatch`: each minibatch's frames (N, C, H, W; uint8 values) are attacked afresh,
+    through `policy` as it is now (its decision model is built here: CachedFeaturesPPO's update swaps
+    the policy's extractor out while it runs)."""
+    decision = decision_model(policy)
+
+    def regulariser(policy, batch: torch.Tensor) -> torch.Tensor:
+        device = frames.device if isinstance(frames, torch.Tensor) else "cpu"
+        chunk = torch.as_tensor(frames[batch.to(device)], device=policy.device).to(torch.uint8)
+        return schedule.loss(decision, chunk, eps)
+
+    return Smoothness(schedule, eps, len(frames), batch_size, regulariser)
+
+
+def cached_attacks(schedule: SASchedule, eps: float, clean: torch.Tensor, attacked: torch.Tensor,
+                   batch_size: int) -> Smoothness:
+    """`robust_refresh: rollout`: features (N, F) of the frames and of their attacked versions, crafted once."""
+    def regulariser(policy, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(clean.device)
+        return feature_regularizer(policy, clean[batch], attacked[batch])
+
+    return Smoothness(schedule, eps, len(clean), batch_size, regulariser)
+
+
 class SmoothPPO(CachedFeaturesPPO):
     """CachedFeaturesPPO whose updates minimise ppo_loss + kappa * R (the module docstring).
 
@@ -126,31 +192,35 @@ class SmoothPPO(CachedFeaturesPPO):
 
     def train(self) -> None:
         eps = self.smoothing.eps_at(self.num_timesteps)
-        values: list[float] = []
-        with self._regularised_updates(eps, values):
+        began = time.perf_counter()
+        smoothness = self._smoothness(eps)
+        values = smoothness.values
+        with self._regularised_updates(smoothness):
             super().train()
         self.logger.record("robust/sa_eps", eps)
         self.logger.record("robust/sa_kl", float(np.mean(values)) if values else 0.0)
+        self.logger.record("robust/sa_update_s", time.perf_counter() - began)
+
+    def _smoothness(self, eps: float) -> Smoothness:
+        """R's minibatches over this rollout's frames: attacked now, once (`rollout`), or per minibatch."""
+        frames = self.rollout_buffer.observations  # (n_steps, n_envs, C, H, W) float32 0..255, or (N, C, H, W) once flattened
+        frames = frames.reshape(-1, *frames.shape[-3:])  # (N, C, H, W), a view
+        if self.smoothing.refresh == "minibatch":
+            return fresh_attacks(self.smoothing, eps, frames, self.batch_size, self.policy)
+        clean, attacked = attacked_features(self.policy, frames, eps, self.smoothing.steps)
+        return cached_attacks(self.smoothing, eps, clean, attacked, self.batch_size)
 
     @contextmanager
-    def _regularised_updates(self, eps: float, values: list[float]) -> Iterator[None]:
-        """Within the block, each `optimizer.zero_grad()` is followed by `(kappa * R).backward()`."""
+    def _regularised_updates(self, smoothness: Smoothness) -> Iterator[None]:
+        """Within the block, each `optimizer.zero_grad()` is followed by `smoothness.term(policy).backward()`."""
         optimizer = self.policy.optimizer
-        decision = decision_model(self.policy)  # built now: CachedFeaturesPPO swaps the extractor out during train
-        buffer = self.rollout_buffer
-        frames = buffer.observations  # (n_steps, n_envs, C, H, W) float32 0..255, or (N, C, H, W) once flattened
-        frames = frames.reshape(-1, *frames.shape[-3:])  # (N, C, H, W), a view
-        batches = FrameBatches(len(frames), self.batch_size)
         zero_grad = optimizer.zero_grad
 
         def zero_grad_then_regulariser(*args, **kwargs) -> None:
             zero_grad(*args, **kwargs)
-            batch = batches.next().numpy()
-            uint8 = torch.as_tensor(frames[batch], device=self.device).to(torch.uint8)  # (b, C, H, W)
-            regulariser = self.smoothing.loss(decision, uint8, eps)
-            if regulariser.requires_grad:  # not at ε = 0
-                (self.smoothing.weight * regulariser).backward()
-            values.append(float(regulariser.detach()))
+            term = smoothness.term(self.policy)
+            if term.requires_grad:  # not at ε = 0
+                term.backward()
 
         optimizer.zero_grad = zero_grad_then_regulariser
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,23 @@ def test_a_tiny_robust_run_finishes_and_logs_the_regulariser_and_its_budget(robu
     assert any(step > imitation_steps for step, _ in kl)  # PPO's updates log it too
 
 
+def test_a_tiny_run_attacking_every_minibatch_afresh_trains_too(tmp_path):
+    """`robust_refresh: minibatch` (SA-PPO's own way): the imitation's fits and PPO's updates run the attack
+    through the whole policy inside SB3's update, where CachedFeaturesPPO has swapped the extractor out."""
+    tiny = make_tiny(tmp_path)
+    settings = yaml.safe_load(tiny.config.read_text())
+    settings["training"].update(imitation_iterations=1, imitation_steps=3, robust_steps=1, eval_every=0,
+                                robust_refresh="minibatch", robust_eps=8 / 255)
+    config = tmp_path / "sa.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    result = train(TrainOptions(scenario=str(tiny.scenario), timesteps=150, n_envs=4, logdir=tmp_path / "runs",
+                                config=config, progress_bar=False, backend="fast", name="sa", device="cpu",
+                                robust_reg="sa"))
+    assert read_run_config(result.run_dir).training.robust_refresh == "minibatch"
+    kl = read_scalars(result.run_dir)["robust/sa_kl"]
+    assert all_finite(kl) and len(kl) >= 2 and kl[-1][1] > 0  # the imitation's and PPO's, attacked at 8/255
+
+
 def test_the_setting_is_in_config_yaml_and_a_resumed_run_rebuilds_smooth_ppo(robust_run):
     from envs.backends import get_backend
 
@@ -103,17 +121,19 @@ def test_the_regulariser_is_zero_at_eps_zero_and_positive_on_uint8_frames(robust
     assert sa_regularizer(decision, frames, 8 / 255, steps=2).item() > 0
 
 
-def test_the_regulariser_term_reaches_the_actor_not_the_critic(robust_run):
+@pytest.mark.parametrize("refresh", ["rollout", "minibatch"])
+def test_the_regulariser_term_reaches_the_actor_not_the_critic(robust_run, refresh):
     """SmoothPPO's zero_grad hook leaves kappa * dR/dθ in the gradients, before PPO's own backward."""
     tiny, result = robust_run
     model = _load_trained(result.run_dir)
+    model.smoothing = dataclasses.replace(model.smoothing, refresh=refresh)
     frames = _frames(tiny, model.n_envs)  # (n_envs, C, H, W)
     model.rollout_buffer.observations[:] = frames[None].astype(np.float32)  # every step: these frames
-    values: list[float] = []
     torch.manual_seed(0)
-    with model._regularised_updates(8 / 255, values):
+    smoothness = model._smoothness(8 / 255)
+    with model._regularised_updates(smoothness):
         model.policy.optimizer.zero_grad()
-    assert len(values) == 1 and values[0] > 0
+    assert len(smoothness.values) == 1 and smoothness.values[0] > 0
     actor = [*model.policy.mlp_extractor.policy_net.parameters(), *model.policy.action_net.parameters()]
     critic = [*model.policy.mlp_extractor.value_net.parameters(), *model.policy.value_net.parameters()]
     assert all(p.grad is not None for p in actor) and any(p.grad.abs().sum() > 0 for p in actor)
@@ -124,72 +144,55 @@ def test_the_regulariser_term_reaches_the_actor_not_the_critic(robust_run):
     assert decision_model(model.policy).extractor is model.policy.features_extractor
 
 
-def test_the_schedule_ramps_linearly_to_half_of_the_ppo_phase():
-    schedule = SASchedule(weight=0.3, eps=4 / 255, steps=3, ramp_end=100)
-    assert schedule.eps_at(0) == 0.0
-    assert schedule.eps_at(50) == pytest.approx(2 / 255)
-    assert schedule.eps_at(100) == schedule.eps_at(10_000) == pytest.approx(4 / 255)
-    training = load_agent_config("highway", overrides={"training": {"robust_reg": "sa", "timesteps": 200_000}},
-                                 backend="fast").training
-    imitation = training.imitation_iterations * training.imitation_steps * 256
-    assert schedule_for(training, 256).ramp_end == imitation + (200_000 - imitation) // 2
-    assert schedule_for(load_agent_config("highway").training, 2) is None  # off by default
-
-
-def test_the_robust_keys_round_trip_through_config_yaml():
-    agent = load_agent_config("highway", overrides={"training": {"robust_reg": "sa", "robust_eps": 2 / 255,
-                                                                 "robust_reg_weight": 0.5, "robust_steps": 4}})
-    config = RunConfig(scenario="highway", algo="ppo", seed=0, n_envs=1, device="cpu", observation_shape=(9, 96, 48),
-                       n_actions=5, training=agent.training, policy=agent.policy, ppo=agent.ppo)
-    again = parse_run_config(yaml.safe_load(yaml.safe_dump(config.to_dict())), Path("config.yaml"))
-    assert again == config and again.training.robust
-
-
-@pytest.mark.parametrize("key, value", [("robust_reg", "pgd"), ("robust_eps", 0), ("robust_eps", 1.5),
-                                        ("robust_reg_weight", -0.1), ("robust_steps", 0), ("robust_reg", True)])
-def test_bad_robust_keys_name_the_key(tmp_path, key, value):
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"training": {key: value}}))
-    with pytest.raises(ValueError, match=f"training.{key}"):
-        load_agent_config("highway", path)
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT)
-
-
-@pytest.mark.parametrize("args, fragment", [
-    (["--algo", "a2c", "--robust-reg", "sa"], "works with PPO only"),
-    (["--robust-reg", "sa", "--config", "{device}"], "device_rollout"),
-    (["--robust-eps", "3/255"], "add --robust-reg sa"),
-    (["--robust-reg", "sa", "--robust-eps", "2"], "--robust-eps"),
-    (["--robust-reg", "sa", "--robust-eps", "x"], "--robust-eps: invalid epsilon"),
-    (["--robust-reg", "sa", "--robust-eps", "0"], "--robust-eps must be in (0, 1]"),
-    (["--robust-reg", "pgd"], "invalid choice"),
-    (["--resume", "runs/anything", "--robust-reg", "sa"], "leave out --robust-reg"),
-])
-def test_unsupported_combinations_are_one_error_line_and_exit_2(tmp_path, args, fragment):
-    device = tmp_path / "device.yaml"
-    device.write_text(yaml.safe_dump({"training": {"device_rollout": True}}))
-    args = [str(device) if arg == "{device}" else arg for arg in args]
-    result = _cli("train", "--logdir", str(tmp_path / "runs"), "--timesteps", "1000000", *args)
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:") or ": error:" in line]
-    assert len(errors) == 1 and fragment in errors[0], result.stderr
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing written
-
-
-def test_the_imitation_term_reaches_the_actor(robust_run):
-    from agents.imitation import _Smoothing
+def test_cached_attacks_stay_in_budget_and_give_the_frames_regulariser(robust_run):
+    """`robust_refresh: rollout`: the cached features are those of the clean frames and of MAD frames
+    within ε; R from them equals `sa_regularizer` on the same attacked frames, and is 0 below a grey level."""
+    from agents.robust.attacks import AttackSpec, action_kl, perturb_frames
+    from agents.robust.regularizer import feature_regularizer
+    from agents.robust.sa_ppo import attacked_features
 
     tiny, result = robust_run
     policy = _load_trained(result.run_dir).policy
-    frames = torch.from_numpy(_frames(tiny))
-    smoothing = _Smoothing(SASchedule(weight=0.5, eps=8 / 255, steps=2, ramp_end=0), 8 / 255, frames)
-    policy.optimizer.zero_grad()
+    frames = torch.from_numpy(_frames(tiny))  # (4, C, H, W) uint8
+    with torch.no_grad():
+        features = policy.extract_features(frames)
+    clean, attacked = attacked_features(policy, frames, 0.5 / 255, steps=2)  # under one grey level: nothing moves
+    assert torch.equal(clean, features) and torch.equal(attacked, features)
+    assert feature_regularizer(policy, clean, attacked).item() == 0.0
     torch.manual_seed(0)
+    clean, attacked = attacked_features(policy, frames, 8 / 255, steps=2, batch=3)  # two chunks: 3 + 1
+    torch.manual_seed(0)
+    by_hand = perturb_frames(decision_model(policy), frames[:3], AttackSpec("mad", 8 / 255, steps=2))  # the first chunk
+    assert (by_hand.to(torch.int16) - frames[:3].to(torch.int16)).abs().max() <= 8  # within ε = 8 grey levels
+    with torch.no_grad():
+        # chunks of 3 + 1 frames: the same features up to the CPU conv's batch-size-dependent rounding
+        assert torch.allclose(clean, features, atol=1e-5)
+        assert torch.allclose(attacked[:3], policy.extract_features(by_hand), atol=1e-5)
+        value = feature_regularizer(policy, clean, attacked)
+        direct = action_kl(decision_model(policy)(frames[:3].float() / 255), decision_model(policy)(by_hand.float() / 255))
+    assert value.item() > 0
+    assert float(direct.mean()) > 0  # the attack moved the policy on the frames themselves
+
+
+@pytest.mark.parametrize("refresh", ["rollout", "minibatch"])
+def test_the_imitation_term_reaches_the_actor(robust_run, refresh):
+    from agents.imitation import _SmoothingSamples
+    from envs.backends import get_backend
+
+    tiny, result = robust_run
+    policy = _load_trained(result.run_dir).policy
+    frames = _frames(tiny)  # (4, C, H, W)
+    schedule = SASchedule(weight=0.5, eps=8 / 255, steps=2, ramp_end=0, refresh=refresh)
+    env = get_backend("fast").make_vec_env(str(tiny.scenario), 4, "cpu")
+    try:
+        samples = _SmoothingSamples(schedule, policy, steps=2, env=env)
+    finally:
+        env.close()
+    torch.manual_seed(0)
+    for step in range(2):
+        samples.add(step, frames, 8 / 255)
+    smoothing = samples.smoothness(8 / 255)
+    policy.optimizer.zero_grad()
     term = smoothing.term(policy)
     term.backward()
     assert smoothing.values[0] > 0 and term.item() == pytest.approx(0.5 * smoothing.values[0])
