@@ -206,6 +206,21 @@ def cmd_bench_teacher(args: argparse.Namespace) -> None:
     print(f"{args.episodes} episodes in {report.seconds:.0f} s")
 
 
+def cmd_bench_robustness(args: argparse.Namespace) -> None:
+    from agents.robust.corruptions import parse_corruptions
+    from agents.robust.evaluate import parse_attacks, parse_counts, parse_eps_list
+    from agents.robust.report import parse_agents, robustness_report
+
+    attacks = [name for name in parse_attacks(args.attack) if name != "none"]  # the plain evaluation is always played
+    eps, steps = parse_eps_list(args.eps), parse_counts(args.steps, "--steps")
+    corruptions = parse_corruptions(None if args.corruption == "none" else args.corruption)
+    agents = parse_agents(args.agent)
+    text = robustness_report(agents, attacks, eps, steps, corruptions, args.episodes, args.out, device=args.device,
+                             command=" ".join(["python", "run.py", *sys.argv[1:]]))
+    print(text)
+    print(f"wrote {args.out}/report.md, report.json and robustness-eps.png")
+
+
 def cmd_bench_explain(args: argparse.Namespace) -> None:
     from agents.explain.bench import bench_explain, format_bench
 
@@ -452,6 +467,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench_explain.add_argument("--every", type=positive_int, default=5, help="a SHAP keyframe every K policy steps")
     bench_explain.add_argument("--logdir", type=Path, default=Path("runs"), help="where to look up a run name")
     bench_explain.set_defaults(func=cmd_bench_explain)
+
+    bench_robust = bench_kinds.add_parser(
+        "robustness", help="agents x training seeds under attacks and corruptions: median/IQR table and ε plot"
+    )
+    bench_robust.add_argument("--agent", action="append", required=True, metavar="NAME=GLOB",
+                              help="an agent and the run folders of its seeds, e.g. b='runs/b-seed*' (repeat per agent)")
+    bench_robust.add_argument("--attack", default="random,fgsm,pgd,mad",
+                              help="attacks at every --eps (default: random,fgsm,pgd,mad; also critic)")
+    bench_robust.add_argument("--eps", default="1/255,3/255,8/255", help="l-inf budgets (default: 1/255,3/255,8/255)")
+    bench_robust.add_argument("--steps", default="10", help="PGD steps, a list such as 10,50 (default: 10)")
+    bench_robust.add_argument("--corruption", default="all", help="natural corruptions, KIND:SEV,... | all | none")
+    bench_robust.add_argument("--episodes", type=positive_int, default=200, help="evaluation episodes per setting")
+    bench_robust.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    bench_robust.add_argument("--out", type=Path, default=Path("docs/robustness"), help="folder of the report")
+    bench_robust.set_defaults(func=cmd_bench_robustness)
 
     perception = commands.add_parser("perception", help="perception data, training, distillation, export")
     perception_steps = perception.add_subparsers(dest="step", required=True, metavar="STEP")

@@ -325,9 +325,13 @@ def evaluate_robustness(
     backend: str = "highway-env",
     command: str = "",
     progress: bool = True,
+    skip_measured: bool = False,
 ) -> tuple[EvaluationReport, dict[str, Any], Path]:
     """The plain evaluation (`agents.evaluate.evaluate_run`), then every setting; returns (report,
-    robustness block, JSON path). The block is also in the JSON file and in TensorBoard."""
+    robustness block, JSON path). The block is also in the JSON file and in TensorBoard.
+
+    skip_measured: settings already in the file's block (same model, backend and seeds) are not played
+    again (the multi-run report's resume: a killed report loses at most the setting it was playing)."""
     from agents.runs import find_run
     from envs.backends import get_backend
     from envs.system import resolve_device
@@ -378,6 +382,8 @@ def evaluate_robustness(
         return block
 
     block = save()  # the plain evaluation rewrote the file: the earlier settings go back in at once
+    if skip_measured:
+        settings = [setting for setting in settings if setting.name not in measured]
     for index, setting in enumerate(settings, 1):
         if progress:
             log.info("[%d/%d] %s: %s", index, len(settings), setting.name, setting.describe())

@@ -1,0 +1,199 @@
+"""`python run.py bench robustness`: several agents, several training seeds each, under the same attacks.
+
+    python run.py bench robustness --agent b='runs/robust/b-seed*' --agent c='runs/robust/c-seed*' \\
+        --attack random,fgsm,pgd,mad --eps 1/255,3/255,8/255 --steps 10 --corruption all \\
+        --episodes 200 --out docs/robustness
+
+An agent is a name and the run folders of its training seeds (a glob). Every run plays the same
+settings on the same evaluation seeds on the fast backend, through `evaluate_robustness` (the numbers
+go into each run's evaluation JSON, as with `evaluate --attack`; a setting measured there before on
+the same model and seeds is read back, not played again, so a killed report goes on where it stopped).
+
+Per agent and setting the cells are the **median and interquartile range over the agent's runs** of
+each run's mean over the episodes. **Worst-of** at an ε: for each run, the lowest mean return and the
+highest collision rate among its white-box attacks (fgsm, pgd, mad, critic) at that ε, then median
+and IQR over runs. Written to `--out`: report.json (every run's numbers), report.md (the table) and
+robustness-eps.png (return and collision rate against ε, per agent).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from agents.robust.attacks import GRADIENT, AttackSpec
+from agents.robust.corruptions import CorruptionSpec
+from envs.files import atomic_write
+from perception.attacks import format_eps
+
+log = logging.getLogger(__name__)
+
+METRICS: tuple[str, ...] = ("return", "collision_rate")  # the report's cells; every metric is in report.json
+PLOT_FILE, TABLE_FILE, DATA_FILE = "robustness-eps.png", "report.md", "report.json"
+
+
+def parse_agents(items: Sequence[str]) -> dict[str, list[Path]]:
+    """["b=runs/b-seed*", ...] -> {"b": [run folders, sorted]}: one clear error for a bad or empty entry."""
+    agents: dict[str, list[Path]] = {}
+    for item in items:
+        name, sep, pattern = item.partition("=")
+        name, pattern = name.strip(), pattern.strip()
+        if not sep or not name or not pattern:
+            raise ValueError(f"--agent takes NAME=GLOB (e.g. b='runs/b-seed*'), got {item!r}")
+        if name in agents:
+            raise ValueError(f"--agent {name} is given twice")
+        runs = sorted(Path(path) for path in glob.glob(pattern) if (Path(path) / "config.yaml").is_file())
+        if not runs:
+            raise ValueError(f"--agent {name}: no run folder (with a config.yaml) matches {pattern!r}")
+        agents[name] = runs
+    if not agents:
+        raise ValueError("give at least one --agent NAME=GLOB")
+    return agents
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One metric of one setting for one agent: each run's value and their median and quartiles."""
+
+    values: tuple[float, ...]  # per run (training seed), in the agent's run order
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.values))
+
+    @property
+    def iqr(self) -> tuple[float, float]:
+        return float(np.percentile(self.values, 25)), float(np.percentile(self.values, 75))
+
+
+def _mean(entry: dict[str, Any], metric: str) -> float:
+    return float(entry["metrics"][metric]["mean"])
+
+
+def worst_name(budget: float) -> str:
+    """The worst-of row's name at ε, in the settings' style: worst-eps3."""
+    return "worst-" + AttackSpec("random", budget).name.removeprefix("random-")
+
+
+def worst_of(settings: dict[str, dict[str, Any]], eps: float, metric: str) -> float | None:
+    """The worst value of `metric` over one run's white-box settings at ε (None if none was measured):
+    the lowest return, the highest collision rate (or other metric where higher is worse)."""
+    values = [_mean(entry, metric) for entry in settings.values()
+              if entry["attack"] in GRADIENT and not entry.get("transfer") and entry.get("corruption") is None
+              and abs(float(entry["eps"]) - eps) < 1e-9]
+    if not values:
+        return None
+    return min(values) if metric == "return" else max(values)
+
+
+def rows(blocks: dict[str, list[dict[str, Any]]], eps: Sequence[float]) -> list[tuple[str, str, dict[str, dict[str, Cell]]]]:
+    """(setting name, description, {agent: {metric: Cell}}) in table order: the settings as the first run
+    of the first agent lists them, a worst-of row after each ε's attacks; a setting missing for any run is left out."""
+    first = next(iter(blocks.values()))[0]["settings"]
+    table = []
+    for name, entry in first.items():
+        cells = {agent: {metric: Cell(tuple(_mean(block["settings"][name], metric) for block in runs))
+                         for metric in METRICS}
+                 for agent, runs in blocks.items() if all(name in block["settings"] for block in runs)}
+        if len(cells) == len(blocks):
+            table.append((name, entry["description"], cells))
+    for budget in eps:
+        worst = {agent: {metric: [worst_of(block["settings"], budget, metric) for block in runs] for metric in METRICS}
+                 for agent, runs in blocks.items()}
+        if all(None not in values for agent in worst.values() for values in agent.values()):
+            cells = {agent: {metric: Cell(tuple(values)) for metric, values in metrics.items()}
+                     for agent, metrics in worst.items()}
+            table.append((worst_name(budget), f"worst-of the white-box attacks, ε = {format_eps(budget)}", cells))
+    return table
+
+
+def _format(cell: Cell, metric: str) -> str:
+    low, high = cell.iqr
+    if metric == "collision_rate":
+        return f"{100 * cell.median:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+    return f"{cell.median:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def markdown(table, agents: dict[str, list[Path]]) -> str:
+    """One row per setting, per agent a return cell and a collision-rate cell: median [IQR] over runs."""
+    names = list(agents)
+    header = ["setting", "what"] + [f"{agent}: {label}" for agent in names for label in ("return", "collisions")]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
+    for name, description, cells in table:
+        values = [_format(cells[agent][metric], metric) for agent in names for metric in METRICS]
+        lines.append("| " + " | ".join([name, description, *values]) + " |")
+    return "\n".join(lines)
+
+
+def plot(table, agents: dict[str, list[Path]], eps: Sequence[float], path: Path) -> None:
+    """Return and collision rate against ε (0 = no attack), per agent: the worst-of white-box attacks and
+    random noise, medians with IQR bars over the agent's runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_name = {name: cells for name, _, cells in table}
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, agent in enumerate(agents):
+        for label, style, name_at in (("worst-of white-box", "-o", worst_name),
+                                      ("random noise", ":s", lambda budget: AttackSpec("random", budget).name)):
+            points = [(0.0, by_name["none"][agent])] if "none" in by_name else []
+            points += [(255 * budget, by_name[name_at(budget)][agent]) for budget in eps if name_at(budget) in by_name]
+            if not points:
+                continue
+            xs = [x for x, _ in points]
+            for axis, metric in zip(axes, METRICS):
+                scale = 100.0 if metric == "collision_rate" else 1.0
+                medians = np.array([cells[metric].median for _, cells in points]) * scale
+                quartiles = np.array([cells[metric].iqr for _, cells in points]).T * scale  # (2, n)
+                axis.errorbar(xs, medians, yerr=np.abs(quartiles - medians), fmt=style, capsize=3,
+                              color=colours[index % len(colours)], label=f"{agent}: {label}")
+    for axis, label in zip(axes, ("mean return", "collision rate [% of episodes]")):
+        axis.set_xlabel("ε [grey levels, of 255]")
+        axis.set_ylabel(label)
+        axis.set_xticks([0, *(255 * budget for budget in eps)])
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    runs = sorted({len(paths) for paths in agents.values()})
+    figure.suptitle(f"Robustness against ε: median and IQR over {'/'.join(map(str, runs))} training seeds per agent",
+                    fontsize=10)
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    plt.close(figure)
+
+
+def robustness_report(agents: dict[str, list[Path]], attacks: Sequence[str], eps: Sequence[float],
+                      steps: Sequence[int], corruptions: Sequence[CorruptionSpec], episodes: int, out: Path,
+                      device: str = "cpu", command: str = "") -> str:
+    """Measure every run (resuming from what their evaluation files hold), then write the report; its table."""
+    from agents.robust.evaluate import evaluate_robustness
+
+    out.mkdir(parents=True, exist_ok=True)
+    blocks: dict[str, list[dict[str, Any]]] = {}
+    total = sum(len(runs) for runs in agents.values())
+    done = 0
+    for agent, runs in agents.items():
+        blocks[agent] = []
+        for run in runs:
+            done += 1
+            log.info("[%d/%d] agent %s: %s", done, total, agent, run)
+            _, block, _ = evaluate_robustness(run, attacks=["none", *attacks], eps=eps, steps=steps,
+                                              corruptions=corruptions, episodes=episodes, device=device,
+                                              backend="fast", command=command, skip_measured=True)
+            blocks[agent].append(block)
+    table = rows(blocks, eps)
+    text = markdown(table, agents)
+    data = {"command": command, "agents": {agent: [str(run) for run in runs] for agent, runs in agents.items()},
+            "blocks": blocks}
+    atomic_write(out / DATA_FILE, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    atomic_write(out / TABLE_FILE, lambda tmp: tmp.write_text(text + "\n"))
+    plot(table, agents, eps, out / PLOT_FILE)
+    return text
