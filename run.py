@@ -221,6 +221,17 @@ def cmd_bench_robustness(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/report.md, report.json and robustness-eps.png")
 
 
+def cmd_bench_attack_path(args: argparse.Namespace) -> None:
+    from agents.robust.attack_path import bench_attack_path, format_rows
+    from agents.robust.attacks import AttackSpec
+    from perception.attacks import parse_eps
+
+    eps = parse_eps(args.eps)
+    count, rows = bench_attack_path(args.run, eps=eps, steps=args.steps, envs=args.envs,
+                                    policy_steps=args.policy_steps, logdir=args.logdir)
+    print(format_rows(count, AttackSpec("pgd", eps, steps=args.steps).describe(), rows))
+
+
 def cmd_bench_explain(args: argparse.Namespace) -> None:
     from agents.explain.bench import bench_explain, format_bench
 
@@ -482,6 +493,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench_robust.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     bench_robust.add_argument("--out", type=Path, default=Path("docs/robustness"), help="folder of the report")
     bench_robust.set_defaults(func=cmd_bench_robustness)
+
+    bench_path = bench_kinds.add_parser(
+        "attack-path", help="which part of the student's output (embedding, labels, feature map) carries an attack to the actor"
+    )
+    bench_path.add_argument("--run", required=True, help="run folder (or its name in --logdir); it is not written to")
+    bench_path.add_argument("--eps", default="3/255", help="l-inf budget of the PGD attack (default: 3/255)")
+    bench_path.add_argument("--steps", type=positive_int, default=10, help="PGD steps (default: 10)")
+    bench_path.add_argument("--envs", type=positive_int, default=256, help="episodes driven side by side (default: 256)")
+    bench_path.add_argument("--policy-steps", type=positive_int, default=8,
+                            help="decisions per episode whose observations are attacked (default: 8)")
+    bench_path.add_argument("--logdir", type=Path, default=Path("runs"), help="where to look up a run name")
+    bench_path.set_defaults(func=cmd_bench_attack_path)
 
     perception = commands.add_parser("perception", help="perception data, training, distillation, export")
     perception_steps = perception.add_subparsers(dest="step", required=True, metavar="STEP")

@@ -293,7 +293,7 @@ def masking_checks(settings: dict[str, dict[str, Any]]) -> tuple[list[str], list
 # -- the command -----------------------------------------------------------------------------------
 
 
-def _load_policy(run, env, device: str, logdir, scenario: str | None):
+def load_attackable(run, env, device: str, logdir, scenario: str | None):
     """(agent, DecisionModel, run_dir) of a run's newest valid model; refuses a policy that does not read frames."""
     from agents.explain.decision import load_run
     from perception.extractor import PerceptionExtractor
@@ -359,8 +359,8 @@ def evaluate_robustness(
 
     env = simulator.make_env(scenario or _run_scenario(run_dir))
     try:
-        loaded = _load_policy(run_dir, env, device, logdir, scenario)
-        source = _load_policy(source_dir, env, device, logdir, scenario).decision if source_dir is not None else None
+        loaded = load_attackable(run_dir, env, device, logdir, scenario)
+        source = load_attackable(source_dir, env, device, logdir, scenario).decision if source_dir is not None else None
     finally:
         env.close()
     report, path = evaluate_run(run_dir, episodes=episodes, scenario=scenario, seed=seed, logdir=logdir, device=device,
