@@ -7,6 +7,7 @@
     python run.py train --scenario highway [--algo a2c] [--resume RUN]
     python run.py evaluate --run RUN [--episodes 50] [--scenario OTHER]
     python run.py evaluate --run RUN --attack none,pgd,mad --eps 1/255,3/255 [--corruption all]
+    python run.py bench reference --scenario highway [--run RUN] [--algo dqn|ppo]
 """
 
 from __future__ import annotations
@@ -232,6 +233,16 @@ def cmd_bench_attack_path(args: argparse.Namespace) -> None:
     print(format_rows(count, AttackSpec("pgd", eps, steps=args.steps).describe(), rows))
 
 
+def cmd_bench_reference(args: argparse.Namespace) -> None:
+    from agents.reference import bench_reference, format_table
+
+    data = bench_reference(args.scenario, run=args.run, algo=args.algo, episodes=args.episodes, seed=args.seed,
+                           timesteps=args.timesteps, time_limit_s=args.time_limit, logdir=args.logdir, out=args.out,
+                           command=command_line())
+    print(format_table(data))
+    print(f"wrote {Path(data['reference']['model']).parent}/reference.json and reference.md")
+
+
 def cmd_bench_explain(args: argparse.Namespace) -> None:
     from agents.explain.bench import bench_explain, format_bench
 
@@ -367,6 +378,7 @@ def cmd_watch(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agents.reference import REFERENCE_ALGOS
     from envs.backends import BACKEND_NAMES, HIGHWAY_ENV
     from perception.attacks import format_eps
     from perception.distill import MODES as DISTILL_MODES
@@ -505,6 +517,25 @@ def build_parser() -> argparse.ArgumentParser:
                             help="decisions per episode whose observations are attacked (default: 8)")
     bench_path.add_argument("--logdir", type=Path, default=Path("runs"), help="where to look up a run name")
     bench_path.set_defaults(func=cmd_bench_attack_path)
+
+    bench_reference = bench_kinds.add_parser(
+        "reference", help="highway-env's own agent (SB3 on its Kinematics state) beside clearlane's, same budget and episodes"
+    )
+    bench_reference.add_argument("--scenario", default="highway", help="a shipped scenario name or a .yaml path")
+    bench_reference.add_argument("--run", default=None,
+                                 help="clearlane's trained run of this scenario (default: train one, as `train --scenario S`)")
+    bench_reference.add_argument("--algo", choices=REFERENCE_ALGOS, default="dqn",
+                                 help="the reference: highway-env's DQN or PPO script (default: dqn)")
+    bench_reference.add_argument("--episodes", type=positive_int, default=200, help="highway-env evaluation episodes")
+    bench_reference.add_argument("--seed", type=non_negative_int, default=0, help="training seed of both agents")
+    bench_reference.add_argument("--timesteps", type=positive_int, default=None,
+                                 help="the reference's env-step budget (default: the clearlane model's)")
+    bench_reference.add_argument("--time-limit", type=positive_float, default=None, metavar="SECONDS",
+                                 help="the reference's wall-clock limit (default: clearlane's training time when "
+                                      "this bench trains it; none with --run)")
+    bench_reference.add_argument("--logdir", type=Path, default=Path("runs"), help="runs folder (look-up and new runs)")
+    bench_reference.add_argument("--out", type=Path, default=None, help="folder of the reference (default: <run>/reference-<algo>)")
+    bench_reference.set_defaults(func=cmd_bench_reference)
 
     perception = commands.add_parser("perception", help="perception data, training, distillation, export")
     perception_steps = perception.add_subparsers(dest="step", required=True, metavar="STEP")
