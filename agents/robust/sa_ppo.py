@@ -7,7 +7,8 @@ MAD attack's frames (PGD-`robust_steps` on the same KL, random start, best itera
 to valid uint8 within floor(255 ε) grey levels: the threat model of `evaluate --attack`.
 
 Schedule (`SASchedule.eps_at`): ε grows linearly with the run's env steps from 0 at step 0 to
-`training.robust_eps` halfway through the PPO phase, then stays. The PPO phase begins after the
+`training.robust_eps` halfway through the PPO phase (or at `training.robust_ramp_steps`; 0 = the full
+budget from the start), then stays. The PPO phase begins after the
 imitation warm start's env steps, so a run without imitation ramps over the first half of PPO; with
 imitation, the DAgger iterations see the first part of the same ramp (iteration i of n fits at the
 ε of its last step), and PPO goes on from there (one monotone ramp, no drop at the switch). Since
@@ -76,7 +77,9 @@ def schedule_for(training, n_envs: int) -> SASchedule | None:
     if not training.robust:
         return None
     imitation = training.imitation_iterations * training.imitation_steps * n_envs  # [env steps] before PPO
-    ramp_end = imitation + max(0, training.timesteps - imitation) // 2
+    ramp_end = training.robust_ramp_steps
+    if ramp_end is None:
+        ramp_end = imitation + max(0, training.timesteps - imitation) // 2
     return SASchedule(float(training.robust_reg_weight), float(training.robust_eps), int(training.robust_steps),
                       ramp_end, training.robust_refresh)
 

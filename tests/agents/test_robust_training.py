@@ -221,3 +221,14 @@ def test_frame_batches_cover_every_frame_once_per_pass():
         assert [len(batch) for batch in drawn] == [4, 4, 2]
         assert all(bool((batch[1:] > batch[:-1]).all()) for batch in drawn)  # sorted, no repeats
         assert sorted(torch.cat(drawn).tolist()) == list(range(10))
+
+
+@pytest.mark.parametrize("ramp_steps, expected_end", [(None, 12 * 40 * 256 + (200_000 - 12 * 40 * 256) // 2),
+                                                      (0, 0), (20_480, 20_480)])
+def test_the_ramp_ends_halfway_through_ppo_unless_robust_ramp_steps_says_where(ramp_steps, expected_end):
+    overrides = {"training": {"robust_reg": "sa", "robust_ramp_steps": ramp_steps}}
+    training = load_agent_config("highway", None, overrides, backend="fast").training
+    schedule = schedule_for(training, n_envs=256)
+    assert schedule.ramp_end == expected_end
+    assert schedule.eps_at(0) == (pytest.approx(3 / 255) if ramp_steps == 0 else 0.0)
+    assert schedule.eps_at(10**9) == pytest.approx(3 / 255)
