@@ -331,7 +331,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise ValueError(f"{', '.join(given)} set(s) the attacks of --attack, which is missing (e.g. --attack pgd)")
     report, path = evaluate_run(
         args.run, episodes=args.episodes, scenario=args.scenario, seed=args.seed, logdir=args.logdir,
-        device=args.device, backend=args.backend, command=command_line(),
+        device=args.device, backend=args.backend, command=command_line(), progress=True,
     )
     print_report(report)
     print(f"wrote {path} and eval_final/{path.stem.removeprefix('evaluation-')}/* (TensorBoard) in {report.run}")

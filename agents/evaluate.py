@@ -164,15 +164,19 @@ def evaluation_seeds(scenario, episodes: int, offset: int = 0) -> list[int]:
 
 
 def run_episodes(model, env: CameraEnv | gym.Wrapper, seeds: Sequence[int],
-                 deterministic: bool = True, on_step: StepHook | None = None) -> list[EpisodeMetrics]:
+                 deterministic: bool = True, on_step: StepHook | None = None,
+                 progress: str | None = None) -> list[EpisodeMetrics]:
     """Play one episode per seed on a (non-vectorised) clearlane env; per-episode metrics.
 
     model: anything with SB3's `predict(obs, deterministic)`; env: a backend's CameraEnv (or a wrapper of one).
     on_step: called after every step with the (1,) mask of rows whose step counted (always true here).
+    progress: a progress bar's description (episodes on highway-env take ~1 s each); None = no bar.
     """
+    from envs.progress import track
+
     route_length_m = env.unwrapped.scenario.safety.route_length_m
     results = []
-    for seed in seeds:
+    for seed in track(seeds, progress or "", unit="episodes", disable=progress is None, transient=True):
         obs, _ = env.reset(seed=int(seed))
         monitor = SafetyMonitor(route_length_m)
         total_reward, steps, done = 0.0, 0, False
@@ -300,10 +304,12 @@ def evaluate_run(
     device: str = "auto",
     backend: str = "highway-env",
     command: str = "",
+    progress: bool = False,
 ) -> tuple[EvaluationReport, Path]:
     """Evaluate a run's newest model; writes evaluation-<scenario>.json and eval_final/* to the run folder.
 
     command: the command line that asked for it, recorded in the JSON file.
+    progress: a progress bar over the episodes played one at a time (the batched backend takes seconds).
     Returns (report, path of the JSON file).
     """
     from stable_baselines3.common.utils import set_random_seed
@@ -330,7 +336,8 @@ def evaluate_run(
         if simulator.batched:  # all episodes side by side, the same numbers as one at a time
             per_episode = run_batched_episodes(model, env.scenario, seeds, device)
         else:
-            per_episode = run_episodes(model, env, seeds, deterministic=True)
+            per_episode = run_episodes(model, env, seeds, deterministic=True,
+                                       progress=f"evaluating on {simulator.name}" if progress else None)
     finally:
         env.close()
     name = evaluation_name(env.scenario.name, simulator.name)

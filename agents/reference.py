@@ -182,7 +182,7 @@ def evaluate_reference(model, scenario: Scenario, episodes: int) -> list:
 
     env = KinematicsView(DrivingEnv(scenario))
     try:
-        return run_episodes(model, env, evaluation_seeds(scenario, episodes))
+        return run_episodes(model, env, evaluation_seeds(scenario, episodes), progress="evaluating the reference")
     finally:
         env.close()
 
@@ -225,7 +225,7 @@ def bench_reference(scenario: str, run: str | None = None, algo: str = "dqn", ep
         trained_on = read_run_config(run_dir).scenario
         if load_scenario(trained_on).name != loaded.name:
             raise ValueError(f"{run_dir} trained on {trained_on!r}, not {loaded.name!r}")
-    clearlane, _ = evaluate_run(run_dir, episodes=episodes, backend="highway-env", command=command)
+    clearlane, _ = evaluate_run(run_dir, episodes=episodes, backend="highway-env", command=command, progress=True)
     budget = timesteps or clearlane.num_timesteps
     limit = time_limit_s if time_limit_s is not None else clearlane_seconds
     out_dir = Path(out) if out is not None else run_dir / f"reference-{algo}"
