@@ -531,8 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_reference.add_argument("--timesteps", type=positive_int, default=None,
                                  help="the reference's env-step budget (default: the clearlane model's)")
     bench_reference.add_argument("--time-limit", type=positive_float, default=None, metavar="SECONDS",
-                                 help="the reference's wall-clock limit (default: clearlane's training time when "
-                                      "this bench trains it; none with --run)")
+                                 help="the reference's wall-clock limit (default: the clearlane run's training "
+                                      "time, from its training.json)")
     bench_reference.add_argument("--logdir", type=Path, default=Path("runs"), help="runs folder (look-up and new runs)")
     bench_reference.add_argument("--out", type=Path, default=None, help="folder of the reference (default: <run>/reference-<algo>)")
     bench_reference.set_defaults(func=cmd_bench_reference)

@@ -200,11 +200,11 @@ def bench_reference(scenario: str, run: str | None = None, algo: str = "dqn", ep
     `<out>/reference.json` and `<out>/reference.md` and returns the JSON's dict.
 
     run: a trained clearlane run of this scenario; None trains one with the scenario's default recipe
-    (`run.py train --scenario S --seed seed`), timed here. time_limit_s: the reference's wall-clock
-    limit; default the clearlane run's training time when this bench trained it, else none (the step
-    budget alone)."""
+    (`run.py train --scenario S --seed seed`). time_limit_s: the reference's wall-clock limit; default
+    the clearlane run's training time (its training.json), none for a run trained before that file
+    existed (the step budget alone)."""
     from agents.evaluate import evaluate_run, summarize
-    from agents.runs import find_run, read_run_config
+    from agents.runs import find_run, read_run_config, training_seconds
     from agents.train import TrainOptions, train
 
     loaded = load_scenario(scenario)
@@ -214,17 +214,17 @@ def bench_reference(scenario: str, run: str | None = None, algo: str = "dqn", ep
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
     kinematics_config(loaded)  # refuse a scenario without a Kinematics reference before any training
-    clearlane_seconds = None
     if run is None:
         result = train(TrainOptions(scenario=scenario, seed=seed, logdir=logdir, command=command))
         if result.interrupted:
             raise KeyboardInterrupt
-        run_dir, clearlane_seconds = result.run_dir, result.elapsed_s
+        run_dir = result.run_dir
     else:
         run_dir = find_run(run, logdir)
         trained_on = read_run_config(run_dir).scenario
         if load_scenario(trained_on).name != loaded.name:
             raise ValueError(f"{run_dir} trained on {trained_on!r}, not {loaded.name!r}")
+    clearlane_seconds = training_seconds(run_dir)
     clearlane, _ = evaluate_run(run_dir, episodes=episodes, backend="highway-env", command=command, progress=True)
     budget = timesteps or clearlane.num_timesteps
     limit = time_limit_s if time_limit_s is not None else clearlane_seconds

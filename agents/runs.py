@@ -9,6 +9,7 @@ A run folder `runs/<scenario>-<algo>-<YYYYmmdd-HHMMSS>/` holds
     checkpoints/step-<N>.zip     SB3 `model.save` every `checkpoint_every` env steps; the newest few are kept
     model.zip                    the final model (SB3 `model.save`)
     evaluation-<scenario>.json   written by `python run.py evaluate`
+    training.json                each training session's env steps and wall time (`bench reference` reads it)
 
 Every file that matters is written to a temporary name and renamed (`envs.files.atomic_write`), so
 a killed run leaves the previous checkpoint intact.
@@ -54,6 +55,7 @@ CONFIG_FILE = "config.yaml"
 COMMAND_FILE = "command.txt"
 PERCEPTION_FILE = "perception.safetensors"
 FINAL_MODEL = "model.zip"
+TRAINING_LOG = "training.json"
 CHECKPOINT_DIR = "checkpoints"
 _CHECKPOINT = re.compile(r"^step-(\d+)\.zip$")
 
@@ -128,6 +130,32 @@ def append_command(run_dir: Path, command: str) -> None:
     """Add one command line to command.txt (one per training session: start, resumes)."""
     with open(run_dir / COMMAND_FILE, "a") as handle:
         handle.write(command.rstrip("\n") + "\n")
+
+
+def record_training_session(run_dir: Path, start_timesteps: int, num_timesteps: int, seconds: float,
+                            interrupted: bool) -> Path:
+    """Add one training session (its env steps and wall time [s]) to training.json."""
+    sessions = _training_sessions(run_dir)
+    sessions.append({"start_timesteps": int(start_timesteps), "num_timesteps": int(num_timesteps),
+                     "seconds": round(float(seconds), 3), "interrupted": bool(interrupted)})
+    text = json.dumps({"sessions": sessions}, indent=2) + "\n"
+    return atomic_write(run_dir / TRAINING_LOG, lambda tmp: tmp.write_text(text))
+
+
+def training_seconds(run_dir: Path) -> float | None:
+    """The run's wall time of training [s], all sessions together; None for a run trained before training.json."""
+    sessions = _training_sessions(run_dir)
+    return sum(session["seconds"] for session in sessions) if sessions else None
+
+
+def _training_sessions(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / TRAINING_LOG
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text())["sessions"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a training log ({error}); delete it to start a new one") from None
 
 
 def copy_file(source: Path, target: Path) -> Path:

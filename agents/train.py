@@ -55,6 +55,7 @@ from agents.runs import (
     load_agent,
     load_agent_to_play,
     read_run_config,
+    record_training_session,
     remove_unstarted_run,
     run_name,
     save_checkpoint,
@@ -385,6 +386,7 @@ def train(options: TrainOptions) -> TrainResult:
             saved = save_checkpoint(model, run_dir, training.keep_checkpoints)
         else:
             saved = save_final_model(model, run_dir)
+        record_training_session(run_dir, start_timesteps, model.num_timesteps, elapsed, interrupted)
         model.logger.close()
     except BaseException:
         if model_path is None and remove_unstarted_run(run_dir):  # a failed start: the same --name works again

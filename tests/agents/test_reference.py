@@ -56,8 +56,10 @@ def test_bench_reference_evaluates_both_agents_on_the_same_seeds(tiny_run, tmp_p
     tiny, result = tiny_run
     data = bench_reference(str(tiny.scenario), run=str(result.run_dir), algo="dqn", episodes=2, timesteps=40,
                            out=tmp_path / "ref", command="test")
-    assert data["budget"] == {"env_steps": 40, "wall_clock_s": None}  # --run without --time-limit: steps alone
     reference, clearlane = data["reference"], data["clearlane"]
+    # without --time-limit the reference gets the clearlane run's own training time (its training.json)
+    assert data["budget"] == {"env_steps": 40, "wall_clock_s": pytest.approx(result.elapsed_s, abs=1e-3)}
+    assert clearlane["training_s"] == data["budget"]["wall_clock_s"]
     assert reference["env_steps"] == 40 and not reference["stopped_by_clock"]
     assert clearlane["env_steps"] == result.num_timesteps
     seeds = [episode["seed"] for episode in reference["per_episode"]]
@@ -82,3 +84,15 @@ def test_bench_reference_refuses_bad_input(tiny_run, tmp_path):
         bench_reference("highway", run=str(result.run_dir), episodes=0, out=tmp_path)
     with pytest.raises(FileNotFoundError):
         bench_reference("highway", run=str(tmp_path / "missing"), out=tmp_path)
+
+
+def test_training_sessions_add_up_and_a_damaged_log_is_one_clear_error(tmp_path):
+    from agents.runs import TRAINING_LOG, record_training_session, training_seconds
+
+    assert training_seconds(tmp_path) is None  # a run trained before training.json existed
+    record_training_session(tmp_path, 0, 1000, 12.5, interrupted=True)
+    record_training_session(tmp_path, 1000, 2000, 7.5, interrupted=False)
+    assert training_seconds(tmp_path) == pytest.approx(20.0)
+    (tmp_path / TRAINING_LOG).write_text("{not json")
+    with pytest.raises(ValueError, match="not a training log"):
+        training_seconds(tmp_path)
