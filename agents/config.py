@@ -77,14 +77,14 @@ class TrainingConfig:
     # Robust policy training (agents/robust/sa_ppo.py, docs/ROBUSTNESS.md): "sa" adds SA-PPO's smoothness
     # regulariser, KL(pi(.|x) || pi(.|x^)) with x^ the MAD attack's frames within robust_eps, to PPO's
     # loss and to the imitation phase's, weighted by robust_reg_weight; the budget ramps up linearly
-    # from 0 at step 0 to robust_eps halfway through the PPO phase (or at robust_ramp_steps). "none" = off (the default).
+    # from 0 at step 0 to robust_eps at robust_ramp_steps (0: no ramp). "none" = off (the default).
     robust_reg: Literal["none", "sa"] = "none"
     robust_eps: Annotated[Number, Field(gt=0.0, le=1.0)] = 3 / 255  # [0, 1] pixel units: the l-inf budget at full ramp
-    robust_reg_weight: Annotated[Number, Field(ge=0.0)] = 0.3  # kappa: the regulariser's weight in the loss
+    robust_reg_weight: Annotated[Number, Field(ge=0.0)] = 1.0  # kappa: the regulariser's weight in the loss
     robust_steps: Annotated[StrictInt, Field(ge=1, le=100)] = 3  # PGD steps of the MAD attack that crafts x^
-    # [env steps of the run] where the ramp reaches robust_eps; None = halfway through the PPO phase; 0 = the
-    # full budget from the first step (imitation included)
-    robust_ramp_steps: Annotated[StrictInt, Field(ge=0)] | None = None
+    # [env steps of the run] where the ramp reaches robust_eps; 0 = the full budget from the first step
+    # (imitation included); None = halfway through the PPO phase
+    robust_ramp_steps: Annotated[StrictInt, Field(ge=0)] | None = 0
     # When x^ is crafted. "rollout": once per PPO rollout (and per DAgger iteration), against the policy of
     # that moment, and the student's features of x and x^ cached, so that each minibatch's R runs only the
     # actor (MLP and 1x1 map conv); "minibatch": afresh for every minibatch through the whole network,

@@ -6,9 +6,10 @@
 MAD attack's frames (PGD-`robust_steps` on the same KL, random start, best iterate kept), re-quantised
 to valid uint8 within floor(255 ε) grey levels: the threat model of `evaluate --attack`.
 
-Schedule (`SASchedule.eps_at`): ε grows linearly with the run's env steps from 0 at step 0 to
-`training.robust_eps` halfway through the PPO phase (or at `training.robust_ramp_steps`; 0 = the full
-budget from the start), then stays. The PPO phase begins after the
+Schedule (`SASchedule.eps_at`): by default (`training.robust_ramp_steps: 0`) the full budget
+`training.robust_eps` from the first step, imitation included. With `robust_ramp_steps: N` ε grows
+linearly with the run's env steps from 0 at step 0 to `robust_eps` at step N; with `null`, to
+halfway through the PPO phase (session 12's schedule), then stays. The PPO phase begins after the
 imitation warm start's env steps, so a run without imitation ramps over the first half of PPO; with
 imitation, the DAgger iterations see the first part of the same ramp (iteration i of n fits at the
 ε of its last step), and PPO goes on from there (one monotone ramp, no drop at the switch). Since
