@@ -126,7 +126,7 @@ class KeyRange:
         kind = "an integer" if self.integer else "a number"
         bracket = "(" if self.low_open else "["
         allowed = f"{kind} in {bracket}{self.low:g}, {self.high:g}] ({self.unit})"
-        if self.integer and not (isinstance(value, int) or float(value).is_integer()):
+        if self.integer and not isinstance(value, int):  # 3.0 too: highway-env counts with it (range, list * n)
             return f"must be {allowed}, got {value!r}"
         too_low = value <= self.low if self.low_open else value < self.low
         if too_low or value > self.high or value != value:  # value != value: NaN

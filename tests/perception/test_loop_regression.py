@@ -182,7 +182,15 @@ def _check(result, expected) -> None:
     for key, values in want_scalars.items():
         assert scalars[key] == pytest.approx(values, rel=REL, abs=1e-8), key
     assert set(scalars) == set(want_scalars)
-    assert sums == pytest.approx(want_sums, rel=REL)
+    _check_sums(sums, want_sums)
+
+
+def _check_sums(sums: tuple[float, float], want_sums: tuple[float, float]) -> None:
+    """(sum of w, sum of |w|). The signed sum cancels (e.g. -27.9 out of a sum of |w| of 1,568), so its
+    rounding is relative to the weights' size, not to itself: a CPU with other vector units (AVX-512)
+    moved it by ~1e-6 of sum |w|, 4e-5 of itself."""
+    assert sums[0] == pytest.approx(want_sums[0], abs=REL * want_sums[1])
+    assert sums[1] == pytest.approx(want_sums[1], rel=REL)
 
 
 @pytest.mark.parametrize("mode", ["clean", "pgd", "fgsm_rs", "trades"])
@@ -212,7 +220,7 @@ def test_resumed_training_gives_the_recorded_numbers(tmp_path) -> None:
         if key != "epochs_run":
             assert metrics[key] == pytest.approx(value, rel=REL, abs=1e-8), key
     assert metrics["epochs_run"] == 1
-    assert _weight_sums(config["out"]) == pytest.approx(want_sums, rel=REL)
+    _check_sums(_weight_sums(config["out"]), want_sums)
 
 
 def test_resumed_distillation_gives_the_recorded_numbers(tmp_path) -> None:
@@ -232,4 +240,4 @@ def test_resumed_distillation_gives_the_recorded_numbers(tmp_path) -> None:
         if key != "epochs_run":
             assert metrics[key] == pytest.approx(value, rel=REL, abs=1e-8), key
     assert metrics["epochs_run"] == 1
-    assert _weight_sums(config["out"]) == pytest.approx(want_sums, rel=REL)
+    _check_sums(_weight_sums(config["out"]), want_sums)

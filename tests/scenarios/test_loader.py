@@ -114,6 +114,9 @@ OUT_OF_RANGE_HIGHWAY_ENV = {
     "vehicles_count 100000": ({"traffic.vehicles_count": 100000}, ["traffic.vehicles_count", "got 100000"]),
     "vehicles_count 2.5": ({"traffic.vehicles_count": 2.5}, ["traffic.vehicles_count", "an integer", "got 2.5"]),
     "lanes_count 0": ({"traffic.lanes_count": 0}, ["traffic.lanes_count", "[1, 10] (lanes)", "got 0"]),
+    # whole floats too: highway-env failed with a TypeError deep inside on both (found by tests/scenarios/test_fuzz.py)
+    "vehicles_count 0.0": ({"traffic.vehicles_count": 0.0}, ["traffic.vehicles_count", "an integer", "got 0.0"]),
+    "lanes_count 1.0": ({"traffic.lanes_count": 1.0}, ["traffic.lanes_count", "an integer", "got 1.0"]),
     "speed range reversed": ({"reward.reward_speed_range": [30, 20]}, ["reward.reward_speed_range", "low < high", "[30, 20]"]),
     "speed range of three": ({"reward.reward_speed_range": [1, 2, 3]}, ["reward.reward_speed_range", "two speeds"]),
     "infinite weight": ({"reward.collision_reward": float("inf")}, ["reward.collision_reward", "[-100, 100]"]),
