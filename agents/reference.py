@@ -28,6 +28,7 @@ import gymnasium as gym
 
 from envs.files import atomic_write
 from scenarios import Scenario, load_scenario
+from scenarios.loader import highway_env_defaults
 
 if TYPE_CHECKING:
     from envs.driving_env import DrivingEnv  # imports highway-env: loaded when an env is built, not for --help
@@ -47,8 +48,9 @@ PPO_ROLLOUT_STEPS = 64 * 12  # [env steps of all envs] per PPO rollout: the scri
 
 def kinematics_config(scenario: Scenario) -> dict[str, Any]:
     """highway-env's own observation config of the scenario's env id (`Kinematics` for every shipped one)."""
-    env_class = type(gym.make(scenario.highway_env.id, disable_env_checker=True).unwrapped)
-    observation = dict(env_class.default_config()["observation"])
+    import highway_env  # noqa: F401  (registers its ids, also in a fresh worker process)
+
+    observation = dict(highway_env_defaults(scenario.highway_env.id)["observation"])
     if observation.get("type") != "Kinematics":
         raise ValueError(f"{scenario.highway_env.id} observes {observation.get('type')!r} by default, not Kinematics: "
                          "bench reference has no highway-env reference agent for it")
@@ -143,7 +145,7 @@ def train_reference(scenario: Scenario, algo: str, timesteps: int, time_limit_s:
         env = make_vec_env(lambda: reference_env(scenario), n_envs=1, seed=seed)
         model = DQN("MlpPolicy", env, seed=seed, device="cpu", tensorboard_log=str(out_dir), verbose=0, **recipe)
     clock = wall_clock_limit(time_limit_s if time_limit_s is not None else float("inf"))
-    callbacks = [clock] + ([_dqn_progress(timesteps) if algo == "dqn" else progress_bar()] if show_progress else [])
+    callbacks = [clock] + ([progress_bar()] if show_progress else [])  # DQN's n_steps is 1: a bar of env steps
     began = time.perf_counter()
     try:
         model.learn(total_timesteps=timesteps, callback=CallbackList(callbacks), tb_log_name=f"reference-{algo}")
@@ -153,26 +155,6 @@ def train_reference(scenario: Scenario, algo: str, timesteps: int, time_limit_s:
         model_path = out_dir / "model.zip"
         model.save(model_path)  # also after Ctrl-C: what was trained is kept
     return model, ReferenceTraining(algo, int(model.num_timesteps), seconds, clock.hit, model_path)
-
-
-def _dqn_progress(timesteps: int):
-    """The project's progress bar for DQN (agents.train.progress_bar counts PPO's whole rollouts)."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    from envs.progress import progress_bar as bar_of
-
-    class StepBar(BaseCallback):
-        def _on_training_start(self) -> None:
-            self.bar = bar_of(timesteps, "reference training", unit="env steps")
-
-        def _on_step(self) -> bool:
-            self.bar.advance(self.training_env.num_envs)
-            return True
-
-        def _on_training_end(self) -> None:
-            self.bar.close()
-
-    return StepBar()
 
 
 def evaluate_reference(model, scenario: Scenario, episodes: int) -> list:

@@ -100,7 +100,7 @@ def _check_highway_env_keys(path: Path, scenario: Scenario) -> Scenario:
         raise ScenarioError(
             f"{path}: highway_env.id: unknown highway-env id {env_id!r}; known: {', '.join(known)}"
         )
-    defaults = _highway_env_defaults(env_id)
+    defaults = highway_env_defaults(env_id)
     for section in ("traffic", "episode", "reward"):
         for key, value in getattr(scenario, section).items():
             where = f"{path}: {section}.{key}"
@@ -155,7 +155,8 @@ def _range_problem(key: str, value: Any) -> str | None:
 
 
 @lru_cache(maxsize=None)
-def _highway_env_defaults(env_id: str) -> dict[str, Any]:
+def highway_env_defaults(env_id: str) -> dict[str, Any]:
+    """highway-env's default config of a registered env id (from its class, no env built; cached)."""
     import gymnasium as gym
     from gymnasium.envs.registration import load_env_creator
 
