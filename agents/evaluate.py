@@ -40,7 +40,8 @@ CI_TEXT = f"{CONFIDENCE:.0%} Student t: mean ± t(0.975, n-1) * std / sqrt(n), c
 DEFINITIONS = (
     "collision rate: share of episodes with a crash; unsafe fraction: share of steps with TTC < 2 s or "
     "headway < 1 s; route completion: distance / the scenario's route length; driving score: route "
-    "completion x 0.6 per collision x (1 - off-road fraction)"
+    "completion x 0.6 per collision x (1 - off-road fraction); success rate (scenarios with a goal: exit, "
+    "intersection, u-turn): share of episodes that reached it without a collision"
 )
 
 
@@ -57,6 +58,7 @@ class Metric:
 METRICS: tuple[Metric, ...] = (
     Metric("return", "return", "", 2),
     Metric("collision_rate", "collision rate", "", 3, 0.0, 1.0),
+    Metric("success_rate", "success rate", "", 3, 0.0, 1.0),  # only where the scenario has a goal (envs.goals)
     Metric("mean_speed", "mean speed", "m/s", 2),
     Metric("min_ttc", f"min TTC (capped at {MIN_TTC_CAP_S:g} s)", "s", 2, 0.0, MIN_TTC_CAP_S),
     Metric("unsafe_fraction", "unsafe fraction", "", 3, 0.0, 1.0),
@@ -80,6 +82,7 @@ EpisodeMetrics = TypedDict("EpisodeMetrics", {
     "off_road_fraction": float, "hard_brakes_per_km": float, "lane_changes_per_km": float,
     "distance": float,  # [m]
     "route_completion": float, "driving_score": float,
+    "success_rate": float | None,  # 1.0: the goal reached without a collision; None: the scenario has no goal
 })
 
 
@@ -248,6 +251,7 @@ def episode_metrics(seed: int, episode_return: float, length: int, safety: dict[
         "distance": float(safety["distance"]),
         "route_completion": float(safety["route_completion"]),
         "driving_score": float(safety["driving_score"]),
+        "success_rate": safety.get("success"),
     }
 
 
@@ -269,10 +273,12 @@ def safety_means(summaries: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def summarize(per_episode: Sequence[EpisodeMetrics]) -> dict[str, Estimate]:
-    """Mean and confidence interval of every metric of METRICS over episodes (run_episodes' rows)."""
+    """Mean and confidence interval of every metric of METRICS over episodes (run_episodes' rows); a
+    metric some episode does not define (the success rate in a scenario without a goal) is left out."""
     return {
         metric.key: mean_ci([episode[metric.key] for episode in per_episode], low=metric.low, high=metric.high)
         for metric in METRICS
+        if all(episode.get(metric.key) is not None for episode in per_episode)
     }
 
 
@@ -407,6 +413,8 @@ def print_report(report: EvaluationReport, console=None) -> None:
     table.add_column("mean", justify="right")
     table.add_column(f"{CONFIDENCE:.0%} CI", justify="right")
     for metric in METRICS:
+        if metric.key not in report.metrics:
+            continue
         estimate = report.metrics[metric.key]
         ci = (
             "n/a"

@@ -171,8 +171,9 @@ def evaluate_reference(model, scenario: Scenario, episodes: int) -> list:
 
 # -- the bench -----------------------------------------------------------------------------------
 
-TABLE_COLUMNS = (("return", "return", 2), ("collision_rate", "collisions", 1), ("mean_speed", "speed [m/s]", 2),
-                 ("driving_score", "driving score", 3))
+TABLE_COLUMNS = (("return", "return", 2), ("collision_rate", "collisions", 1), ("success_rate", "success", 1),
+                 ("mean_speed", "speed [m/s]", 2), ("driving_score", "driving score", 3))
+PERCENT_COLUMNS = ("collision_rate", "success_rate")
 
 
 def bench_reference(scenario: str, run: str | None = None, algo: str = "dqn", episodes: int = 200, seed: int = 0,
@@ -236,8 +237,10 @@ def bench_reference(scenario: str, run: str | None = None, algo: str = "dqn", ep
 
 
 def format_table(data: dict[str, Any]) -> str:
-    """Markdown: one row per agent, means with 95 % intervals, training minutes and env steps/s."""
-    header = ["agent", "observation", *[label for _, label, _ in TABLE_COLUMNS], "training [min]", "env steps",
+    """Markdown: one row per agent, means with 95 % intervals, training minutes and env steps/s (the
+    success column only where the scenario has a goal)."""
+    columns = [column for column in TABLE_COLUMNS if column[0] in data["clearlane"]["metrics"]]
+    header = ["agent", "observation", *[label for _, label, _ in columns], "training [min]", "env steps",
               "env steps/s"]
     lines = [f"`{data['scenario']}`: {data['episodes']} highway-env evaluation episodes (seeds "
              f"{data['seeds']['first']}..{data['seeds']['last']}), mean [95 % CI]", "",
@@ -246,8 +249,8 @@ def format_table(data: dict[str, Any]) -> str:
         agent = data[name]
         label = "clearlane (PPO from pixels)" if name == "clearlane" else f"highway-env reference ({agent['algo'].upper()})"
         cells = [label, agent["observation"]]
-        for key, _, digits in TABLE_COLUMNS:
-            cells.append(_estimate_text(agent["metrics"][key], digits, percent=key == "collision_rate"))
+        for key, _, digits in columns:
+            cells.append(_estimate_text(agent["metrics"][key], digits, percent=key in PERCENT_COLUMNS))
         seconds = agent["training_s"]
         cells += ["n/a" if seconds is None else f"{seconds / 60:.1f}", f"{agent['env_steps']:,}",
                   "n/a" if not seconds else f"{agent['env_steps'] / seconds:,.0f}"]

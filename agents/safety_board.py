@@ -61,12 +61,18 @@ class SafetyMetric:
     high: float = math.inf
     digits: int = 3
     training: bool = True  # also logged for training episodes (safety_train/*)
+    goal_only: bool = False  # defined only in scenarios with a goal (envs.goals)
 
 
 GLOSSARY: tuple[SafetyMetric, ...] = (
     SafetyMetric("collision_rate", "share of episodes",
                  "episodes in which the ego vehicle hit another vehicle (at any step), over all episodes",
                  lambda e: e["collision_rate"], 0.0, 1.0),
+    SafetyMetric("success_rate", "share of episodes",
+                 "episodes that reached the scenario's goal without a collision, over all episodes; only scenarios "
+                 "with a goal: exit (on the exit lane), intersection (25 m into its exit road), u-turn (on the "
+                 "straight after the turn)",
+                 lambda e: e["success_rate"], 0.0, 1.0, goal_only=True),
     SafetyMetric("min_ttc_s", "s",
                  f"per episode, the smallest time-to-collision to the leader in the ego's lane (bumper gap / closing "
                  f"speed, only while the ego is faster), capped at {MIN_TTC_CAP_S:g} s (an episode that never closes in "
@@ -136,8 +142,18 @@ def metric(name: str) -> SafetyMetric:
     return next(entry for entry in GLOSSARY if entry.name == name)
 
 
-def training_metrics() -> tuple[SafetyMetric, ...]:
-    return tuple(entry for entry in GLOSSARY if entry.training)
+def glossary(has_goal: bool) -> tuple[SafetyMetric, ...]:
+    """The glossary's metrics of a scenario with or without a goal (the success rate needs one)."""
+    return tuple(entry for entry in GLOSSARY if has_goal or not entry.goal_only)
+
+
+def training_metrics(has_goal: bool = False) -> tuple[SafetyMetric, ...]:
+    return tuple(entry for entry in glossary(has_goal) if entry.training)
+
+
+def rows_have_goal(rows: Sequence[EpisodeMetrics]) -> bool:
+    """Whether these episodes all come from a scenario with a goal (each has a success value)."""
+    return bool(rows) and all(row.get("success_rate") is not None for row in rows)
 
 
 def training_row(summary: dict[str, float], length: int) -> EpisodeMetrics:
@@ -233,7 +249,7 @@ class SafetyBoard:
         if not rows:
             return
         where = f"training episodes, phase {phase} ({PHASES.get(phase, phase)})"
-        for entry in training_metrics():
+        for entry in training_metrics(rows_have_goal(rows)):
             mean = float(np.mean([entry.value(row) for row in rows]))
             self.scalar(f"{TRAIN_PREFIX}/{phase}/{entry.name}", mean, step,
                         f"[{entry.unit}] {entry.definition}; {where}")
@@ -243,7 +259,7 @@ class SafetyBoard:
     def log_evaluation(self, prefix: str, rows: Sequence[EpisodeMetrics], step: int, about: str) -> dict[str, Estimate]:
         """<prefix>/* means, <prefix>_ci95/* intervals, eval_hist/* distributions; returns the estimates."""
         estimates = summarize(rows)
-        for entry in GLOSSARY:
+        for entry in glossary(rows_have_goal(rows)):
             estimate = estimates[entry.name]
             description = f"[{entry.unit}] {entry.definition}; {about}"
             self.scalar(f"{prefix}/{entry.name}", estimate.mean, step, description)
@@ -259,19 +275,19 @@ class SafetyBoard:
         self.writer.flush()
         return estimates
 
-    def write_layout(self, phases: Sequence[str], prefixes: Sequence[tuple[str, str]]) -> None:
+    def write_layout(self, phases: Sequence[str], prefixes: Sequence[tuple[str, str]], has_goal: bool = False) -> None:
         """The custom scalars tab: a margin chart (mean and its 95 % band) per evaluated metric and per
         evaluation `prefixes` ((tag prefix, category title)), and one chart per training metric with a line per phase."""
         layout: dict[str, dict[str, list]] = {}
         for prefix, title in prefixes:
             layout[title] = {
                 f"{entry.name} [{entry.unit}]": ["Margin", [f"{prefix}/{entry.name}", *ci_tags(prefix, entry.name)]]
-                for entry in GLOSSARY
+                for entry in glossary(has_goal)
             }
         alternatives = "|".join(re.escape(phase) for phase in phases)
         layout[f"training episodes: one line per phase ({', '.join(phases)})"] = {
             f"{entry.name} [{entry.unit}]": ["Multiline", [f"^{TRAIN_PREFIX}/({alternatives})/{re.escape(entry.name)}$"]]
-            for entry in training_metrics()
+            for entry in training_metrics(has_goal)
         }
         self.writer.add_custom_scalars(layout)
         self.writer.flush()
@@ -298,15 +314,15 @@ class SafetyBoard:
 
 
 def summarize(rows: Sequence[EpisodeMetrics]) -> dict[str, Estimate]:
-    """Mean and 95 % interval of every glossary metric over episodes."""
+    """Mean and 95 % interval of every glossary metric these episodes define."""
     return {entry.name: mean_ci([entry.value(row) for row in rows], low=entry.low, high=entry.high)
-            for entry in GLOSSARY}
+            for entry in glossary(rows_have_goal(rows))}
 
 
-def hparam_metrics(phases: Sequence[str], prefixes: Sequence[str]) -> list[str]:
+def hparam_metrics(phases: Sequence[str], prefixes: Sequence[str], has_goal: bool = False) -> list[str]:
     """Every safety tag, as HParams metrics (the plugin shows each one's last value per run)."""
-    tags = [f"{prefix}/{entry.name}" for prefix in prefixes for entry in GLOSSARY]
-    tags += [f"{TRAIN_PREFIX}/{phase}/{entry.name}" for phase in phases for entry in training_metrics()]
+    tags = [f"{prefix}/{entry.name}" for prefix in prefixes for entry in glossary(has_goal)]
+    tags += [f"{TRAIN_PREFIX}/{phase}/{entry.name}" for phase in phases for entry in training_metrics(has_goal)]
     return tags
 
 
@@ -461,11 +477,11 @@ def summary_markdown(final: Evaluated, reference: Evaluated | None = None, basel
     if baseline is None:
         lines += ["| metric | unit | mean [95 % interval] |", "| --- | --- | --- |"]
         lines += [f"| `{entry.name}` | {entry.unit} | {_cell(final.estimates[entry.name], entry.digits)} |"
-                  for entry in GLOSSARY]
+                  for entry in GLOSSARY if entry.name in final.estimates]
     else:
         lines += [f"| metric | unit | this run | baseline `{baseline_name}` (step {baseline.step:,}) | "
                   "difference (this − baseline, paired) |", "| --- | --- | --- | --- | --- |"]
-        for entry in GLOSSARY:
+        for entry in (entry for entry in GLOSSARY if entry.name in final.estimates and entry.name in baseline.estimates):
             ours = [entry.value(row) for row in final.rows]
             theirs = [entry.value(row) for row in baseline.rows]
             difference = mean_ci(np.subtract(ours, theirs))
@@ -479,7 +495,7 @@ def summary_markdown(final: Evaluated, reference: Evaluated | None = None, basel
         lines += ["", f"### On highway-env, the reference simulator: {reference.evaluation.about}", "",
                   "| metric | unit | mean [95 % interval] |", "| --- | --- | --- |"]
         lines += [f"| `{entry.name}` | {entry.unit} | {_cell(reference.estimates[entry.name], entry.digits)} |"
-                  for entry in GLOSSARY]
+                  for entry in GLOSSARY if entry.name in reference.estimates]
     if eval_seconds is not None and train_seconds:
         lines += ["", f"Evaluation took {eval_seconds:.1f} s of this session's {train_seconds:.1f} s of training "
                       f"({eval_seconds / train_seconds:.1%})."]

@@ -64,6 +64,7 @@ from agents.runs import (
     write_run_config,
 )
 from envs.backends import Backend, default_backend_for, evaluation_env, get_backend
+from envs.goals import has_goal
 from envs.progress import progress_bar as _progress_bar
 from envs.system import resolve_device, usable_cores
 
@@ -339,9 +340,10 @@ def train(options: TrainOptions) -> TrainResult:
                    if writer is not None and training.replay_every else None)
         phases = _phases(config)
         prefixes = [evaluation.prefix for evaluation in (periodic, reference) if evaluation is not None]
+        goal = has_goal(eval_env.scenario.highway_env.id)  # a success rate to chart (envs.goals)
         if model_path is None and board is not None:
             board.write_layout(phases, [(evaluation.prefix, _chart_title(evaluation))
-                                        for evaluation in (periodic, reference) if evaluation is not None])
+                                        for evaluation in (periodic, reference) if evaluation is not None], goal)
             board.write_glossary(0, _run_about(run_dir, config, periodic, reference))
         callbacks = [
             SafetyCallback(eval_env.scenario.safety.route_length_m, board, config.algo),
@@ -352,7 +354,7 @@ def train(options: TrainOptions) -> TrainResult:
         if replays is not None:
             callbacks.append(AtRolloutStart(replays.maybe_log))
         if model_path is None:
-            callbacks.append(HParamsCallback(_hparams(config), hparam_metrics(phases, prefixes), options.hparams_first))
+            callbacks.append(HParamsCallback(_hparams(config), hparam_metrics(phases, prefixes, goal), options.hparams_first))
         progress = progress_bar() if options.progress_bar else None
         if progress is not None:
             callbacks.append(progress)

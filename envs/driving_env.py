@@ -8,6 +8,8 @@ to `info` every step:
                           lane_change, hard_brake, distance, lane_id (see envs.safety)
     info["ground_truth"]  neighbours, lane occupancy, ego lane and speed (see envs.ground_truth)
     info["rewards"]       highway-env's reward terms, where the scenario has them
+    info["goal_reached"]  whether the ego is at its manoeuvre's goal now, where the scenario has
+                          one (exit, intersection, u-turn: envs.goals)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from envs.bev_camera import BevCamera
 from envs.corruptions import SensorCorruption
 from envs.display import offscreen_video_driver
+from envs.goals import goal_check
 from envs.ground_truth import privileged_state
 from envs.road_map import build_road_map
 from envs.safety import StepTracker
@@ -84,6 +87,7 @@ class DrivingEnv(gym.Env[np.ndarray, int]):
         self.action_space = self.sim.action_space
         self.metadata = {**self.metadata, "render_fps": self.scenario.highway_env_config()["policy_frequency"]}
         self.tracker = StepTracker(dt_s=1.0 / self.scenario.highway_env_config()["policy_frequency"])
+        self._goal_reached = goal_check(self.sim)  # None: this scenario has no goal
         self._frames: deque[np.ndarray] = deque(maxlen=self.stack)  # each (3, H, W)
         self._clean_frame: np.ndarray | None = None  # (H, W, 3), before corruption
         self._steps = 0
@@ -181,4 +185,6 @@ class DrivingEnv(gym.Env[np.ndarray, int]):
         for key in ("rewards", "is_success"):
             if key in sim_info:
                 info[key] = sim_info[key]
+        if self._goal_reached is not None:
+            info["goal_reached"] = self._goal_reached(self.sim)
         return info

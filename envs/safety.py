@@ -9,6 +9,8 @@ Definitions (all in SI units):
 - lane change: the lane id changes while the ego stays on the same road segment.
 - driving score: route completion x 0.60 per vehicle collision x (1 - fraction of time
   off the road), the CARLA leaderboard's form with its vehicle-collision coefficient.
+- success (scenarios with a goal: exit, intersection, u-turn; envs.goals): the goal was reached
+  at some step and the ego never crashed.
 """
 
 from __future__ import annotations
@@ -150,6 +152,7 @@ class _EpisodeTotals:
     speed_sum: float = 0.0
     jerk_square_sum: float = 0.0  # [m^2/s^6]
     distance_m: float = 0.0
+    reached_goal: bool | None = None  # None: the scenario has no goal (envs.goals)
 
 
 class SafetyMonitor:
@@ -184,11 +187,14 @@ class SafetyMonitor:
         totals.speed_sum += float(signals["speed"])
         totals.jerk_square_sum += float(signals["jerk"]) ** 2
         totals.distance_m = float(signals["distance"])
+        if "goal_reached" in info:
+            totals.reached_goal = bool(totals.reached_goal) or bool(info["goal_reached"])
         if self.record_ground_truth:
             self.ground_truth.append(info["ground_truth"])
 
-    def summary(self) -> dict[str, float]:
-        """Episode aggregates; per-km rates use the distance actually driven."""
+    def summary(self) -> dict[str, float | None]:
+        """Episode aggregates; per-km rates use the distance actually driven. "success" (goal reached
+        without a collision) is None in scenarios without a goal."""
         totals = self.totals
         if totals.steps == 0:
             raise ValueError("SafetyMonitor.summary() needs at least one update()")
@@ -209,6 +215,7 @@ class SafetyMonitor:
             "distance": totals.distance_m,
             "route_completion": route_completion,
             "driving_score": driving_score(route_completion, int(totals.collided), off_road_fraction),
+            "success": None if totals.reached_goal is None else float(totals.reached_goal and not totals.collided),
         }
 
 

@@ -155,13 +155,18 @@ def _range_problem(key: str, value: Any) -> str | None:
 
 
 @lru_cache(maxsize=None)
-def highway_env_defaults(env_id: str) -> dict[str, Any]:
-    """highway-env's default config of a registered env id (from its class, no env built; cached)."""
+def highway_env_class(env_id: str) -> type:
+    """The class behind a registered highway-env id (no env built; cached)."""
     import gymnasium as gym
     from gymnasium.envs.registration import load_env_creator
 
-    env_class = load_env_creator(gym.registry[env_id].entry_point)
-    return env_class.default_config()
+    return load_env_creator(gym.registry[env_id].entry_point)
+
+
+@lru_cache(maxsize=None)
+def highway_env_defaults(env_id: str) -> dict[str, Any]:
+    """highway-env's default config of a registered env id (from its class, no env built; cached)."""
+    return highway_env_class(env_id).default_config()
 
 
 def _same_kind(default: Any, value: Any) -> bool:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from stable_baselines3 import DQN
 
-from agents.reference import KinematicsView, bench_reference, reference_env, train_reference
+from agents.reference import (
+    TABLE_COLUMNS, KinematicsView, bench_reference, format_table, reference_env, train_reference,
+)
 from agents.train import TrainOptions, train
 from envs.driving_env import DrivingEnv
 from scenarios import load_scenario
@@ -71,7 +73,21 @@ def test_bench_reference_evaluates_both_agents_on_the_same_seeds(tiny_run, tmp_p
     assert saved["reference"]["metrics"] == reference["metrics"]
     table = (tmp_path / "ref" / "reference.md").read_text()
     assert "clearlane (PPO from pixels)" in table and "highway-env reference (DQN)" in table
+    assert "success" not in table  # a highway has no goal
     assert DQN.load(tmp_path / "ref" / "model.zip").num_timesteps == 40
+
+
+def test_the_reference_table_has_a_success_column_where_the_scenario_has_a_goal():
+    def agent(success: float) -> dict:
+        estimate = {"mean": success, "std": 0.5, "ci_low": success - 0.1, "ci_high": success + 0.1, "n": 200}
+        metrics = {key: dict(estimate) for key, _, _ in TABLE_COLUMNS}
+        return {"metrics": metrics, "algo": "dqn", "observation": "o", "training_s": 60.0, "env_steps": 600}
+
+    data = {"scenario": "exit", "episodes": 200, "seeds": {"first": 0, "last": 199}, "clearlane": agent(0.75),
+            "reference": {**agent(0.25), "stopped_by_clock": False}}
+    header, _, ours, theirs = format_table(data).splitlines()[2:6]
+    assert "| success |" in header
+    assert "75.0 % [65.0, 85.0]" in ours and "25.0 % [15.0, 35.0]" in theirs
 
 
 def test_bench_reference_refuses_bad_input(tiny_run, tmp_path):

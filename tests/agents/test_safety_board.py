@@ -12,8 +12,8 @@ import torch
 
 from agents.evaluate import MIN_TTC_CAP_S, mean_ci
 from agents.safety_board import (
-    GLOSSARY, GLOSSARY_TAG, EpisodeTracker, Evaluated, EvaluationSet, SafetyBoard, docs_glossary, glossary_markdown,
-    summarize, summary_markdown, untouched_rng,
+    GLOSSARY, GLOSSARY_TAG, EpisodeTracker, Evaluated, EvaluationSet, SafetyBoard, docs_glossary, glossary,
+    glossary_markdown, hparam_metrics, summarize, summary_markdown, untouched_rng,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,11 +69,13 @@ def test_an_evaluation_logs_means_intervals_histograms_and_descriptions(tmp_path
     share = events.Scalars("eval/share_ttc_below_1.5s")[0].value
     assert share == pytest.approx(0.5)  # min TTC 0.8 and 1.2 of the four kinds
     assert events.Scalars("eval/share_headway_below_1s")[0].value == pytest.approx(14 / 40)
-    for entry in GLOSSARY:  # every metric has its band, and says its unit
+    for entry in glossary(has_goal=False):  # every metric has its band, and says its unit
         assert len(events.Scalars(f"eval/{entry.name}")) == 2, entry.name
         assert len(events.Scalars(f"eval_ci95/{entry.name}/high")) == 2, entry.name
         assert events.SummaryMetadata(f"eval/{entry.name}").summary_description.startswith(f"[{entry.unit}]")
 
+    assert "eval/success_rate" not in events.Tags()["scalars"]  # highways have no goal
+    assert "success_rate" not in estimates
     assert sorted(events.Tags()["histograms"]) == [
         "eval_hist/mean_speed_mps", "eval_hist/min_headway_s", "eval_hist/min_ttc_s", "eval_hist/rms_jerk_mps3"]
     ttc = events.Histograms("eval_hist/min_ttc_s")
@@ -139,3 +141,33 @@ def test_the_summary_table_compares_with_a_baseline_episode_by_episode():
     assert "baseline `old-run` (step 800)" in text and "(5.0%)" in text
     alone = summary_markdown(ours)
     assert "| metric | unit | mean [95 % interval] |" in alone and "baseline" not in alone
+
+
+def test_scenarios_with_a_goal_log_a_success_rate_and_chart_it(tmp_path):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from torch.utils.tensorboard import SummaryWriter
+
+    rows = [{**row, "success_rate": float(row["seed"] % 4 != 0 and not row["collision_rate"])} for row in ROWS]
+    writer = SummaryWriter(str(tmp_path))
+    board = SafetyBoard(writer)
+    board.write_layout(["ppo"], [("eval", "eval: mean and band")], has_goal=True)
+    estimates = board.log_evaluation("eval", rows, 0, "40 episodes of exit")
+    board.log_training("ppo", rows, 0)
+    writer.close()
+    events = accumulator(tmp_path)
+
+    expected = np.mean([row["success_rate"] for row in rows])
+    assert estimates["success_rate"].mean == pytest.approx(expected) == pytest.approx(24 / 40)
+    assert events.Scalars("eval/success_rate")[0].value == pytest.approx(expected)
+    assert events.Scalars("safety_train/ppo/success_rate")[0].value == pytest.approx(expected)
+    low, high = (events.Scalars(f"eval_ci95/success_rate/{end}")[0].value for end in ("low", "high"))
+    assert low < expected < high
+    [config] = events.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    titles = {chart.title for category in layout.category for chart in category.chart}
+    assert "success_rate [share of episodes]" in titles
+    assert "eval/success_rate" in hparam_metrics(["ppo"], ["eval"], has_goal=True)
+    assert "eval/success_rate" not in hparam_metrics(["ppo"], ["eval"])
+    evaluation = EvaluationSet("eval", [row["seed"] for row in rows], "highway-env", False, None)
+    assert "| `success_rate` | share of episodes |" in summary_markdown(Evaluated(0, rows, estimates, evaluation))
+    assert "success_rate" not in summary_markdown(Evaluated(0, ROWS, summarize(ROWS), evaluation))
