@@ -1,15 +1,20 @@
-"""Batched top-down camera: B frames of straight multi-lane highways in a few tensor ops.
+"""Batched top-down camera: B frames of one road network in a few tensor ops.
 
 It looks the same as `envs.bev_camera.BevCamera` (same road raster, same affine map, same
-palette) but renders every environment of a batch at once, on any torch device.
+palette) but renders every environment of a batch at once, on any torch device. One camera
+draws one road: a straight multi-lane highway (any length: its markings are periodic), or
+any finite highway-env road network (merge, roundabout, intersection, exit, two-way, u-turn).
 
 Road. The reference warps a window of `envs.road_map.build_road_map`'s raster bilinearly
-(`cv2.warpAffine`, pixel centres at integer coordinates). Here the same raster is cut into
-one period of its dashed markings, supersampled once by `ROAD_SUBSAMPLES` per pixel with
-exact bilinear interpolation, and packed as one int32 (RGBA) per sample. A frame is then
-only "index of the nearest sample" (a few int32 adds and shifts per pixel, in fixed point)
-plus one gather. OpenCV itself quantises its warp to 1/32 px; this quantises to
-1/ROAD_SUBSAMPLES px, which moves an edge pixel by a couple of grey levels at most.
+(`cv2.warpAffine`, pixel centres at integer coordinates). Here the raster is supersampled
+once by `ROAD_SUBSAMPLES` per pixel with exact bilinear interpolation, and packed as one
+int32 (RGBA) per sample: for a straight highway only one period of its dashed markings
+(the ego's x is folded into it), for any other network the whole raster (coordinates
+beyond it are clamped to its border, which is grass). A frame is then only "index of the
+nearest sample" (a few int32 adds and shifts per pixel, in fixed point) plus one gather.
+OpenCV itself quantises its warp to 1/32 px; this quantises to 1/ROAD_SUBSAMPLES px, which
+moves an edge pixel by a couple of grey levels at most. (A raster too large for
+MAX_TABLE_SAMPLES at that many samples gets fewer, e.g. 1/6 px for exit's.)
 
 Vehicles. Each visible vehicle gets a small patch of pixels around its centre (sized from
 the largest footprint in its group: cars heading along the road get narrower patches than
@@ -45,7 +50,7 @@ from envs.road_map import RoadMap, build_road_map
 from scenarios.schema import BevCameraConfig
 
 ROAD_SUBSAMPLES = 8  # road samples per pixel along each axis: 1/8 px positioning
-MAX_TABLE_SAMPLES = 1 << 24  # fewer subsamples beyond this (64 MiB): only for huge views
+MAX_TABLE_SAMPLES = 1 << 24  # fewer subsamples beyond this (64 MiB): huge views, exit's long raster
 MAX_FRACTION_BITS = 16  # fraction bits of the per-pixel sample coordinates (fixed point)
 MAX_STRIPE_PERIODS = 100_000  # search bound for a whole-pixel period of the dashes
 PERIOD_TOLERANCE_PX = 1e-6  # a dash period this close to a whole number of pixels is exact
@@ -87,6 +92,12 @@ def _stripe_period_px(road_map: RoadMap, usable_px: int) -> int:
     return best
 
 
+def _subsamples(rows: int, columns: int) -> int:
+    """Road samples per pixel along each axis for a table of rows x columns raster pixels:
+    ROAD_SUBSAMPLES, or fewer where the table would exceed MAX_TABLE_SAMPLES."""
+    return max(1, min(ROAD_SUBSAMPLES, int(math.sqrt(MAX_TABLE_SAMPLES / (rows * columns)))))
+
+
 def _supersampled_table(image: np.ndarray, subsamples: int, first_col: int, columns: int) -> np.ndarray:
     """Bilinear samples of (R, C, 3) uint8 `image` every 1/k px, packed: (I, J) int32 RGBA.
 
@@ -114,11 +125,17 @@ def _supersampled_table(image: np.ndarray, subsamples: int, first_col: int, colu
 class BatchedBevCamera:
     """Renders B top-down frames at once, looking the same as envs.bev_camera.BevCamera.
 
+    Built for one road: `lanes_count` for highway-env's straight highway (whose markings
+    repeat, so one period of them serves any x), or `network` for any finite road network
+    (its whole raster is kept: 5 to 60 MB at 1.5 px/m, see `_build_finite_road_table`).
     Keeps scratch tensors between calls (~12 MB at B = 1024 on CPU, where the per-pixel ones
     are per chunk; ~85 MB on a GPU), so one instance must not render from two threads at once.
     """
 
-    def __init__(self, config: BevCameraConfig, lanes_count: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, config: BevCameraConfig, lanes_count: int | None = None,
+                 device: torch.device | str = "cpu", network: RoadNetwork | None = None) -> None:
+        if (lanes_count is None) == (network is None):
+            raise ValueError("give either lanes_count (a straight highway) or network (any finite road network)")
         self.config = config
         self.device = torch.device(device)
         self.height, self.width = config.height, config.width
@@ -128,8 +145,12 @@ class BatchedBevCamera:
         corners = np.array([[0, 0], [config.width, 0], [0, config.height], [config.width, config.height]])
         # Farthest image corner from the ego [px]: bounds how far a frame reaches into the map.
         self.view_radius_px = float(np.max(np.hypot(corners[:, 0] - self.ego_u, corners[:, 1] - self.ego_v)))
-        network = RoadNetwork.straight_road_network(lanes_count, speed_limit=ROAD_SPEED_LIMIT)
-        self._build_road_table(build_road_map(network, self.scale), network.lanes_list()[0].length)
+        self.periodic = network is None  # the ego's x is folded into one period of the dashes
+        if self.periodic:
+            network = RoadNetwork.straight_road_network(lanes_count, speed_limit=ROAD_SPEED_LIMIT)
+            self._build_road_table(build_road_map(network, self.scale), network.lanes_list()[0].length)
+        else:
+            self._build_finite_road_table(build_road_map(network, self.scale))
         # Pixel offsets from the ego [px]: du (W,) along image columns, dv (H,) along rows.
         self._du = torch.arange(self.width, dtype=torch.float64, device=self.device) - self.ego_u
         self._dv = torch.arange(self.height, dtype=torch.float64, device=self.device) - self.ego_v
@@ -156,19 +177,65 @@ class BatchedBevCamera:
         self._period_start_col = start  # raster column folded x's land in: [start, start + period)
         self._table_first_col = start - margin  # raster column of table column 0
         self._raster_origin = (float(road_map.origin[0]), float(road_map.origin[1]))  # [m]
-        self._raster_rows = rows
+        self._raster_rows, self._raster_cols = rows, image.shape[1]
         columns = self.period_px + 2 * margin  # [px] of raster in the table
-        # Supersampling: ROAD_SUBSAMPLES, or fewer for huge views, whose table would not fit.
-        k = max(1, min(ROAD_SUBSAMPLES, int(math.sqrt(MAX_TABLE_SAMPLES / (rows * columns)))))
-        self.subsamples = k
+        k = _subsamples(rows, columns)
         # Sample (i, j) = raster at row i / k, column table_first_col + j / k. Rows beyond the
         # raster are clamped to its first / last row, which are off-road like warpAffine's border.
         table = _supersampled_table(image, k, self._table_first_col, columns)  # (I, J) int32
+        # Folded columns never leave the table: only rows are clamped.
+        self._store_road_table(table, k, column_extent=columns, clamp_columns=False)
+
+    def _build_finite_road_table(self, road_map: RoadMap) -> None:
+        """Supersample the whole raster: every finite network highway-env builds is at most a few
+        hundred metres across (exit's, the longest, 1513 x 277 px at 1.5 px/m).
+
+        Coordinates beyond the raster are clamped to its border (BORDER_REPLICATE, in effect),
+        whereas BevCamera's warpAffine fills them with BORDER_CONSTANT = palette.OFF_ROAD. The
+        same colour: `build_road_map` leaves MAP_MARGIN_M of grass around the road, so the
+        raster's border rows and columns are all OFF_ROAD (their bilinear blend with the
+        constant is OFF_ROAD too), and a frame entirely off the raster is all grass in both.
+        They would differ only on a raster whose border is not grass.
+        A raster too large for MAX_TABLE_SAMPLES at ROAD_SUBSAMPLES per pixel gets fewer, k:
+        positions are then quantised to 1/k px (at most 1/2k px off; exit's k = 6: 1/12 px),
+        and k = 1 would be nearest-neighbour sampling.
+        """
+        image = road_map.image  # (rows, cols, 3) uint8
+        rows, cols = image.shape[:2]
+        self.period_px = None
+        self._period_start_col = None
+        self._table_first_col = 0  # the table starts at the raster's column 0
+        self._raster_origin = (float(road_map.origin[0]), float(road_map.origin[1]))  # [m]
+        self._raster_rows, self._raster_cols = rows, cols
+        k = _subsamples(rows, cols)
+        # _supersampled_table interpolates towards each sample's right neighbour column: a copy of
+        # the last column lets it reach column cols - 1 (samples beyond it are that border column).
+        padded = np.concatenate([image, image[:, -1:]], axis=1)  # (rows, cols + 1, 3)
+        table = _supersampled_table(padded, k, 0, cols)  # (I, cols * k) int32: columns 0 .. cols - 1/k
+        # Clamped ego columns (see _road_terms) reach a view radius and a pixel beyond the raster.
+        self._store_road_table(table, k, column_extent=cols + 2 * (self.view_radius_px + 2), clamp_columns=True)
+
+    def _store_road_table(self, table: np.ndarray, subsamples: int, column_extent: float, clamp_columns: bool) -> None:
+        """Keep `table` (I, J) int32 on the device and choose the fixed point of its coordinates.
+
+        column_extent [px]: bound on |raster column - table_first_col| of any pixel, once the
+        ego's column is folded or clamped. Rows: the ego's is clamped to within a view radius
+        (+1 px) of the raster, so its pixels' are within rows + 2 (view radius + 2) px of row 0.
+        """
+        k = self.subsamples = subsamples
         self._max_sample_row, self._table_cols = table.shape[0] - 1, table.shape[1]
+        self._max_sample_col = table.shape[1] - 1 if clamp_columns else None
         self._road_table = torch.from_numpy(table.reshape(-1)).to(self.device)  # (I*J,) int32
-        # Fixed-point fraction bits: as many as keep the largest coordinate [samples] in int32.
-        largest = max(columns, rows + 2 * (self.view_radius_px + 2)) * k + 1
+        # Fixed-point fraction bits: as many as keep the largest coordinate [samples] within
+        # 2**30, so int32 terms and their sums (< 2**31) never overflow. With the table itself
+        # capped at MAX_TABLE_SAMPLES (rows * cols * k**2), that leaves 16 bits for every highway-env
+        # network at 1.5 px/m (exit's: 1660 px * 6 < 2**14 samples), and fewer only for rasters
+        # thousands of pixels long (a 10 km highway's whole raster: 13); an absurd one raises.
+        row_extent = self._raster_rows + 2 * (self.view_radius_px + 2)
+        largest = max(column_extent, row_extent) * k + 1
         self._fraction_bits = min(MAX_FRACTION_BITS, 30 - math.ceil(math.log2(largest)))
+        if self._fraction_bits < 1:
+            raise ValueError(f"road raster too large for int32 sample coordinates: {largest:.0f} samples")
 
     # ----------------------------------------------------------------------------- rendering
     def render(self, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor,
@@ -232,18 +299,23 @@ class BatchedBevCamera:
         s = self.scale
         heading = ego_heading.double()  # per-env terms in float64: x ~ 1e4 m, fixed point ~ 1e9
         cos, sin = torch.cos(heading)[:, None], torch.sin(heading)[:, None]  # (B, 1)
-        # Raster position of the ego [px]; its column folded into the period (see the table).
-        ego_col = (ego_x.double() - self._raster_origin[0]) * s
-        ego_col = self._period_start_col + torch.remainder(ego_col - self._period_start_col, self.period_px)
-        ego_row = (ego_y.double() - self._raster_origin[1]) * s
-        # Beyond this, every pixel of the frame is off-road (clamped to the raster's grass rows).
+        # Raster position of the ego [px]; on a highway its column folded into the period (see
+        # the table). Beyond `reach`, every pixel of the frame is off the raster (clamped to its
+        # grass border): clamping the ego there changes no pixel and keeps int32 from overflowing.
         reach = self.view_radius_px + 1
+        ego_col = (ego_x.double() - self._raster_origin[0]) * s
+        if self.periodic:
+            ego_col = self._period_start_col + torch.remainder(ego_col - self._period_start_col, self.period_px)
+        else:
+            ego_col = ego_col.clamp(-reach, self._raster_cols - 1 + reach)
+        ego_row = (ego_y.double() - self._raster_origin[1]) * s
         ego_row = ego_row.clamp(-reach, self._raster_rows - 1 + reach)
         # Inverse of BevCamera.world_to_image, in raster pixels (the raster has the camera's scale):
         #   col = ego_col - sin du - cos dv,  row = ego_row + cos du - sin dv.
         # Split into a (B, W) and a (B, H) term in fixed point [samples * unit], +0.5 sample to
-        # round to nearest. k and unit are powers of two, so scaling the per-env factors by them
-        # first rounds exactly as scaling the sums would, with fewer ops on (B, W) and (B, H).
+        # round to nearest. unit and k (but for a reduced k, e.g. exit's 6) are powers of two, so
+        # scaling the per-env factors by them first rounds exactly as scaling the sums would, with
+        # fewer ops on (B, W) and (B, H). (With another k, the two differ by a float64 ulp.)
         scale = k * unit
         du, dv = self._du[None, :], self._dv[None, :]  # (1, W), (1, H)
         col_w = torch.sub(((ego_col - self._table_first_col) * scale)[:, None], (sin * scale) * du).add_(0.5 * unit)
@@ -265,7 +337,10 @@ class BatchedBevCamera:
         torch.add(row_h[:, :, None], row_w[:, None, :], out=rows)
         rows.bitwise_right_shift_(bits).clamp_(0, self._max_sample_row)
         torch.add(col_h[:, :, None], col_w[:, None, :], out=index)
-        index.bitwise_right_shift_(bits).add_(rows, alpha=self._table_cols)  # one pass for * and +
+        index.bitwise_right_shift_(bits)
+        if self._max_sample_col is not None:  # a finite raster: columns beyond it take its border's colour
+            index.clamp_(0, self._max_sample_col)
+        index.add_(rows, alpha=self._table_cols)  # one pass for * and +
         packed = self._buffer("packed", (batch * height * width,), torch.int32)
         return torch.index_select(self._road_table, 0, index.view(-1), out=packed)
 
