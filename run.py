@@ -519,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_path.set_defaults(func=cmd_bench_attack_path)
 
     bench_reference = bench_kinds.add_parser(
-        "reference", help="highway-env's own agent (SB3 on its Kinematics state) beside clearlane's, same budget and episodes"
+        "reference", help="highway-env's own agent (SB3 on its privileged state observation) beside clearlane's, same budget and episodes"
     )
     bench_reference.add_argument("--scenario", default="highway", help="a shipped scenario name or a .yaml path")
     bench_reference.add_argument("--run", default=None,

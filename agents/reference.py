@@ -2,7 +2,10 @@
 
 highway-env's scripts (scripts/sb3_highway_dqn.py, sb3_highway_ppo.py) train SB3 DQN or PPO with an
 MLP on its `Kinematics` observation: the exact positions and speeds of the nearest vehicles, state a
-camera agent never sees. That is the *reference* a driving agent from pixels should beat. This
+camera agent never sees. Each scenario's reference observes its env's own default observation, all
+privileged state (`STATE_OBSERVATIONS`): `Kinematics` on most, `ExitObservation` on exit (Kinematics
+with the ego's distance along the exit lane), `TimeToCollision` on two-way and u-turn (a grid of
+times to collision per lane and speed). That is the *reference* a driving agent from pixels should beat. This
 bench gives it what clearlane's agent had:
 
 - the same env-step budget (the clearlane model's `num_timesteps`) and the same wall-clock limit
@@ -10,7 +13,7 @@ bench gives it what clearlane's agent had:
   frames (`reference_env`), the way highway-env's scripts do;
 - the same evaluation: the scenario's first `episodes` evaluation seeds on highway-env, deterministic
   actions, the safety metrics of `run.py evaluate`. It plays a `DrivingEnv` seen through
-  `KinematicsView`, so both agents meet the same traffic (a test checks that the two envs agree).
+  `StateView`, so both agents meet the same traffic (a test checks that the two envs agree).
 
 Hyperparameters are the scripts' (`REFERENCE_RECIPES`), with the discount of the scenario's block
 in agents/defaults.yaml (0.8 on the highways, as in the scripts; longer for manoeuvre scenarios).
@@ -46,27 +49,30 @@ REFERENCE_RECIPES: dict[str, dict[str, Any]] = {
 PPO_ROLLOUT_STEPS = 64 * 12  # [env steps of all envs] per PPO rollout: the script's n_steps = batch_size * 12 // n_cpu
 
 
-def kinematics_config(scenario: Scenario) -> dict[str, Any]:
-    """highway-env's own observation config of the scenario's env id (`Kinematics` for every shipped one)."""
+STATE_OBSERVATIONS = ("Kinematics", "ExitObservation", "TimeToCollision")  # highway-env's privileged-state observations
+
+
+def state_observation_config(scenario: Scenario) -> dict[str, Any]:
+    """highway-env's own default observation config of the scenario's env id, when it is privileged state."""
     import highway_env  # noqa: F401  (registers its ids, also in a fresh worker process)
 
     observation = dict(highway_env_defaults(scenario.highway_env.id)["observation"])
-    if observation.get("type") != "Kinematics":
-        raise ValueError(f"{scenario.highway_env.id} observes {observation.get('type')!r} by default, not Kinematics: "
-                         "bench reference has no highway-env reference agent for it")
+    if observation.get("type") not in STATE_OBSERVATIONS:
+        raise ValueError(f"{scenario.highway_env.id} observes {observation.get('type')!r} by default, not one of "
+                         f"{', '.join(STATE_OBSERVATIONS)}: bench reference has no highway-env reference agent for it")
     return observation
 
 
 def reference_env(scenario: Scenario) -> gym.Env:
-    """highway-env with the scenario's config and its own Kinematics observation, episodes cut where
+    """highway-env with the scenario's config and its own state observation, episodes cut where
     DrivingEnv cuts them: what the reference trains on (no camera frames drawn)."""
-    config = {**scenario.highway_env_config(), "observation": kinematics_config(scenario)}
+    config = {**scenario.highway_env_config(), "observation": state_observation_config(scenario)}
     env = gym.make(scenario.highway_env.id, config=config, disable_env_checker=True)
     return gym.wrappers.TimeLimit(env.unwrapped, max_episode_steps=scenario.episode_steps)
 
 
-class KinematicsView(gym.Wrapper):
-    """A DrivingEnv observed through highway-env's Kinematics observation of the same simulator.
+class StateView(gym.Wrapper):
+    """A DrivingEnv observed through highway-env's own state observation of the same simulator.
 
     The episode, reward and `info` (safety signals, ground truth) are DrivingEnv's, so `run_episodes`
     measures the reference exactly as it measures a camera agent, on the same seeds."""
@@ -75,7 +81,7 @@ class KinematicsView(gym.Wrapper):
         from highway_env.envs.common.observation import observation_factory
 
         super().__init__(env)
-        self.observer = observation_factory(env.sim, kinematics_config(env.scenario))
+        self.observer = observation_factory(env.sim, state_observation_config(env.scenario))
         self.observation_space = self.observer.space()  # (vehicles, features) float32
 
     def reset(self, **kwargs):
@@ -162,7 +168,7 @@ def evaluate_reference(model, scenario: Scenario, episodes: int) -> list:
     from agents.evaluate import evaluation_seeds, run_episodes
     from envs.driving_env import DrivingEnv
 
-    env = KinematicsView(DrivingEnv(scenario))
+    env = StateView(DrivingEnv(scenario))
     try:
         return run_episodes(model, env, evaluation_seeds(scenario, episodes), progress="evaluating the reference")
     finally:
@@ -196,7 +202,7 @@ def bench_reference(scenario: str, run: str | None = None, algo: str = "dqn", ep
     for name, value in (("--episodes", episodes), ("--timesteps", timesteps), ("--time-limit", time_limit_s)):
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
-    kinematics_config(loaded)  # refuse a scenario without a Kinematics reference before any training
+    observation = state_observation_config(loaded)  # refuse a scenario without a state reference before any training
     if run is None:
         result = train(TrainOptions(scenario=scenario, seed=seed, logdir=logdir, command=command))
         if result.interrupted:
@@ -225,7 +231,7 @@ def bench_reference(scenario: str, run: str | None = None, algo: str = "dqn", ep
                       "metrics": {key: estimate.to_dict() for key, estimate in clearlane.metrics.items()}},
         "reference": {"algo": algo, "model": str(training.model_path), "env_steps": training.num_timesteps,
                       "training_s": training.seconds, "stopped_by_clock": training.stopped_by_clock,
-                      "observation": "highway-env Kinematics (privileged state)",
+                      "observation": f"highway-env {observation['type']} (privileged state)",
                       "hyperparameters": {**REFERENCE_RECIPES[algo], "gamma": model.gamma},
                       "metrics": {key: estimate.to_dict() for key, estimate in reference_metrics.items()},
                       "per_episode": per_episode},

@@ -1,4 +1,4 @@
-"""bench reference: highway-env's Kinematics agent plays the same episodes as clearlane's, within the same budget."""
+"""bench reference: highway-env's state-observation agent plays the same episodes as clearlane's, within the same budget."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from stable_baselines3 import DQN
 
 from agents.reference import (
-    TABLE_COLUMNS, KinematicsView, bench_reference, format_table, reference_env, train_reference,
+    TABLE_COLUMNS, StateView, bench_reference, format_table, reference_env, train_reference,
 )
 from agents.train import TrainOptions, train
 from envs.driving_env import DrivingEnv
@@ -25,17 +25,21 @@ def tiny_run(tmp_path_factory):
     return tiny, result
 
 
-@pytest.mark.parametrize("seed", [1_000_000_000, 7])
-def test_the_training_env_and_the_evaluation_view_play_the_same_episode(seed):
-    scenario = load_scenario("highway")
-    plain, view = reference_env(scenario), KinematicsView(DrivingEnv(scenario))
+@pytest.mark.parametrize(("name", "seed", "shape"), [
+    ("highway", 1_000_000_000, (5, 5)), ("highway", 7, (5, 5)),
+    ("exit", 7, (15, 7)),  # ExitObservation: Kinematics with x along the exit lane
+    ("two-way", 7, (3, 3, 5)),  # TimeToCollision: speeds x lanes x horizon
+])
+def test_the_training_env_and_the_evaluation_view_play_the_same_episode(name, seed, shape):
+    scenario = load_scenario(name)
+    plain, view = reference_env(scenario), StateView(DrivingEnv(scenario))
     first, _ = plain.reset(seed=seed)
     second, info = view.reset(seed=seed)
-    assert first.shape == second.shape == (5, 5) and "safety" in info
+    assert first.shape == second.shape == shape and "safety" in info
     np.testing.assert_array_equal(first, second)
     rng = np.random.default_rng(seed)
     for _ in range(scenario.episode_steps):
-        action = int(rng.integers(5))
+        action = int(rng.integers(plain.action_space.n))
         a, b = plain.step(action), view.step(action)
         np.testing.assert_array_equal(a[0], b[0])
         assert a[1:4] == b[1:4]  # reward, terminated, truncated
@@ -100,6 +104,14 @@ def test_bench_reference_refuses_bad_input(tiny_run, tmp_path):
         bench_reference("highway", run=str(result.run_dir), episodes=0, out=tmp_path)
     with pytest.raises(FileNotFoundError):
         bench_reference("highway", run=str(tmp_path / "missing"), out=tmp_path)
+
+
+def test_an_env_that_observes_images_by_default_has_no_reference(monkeypatch):
+    import agents.reference as reference
+
+    monkeypatch.setattr(reference, "highway_env_defaults", lambda env_id: {"observation": {"type": "GrayscaleObservation"}})
+    with pytest.raises(ValueError, match="observes 'GrayscaleObservation' by default, not one of Kinematics"):
+        bench_reference("highway", run="unused")
 
 
 def test_training_sessions_add_up_and_a_damaged_log_is_one_clear_error(tmp_path):
