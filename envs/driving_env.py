@@ -22,6 +22,7 @@ from typing import Any
 import gymnasium as gym
 import highway_env  # noqa: F401  (registers highway-env's ids)
 import numpy as np
+from highway_env.vehicle.behavior import IDMVehicle
 
 from envs.bev_camera import BevCamera
 from envs.corruptions import SensorCorruption
@@ -37,6 +38,16 @@ from scenarios.schema import TRAINING_SEED_LIMIT
 # highway-env computes an observation every step; this one costs nothing and is thrown away.
 _NULL_OBSERVATION = {"type": "AttributesObservation", "attributes": []}
 CAMERA_VIEWS = ("bev", "front")
+# IntersectionEnv's reset writes its own IDM constants into highway-env's IDMVehicle class and never
+# puts them back, so every later env of the process would drive with them. Each reset starts from
+# highway-env's own values instead (read here, at import, before any env exists).
+IDM_CLASS_DEFAULTS = {name: getattr(IDMVehicle, name) for name in ("DISTANCE_WANTED", "COMFORT_ACC_MAX", "COMFORT_ACC_MIN")}
+
+
+def restore_idm_class_defaults() -> None:
+    """Undo what an IntersectionEnv reset wrote into IDMVehicle's class constants."""
+    for name, value in IDM_CLASS_DEFAULTS.items():
+        setattr(IDMVehicle, name, value)
 
 
 def make_camera(scenario: Scenario):
@@ -99,6 +110,7 @@ class DrivingEnv(gym.Env[np.ndarray, int]):
         # An explicit seed names the episode; otherwise draw one from our own stream, below the
         # evaluation seeds, so a run seeded once is reproducible end to end.
         self.episode_seed = seed if seed is not None else int(self.np_random.integers(TRAINING_SEED_LIMIT))
+        restore_idm_class_defaults()
         self.sim.reset(seed=self.episode_seed)
         self._steps = 0
         self._road_map = build_road_map(self.sim.road.network, self.camera.map_pixels_per_meter)

@@ -15,6 +15,16 @@ from scenarios.loader import SCENARIO_DIR
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def restore_idm_class_defaults():
+    """highway-env's IntersectionEnv rewrites IDMVehicle's class constants at every reset: put
+    highway-env's own values back after each test, whichever envs it built."""
+    from envs.driving_env import restore_idm_class_defaults
+
+    yield
+    restore_idm_class_defaults()
+
+
 @pytest.fixture
 def write_scenario(tmp_path: Path):
     """Write a variant of a shipped scenario to a temporary YAML file and return its path.

@@ -164,3 +164,25 @@ def test_subprocess_vec_env_workers_build_the_env():
         assert "safety" in infos[0]
     finally:
         vec_env.close()
+
+
+def test_an_intersection_episode_does_not_change_the_next_highway_episode():
+    """IntersectionEnv writes its IDM constants into highway-env's IDMVehicle class at reset;
+    DrivingEnv.reset starts every episode from highway-env's own values again."""
+    from highway_env.vehicle.behavior import IDMVehicle
+
+    from envs.driving_env import DrivingEnv
+
+    def highway_positions() -> np.ndarray:
+        env = DrivingEnv("highway")
+        env.reset(seed=3)
+        for _ in range(8):
+            env.step(1)
+        return np.array([vehicle.position for vehicle in env.sim.road.vehicles])
+
+    before = highway_positions()
+    wanted = IDMVehicle.DISTANCE_WANTED
+    DrivingEnv("intersection").reset(seed=0)
+    assert IDMVehicle.DISTANCE_WANTED != wanted  # highway-env's side effect, which the next reset undoes
+    np.testing.assert_array_equal(highway_positions(), before)
+    assert IDMVehicle.DISTANCE_WANTED == wanted
