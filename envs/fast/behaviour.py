@@ -231,13 +231,24 @@ def aborted_lane_changes(state: TrafficState, changing: torch.Tensor) -> torch.T
     return aborted
 
 
+def steering_toward(lateral: torch.Tensor, lane_heading: torch.Tensor | float, heading: torch.Tensor,
+                    speed: torch.Tensor) -> torch.Tensor:
+    """ControlledVehicle.steering_control's law [rad]: a lateral P controller on the offset from
+    the target lane's centre (lateral [m], to the right) gives a heading relative to the lane's
+    heading (lane_heading [rad], TAU_PURSUIT ahead), a heading P controller a yaw rate, the bicycle
+    model a steering angle, clipped to +-MAX_STEERING_ANGLE."""
+    lateral_speed_command = -CONTROLLER.kp_lateral * lateral
+    heading_command = torch.asin((lateral_speed_command / not_zero(speed)).clamp(-1, 1))
+    heading_reference = lane_heading + heading_command.clamp(-math.pi / 4, math.pi / 4)
+    heading_rate_command = CONTROLLER.kp_heading * wrap_to_pi(heading_reference - heading)
+    slip_angle = torch.asin((VEHICLE.length / 2 / not_zero(speed) * heading_rate_command).clamp(-1, 1))
+    # copysign: in float32 asin(+-1) rounds past +-pi/2, where tan changes sign, and saturated
+    # steering would flip (float64 rounds inside, as highway-env's numpy: no change there)
+    steering = torch.copysign(torch.atan(2 * torch.tan(slip_angle)), slip_angle)
+    return steering.clamp(-CONTROLLER.max_steering, CONTROLLER.max_steering)
+
+
 def steering_control(state: TrafficState) -> torch.Tensor:
     """ControlledVehicle.steering_control towards the centre of each vehicle's target lane [rad]."""
     lateral = state.y - state.target_lane.to(state.y.dtype) * LANE_WIDTH_M  # [m], lane heading is 0
-    lateral_speed_command = -CONTROLLER.kp_lateral * lateral
-    heading_command = torch.asin((lateral_speed_command / not_zero(state.speed)).clamp(-1, 1))
-    heading_reference = heading_command.clamp(-math.pi / 4, math.pi / 4)
-    heading_rate_command = CONTROLLER.kp_heading * wrap_to_pi(heading_reference - state.heading)
-    slip_angle = torch.asin((VEHICLE.length / 2 / not_zero(state.speed) * heading_rate_command).clamp(-1, 1))
-    steering = torch.atan(2 * torch.tan(slip_angle))
-    return steering.clamp(-CONTROLLER.max_steering, CONTROLLER.max_steering)
+    return steering_toward(lateral, 0.0, state.heading, state.speed)

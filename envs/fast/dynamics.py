@@ -75,20 +75,33 @@ def act(state: TrafficState, lanes_count: int) -> None:
     state.acceleration = torch.where(updates, acc, state.acceleration)
 
 
+def clip_acceleration(speed: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    """Vehicle.clip_actions' speed limits: no faster than MAX_SPEED, no slower than MIN_SPEED [m/s^2]."""
+    acc = torch.where(speed > VEHICLE.max_speed, torch.minimum(acc, VEHICLE.max_speed - speed), acc)
+    return torch.where(speed < VEHICLE.min_speed, torch.maximum(acc, VEHICLE.min_speed - speed), acc)
+
+
+def bicycle_step(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, speed: torch.Tensor,
+                 steering: torch.Tensor, acc: torch.Tensor, dt: float) -> tuple[torch.Tensor, ...]:
+    """Vehicle.step's kinematic bicycle model over dt [s]: new (x, y, heading, speed), each the
+    inputs' shape; it moves with the speed at the step's start."""
+    beta = torch.atan(0.5 * torch.tan(steering))  # slip angle [rad]
+    direction = heading + beta
+    return (
+        x + speed * torch.cos(direction) * dt,
+        y + speed * torch.sin(direction) * dt,
+        heading + speed * torch.sin(beta) / (VEHICLE.length / 2) * dt,
+        speed + acc * dt,
+    )
+
+
 def move(state: TrafficState, dt: float, lanes_count: int) -> None:
     """Road.step(dt): Vehicle.step for everyone, then the ego's collision checks, in place."""
     steering = torch.where(state.crashed, torch.zeros_like(state.steering), state.steering)  # clip_actions
-    acc = torch.where(state.crashed, -state.speed, state.acceleration)
-    acc = torch.where(state.speed > VEHICLE.max_speed, torch.minimum(acc, VEHICLE.max_speed - state.speed), acc)
-    acc = torch.where(state.speed < VEHICLE.min_speed, torch.maximum(acc, VEHICLE.min_speed - state.speed), acc)
+    acc = clip_acceleration(state.speed, torch.where(state.crashed, -state.speed, state.acceleration))
 
     moving = state.present
-    beta = torch.atan(0.5 * torch.tan(steering))  # slip angle [rad]
-    direction = state.heading + beta
-    x = state.x + state.speed * torch.cos(direction) * dt
-    y = state.y + state.speed * torch.sin(direction) * dt
-    heading = state.heading + state.speed * torch.sin(beta) / (VEHICLE.length / 2) * dt
-    speed = state.speed + acc * dt
+    x, y, heading, speed = bicycle_step(state.x, state.y, state.heading, state.speed, steering, acc, dt)
     state.x = torch.where(moving, x, state.x)
     state.y = torch.where(moving, y, state.y)
     state.heading = torch.where(moving, heading, state.heading)
