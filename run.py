@@ -638,7 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "and TensorBoard's safety/summary compares both (docs/SAFETY.md)")
     train.add_argument("--robust-reg", choices=("none", "sa"), default=None,
                        help="sa: SA-PPO's smoothness regulariser (KL between the policy on clean and on MAD-attacked "
-                            "frames) in PPO's and the imitation phase's loss (default: the config's, none; docs/ROBUSTNESS.md)")
+                            "frames) in PPO's and the imitation phase's loss (default: the recipe's: sa on highway with PPO, none "
+                            "elsewhere; docs/ROBUSTNESS.md)")
     train.add_argument("--robust-eps", default=None, metavar="EPS",
                        help="with --robust-reg sa: the l-inf budget in (0, 1] pixel units its schedule ramps up to "
                             "(default: the config's, 3/255)")

@@ -236,6 +236,13 @@ def load_agent_config(
     return _validate(AgentConfig, merged, source)
 
 
+def config_file_sets(config_file: str | Path | None, section: str, key: str) -> bool:
+    """Whether the user's --config file sets `section.key` itself (not only the defaults do)."""
+    if config_file is None:
+        return False
+    return key in (_read_block(Path(config_file).expanduser()).get(section) or {})
+
+
 def parse_run_config(data: Any, path: Path) -> RunConfig:
     """Validate a `config.yaml` read from a run folder."""
     if not isinstance(data, dict):

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from agents.callbacks import AtRolloutStart, HParamsCallback, PeriodicCheckpoint, SafetyCallback
 from agents.explain.training_replay import TrainingReplays
-from agents.config import RunConfig, check_algo, load_agent_config
+from agents.config import RunConfig, check_algo, config_file_sets, load_agent_config
 from agents.evaluate import evaluation_seeds
 from agents.robust.sa_ppo import check_robust_training, schedule_for
 from agents.safety_board import (
@@ -93,7 +93,7 @@ class TrainOptions:
     progress_bar: bool = True
     command: str = ""  # the command line, recorded in command.txt
     baseline: str | None = None  # a run folder (or its name in logdir) of the same scenario to compare the final evaluation with
-    robust_reg: str | None = None  # none | sa: SA-PPO's smoothness regulariser (agents/robust/sa_ppo.py); default the config's (none)
+    robust_reg: str | None = None  # none | sa: SA-PPO's smoothness regulariser (agents/robust/sa_ppo.py); default the recipe's
     robust_eps: float | None = None  # [0, 1] pixel units: its budget at full ramp; default the config's (3/255)
     on_evaluation: EvaluationListener | None = None  # hears each periodic evaluation (a sweep reports it to Ray Tune)
     hparams_first: tuple[str, ...] = ()  # HPARAMS tab: these come first (a sweep's seed and grid keys, e.g. "ppo/gamma")
@@ -172,9 +172,15 @@ def _new_run(options: TrainOptions):
             overrides["training"]["robust_reg"] = options.robust_reg
         if options.robust_eps is not None:
             overrides["training"]["robust_eps"] = options.robust_eps
-        agent = load_agent_config(
-            scenario.name if stored == scenario_arg else None, options.config, overrides, backend=backend.name
-        )
+        recipe = scenario.name if stored == scenario_arg else None
+        agent = load_agent_config(recipe, options.config, overrides, backend=backend.name)
+        if algo != "ppo" and agent.training.robust and options.robust_reg is None \
+                and not config_file_sets(options.config, "training", "robust_reg"):
+            # the recipe's SA regulariser (agents/defaults.yaml) is PPO's; an explicit one is an error below
+            log.info("%s trains without the recipe's SA-PPO regulariser (training.robust_reg: sa works with PPO only)",
+                     algo.upper())
+            overrides["training"]["robust_reg"] = "none"
+            agent = load_agent_config(recipe, options.config, overrides, backend=backend.name)
         perception = Path(agent.policy.perception).expanduser() if agent.policy.perception else DEFAULT_STUDENT
         if not perception.is_file():
             hint = (

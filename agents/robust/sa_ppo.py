@@ -91,10 +91,11 @@ def check_robust_training(algo: str, training) -> None:
         return
     if algo != "ppo":
         raise ValueError(f"--robust-reg {training.robust_reg} (training.robust_reg) works with PPO only, not "
-                         f"{algo.upper()}; use --algo ppo or leave the regulariser out")
+                         f"{algo.upper()}; use --algo ppo or --robust-reg none")
     if training.device_rollout:
         raise ValueError(f"--robust-reg {training.robust_reg} (training.robust_reg) does not work with "
-                         "training.device_rollout (DevicePPO's own update loop); set device_rollout: false")
+                         "training.device_rollout (DevicePPO's own update loop); set device_rollout: false, "
+                         "or --robust-reg none")
 
 
 class FrameBatches:

@@ -629,3 +629,21 @@ def test_every_shipped_scenario_trains_a_tiny_run_and_evaluates_it(tiny, name):
     assert ("eval/success_rate" in scalars) == goal  # exit, intersection and u-turn end with a manoeuvre
     if goal:
         assert all(0.0 <= value <= 1.0 for _, value in scalars["eval/success_rate"])
+
+
+def test_highways_recipe_has_the_sa_regulariser_which_a2c_trains_without(tiny, caplog):
+    import logging
+
+    from agents.config import load_agent_config
+
+    for backend in ("fast", "highway-env"):
+        recipe = load_agent_config("highway", backend=backend).training
+        assert (recipe.robust_reg, recipe.robust_reg_weight) == ("sa", 3.0)  # issue 16's κ (docs/ROBUSTNESS.md)
+    assert load_agent_config("merge").training.robust_reg == "none"
+
+    with caplog.at_level(logging.INFO, logger="agents.train"):
+        result = train(options(tiny, scenario="highway", algo="a2c", timesteps=16, name="a2c-recipe"))
+    assert read_run_config(result.run_dir).training.robust_reg == "none"
+    assert "A2C trains without the recipe's SA-PPO regulariser" in caplog.text
+    with pytest.raises(ValueError, match="works with PPO only, not A2C; use --algo ppo or --robust-reg none"):
+        train(options(tiny, scenario="highway", algo="a2c", robust_reg="sa", timesteps=16, name="a2c-sa"))
