@@ -53,16 +53,16 @@ def ego_collisions(state: TrafficState, dt: float) -> tuple[torch.Tensor, torch.
             half_b = _half_extent(axis_x, axis_y, h, length, width)
             min_a, max_a = centre_a - half_a, centre_a + half_a
             min_b, max_b = centre_b - half_b, centre_b + half_b
-            now &= _interval_distance(min_a, max_a, min_b, max_b) <= 0
+            now &= interval_distance(min_a, max_a, min_b, max_b) <= 0
             sweep = rel_x * axis_x + rel_y * axis_y
             min_a = torch.where(sweep < 0, min_a + sweep, min_a)
             max_a = torch.where(sweep < 0, max_a, max_a + sweep)
-            soon &= _interval_distance(min_a, max_a, min_b, max_b) <= 0
+            soon &= interval_distance(min_a, max_a, min_b, max_b) <= 0
     intersecting[rows, cols] = now
     will_intersect[rows, cols] = soon
     return intersecting, will_intersect
 
 
-def _interval_distance(min_a, max_a, min_b, max_b):
+def interval_distance(min_a, max_a, min_b, max_b):
     """highway_env.utils.interval_distance: > 0 when the intervals are apart."""
     return torch.where(min_a < min_b, min_b - max_a, min_a - max_b)

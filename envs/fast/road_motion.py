@@ -249,7 +249,7 @@ class ControlledVehicles:
 # Lane following. The state's tensors are (B, N); everything is in place and loop-free.
 
 
-def _route_head(state: ControlledVehicles, cursor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def route_head(state: ControlledVehicles, cursor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(exists, edge, lane) of the route entry at `cursor`, (B, N) each."""
     slots = state.route_edge.shape[-1]
     at = cursor.clamp(max=slots - 1)[..., None]
@@ -276,9 +276,9 @@ def next_lane(
         return free, cursor
     tables = edge_tables(graph)
     edge = graph.edge[lane]
-    exists, head, _ = _route_head(state, cursor)
+    exists, head, _ = route_head(state, cursor)
     cursor = cursor + (exists & (head == edge)).long()  # route.pop(0)
-    exists, head, head_lane = _route_head(state, cursor)
+    exists, head, head_lane = route_head(state, cursor)
     head = head.clamp(min=0)
     follows = exists & (tables.edge_from[head] == tables.edge_to[edge])
 
