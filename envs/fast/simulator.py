@@ -66,7 +66,59 @@ class StepResult:
     rewards: dict[str, torch.Tensor]  # highway-env's reward terms, each (B,)
 
 
-class FastHighway:
+class FrameStack:
+    """The camera side of a batched simulator: a double-buffered stack of the last `stack` frames
+    per env, sensor corruptions, and views of it. The simulator provides `frames`, `_stacks`,
+    `_clean`, `corruption`, `episode_seeds`, `steps`, `state`, `batch_size`, `stack`, `device` and
+    `_render(state, out)`."""
+
+    def observations_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """(E, 3 * stack, H, W) uint8: a copy of the observations of the envs `rows` ((E,) int64)."""
+        batch, stack, channels, height, width = self.frames.shape
+        words = torch.index_select(_words(self.frames.view(batch, -1)), 0, rows.to(self.device))
+        return words.view(torch.uint8).view(-1, stack * channels, height, width)
+
+    @property
+    def clean_frames(self) -> torch.Tensor:
+        """(B, 3, H, W) uint8: every env's newest frame before sensor corruptions (a view, valid
+        until the next step or reset); the observed newest frame when there are none."""
+        return self.frames[:, -1] if self._clean is None else self._clean
+
+    def observation(self) -> torch.Tensor:
+        """(B, 3 * stack, H, W) uint8, oldest frame first, as DrivingEnv stacks them.
+
+        A view of the current frame stack: the next step leaves it as it is, the one after
+        overwrites it.
+        """
+        batch, stack, channels, height, width = self.frames.shape
+        return self.frames.reshape(batch, stack * channels, height, width)
+
+    def _start_stacks(self, rows: torch.Tensor) -> None:
+        """Fill the stacks of the envs `rows` ((E,) int64, just reset) with their first frame."""
+        frame = self._render(self.state.select(rows))  # (E, 3, H, W)
+        if self.corruption is not None:  # the stack holds the corrupted first frame, as DrivingEnv's
+            self._clean[rows] = frame
+            self.corruption.reset(rows)
+            frame = self.corruption(frame, rows, self.episode_seeds[rows], self.steps[rows])
+        # A fresh episode's stack holds its first frame `stack` times. Written as 8-byte
+        # words: indexed writes go element by element, so that is ~3x faster than bytes.
+        stacks = _words(self.frames.view(self.batch_size, self.stack, -1))  # (B, stack, words per frame)
+        stacks[rows] = _words(frame.reshape(frame.shape[0], 1, -1))  # broadcast over the stack
+
+    def _push_frame(self) -> None:
+        """Make the other stack current: the previous stack's newer frames, then a new frame
+        rendered in place (or rendered clean, then corrupted into place)."""
+        previous = self.frames
+        self.frames = self._stacks[1] if previous is self._stacks[0] else self._stacks[0]
+        self.frames[:, :-1].copy_(previous[:, 1:])  # (B, stack - 1, 3, H, W): contiguous per env
+        if self.corruption is None:
+            self._render(self.state, out=self.frames[:, -1])
+        else:
+            self._render(self.state, out=self._clean)
+            self.corruption(self._clean, None, self.episode_seeds, self.steps, out=self.frames[:, -1])
+
+
+class FastHighway(FrameStack):
     """B copies of a straight-highway scenario, on the CPU or a GPU."""
 
     def __init__(
@@ -145,15 +197,7 @@ class FastHighway:
             self.episode_seeds[rows] = seeds
         self.reset_signals = self.tracker.reset(rows, self.state)
         if self.camera is not None:
-            frame = self._render(self.state.select(rows))  # (E, 3, H, W)
-            if self.corruption is not None:  # the stack holds the corrupted first frame, as DrivingEnv's
-                self._clean[rows] = frame
-                self.corruption.reset(rows)
-                frame = self.corruption(frame, rows, self.episode_seeds[rows], self.steps[rows])
-            # A fresh episode's stack holds its first frame `stack` times. Written as 8-byte
-            # words: indexed writes go element by element, so that is ~3x faster than bytes.
-            stacks = _words(self.frames.view(self.batch_size, self.stack, -1))  # (B, stack, words per frame)
-            stacks[rows] = _words(frame.reshape(frame.shape[0], 1, -1))  # broadcast over the stack
+            self._start_stacks(rows)
 
     # -- stepping ------------------------------------------------------------------------------
     def step(self, actions: torch.Tensor) -> StepResult:
@@ -173,40 +217,7 @@ class FastHighway:
             self._push_frame()
         return StepResult(reward=reward, terminated=terminated, truncated=truncated, signals=signals, rewards=terms)
 
-    def observations_of(self, rows: torch.Tensor) -> torch.Tensor:
-        """(E, 3 * stack, H, W) uint8: a copy of the observations of the envs `rows` ((E,) int64)."""
-        batch, stack, channels, height, width = self.frames.shape
-        words = torch.index_select(_words(self.frames.view(batch, -1)), 0, rows.to(self.device))
-        return words.view(torch.uint8).view(-1, stack * channels, height, width)
-
-    @property
-    def clean_frames(self) -> torch.Tensor:
-        """(B, 3, H, W) uint8: every env's newest frame before sensor corruptions (a view, valid
-        until the next step or reset); the observed newest frame when there are none."""
-        return self.frames[:, -1] if self._clean is None else self._clean
-
-    def observation(self) -> torch.Tensor:
-        """(B, 3 * stack, H, W) uint8, oldest frame first, as DrivingEnv stacks them.
-
-        A view of the current frame stack: the next step leaves it as it is, the one after
-        overwrites it.
-        """
-        batch, stack, channels, height, width = self.frames.shape
-        return self.frames.reshape(batch, stack * channels, height, width)
-
     # -- internals -----------------------------------------------------------------------------
-    def _push_frame(self) -> None:
-        """Make the other stack current: the previous stack's newer frames, then a new frame
-        rendered in place (or rendered clean, then corrupted into place)."""
-        previous = self.frames
-        self.frames = self._stacks[1] if previous is self._stacks[0] else self._stacks[0]
-        self.frames[:, :-1].copy_(previous[:, 1:])  # (B, stack - 1, 3, H, W): contiguous per env
-        if self.corruption is None:
-            self._render(self.state, out=self.frames[:, -1])
-        else:
-            self._render(self.state, out=self._clean)
-            self.corruption(self._clean, None, self.episode_seeds, self.steps, out=self.frames[:, -1])
-
     def _render(self, state: TrafficState, out: torch.Tensor | None = None) -> torch.Tensor:
         """(E, 3, H, W) uint8 frames of a state of E envs (into `out` when given)."""
         return render_traffic(self.camera, state, out)

@@ -1,0 +1,486 @@
+"""`FastRoad`: B copies of a highway-env road-network scenario stepped as tensors (issue 21).
+
+The road-network counterpart of `envs.fast.simulator.FastHighway`, with the same public interface
+where it applies: `FastRoad(scenario, batch_size, device, dtype, render, corruptions)`,
+`reset(rows, seeds)`, `load(rows, traffic, seeds)`, `step(actions) -> StepResult`, `observation()`,
+`observations_of(rows)`, `clean_frames`, `reset_signals`, `episode_seeds`, `steps`.
+
+Supported: highway-env's merge-v1 (clearlane's scenarios/merge.yaml). One `step(actions)` is one
+policy step of highway-env's ConnectedLaneMergeEnv for every env:
+
+    road_traffic.policy_step     the ego's DiscreteMetaAction (index -> road_motion code), then
+                                 simulation_frequency / policy_frequency sub-steps of Road.act()
+                                 and Road.step() (IDM, MOBIL, collisions; the obstacle at the end
+                                 of the ramp included)
+    MergeEnv._rewards            collision_reward = crashed, right_lane_reward = lane _id / 1,
+                                 high_speed_reward = lmap(speed, reward_speed_range, [0, 1]) (not
+                                 clipped, the speed not projected: as MergeEnv), lane_change_reward
+                                 = action index in (0, 2), merging_speed_reward = sum over the
+                                 controlled vehicles (ego and IDM, not the obstacle) whose closest
+                                 lane is ("b", "c", 2) of (target_speed - speed) / target_speed
+    MergeEnv._reward             the weighted sum, lmap-ed from [collision + merging_speed,
+                                 high_speed + right_lane] to [0, 1] (always: merge has no
+                                 normalize_reward key; lane_change_reward is summed but not in the
+                                 range; no on-road factor)
+    MergeEnv._is_terminated      the ego crashed, or its x > 370 m
+    truncated                    steps >= scenario.episode_steps (MergeEnv._is_truncated is False,
+                                 merge has no duration: DrivingEnv's limit, max_episode_steps)
+    signals                      envs.safety's StepTracker, on the lane graph (`RoadSignalTracker`)
+    frame                        BatchedBevCamera(..., network=the merge network), stacked as
+                                 FastHighway stacks them (simulator.FrameStack), sensor corruptions too
+
+Spawn (`spawn_merge`): MergeEnv._make_vehicles with the counter-based RNG of envs.fast.rng keyed by
+the episode seed (so an episode depends on its seed alone, not on its row or batch): the ego (an
+MDPVehicle) at ("a", "b", 1) s = 30 m, 30 m/s; three IDM vehicles from s = 90, 70, 5 m +- U(-5, 5)
+at 29, 31, 31.5 m/s +- U(-1, 1), each on ("a", "b", integers(2)); the merging IDM vehicle at
+("j", "k", 0) s = 110 m, 20 m/s, target speed 30 m/s; the Obstacle (2 x 2 m) at the end of
+("b", "c", 2). Merge does not call randomize_behavior (IDM DELTA stays 4) and gives no routes; IDM
+timers are IDMVehicle's (x + y) pi mod LANE_CHANGE_DELAY; lanes are the closest lane with heading.
+Columns follow road.vehicles + road.objects: ego, the three, the merging vehicle, the obstacle.
+
+Exactness: in float64, equal to highway-env / DrivingEnv to rounding (tests/envs/fast/test_road_sim.py:
+positions ~1e-15 m over whole episodes, rewards, terms, terminated, truncated and signals); the
+spawn is MergeEnv's given the same draws, but its draws are our RNG's, not numpy's (same
+distributions, not the same episodes per seed). IDM constants are highway-env's defaults, read
+without touching IDMVehicle's class (IntersectionEnv rewrites them; DrivingEnv restores them).
+Cost: road_traffic's per-sub-step neighbour searches dominate (~0.4 s per policy step at B = 256
+on one loaded CPU thread); the camera is a few percent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+import torch
+
+from envs.fast import rng
+from envs.fast.corruptions import BatchedSensorCorruption
+from envs.fast.lanes import LaneGraph
+from envs.fast.road_motion import ControlledVehicles, action_codes
+from envs.fast.road_traffic import RoadRules, RoadTraffic, neighbour_vehicles, policy_step
+from envs.fast.simulator import FrameStack, StepResult, UnsupportedScenario
+from envs.fast.spawn import SPAWN_STREAM, speed_to_index
+from envs.safety import HARD_BRAKE_MPS2, STOPPED_SPEED_MPS
+from scenarios import Scenario
+
+SUPPORTED_ROAD_ENV_IDS = ("merge-v1",)
+IDM_VEHICLE_TYPE = "highway_env.vehicle.behavior.IDMVehicle"
+
+# MergeEnv._make_vehicles / _make_road / _is_terminated
+MERGE_EGO_LANE = ("a", "b", 1)
+MERGE_EGO_S_M = 30.0
+MERGE_EGO_SPEED_MPS = 30.0
+MERGE_TRAFFIC = ((90.0, 29.0), (70.0, 31.0), (5.0, 31.5))  # (s [m], speed [m/s]) on ("a", "b", random _id)
+MERGE_TRAFFIC_LANES = 2  # np_random.integers(2)
+MERGE_POSITION_JITTER_M = 5.0  # s + U(-5, 5)
+MERGE_SPEED_JITTER_MPS = 1.0  # speed + U(-1, 1)
+MERGING_LANE = ("j", "k", 0)
+MERGING_S_M = 110.0
+MERGING_SPEED_MPS = 20.0
+MERGING_TARGET_SPEED_MPS = 30.0
+RAMP_LANE = ("b", "c", 2)  # the obstacle's lane, and the lane of merging_speed_reward
+RAMP_PARALLEL_M = 80.0  # ends[2]: the obstacle stands at lbc.position(ends[2], 0)
+OBSTACLE_SIZE_M = 2.0  # Obstacle LENGTH = WIDTH
+VEHICLE_LENGTH_M, VEHICLE_WIDTH_M = 5.0, 2.0
+MERGE_END_X_M = 370.0  # the episode ends once the ego's x is past this
+LEFT, RIGHT = 0, 2  # DiscreteMetaAction indices lane_change_reward counts ("action in [0, 2]")
+
+
+def road_unsupported_reasons(scenario: Scenario) -> list[str]:
+    """Why FastRoad cannot reproduce this scenario faithfully; empty when it can."""
+    env_id = scenario.highway_env.id
+    if env_id not in SUPPORTED_ROAD_ENV_IDS:
+        return [f"its highway-env id is {env_id}"]
+    reasons = []
+    if scenario.camera.view != "bev":
+        reasons.append(f"its camera is {scenario.camera.view!r} (only 'bev' is batched)")
+    config = scenario.highway_env_config()
+    if config.get("other_vehicles_type", IDM_VEHICLE_TYPE) != IDM_VEHICLE_TYPE:
+        reasons.append(f"its other vehicles are {config['other_vehicles_type']} (only IDMVehicle)")
+    if config.get("controlled_vehicles", 1) != 1:
+        reasons.append("it has several controlled vehicles")
+    action = config.get("action", {"type": "DiscreteMetaAction"})
+    if action.get("type") != "DiscreteMetaAction":
+        reasons.append(f"its action type is {action.get('type')} (only DiscreteMetaAction)")
+    return reasons
+
+
+def check_road_supported(scenario: Scenario) -> None:
+    """Raise UnsupportedScenario (a ValueError), naming the supported ids, unless FastRoad supports it."""
+    reasons = road_unsupported_reasons(scenario)
+    if reasons:
+        name = scenario.source or scenario.name or "this scenario"
+        raise UnsupportedScenario(
+            f"the fast road-network simulator does not support {name}: {'; '.join(reasons)}. "
+            f"Supported highway-env ids: {', '.join(SUPPORTED_ROAD_ENV_IDS)}"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class RoadScenario:
+    """What FastRoad reads from highway-env once per simulator: the road and its rules."""
+
+    graph: LaneGraph
+    network: object  # highway_env RoadNetwork (for the camera)
+    rules: RoadRules
+    target_speeds: torch.Tensor  # (S,) MDPVehicle.target_speeds [m/s]
+    action_table: torch.Tensor  # (A,) DiscreteMetaAction index -> road_motion code
+    config: dict  # the env's full config after reset
+
+    @classmethod
+    def of(cls, scenario: Scenario, device: torch.device, dtype: torch.dtype) -> RoadScenario:
+        """gymnasium.make(scenario's id, config=its config), reset once: its network and rules."""
+        import gymnasium as gym
+        import highway_env  # noqa: F401  (registers the ids)
+
+        from envs.driving_env import IDM_CLASS_DEFAULTS
+
+        env = gym.make(scenario.highway_env.id, config=scenario.highway_env_config(), disable_env_checker=True)
+        try:
+            env.reset(seed=0)
+            u = env.unwrapped
+            road = u.road
+            return cls(
+                graph=LaneGraph.from_network(road.network, device=device, dtype=dtype),
+                network=road.network,
+                rules=_with_idm_defaults(RoadRules.of(road), IDM_CLASS_DEFAULTS),
+                target_speeds=torch.as_tensor([float(s) for s in u.vehicle.target_speeds], dtype=dtype, device=device),
+                action_table=action_codes(u.action_type.actions, device),
+                config=dict(u.config),
+            )
+        finally:
+            env.close()
+
+
+def _with_idm_defaults(rules: RoadRules, defaults: dict[str, float]) -> RoadRules:
+    """The rules with highway-env's own IDM constants where an IntersectionEnv reset may have
+    rewritten IDMVehicle's (DrivingEnv restores them at every reset; MergeEnv never sets them).
+    Read, not written back: IDMVehicle's class is left as it is."""
+    idm = dataclasses.replace(
+        rules.idm,
+        distance_wanted=float(defaults["DISTANCE_WANTED"]),
+        comfort_acc_max=float(defaults["COMFORT_ACC_MAX"]),
+        comfort_acc_min=float(defaults["COMFORT_ACC_MIN"]),
+    )
+    return dataclasses.replace(rules, idm=idm)
+
+
+# Spawn.
+
+
+def merge_draws(seeds: torch.Tensor) -> torch.Tensor:
+    """(E,) int64 episode seeds -> (E, 3, 3) uniforms in [0, 1): per traffic vehicle (lane, s, speed)."""
+    return rng.uniform(seeds, SPAWN_STREAM, 3 * len(MERGE_TRAFFIC), torch.float64).view(-1, len(MERGE_TRAFFIC), 3)
+
+
+def spawn_merge(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:
+    """MergeEnv._make_vehicles for E envs from (E, 3, 3) uniforms (`merge_draws`): a RoadTraffic of
+    E envs and N = 6 columns (ego, three IDM vehicles, the merging one, the obstacle), no routes.
+    Computed in float64 (as highway-env), then cast to the graph's dtype."""
+    graph = road.graph
+    device = graph.length.device
+    f64 = torch.float64
+    draws = draws.to(device, f64)
+    envs, others = draws.shape[0], len(MERGE_TRAFFIC)
+    lane_u, s_u, speed_u = draws.unbind(-1)  # each (E, 3)
+    ab = [graph.lane_id(("a", "b", i)) for i in range(MERGE_TRAFFIC_LANES)]
+    lane_number = torch.floor(lane_u * MERGE_TRAFFIC_LANES).long().clamp_(0, MERGE_TRAFFIC_LANES - 1)
+    traffic_lane = torch.tensor(ab, device=device)[lane_number]  # (E, 3)
+    base_s = torch.tensor([s for s, _ in MERGE_TRAFFIC], dtype=f64, device=device)
+    base_speed = torch.tensor([v for _, v in MERGE_TRAFFIC], dtype=f64, device=device)
+    traffic_s = base_s + MERGE_POSITION_JITTER_M * (2 * s_u - 1)  # np_random.uniform(-5, 5)
+    traffic_speed = base_speed + MERGE_SPEED_JITTER_MPS * (2 * speed_u - 1)
+
+    def column(value: float) -> torch.Tensor:
+        return torch.full((envs, 1), value, dtype=f64, device=device)
+
+    def lane_column(index: tuple) -> torch.Tensor:
+        return torch.full((envs, 1), graph.lane_id(index), dtype=torch.int64, device=device)
+
+    start_lane = torch.cat([lane_column(MERGE_EGO_LANE), traffic_lane, lane_column(MERGING_LANE),
+                            lane_column(RAMP_LANE)], dim=1)  # (E, 6): the lanes positions are taken on
+    s = torch.cat([column(MERGE_EGO_S_M), traffic_s, column(MERGING_S_M), column(RAMP_PARALLEL_M)], dim=1)
+    x, y = _position64(graph, start_lane, s)
+    heading = torch.zeros_like(x)  # every vehicle and the obstacle start with heading 0
+    speed = torch.cat([column(MERGE_EGO_SPEED_MPS), traffic_speed, column(MERGING_SPEED_MPS), column(0.0)], dim=1)
+    lane = graph.closest_lane(x.to(graph.length.dtype), y.to(graph.length.dtype), heading.to(graph.length.dtype))
+    columns = others + 3
+    ego = torch.zeros((envs, columns), dtype=torch.bool, device=device)
+    ego[:, 0] = True
+    obstacle = torch.zeros_like(ego)
+    obstacle[:, -1] = True
+    target_speeds = road.target_speeds.to(f64)
+    speed_index = speed_to_index(speed, target_speeds)  # MDPVehicle.get_speed_index (ego: its speed_index)
+    target_speed = speed.clone()  # ControlledVehicle: target_speed = speed
+    target_speed[:, 0] = target_speeds[speed_index[:, 0]]  # MDPVehicle: index_to_speed(speed_to_index(speed))
+    target_speed[:, -2] = MERGING_TARGET_SPEED_MPS
+    target_speed[:, -1] = 0.0  # the obstacle is not a ControlledVehicle
+    # IDMVehicle: timer = (sum(position) * pi) % LANE_CHANGE_DELAY; 0 for the ego and the obstacle
+    timer = torch.remainder((x + y) * math.pi, road.rules.idm.lane_change_delay)
+    timer = torch.where(ego | obstacle, torch.zeros_like(timer), timer)
+    dtype = graph.length.dtype
+    no_route = torch.zeros((envs, columns, 0), dtype=torch.int64, device=device)
+    zeros = torch.zeros((envs, columns), dtype=dtype, device=device)
+    vehicles = ControlledVehicles(
+        x=x.to(dtype), y=y.to(dtype), heading=heading.to(dtype), speed=speed.to(dtype), lane=lane,
+        target_lane=lane.clone(), target_speed=target_speed.to(dtype), speed_index=speed_index,
+        route_edge=no_route, route_lane=no_route.clone(),
+        route_cursor=torch.zeros((envs, columns), dtype=torch.int64, device=device),
+        steering=zeros.clone(), acceleration=zeros.clone(),
+    )  # fmt: skip
+    idm = ~ego & ~obstacle
+    size = torch.where(obstacle, OBSTACLE_SIZE_M, VEHICLE_LENGTH_M).to(dtype)
+    return RoadTraffic(
+        vehicles=vehicles,
+        delta=torch.full_like(zeros, 4.0),  # IDMVehicle.DELTA: merge never calls randomize_behavior
+        timer=timer.to(dtype),
+        lane_change=idm,
+        crashed=torch.zeros_like(ego),
+        impact=torch.zeros((envs, columns, 2), dtype=dtype, device=device),
+        impact_pending=torch.zeros_like(ego),
+        present=torch.ones_like(ego),
+        is_object=obstacle,
+        rank=torch.arange(columns, device=device).expand(envs, columns).clone(),
+        length=size,
+        width=torch.where(obstacle, OBSTACLE_SIZE_M, VEHICLE_WIDTH_M).to(dtype),
+        yielding=torch.zeros_like(ego),
+        yield_timer=torch.zeros((envs, columns), dtype=torch.int64, device=device),
+        road_steps=torch.zeros(envs, dtype=torch.int64, device=device),
+    )
+
+
+def _position64(graph: LaneGraph, lane: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """lane.position(s, 0) in float64 whatever the graph's dtype (merge's spawn lanes are straight)."""
+    start, direction = graph.start[lane].double(), graph.direction[lane].double()
+    return start[..., 0] + s * direction[..., 0], start[..., 1] + s * direction[..., 1]
+
+
+def assign_traffic(target: RoadTraffic, rows: torch.Tensor, source: RoadTraffic) -> None:
+    """Overwrite the envs `rows` of `target` with `source` (E envs, as many columns and route slots)."""
+    for f in fields(target.vehicles):
+        getattr(target.vehicles, f.name)[rows] = getattr(source.vehicles, f.name).to(getattr(target.vehicles, f.name))
+    for f in fields(target):
+        if f.name != "vehicles":
+            getattr(target, f.name)[rows] = getattr(source, f.name).to(getattr(target, f.name))
+
+
+# Safety signals on the lane graph.
+
+
+def leader_gap(graph: LaneGraph, traffic: RoadTraffic, connected: bool) -> tuple[torch.Tensor, ...]:
+    """envs.safety.leader_gap on a lane graph: (gap [m], ttc [s], headway [s], leader column), each (B,).
+
+    The leader is Road.neighbour_vehicles(ego, ego.lane_index)'s front vehicle (obstacles
+    included, connected lanes as the road has them); s of both on the ego's lane (extrapolated
+    past its ends), gap bumper to bumper with each one's length, speeds projected on the lane's
+    heading at each one's s."""
+    v = traffic.vehicles
+    lane = v.lane[:, :1]  # (B, 1)
+    front, _ = neighbour_vehicles(graph, traffic, v.lane, connected)
+    leader = front[:, 0]  # (B,)
+    has_leader = leader >= 0
+    index = leader.clamp(min=0)[:, None]
+    s_ego, _ = graph.local_coordinates(lane, v.x[:, :1], v.y[:, :1])
+    lx, ly = v.x.gather(1, index), v.y.gather(1, index)
+    s_leader, _ = graph.local_coordinates(lane, lx, ly)
+
+    def along(speed, heading, s):
+        direction = graph.heading_at(lane, s)
+        return (speed * torch.cos(heading) * torch.cos(direction) + speed * torch.sin(heading) * torch.sin(direction))[:, 0]
+
+    ego_speed = along(v.speed[:, :1], v.heading[:, :1], s_ego)
+    leader_speed = along(v.speed.gather(1, index), v.heading.gather(1, index), s_leader)
+    half = (traffic.length[:, 0] + traffic.length.gather(1, index)[:, 0]) / 2
+    inf = torch.full_like(ego_speed, math.inf)
+    gap = torch.where(has_leader, (s_leader - s_ego)[:, 0] - half, inf)
+    closing = torch.where(has_leader, ego_speed - leader_speed, torch.zeros_like(ego_speed))
+    ttc = torch.where(closing > 0, gap.clamp(min=0) / closing.clamp(min=1e-12), inf)
+    headway = torch.where((ego_speed > STOPPED_SPEED_MPS) & has_leader, gap.clamp(min=0) / ego_speed.clamp(min=1e-12), inf)
+    return gap, ttc, headway, leader
+
+
+class RoadSignalTracker:
+    """envs.safety.StepTracker for B envs on a lane graph: the same keys as envs.fast.signals."""
+
+    def __init__(self, graph: LaneGraph, connected: bool, batch_size: int, dt_s: float,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.graph, self.connected, self.dt_s = graph, connected, dt_s
+        zeros = torch.zeros(batch_size, device=device, dtype=dtype)
+        self.speed, self.acceleration, self.distance = zeros.clone(), zeros.clone(), zeros.clone()
+        self.x, self.y = zeros.clone(), zeros.clone()
+        self.lane = torch.zeros(batch_size, device=device, dtype=torch.long)
+
+    def reset(self, rows: torch.Tensor, traffic: RoadTraffic) -> dict[str, torch.Tensor]:
+        """Start the envs `rows`; returns their signals at reset, (E,) each."""
+        sub = traffic.select(rows)
+        v = sub.vehicles
+        self.speed[rows] = v.speed[:, 0]
+        self.acceleration[rows] = 0.0
+        self.distance[rows] = 0.0
+        self.x[rows], self.y[rows] = v.x[:, 0], v.y[:, 0]
+        self.lane[rows] = v.lane[:, 0]
+        signals = self.observe(sub, self.distance[rows])
+        zeros = torch.zeros_like(signals["speed"])
+        no = torch.zeros_like(signals["crashed"])
+        signals.update(acceleration=zeros, jerk=zeros.clone(), lane_change=no, hard_brake=no.clone())
+        return signals
+
+    def step(self, traffic: RoadTraffic) -> dict[str, torch.Tensor]:
+        """Signals of all B envs after a policy step."""
+        v = traffic.vehicles
+        speed = v.speed[:, 0].clone()
+        acceleration = (speed - self.speed) / self.dt_s
+        jerk = (acceleration - self.acceleration) / self.dt_s
+        lane = v.lane[:, 0].clone()
+        graph = self.graph
+        lane_change = (graph.edge[lane] == graph.edge[self.lane]) & (graph.lane_number[lane] != graph.lane_number[self.lane])
+        self.distance = self.distance + torch.hypot(v.x[:, 0] - self.x, v.y[:, 0] - self.y)
+        self.speed, self.acceleration, self.lane = speed, acceleration, lane
+        self.x, self.y = v.x[:, 0].clone(), v.y[:, 0].clone()
+        signals = self.observe(traffic, self.distance)
+        signals.update(acceleration=acceleration, jerk=jerk, lane_change=lane_change,
+                       hard_brake=acceleration < -HARD_BRAKE_MPS2)
+        return signals
+
+    def observe(self, traffic: RoadTraffic, distance: torch.Tensor) -> dict[str, torch.Tensor]:
+        v, graph = traffic.vehicles, self.graph
+        gap, ttc, headway, _ = leader_gap(graph, traffic, self.connected)
+        lane = v.lane[:, 0]
+        return {
+            "crashed": traffic.crashed[:, 0].clone(),
+            "off_road": ~graph.on_lane(lane, v.x[:, 0], v.y[:, 0]),  # not ego.on_road
+            "speed": v.speed[:, 0].clone(),
+            "ttc": ttc,
+            "headway": headway,
+            "gap": gap,
+            "distance": distance.clone(),
+            "lane_id": graph.lane_number[lane].clone(),  # lane_index[2]
+        }
+
+
+# The simulator.
+
+
+class FastRoad(FrameStack):
+    """B copies of a road-network scenario (merge-v1), on the CPU or a GPU."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        render: bool = True,
+        corruptions: bool = True,
+    ) -> None:
+        """corruptions: apply the scenario's sensor corruptions to the frames (when it has any)."""
+        check_road_supported(scenario)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.scenario = scenario
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.road = RoadScenario.of(scenario, self.device, dtype)
+        self.graph = self.road.graph
+        self.config = self.road.config
+        policy_hz, sim_hz = self.config["policy_frequency"], self.config["simulation_frequency"]
+        self.substeps = int(sim_hz // policy_hz)
+        self.dt = 1.0 / sim_hz  # [s] per sub-step
+        self.max_steps = scenario.episode_steps
+        self._ramp = self.graph.lane_id(RAMP_LANE)
+        self.camera = None
+        if render:
+            from envs.fast.camera import BatchedBevCamera
+
+            self.camera = BatchedBevCamera(scenario.camera.bev, device=self.device, network=self.road.network)
+        self.stack = scenario.camera.stack
+        height, width = scenario.camera.size
+        # Two frame stacks used in turn, exactly as FastHighway (see there).
+        self._stacks = tuple(
+            torch.zeros((batch_size, self.stack, 3, height, width), dtype=torch.uint8, device=self.device)
+            for _ in range(2)
+        )
+        self.frames = self._stacks[0]
+        self.corruption: BatchedSensorCorruption | None = None
+        self._clean: torch.Tensor | None = None
+        if self.camera is not None and corruptions and scenario.corruptions.active:
+            self.corruption = BatchedSensorCorruption(scenario.corruptions, batch_size, self.device)
+            self._clean = torch.zeros((batch_size, 3, height, width), dtype=torch.uint8, device=self.device)
+        self.tracker = RoadSignalTracker(self.graph, self.road.rules.connected_lanes, batch_size, 1.0 / policy_hz,
+                                         self.device, dtype)
+        self.steps = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.episode_seeds = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.state = self.spawn(torch.zeros(batch_size, dtype=torch.long, device=self.device))
+        self.reset_signals: dict[str, torch.Tensor] = {}
+
+    # -- episodes ------------------------------------------------------------------------------
+    def spawn(self, seeds: torch.Tensor) -> RoadTraffic:
+        """The initial traffic of episodes `seeds` ((E,) int64), as `reset` draws it."""
+        return spawn_merge(merge_draws(seeds.to(self.device, torch.long)), self.road)
+
+    def reset(self, rows: torch.Tensor | None = None, seeds: torch.Tensor | None = None) -> None:
+        """Respawn the envs `rows` ((E,) int64; all when None) from episode `seeds` ((E,) int64)."""
+        rows = torch.arange(self.batch_size, device=self.device) if rows is None else rows.to(self.device)
+        if seeds is None:
+            raise ValueError("reset needs one episode seed per env")
+        seeds = seeds.to(self.device, torch.long)
+        if seeds.shape != rows.shape:
+            raise ValueError(f"{rows.shape[0]} envs to reset but {seeds.shape[0]} seeds")
+        self.load(rows, self.spawn(seeds), seeds)
+
+    def load(self, rows: torch.Tensor, traffic: RoadTraffic, seeds: torch.Tensor | None = None) -> None:
+        """Start the envs `rows` from a given state (used by reset, and to copy highway-env states:
+        RoadTraffic.from_highway_env(graph, roads, egos, columns=6, route_slots=0))."""
+        rows = rows.to(self.device)
+        assign_traffic(self.state, rows, traffic)
+        self.steps[rows] = 0
+        if seeds is not None:
+            self.episode_seeds[rows] = seeds.to(self.device, torch.long)
+        self.reset_signals = self.tracker.reset(rows, self.state)
+        if self.camera is not None:
+            self._start_stacks(rows)
+
+    # -- stepping ------------------------------------------------------------------------------
+    def step(self, actions: torch.Tensor) -> StepResult:
+        """One policy step of every env for (B,) int64 DiscreteMetaAction indices."""
+        actions = actions.to(self.device, torch.long)
+        codes = self.road.action_table[actions]
+        policy_step(self.graph, self.state, codes, self.road.target_speeds, self.substeps, self.dt, self.road.rules)
+        self.steps += 1
+        reward, terms = self._reward(actions)
+        crashed = self.state.crashed[:, 0]
+        terminated = crashed | (self.state.vehicles.x[:, 0] > MERGE_END_X_M)
+        truncated = self.steps >= self.max_steps
+        signals = self.tracker.step(self.state)
+        if self.camera is not None:
+            self._push_frame()
+        return StepResult(reward=reward, terminated=terminated, truncated=truncated, signals=signals, rewards=terms)
+
+    def _render(self, traffic: RoadTraffic, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(E, 3, H, W) uint8 frames of E envs (into `out` when given); each object's own size."""
+        v = traffic.vehicles
+        as32 = [t.to(torch.float32) for t in (v.x, v.y, v.heading, traffic.length, traffic.width)]
+        return self.camera.render(*as32, traffic.present, out=out)
+
+    def _reward(self, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """MergeEnv._rewards and _reward (see the module docstring)."""
+        config, traffic = self.config, self.state
+        v = traffic.vehicles
+        low, high = config["reward_speed_range"]
+        controlled = traffic.present & ~traffic.is_object
+        merging = controlled & (v.lane == self._ramp)
+        slowdown = (v.target_speed - v.speed) / v.target_speed
+        terms = {
+            "collision_reward": traffic.crashed[:, 0].to(self.dtype),
+            "right_lane_reward": self.graph.lane_number[v.lane[:, 0]].to(self.dtype) / 1,
+            "high_speed_reward": (v.speed[:, 0] - low) / (high - low),  # utils.lmap, not clipped
+            "lane_change_reward": ((actions == LEFT) | (actions == RIGHT)).to(self.dtype),
+            "merging_speed_reward": torch.where(merging, slowdown, torch.zeros_like(slowdown)).sum(dim=1),
+        }
+        reward = sum(config.get(name, 0) * value for name, value in terms.items())
+        floor = config["collision_reward"] + config["merging_speed_reward"]
+        ceiling = config["high_speed_reward"] + config["right_lane_reward"]
+        return (reward - floor) / (ceiling - floor), terms
