@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agents.robust.attacks import GRADIENT, AttackSpec
-from agents.robust.corruptions import CorruptionSpec
+from agents.robust.attacks import ATTACKS, GRADIENT, AttackSpec
+from agents.robust.corruptions import KINDS as CORRUPTION_KINDS, CorruptionSpec
 from envs.files import atomic_write
 from perception.attacks import format_eps
 
@@ -93,11 +93,12 @@ def worst_of(settings: dict[str, dict[str, Any]], eps: float, metric: str) -> fl
 
 
 def rows(blocks: dict[str, list[dict[str, Any]]], eps: Sequence[float]) -> list[tuple[str, str, dict[str, dict[str, Cell]]]]:
-    """(setting name, description, {agent: {metric: Cell}}) in table order: the settings as the first run
-    of the first agent lists them, a worst-of row after each ε's attacks; a setting missing for any run is left out."""
+    """(setting name, description, {agent: {metric: Cell}}) in table order: no attack, the attacks (by kind as
+    ATTACKS lists them, then steps, transfer, ε), the corruptions (by kind, then severity), whatever order
+    the runs measured them in; a worst-of row after each ε's attacks; a setting missing for any run is left out."""
     first = next(iter(blocks.values()))[0]["settings"]
     table = []
-    for name, entry in first.items():
+    for name, entry in sorted(first.items(), key=lambda item: _table_order(item[1])):
         cells = {agent: {metric: Cell(tuple(_mean(block["settings"][name], metric) for block in runs))
                          for metric in METRICS}
                  for agent, runs in blocks.items() if all(name in block["settings"] for block in runs)}
@@ -111,6 +112,16 @@ def rows(blocks: dict[str, list[dict[str, Any]]], eps: Sequence[float]) -> list[
                      for agent, metrics in worst.items()}
             table.append((worst_name(budget), f"worst-of the white-box attacks, ε = {format_eps(budget)}", cells))
     return table
+
+
+def _table_order(entry: dict[str, Any]) -> tuple:
+    """Sort key of a setting's entry (an evaluation's "robustness" settings)."""
+    corruption = entry.get("corruption")
+    if corruption:
+        return (2, list(CORRUPTION_KINDS).index(corruption["kind"]), corruption["severity"])
+    if entry["attack"] == "none":
+        return (0,)
+    return (1, ATTACKS.index(entry["attack"]), entry.get("steps", 0), bool(entry.get("transfer")), entry["eps"])
 
 
 def _format(cell: Cell, metric: str) -> str:

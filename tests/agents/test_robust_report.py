@@ -58,6 +58,15 @@ def test_cells_are_median_and_iqr_over_runs_and_the_worst_row_follows():
     assert "| worst-eps3 | worst-of the white-box attacks, ε = 3/255 | 23.00 [22.50, 24.50] | 30.0% [30.0, 30.0] |" in text
 
 
+def test_rows_follow_the_table_order_whatever_order_the_runs_measured_them_in():
+    block = _block(0.0)
+    block["settings"]["fgsm-eps1"] = _entry("fgsm", 1 / 255, 24.0, 0.1)  # measured last, e.g. a resumed report
+    block["settings"] = dict(reversed(list(block["settings"].items())))
+    names = [name for name, _, _ in rows({"b": [block]}, [3 / 255])]
+    assert names == ["none", "random-eps3", "fgsm-eps1", "fgsm-eps3", "pgd10-eps3", "transfer-pgd10-eps3",
+                     "corruption-blur-2", "worst-eps3"]
+
+
 def test_a_setting_missing_for_one_run_is_left_out():
     partial = _block(0.0)
     del partial["settings"]["fgsm-eps3"]
