@@ -56,7 +56,6 @@ from dataclasses import dataclass, fields
 import torch
 
 from envs.fast import rng
-from envs.fast.corruptions import BatchedSensorCorruption
 from envs.fast.lanes import LaneGraph
 from envs.fast.road_motion import ControlledVehicles, action_codes
 from envs.fast.road_traffic import RoadRules, RoadTraffic, neighbour_vehicles, policy_step
@@ -396,19 +395,7 @@ class FastRoad(FrameStack):
             from envs.fast.camera import BatchedBevCamera
 
             self.camera = BatchedBevCamera(scenario.camera.bev, device=self.device, network=self.road.network)
-        self.stack = scenario.camera.stack
-        height, width = scenario.camera.size
-        # Two frame stacks used in turn, exactly as FastHighway (see there).
-        self._stacks = tuple(
-            torch.zeros((batch_size, self.stack, 3, height, width), dtype=torch.uint8, device=self.device)
-            for _ in range(2)
-        )
-        self.frames = self._stacks[0]
-        self.corruption: BatchedSensorCorruption | None = None
-        self._clean: torch.Tensor | None = None
-        if self.camera is not None and corruptions and scenario.corruptions.active:
-            self.corruption = BatchedSensorCorruption(scenario.corruptions, batch_size, self.device)
-            self._clean = torch.zeros((batch_size, 3, height, width), dtype=torch.uint8, device=self.device)
+        self._init_frames(scenario, batch_size, corruptions)
         self.tracker = RoadSignalTracker(self.graph, self.road.rules.connected_lanes, batch_size, 1.0 / policy_hz,
                                          self.device, dtype)
         self.steps = torch.zeros(batch_size, dtype=torch.long, device=self.device)

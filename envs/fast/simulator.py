@@ -93,6 +93,30 @@ class FrameStack:
         batch, stack, channels, height, width = self.frames.shape
         return self.frames.reshape(batch, stack * channels, height, width)
 
+    def _init_frames(self, scenario: Scenario, batch_size: int, corruptions: bool) -> None:
+        """The frame stacks and the sensor corruptions (after `camera` and `device` are set)."""
+        self.stack = scenario.camera.stack
+        height, width = scenario.camera.size
+        # Two frame stacks (B, stack, 3, H, W), used in turn: each step writes the one not
+        # handed out last, so the previous observation stays valid during the step (SB3 copies
+        # it into its rollout buffer after stepping), resets included. No per-step allocation:
+        # on CPU, page-faulting a fresh ~40 KB per env every step cost as much as rendering.
+        # (A single history with a sliding window would save the copy of stack - 1 frames,
+        # but resetting an env would then overwrite frames the previous observation shows.)
+        self._stacks = tuple(
+            torch.zeros((batch_size, self.stack, 3, height, width), dtype=torch.uint8, device=self.device)
+            for _ in range(2)
+        )
+        self.frames = self._stacks[0]  # the current stack, oldest frame first
+        # Sensor corruptions, only where the scenario has them (no cost otherwise): new frames are
+        # rendered into `_clean` (B, 3, H, W) uint8, kept for `clean_frames`, and their corrupted
+        # version goes into the stack.
+        self.corruption: BatchedSensorCorruption | None = None
+        self._clean: torch.Tensor | None = None
+        if self.camera is not None and corruptions and scenario.corruptions.active:
+            self.corruption = BatchedSensorCorruption(scenario.corruptions, batch_size, self.device)
+            self._clean = torch.zeros((batch_size, 3, height, width), dtype=torch.uint8, device=self.device)
+
     def _start_stacks(self, rows: torch.Tensor) -> None:
         """Fill the stacks of the envs `rows` ((E,) int64, just reset) with their first frame."""
         frame = self._render(self.state.select(rows))  # (E, 3, H, W)
@@ -151,27 +175,7 @@ class FastHighway(FrameStack):
             from envs.fast.camera import BatchedBevCamera
 
             self.camera = BatchedBevCamera(scenario.camera.bev, self.traffic.lanes_count, self.device)
-        self.stack = scenario.camera.stack
-        height, width = scenario.camera.size
-        # Two frame stacks (B, stack, 3, H, W), used in turn: each step writes the one not
-        # handed out last, so the previous observation stays valid during the step (SB3 copies
-        # it into its rollout buffer after stepping), resets included. No per-step allocation:
-        # on CPU, page-faulting a fresh ~40 KB per env every step cost as much as rendering.
-        # (A single history with a sliding window would save the copy of stack - 1 frames,
-        # but resetting an env would then overwrite frames the previous observation shows.)
-        self._stacks = tuple(
-            torch.zeros((batch_size, self.stack, 3, height, width), dtype=torch.uint8, device=self.device)
-            for _ in range(2)
-        )
-        self.frames = self._stacks[0]  # the current stack, oldest frame first
-        # Sensor corruptions, only where the scenario has them (no cost otherwise): new frames are
-        # rendered into `_clean` (B, 3, H, W) uint8, kept for `clean_frames`, and their corrupted
-        # version goes into the stack.
-        self.corruption: BatchedSensorCorruption | None = None
-        self._clean: torch.Tensor | None = None
-        if self.camera is not None and corruptions and scenario.corruptions.active:
-            self.corruption = BatchedSensorCorruption(scenario.corruptions, batch_size, self.device)
-            self._clean = torch.zeros((batch_size, 3, height, width), dtype=torch.uint8, device=self.device)
+        self._init_frames(scenario, batch_size, corruptions)
         self.tracker = SignalTracker(batch_size, 1.0 / policy_hz, self.device, dtype)
         self.steps = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.episode_seeds = torch.zeros(batch_size, dtype=torch.long, device=self.device)
