@@ -61,7 +61,7 @@ from envs.fast.road_motion import ControlledVehicles, action_codes
 from envs.fast.road_traffic import RoadRules, RoadTraffic, neighbour_vehicles, policy_step
 from envs.fast.simulator import FrameStack, StepResult, UnsupportedScenario
 from envs.fast.spawn import SPAWN_STREAM, speed_to_index
-from envs.safety import HARD_BRAKE_MPS2, STOPPED_SPEED_MPS
+from envs.fast.signals import SignalTracker, time_margins
 from scenarios import Scenario
 
 SUPPORTED_ROAD_ENV_IDS = ("merge-v1",)
@@ -292,56 +292,26 @@ def leader_gap(graph: LaneGraph, traffic: RoadTraffic, connected: bool) -> tuple
     ego_speed = along(v.speed[:, :1], v.heading[:, :1], s_ego)
     leader_speed = along(v.speed.gather(1, index), v.heading.gather(1, index), s_leader)
     half = (traffic.length[:, 0] + traffic.length.gather(1, index)[:, 0]) / 2
-    inf = torch.full_like(ego_speed, math.inf)
-    gap = torch.where(has_leader, (s_leader - s_ego)[:, 0] - half, inf)
-    closing = torch.where(has_leader, ego_speed - leader_speed, torch.zeros_like(ego_speed))
-    ttc = torch.where(closing > 0, gap.clamp(min=0) / closing.clamp(min=1e-12), inf)
-    headway = torch.where((ego_speed > STOPPED_SPEED_MPS) & has_leader, gap.clamp(min=0) / ego_speed.clamp(min=1e-12), inf)
-    return gap, ttc, headway, leader
+    gap = torch.where(has_leader, (s_leader - s_ego)[:, 0] - half, torch.full_like(ego_speed, math.inf))
+    return (gap, *time_margins(gap, ego_speed, leader_speed, has_leader), leader)
 
 
-class RoadSignalTracker:
+class RoadSignalTracker(SignalTracker):
     """envs.safety.StepTracker for B envs on a lane graph: the same keys as envs.fast.signals."""
 
     def __init__(self, graph: LaneGraph, connected: bool, batch_size: int, dt_s: float,
                  device: torch.device, dtype: torch.dtype) -> None:
-        self.graph, self.connected, self.dt_s = graph, connected, dt_s
-        zeros = torch.zeros(batch_size, device=device, dtype=dtype)
-        self.speed, self.acceleration, self.distance = zeros.clone(), zeros.clone(), zeros.clone()
-        self.x, self.y = zeros.clone(), zeros.clone()
-        self.lane = torch.zeros(batch_size, device=device, dtype=torch.long)
+        super().__init__(batch_size, dt_s, device, dtype)
+        self.graph, self.connected = graph, connected
 
-    def reset(self, rows: torch.Tensor, traffic: RoadTraffic) -> dict[str, torch.Tensor]:
-        """Start the envs `rows`; returns their signals at reset, (E,) each."""
-        sub = traffic.select(rows)
-        v = sub.vehicles
-        self.speed[rows] = v.speed[:, 0]
-        self.acceleration[rows] = 0.0
-        self.distance[rows] = 0.0
-        self.x[rows], self.y[rows] = v.x[:, 0], v.y[:, 0]
-        self.lane[rows] = v.lane[:, 0]
-        signals = self.observe(sub, self.distance[rows])
-        zeros = torch.zeros_like(signals["speed"])
-        no = torch.zeros_like(signals["crashed"])
-        signals.update(acceleration=zeros, jerk=zeros.clone(), lane_change=no, hard_brake=no.clone())
-        return signals
-
-    def step(self, traffic: RoadTraffic) -> dict[str, torch.Tensor]:
-        """Signals of all B envs after a policy step."""
+    def ego(self, traffic: RoadTraffic) -> tuple[torch.Tensor, ...]:
         v = traffic.vehicles
-        speed = v.speed[:, 0].clone()
-        acceleration = (speed - self.speed) / self.dt_s
-        jerk = (acceleration - self.acceleration) / self.dt_s
-        lane = v.lane[:, 0].clone()
+        return tuple(t[:, 0].clone() for t in (v.x, v.y, v.speed, v.lane))
+
+    def lane_changed(self, lane: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """The lane id (lane_index[2]) changed within one road (edge), as envs.safety counts it."""
         graph = self.graph
-        lane_change = (graph.edge[lane] == graph.edge[self.lane]) & (graph.lane_number[lane] != graph.lane_number[self.lane])
-        self.distance = self.distance + torch.hypot(v.x[:, 0] - self.x, v.y[:, 0] - self.y)
-        self.speed, self.acceleration, self.lane = speed, acceleration, lane
-        self.x, self.y = v.x[:, 0].clone(), v.y[:, 0].clone()
-        signals = self.observe(traffic, self.distance)
-        signals.update(acceleration=acceleration, jerk=jerk, lane_change=lane_change,
-                       hard_brake=acceleration < -HARD_BRAKE_MPS2)
-        return signals
+        return (graph.edge[lane] == graph.edge[previous]) & (graph.lane_number[lane] != graph.lane_number[previous])
 
     def observe(self, traffic: RoadTraffic, distance: torch.Tensor) -> dict[str, torch.Tensor]:
         v, graph = traffic.vehicles, self.graph

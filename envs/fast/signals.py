@@ -30,15 +30,25 @@ def leader_gap(state: TrafficState) -> tuple[torch.Tensor, torch.Tensor, torch.T
     gap = torch.where(has_leader, distance - VEHICLE.length, torch.full_like(distance, math.inf))
     ego_speed = state.speed[:, 0] * torch.cos(state.heading[:, 0])  # along the lane [m/s]
     leader_speed = torch.gather(state.speed[:, others] * torch.cos(state.heading[:, others]), 1, leader[:, None])[:, 0]
+    return (gap, *time_margins(gap, ego_speed, leader_speed, has_leader))
+
+
+def time_margins(gap: torch.Tensor, ego_speed: torch.Tensor, leader_speed: torch.Tensor,
+                 has_leader: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """envs.safety's time-to-collision and headway [s], each (B,), from the bumper gap [m] and both
+    speeds along the lane [m/s]; inf without a leader, while not closing in, or while stopped."""
     closing = torch.where(has_leader, ego_speed - leader_speed, torch.zeros_like(ego_speed))
     inf = torch.full_like(gap, math.inf)
     ttc = torch.where(closing > 0, gap.clamp(min=0) / closing.clamp(min=1e-12), inf)
     headway = torch.where((ego_speed > STOPPED_SPEED_MPS) & has_leader, gap.clamp(min=0) / ego_speed.clamp(min=1e-12), inf)
-    return gap, ttc, headway
+    return ttc, headway
 
 
 class SignalTracker:
-    """Batched envs.safety.StepTracker: remembers the previous policy step of every env."""
+    """Batched envs.safety.StepTracker: remembers the previous policy step of every env.
+
+    The straight highway's; a simulator on other roads overrides `ego` (the ego's x, y, speed and
+    lane id), `lane_changed` and `observe` (road_sim.RoadSignalTracker)."""
 
     def __init__(self, batch_size: int, dt_s: float, device: torch.device, dtype: torch.dtype) -> None:
         self.dt_s = dt_s
@@ -47,31 +57,41 @@ class SignalTracker:
         self.x, self.y = zeros.clone(), zeros.clone()
         self.lane = torch.zeros(batch_size, device=device, dtype=torch.long)
 
-    def reset(self, rows: torch.Tensor, state: TrafficState) -> dict[str, torch.Tensor]:
+    def ego(self, state) -> tuple[torch.Tensor, ...]:
+        """(x [m], y [m], speed [m/s], lane id), each (B,) copies, of the ego of every env."""
+        return tuple(t[:, 0].clone() for t in (state.x, state.y, state.speed, state.lane))
+
+    def lane_changed(self, lane: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: the lane id changed on the same road segment."""
+        return lane != previous
+
+    def observe(self, state, distance: torch.Tensor) -> dict[str, torch.Tensor]:
+        return observe(state, distance)
+
+    def reset(self, rows: torch.Tensor, state) -> dict[str, torch.Tensor]:
         """Start the envs `rows`; returns their signals at reset, (E,) each."""
         sub = state.select(rows)
-        self.speed[rows] = sub.speed[:, 0]
+        x, y, speed, lane = self.ego(sub)
+        self.speed[rows], self.lane[rows] = speed, lane
         self.acceleration[rows] = 0.0
         self.distance[rows] = 0.0
-        self.x[rows], self.y[rows] = sub.x[:, 0], sub.y[:, 0]
-        self.lane[rows] = sub.lane[:, 0]
-        signals = observe(sub, self.distance[rows])
+        self.x[rows], self.y[rows] = x, y
+        signals = self.observe(sub, self.distance[rows])
         zeros = torch.zeros_like(signals["speed"])
         signals.update(acceleration=zeros, jerk=zeros.clone(), lane_change=torch.zeros_like(signals["crashed"]),
                        hard_brake=torch.zeros_like(signals["crashed"]))
         return signals
 
-    def step(self, state: TrafficState) -> dict[str, torch.Tensor]:
+    def step(self, state) -> dict[str, torch.Tensor]:
         """Signals of all B envs after a policy step."""
-        speed = state.speed[:, 0]
+        x, y, speed, lane = self.ego(state)
         acceleration = (speed - self.speed) / self.dt_s
         jerk = (acceleration - self.acceleration) / self.dt_s
-        lane = state.lane[:, 0]
-        lane_change = lane != self.lane
-        self.distance = self.distance + torch.hypot(state.x[:, 0] - self.x, state.y[:, 0] - self.y)
+        lane_change = self.lane_changed(lane, self.lane)
+        self.distance = self.distance + torch.hypot(x - self.x, y - self.y)
         self.speed, self.acceleration, self.lane = speed, acceleration, lane
-        self.x, self.y = state.x[:, 0].clone(), state.y[:, 0].clone()
-        signals = observe(state, self.distance)
+        self.x, self.y = x, y
+        signals = self.observe(state, self.distance)
         signals.update(acceleration=acceleration, jerk=jerk, lane_change=lane_change,
                        hard_brake=acceleration < -HARD_BRAKE_MPS2)
         return signals
