@@ -92,4 +92,6 @@ def test_exit_reports_highway_envs_own_success():
     env = DrivingEnv("exit")
     env.reset(seed=0)
     _, _, _, _, info = env.step(IDLE)
-    assert info["goal_reached"] == info["is_success"] == env.sim._is_success()
+    assert info["goal_reached"] is info["is_success"] is False  # still on the highway, lane 0
+    env.sim.vehicle.target_lane_index = ("2", "exit", 0)  # heading into the exit
+    assert goal_check(env.sim)(env.sim) is True and env.sim._is_success()
