@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from envs.backends import FAST
-from envs.fast.gym_env import FastDrivingEnv, scenes_of
-from envs.fast.params import LANE_WIDTH_M
+from envs.fast.gym_env import FastDrivingEnv
 from envs.fast.vec_env import FastVecEnv
 from envs.ground_truth import privileged_state
 from perception.labels import LABEL_DIM, encode
@@ -57,10 +56,10 @@ class PrivilegedVecEnv(FastVecEnv):
 
     def observe_rows(self, rows: torch.Tensor) -> np.ndarray:
         rows = rows.tolist()
-        ego_lanes = self.sim.state.lane[rows, 0].tolist()
+        ego_lanes = self.sim.ego_lane_numbers(rows)
         vectors = [
-            label_vector(privileged_state(scene, LANE_WIDTH_M, lane))
-            for scene, lane in zip(scenes_of(self.sim.state, rows), ego_lanes)
+            label_vector(privileged_state(scene, self.sim.ego_lane_width(row), lane))
+            for row, scene, lane in zip(rows, self.sim.scenes(rows), ego_lanes)
         ]
         return np.stack(vectors).astype(np.float32)  # (E, LABEL_DIM)
 

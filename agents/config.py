@@ -13,12 +13,12 @@ scenario that overrides some of them:
 
 A block named after a backend (`fast:`) overrides both for runs on that simulator: the batched
 backend steps hundreds of envs per call, so its rollouts are short per env, its minibatches large
-and its budget in steps larger. (It supports only the straight highways, so its block is their
-recipe.)
+and its budget in steps larger. (Its block is the straight highways' recipe.) A block named
+`<scenario>@<backend>` (`merge@fast:`) overrides all three, for that scenario on that backend.
 
 A `--config FILE` has the shape of one block (any subset of `training`, `policy`, `ppo`, `a2c`).
 Layers apply in this order, later wins: `default` < the scenario's block < the backend's block <
-`--config FILE` < flags on the command line (`--timesteps`, `--fine-tune`). Unknown keys, wrong types and out-of-range
+the scenario@backend block < `--config FILE` < flags on the command line (`--timesteps`, `--fine-tune`). Unknown keys, wrong types and out-of-range
 values are errors that name the file and the key, like scenario files.
 
 The resolved values of one run are a `RunConfig`, written to the run folder as `config.yaml` and
@@ -223,6 +223,7 @@ def load_agent_config(
     blocks = _read_defaults(str(defaults_file), defaults_file.stat().st_mtime_ns)
     merged = _merge(blocks["default"], blocks.get(scenario_name, {}))
     merged = _merge(merged, blocks.get(backend, {}))
+    merged = _merge(merged, blocks.get(f"{scenario_name}@{backend}", {}))
     source: Path = defaults_file
     if config_file is not None:
         config_file = Path(config_file).expanduser()
@@ -261,10 +262,13 @@ def _read_defaults(path_text: str, _mtime_ns: int) -> dict[str, dict[str, Any]]:
     scenarios = set(available_scenarios())
     blocks = {}
     for name, block in raw.items():
-        if name != "default" and name not in BACKEND_BLOCKS and name not in scenarios:
+        scenario, _, backend = name.partition("@")
+        known = name == "default" or name in BACKEND_BLOCKS or name in scenarios or (
+            scenario in scenarios and backend in BACKEND_BLOCKS)
+        if not known:
             raise ValueError(
-                f"{path}: {name}: unknown block; blocks are 'default', a backend ({', '.join(BACKEND_BLOCKS)}) "
-                f"or a shipped scenario: {', '.join(sorted(scenarios))}"
+                f"{path}: {name}: unknown block; blocks are 'default', a backend ({', '.join(BACKEND_BLOCKS)}), "
+                f"a shipped scenario ({', '.join(sorted(scenarios))}) or scenario@backend (merge@fast)"
             )
         blocks[name] = _check_block(block, path, prefix=f"{name}.")
     _validate(AgentConfig, blocks["default"], path, prefix="default.")  # the default block alone is complete

@@ -3,13 +3,14 @@
 PPO on highway plateaus below the driving-quality bar even on perfect perception (docs/BENCHMARKS.md,
 "ceiling"): with a short discount it speeds and crashes, with a longer one it dawdles. A planner
 with the simulator as its model does not have that problem. highway-env's traffic is deterministic
-once spawned (IDM and MOBIL, no noise), so a copy of an env's `TrafficState` predicts its future
+once spawned (IDM and MOBIL, no noise), so a copy of an env's state predicts its future
 exactly, for every action sequence the ego could choose.
 
 For each env the teacher tries every sequence of `depth` actions (5^depth of them), each followed by
-IDLE up to `horizon` policy steps, as rows of batched `FastHighway`s without frames (one row per
-first action for the first step, then one per sequence), and scores each first action by the best discounted return of the sequences that start with it. A
-sequence that crashes loses the rewards it would have earned after the crash, and also
+IDLE up to `horizon` policy steps, as rows of batched simulators without frames of the advised
+one's class (`FastHighway` or `FastRoad`; one row per first action for the first step, then one
+per sequence), and scores each first action by the best discounted return of the sequences that
+start with it. A sequence that crashes loses the rewards it would have earned after the crash, and also
 `survival_value` per step for the rest of the episode. Each step closer than `min_headway_s` to
 the car ahead costs `headway_penalty`, and each step closing in on it with a time to collision
 below `min_ttc_s` costs `ttc_penalty`: a teacher that keeps a margin is one a camera policy can
@@ -29,7 +30,8 @@ import itertools
 
 import torch
 
-from envs.fast.simulator import FastHighway, StepResult
+from envs.fast.simulator import StepResult
+from envs.fast.simulators import BatchedSimulator
 
 IDLE = 1  # DiscreteMetaAction: LANE_LEFT 0, IDLE 1, LANE_RIGHT 2, FASTER 3, SLOWER 4
 ACTIONS = 5
@@ -48,7 +50,7 @@ def best_actions(values: torch.Tensor) -> torch.Tensor:
 
 
 class LookaheadTeacher:
-    def __init__(self, sim: FastHighway, depth: int = 2, horizon: int = 3, gamma: float = 0.95,
+    def __init__(self, sim: BatchedSimulator, depth: int = 2, horizon: int = 3, gamma: float = 0.95,
                  survival_value: float = 0.8, min_headway_s: float = 0.5, headway_penalty: float = 0.5,
                  min_ttc_s: float = 3.0, ttc_penalty: float = 0.5, chunk: int | None = None) -> None:
         """sim: the simulator whose envs it advises. depth: actions searched exhaustively; horizon:
@@ -75,7 +77,7 @@ class LookaheadTeacher:
         # A sequence that survives the horizon is worth this much more than its rewards so far:
         # survival_value per step for ever after, discounted.
         self.tail_value = gamma**horizon * survival_value / (1.0 - gamma)
-        self._planners: dict[str, FastHighway] = {}
+        self._planners: dict[str, BatchedSimulator] = {}
 
     def act(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(E,) int64: the teacher's action for each env `rows` of `sim` (all when None), in its current state.
@@ -101,36 +103,42 @@ class LookaheadTeacher:
         count, options = len(rows), len(self.sequences)
         first = self._planner_for("first", count * ACTIONS)
         first.load(torch.arange(count * ACTIONS, device=first.device), self.sim.state.select(rows.repeat_interleave(ACTIONS)))
-        value, alive = self._score(first.step(torch.arange(ACTIONS, device=first.device).repeat(count)), step=0)
+        value, alive, ended = self._score(first.step(torch.arange(ACTIONS, device=first.device).repeat(count)), step=0)
         # sequences are ordered by their first action: sequence s starts with s // (options / 5)
         parent = torch.arange(count * options, device=first.device) // (options // ACTIONS)  # (E * S,) row of `first`
         rest = self._planner_for("rest", count * options)
         rest.load(torch.arange(count * options, device=rest.device), first.state.select(parent))
-        value, alive = value[parent], alive[parent]
+        value, alive, ended = value[parent], alive[parent], ended[parent]
         idle = torch.full((count * options,), IDLE, dtype=torch.long, device=rest.device)
         for step in range(1, self.horizon):
             actions = self.sequences[:, step].repeat(count) if step < self.depth else idle
-            reward, survived = self._score(rest.step(actions), step)
-            value += alive * reward  # a crashed row earns nothing more
-            alive &= survived
+            reward, survived, ends = self._score(rest.step(actions), step)
+            value += ~ended * reward  # an ended episode (crash, or merge's end of road) earns nothing more
+            alive &= survived | ended
+            ended |= ends
         value += alive * self.tail_value
         # (E, 5): the best sequence that starts with each action
         return value.view(count, ACTIONS, options // ACTIONS).amax(dim=2)
 
-    def _score(self, result: StepResult, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(discounted reward, not crashed) of one planning step, each (rows,)."""
+    def _score(self, result: StepResult, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(discounted reward, not crashed, episode over) of one planning step, each (rows,).
+
+        An episode that ends without a crash (merge's ego past the end of the road) keeps its
+        `tail_value` like one still driving: arriving is as good as surviving, so the plan does
+        not dawdle to collect more steps, nor rush to end the episode."""
         reward = result.reward
         if self.headway_penalty:
             reward = reward - self.headway_penalty * (result.signals["headway"] < self.min_headway_s).to(reward)
         if self.ttc_penalty:
             reward = reward - self.ttc_penalty * (result.signals["ttc"] < self.min_ttc_s).to(reward)
-        return (self.gamma**step) * reward, ~result.terminated
+        crashed = result.signals["crashed"]
+        return (self.gamma**step) * reward, ~crashed, result.terminated | crashed
 
-    def _planner_for(self, role: str, rows: int) -> FastHighway:
-        """The planning simulator for `role` ("first" or "rest") with `rows` rows (rebuilt when the
-        size changes: it holds no frames, so that is cheap)."""
+    def _planner_for(self, role: str, rows: int) -> BatchedSimulator:
+        """The planning simulator for `role` ("first" or "rest") with `rows` rows, of the advised
+        simulator's class (rebuilt when the size changes: it holds no frames, so that is cheap)."""
         planner = self._planners.get(role)
         if planner is None or planner.batch_size != rows:
-            planner = FastHighway(self.sim.scenario, rows, device=self.sim.device, dtype=self.sim.dtype, render=False)
+            planner = type(self.sim)(self.sim.scenario, rows, device=self.sim.device, dtype=self.sim.dtype, render=False)
             self._planners[role] = planner
         return planner

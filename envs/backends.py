@@ -7,8 +7,8 @@
 
 - `HIGHWAY_ENV` ("highway-env"): highway-env itself simulates; every scenario; one env per worker
   process in training (`SubprocVecEnv`). It is the *reference*: quality numbers are judged on it.
-- `FAST` ("fast"): the batched PyTorch simulator of `envs/fast/` (straight highways only, a clear
-  error otherwise); B envs per call in one process; its exact state is open to a privileged
+- `FAST` ("fast"): the batched PyTorch simulator of `envs/fast/` (straight highways and merge, a
+  clear error otherwise); B envs per call in one process; its exact state is open to a privileged
   teacher (agents/teacher.py).
 
 Code elsewhere asks a backend about a capability (`reference`, `batched`, `uses_worker_processes`,
@@ -35,7 +35,7 @@ from scenarios import Scenario, load_scenario
 if TYPE_CHECKING:
     from stable_baselines3.common.vec_env import VecEnv
 
-    from envs.fast.simulator import FastHighway
+    from envs.fast.simulators import BatchedSimulator
 
 
 @runtime_checkable
@@ -78,19 +78,20 @@ class CameraEnv(Protocol):
 @runtime_checkable
 class PrivilegedEnv(Protocol):
     """An env (single or vectorised) whose exact simulator state a privileged teacher may read:
-    the fast backend's `FastHighway` (B envs, row i = env i). Backends with `has_privileged_state`."""
+    the fast backend's `FastHighway` or `FastRoad` (B envs, row i = env i). Backends with
+    `has_privileged_state`."""
 
-    sim: FastHighway
+    sim: BatchedSimulator
 
 
-def privileged_simulator(env: Any) -> FastHighway:
+def privileged_simulator(env: Any) -> BatchedSimulator:
     """The batched simulator under `env` (gym and SB3 wrappers are looked through), for the teacher;
     a clear error for an env of a backend without privileged state."""
-    from envs.fast.simulator import FastHighway
+    from envs.fast.simulators import is_batched_simulator
 
     inner = getattr(env, "unwrapped", env)
     simulator = getattr(inner, "sim", None)
-    if not isinstance(simulator, FastHighway):
+    if not is_batched_simulator(simulator):
         names = ", ".join(backend.name for backend in BACKENDS if backend.has_privileged_state)
         raise ValueError(f"{type(inner).__name__} has no privileged simulator state for the teacher; "
                          f"envs of these backends have: {names}")
@@ -204,17 +205,17 @@ less correlated batches."""
 
 @dataclass(frozen=True)
 class FastBackend(Backend):
-    """The batched PyTorch simulator (envs/fast/): highway-fast-v0's rules for B envs per call."""
+    """The batched PyTorch simulator (envs/fast/): highway-fast-v0's and merge-v1's rules for B envs per call."""
 
     def unsupported_reason(self, scenario: Scenario) -> str | None:
-        from envs.fast.simulator import unsupported_reasons
+        from envs.fast.simulators import unsupported_reasons
 
         reasons = unsupported_reasons(scenario)
         return "; ".join(reasons) if reasons else None
 
     def check_supported(self, scenario: Scenario) -> None:
         """Raise envs.fast.simulator.UnsupportedScenario (a ValueError) naming the supported scenarios."""
-        from envs.fast.simulator import check_supported
+        from envs.fast.simulators import check_supported
 
         check_supported(scenario)
 
@@ -253,7 +254,7 @@ HIGHWAY_ENV = HighwayEnvBackend(
     batched=False, uses_worker_processes=True, has_privileged_state=False, top_down_caption="highway-env top-down",
 )
 FAST = FastBackend(
-    name="fast", description="the batched PyTorch simulator (straight highways; envs/fast)", reference=False,
+    name="fast", description="the batched PyTorch simulator (straight highways and merge; envs/fast)", reference=False,
     batched=True, uses_worker_processes=False, has_privileged_state=True,
     top_down_caption="fast backend top-down (our camera, zoomed out)",
 )

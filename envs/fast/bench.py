@@ -1,8 +1,8 @@
 """`python run.py bench env --backend fast`: the batched simulator's steps/s against highway-env.
 
 Both are measured in one run, on the same scenario and one PyTorch thread unless asked
-otherwise: highway-env with our camera (DrivingEnv, one env) and FastHighway at each batch
-size B, with camera frames and without, random actions, finished envs reset as a VecEnv would.
+otherwise: highway-env with our camera (DrivingEnv, one env) and the batched simulator of the
+scenario (FastHighway or FastRoad) at each batch size B, with camera frames and without, random actions, finished envs reset as a VecEnv would.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from envs.fast.simulator import FastHighway, check_supported
+from envs.fast.simulators import check_supported, make_simulator
 from scenarios import load_scenario
 
 WARMUP_STEPS = 2
@@ -39,8 +39,9 @@ def highway_env_steps_per_s(scenario, steps: int, seed: int) -> float:
 
 
 def fast_steps_per_s(scenario, batch: int, steps: int, seed: int, device: str, render: bool) -> float:
-    """FastHighway env steps (B per call) per wall second, random actions, auto-reset."""
-    sim = FastHighway(scenario, batch, device=device, render=render)
+    """Batched simulator (FastHighway or FastRoad) env steps (B per call) per wall second, random
+    actions, auto-reset."""
+    sim = make_simulator(scenario, batch, device=device, render=render)
     generator = torch.Generator().manual_seed(seed)
     sim.reset(seeds=torch.arange(batch) + seed * batch)
     next_seed = seed * batch + batch
@@ -61,6 +62,11 @@ def fast_steps_per_s(scenario, batch: int, steps: int, seed: int, device: str, r
         one_step()
     _synchronize(sim.device)
     return batch * steps / (time.perf_counter() - began)
+
+
+def _vehicles(scenario, device: str) -> int:
+    """Columns of the scenario's batched state: the ego and every other road object."""
+    return int(make_simulator(scenario, 1, device=device, render=False).state.present.shape[1])
 
 
 def _synchronize(device: torch.device) -> None:
@@ -94,7 +100,7 @@ def bench_fast(
             with_frames = fast_steps_per_s(scenario, batch, steps, seed, device, render=True)
             sim_only = fast_steps_per_s(scenario, batch, steps, seed, device, render=False)
             rows.append({
-                "scenario": scenario.name, "vehicles": 1 + int(scenario.highway_env_config().get("vehicles_count", 0)),
+                "scenario": scenario.name, "vehicles": _vehicles(scenario, device),
                 "batch": batch, "fast_sps": with_frames, "sim_only_sps": sim_only,
                 "highway_env_sps": reference, "speedup": with_frames / reference,
                 "camera_us": 1e6 * (1 / with_frames - 1 / sim_only),  # frames' share of a step [µs/env step]

@@ -1,7 +1,7 @@
 """`FastDrivingEnv`: one fast-backend env behind DrivingEnv's Gymnasium API.
 
 Evaluation, previews and perception data collection play one episode at a time; this wraps a
-FastHighway of batch 1 so they work unchanged on `--backend fast`, with the same observation,
+batched simulator of batch 1 (FastHighway or FastRoad) so they work unchanged on `--backend fast`, with the same observation,
 reward and `info` (safety signals, ground truth, reward terms, episode seed).
 """
 
@@ -18,9 +18,7 @@ from highway_env.envs.common.action import DiscreteMetaAction
 
 from envs.fast.camera import BatchedBevCamera
 from envs.fast.episodes import EpisodeSeeds
-from envs.fast.params import LANE_WIDTH_M, VEHICLE
-from envs.fast.simulator import FastHighway, render_traffic
-from envs.fast.state import TrafficState
+from envs.fast.simulators import BatchedSimulator, make_simulator
 from envs.fast.vec_env import ACTIONS, signal_rows
 from envs.ground_truth import privileged_state
 from envs.scene import Scene
@@ -33,47 +31,19 @@ _ROW = torch.zeros(1, dtype=torch.long)
 TOP_DOWN_VIEW = BevCameraConfig(width=150, height=600, pixels_per_meter=5.5, ego_row=0.5)
 
 
-def scenes_of(state: TrafficState, rows: list[int]) -> list[Scene]:
-    """Envs `rows` of a batched state as envs.scene.Scene (the ego first, absent slots left out).
-    The columns are copied to NumPy once for all rows."""
-    index = torch.as_tensor(rows, dtype=torch.long, device=state.x.device)
-    present = state.present[index].cpu().numpy()  # (E, N)
-    x, y, heading, speed = (values[index].detach().cpu().double().numpy()
-                            for values in (state.x, state.y, state.heading, state.speed))  # (E, N) each
-    scenes = []
-    for k in range(len(rows)):
-        here = present[k]
-        count = int(here.sum())
-        scenes.append(Scene(positions=np.stack([x[k][here], y[k][here]], axis=1), headings=heading[k][here],
-                            speeds=speed[k][here], lengths=np.full(count, VEHICLE.length),
-                            widths=np.full(count, VEHICLE.width)))
-    return scenes
-
-
 class FastMetaActions:
     """The parts of highway-env's `DiscreteMetaAction` that rule-based ego policies read
     (envs.policies: perception data collection, previews), for the one env of a FastDrivingEnv."""
 
     actions_indexes = {name: index for index, name in DiscreteMetaAction.ACTIONS_ALL.items()}
 
-    def __init__(self, sim: FastHighway) -> None:
+    def __init__(self, sim: BatchedSimulator) -> None:
         self.sim = sim
 
     def get_available_actions(self) -> list[int]:
-        """As DiscreteMetaAction.get_available_actions on a straight road: no lane change off the
-        road's edge lanes, no speed change past the first or last target speed."""
-        indexes, state = self.actions_indexes, self.sim.state
-        lane, speed_index = int(state.lane[0, 0]), int(state.ego_speed_index[0])
-        actions = [indexes["IDLE"]]
-        if lane > 0:
-            actions.append(indexes["LANE_LEFT"])
-        if lane < self.sim.traffic.lanes_count - 1:
-            actions.append(indexes["LANE_RIGHT"])
-        if speed_index < len(self.sim.target_speeds) - 1:
-            actions.append(indexes["FASTER"])
-        if speed_index > 0:
-            actions.append(indexes["SLOWER"])
-        return actions
+        """As DiscreteMetaAction.get_available_actions: no lane change off the road's edge lanes (or
+        to an unreachable lane), no speed change past the first or last target speed."""
+        return self.sim.available_actions(0)
 
 
 class FastDrivingEnv(gym.Env[np.ndarray, int]):
@@ -84,7 +54,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-        self.sim = FastHighway(self.scenario, 1, device=device, corruptions=corruptions)
+        self.sim = make_simulator(self.scenario, 1, device=device, corruptions=corruptions)
         self.render_mode = render_mode
         height, width = self.scenario.camera.size
         self.observation_space = gym.spaces.Box(0, 255, (3 * self.sim.stack, height, width), np.uint8)
@@ -125,8 +95,8 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
     def top_down(self) -> np.ndarray:
         """(150, 600, 3) uint8: a zoomed-out view, road left to right as highway-env draws it, for previews."""
         if self._top_down_camera is None:  # built on first use: its road table takes ~0.1 s
-            self._top_down_camera = BatchedBevCamera(TOP_DOWN_VIEW, self.sim.traffic.lanes_count, self.sim.device)
-        frame = render_traffic(self._top_down_camera, self.sim.state.select(_ROW.to(self.sim.device)))
+            self._top_down_camera = self.sim.make_camera(TOP_DOWN_VIEW, self.sim.device)
+        frame = self.sim.render_with(self._top_down_camera, self.sim.state.select(_ROW.to(self.sim.device)))
         heading_up = frame[0].permute(1, 2, 0).cpu().numpy()  # (600, 150, 3): ahead is up
         return np.ascontiguousarray(np.rot90(heading_up, k=-1))  # (150, 600, 3): ahead is right
 
@@ -137,7 +107,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
 
     def scene(self) -> Scene:
         """The current vehicles as envs.scene.Scene (row 0 the ego), for ground truth and tools."""
-        return scenes_of(self.sim.state, [0])[0]
+        return self.sim.scenes([0])[0]
 
     def vehicle_ids(self) -> np.ndarray:
         """(N,) int64: one id per row of `scene()`, the vehicle's column in the state (0 = the ego),
@@ -154,7 +124,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         present = torch.ones((1, len(scene.speeds)), dtype=torch.bool)
         with self._scene_camera_lock:
             if self._scene_camera is None:
-                self._scene_camera = BatchedBevCamera(self.scenario.camera.bev, self.sim.traffic.lanes_count, "cpu")
+                self._scene_camera = self.sim.make_camera(self.scenario.camera.bev, "cpu")
             frames = self._scene_camera.render(row(scene.positions[:, 0]), row(scene.positions[:, 1]),
                                                row(scene.headings), row(scene.lengths), row(scene.widths), present)
             return frames[0].permute(1, 2, 0).numpy().copy()  # (1, 3, H, W) -> (H, W, 3)
@@ -166,7 +136,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         safety = signal_rows(signals)[0]
         info: dict[str, Any] = {
             "safety": safety,
-            "ground_truth": privileged_state(self.scene(), LANE_WIDTH_M, int(safety["lane_id"])),
+            "ground_truth": privileged_state(self.scene(), self.sim.ego_lane_width(0), int(safety["lane_id"])),
             "episode_seed": self.episode_seed,
         }
         if rewards:

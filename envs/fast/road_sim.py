@@ -52,17 +52,24 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 
 from envs.fast import rng
 from envs.fast.lanes import LaneGraph
-from envs.fast.road_motion import ControlledVehicles, action_codes
+from envs.fast.road_motion import ControlledVehicles, action_codes, is_reachable_from
+from envs.fast.scenes import scenes_of_columns
 from envs.fast.road_traffic import RoadRules, RoadTraffic, neighbour_vehicles, policy_step
 from envs.fast.simulator import FrameStack, StepResult, UnsupportedScenario
 from envs.fast.spawn import SPAWN_STREAM, speed_to_index
 from envs.fast.signals import SignalTracker, time_margins
+from envs.scene import Scene
 from scenarios import Scenario
+from scenarios.schema import BevCameraConfig
+
+if TYPE_CHECKING:
+    from envs.fast.camera import BatchedBevCamera
 
 SUPPORTED_ROAD_ENV_IDS = ("merge-v1",)
 IDM_VEHICLE_TYPE = "highway_env.vehicle.behavior.IDMVehicle"
@@ -84,7 +91,7 @@ RAMP_PARALLEL_M = 80.0  # ends[2]: the obstacle stands at lbc.position(ends[2], 
 OBSTACLE_SIZE_M = 2.0  # Obstacle LENGTH = WIDTH
 VEHICLE_LENGTH_M, VEHICLE_WIDTH_M = 5.0, 2.0
 MERGE_END_X_M = 370.0  # the episode ends once the ego's x is past this
-LEFT, RIGHT = 0, 2  # DiscreteMetaAction indices lane_change_reward counts ("action in [0, 2]")
+LEFT, IDLE, RIGHT, FASTER, SLOWER = range(5)  # DiscreteMetaAction indices (lane_change_reward counts 0 and 2)
 
 
 def road_unsupported_reasons(scenario: Scenario) -> list[str]:
@@ -416,11 +423,56 @@ class FastRoad(FrameStack):
             self._push_frame()
         return StepResult(reward=reward, terminated=terminated, truncated=truncated, signals=signals, rewards=terms)
 
-    def _render(self, traffic: RoadTraffic, out: torch.Tensor | None = None) -> torch.Tensor:
-        """(E, 3, H, W) uint8 frames of E envs (into `out` when given); each object's own size."""
+    # -- views of one env, for FastDrivingEnv (the same methods as FastHighway's) --------------------
+    def scenes(self, rows: list[int]) -> list[Scene]:
+        """Envs `rows` as envs.scene.Scene: the ego, the other vehicles, then the obstacle (DrivingEnv's
+        snapshot order); each object's own size."""
+        traffic = self.state
+        v = traffic.vehicles
+        return scenes_of_columns(rows, traffic.present, v.x, v.y, v.heading, v.speed, traffic.length, traffic.width)
+
+    def make_camera(self, view: BevCameraConfig, device: torch.device | str) -> BatchedBevCamera:
+        """A camera of another view (top-down, counterfactual renders) on this road network."""
+        from envs.fast.camera import BatchedBevCamera
+
+        return BatchedBevCamera(view, device=device, network=self.road.network)
+
+    def render_with(self, camera: BatchedBevCamera, traffic: RoadTraffic,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+        """(E, 3, H, W) uint8 frames of E envs through `camera` (into `out` when given); each object's own size."""
         v = traffic.vehicles
         as32 = [t.to(torch.float32) for t in (v.x, v.y, v.heading, traffic.length, traffic.width)]
-        return self.camera.render(*as32, traffic.present, out=out)
+        return camera.render(*as32, traffic.present, out=out)
+
+    def available_actions(self, row: int) -> list[int]:
+        """DiscreteMetaAction.get_available_actions of env `row`: a lane change only to a lane of the
+        same road that is reachable from the ego's position, no speed change past the last or first
+        target speed."""
+        v, graph = self.state.vehicles, self.graph
+        a, b, number = graph.indices[int(v.lane[row, 0])]
+        x, y = v.x[row, 0], v.y[row, 0]
+        actions = [IDLE]
+        for side_number, action in ((number - 1, LEFT), (number + 1, RIGHT)):
+            side = graph.lane_ids.get((a, b, side_number))
+            if side is not None and bool(is_reachable_from(graph, torch.tensor(side, device=self.device), x, y)):
+                actions.append(action)
+        speed_index = int(v.speed_index[row, 0])
+        if speed_index < len(self.road.target_speeds) - 1:
+            actions.append(FASTER)
+        if speed_index > 0:
+            actions.append(SLOWER)
+        return actions
+
+    def ego_lane_numbers(self, rows: list[int]) -> list[int]:
+        """The ego's lane _id within its road (0 = leftmost) in envs `rows`."""
+        return self.graph.lane_number[self.state.vehicles.lane[rows, 0]].tolist()
+
+    def ego_lane_width(self, row: int) -> float:
+        """[m] the width of env `row`'s ego lane (ground truth's lane offsets), as DrivingEnv reads it."""
+        return float(self.graph.width[self.state.vehicles.lane[row, 0]])
+
+    def _render(self, traffic: RoadTraffic, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.render_with(self.camera, traffic, out)
 
     def _reward(self, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """MergeEnv._rewards and _reward (see the module docstring)."""

@@ -10,19 +10,27 @@ their final state until `reset(rows, seeds)` respawns them; the VecEnv does that
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from highway_env.envs.highway_env import HighwayEnvFast
 
 from envs.fast.corruptions import BatchedSensorCorruption
 from envs.fast.dynamics import act, apply_ego_action, move
-from envs.fast.params import CONTROLLER, VEHICLE
+from envs.fast.params import CONTROLLER, LANE_WIDTH_M, VEHICLE
+from envs.fast.scenes import scenes_of_columns
 from envs.fast.signals import SignalTracker, on_road
 from envs.fast.spawn import TrafficConfig, spawn
 from envs.fast.state import TrafficState
+from envs.scene import Scene
 from scenarios import Scenario
+from scenarios.schema import BevCameraConfig
+
+if TYPE_CHECKING:
+    from envs.fast.camera import BatchedBevCamera
 
 SUPPORTED_ENV_IDS = ("highway-fast-v0",)
+LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER = range(5)  # DiscreteMetaAction's indices
 
 
 class UnsupportedScenario(ValueError):
@@ -45,15 +53,16 @@ def unsupported_reasons(scenario: Scenario) -> list[str]:
 
 
 def check_supported(scenario: Scenario) -> None:
-    """Raise UnsupportedScenario, naming the supported scenarios, unless this one is supported."""
+    """Raise UnsupportedScenario, naming the scenarios FastHighway simulates, unless this is one
+    (envs.fast.simulators.check_supported asks the same of every batched simulator)."""
     from envs.fast import supported_scenarios
 
     reasons = unsupported_reasons(scenario)
     if reasons:
         name = scenario.source or "this scenario"
         raise UnsupportedScenario(
-            f"the fast backend does not support {name}: {'; '.join(reasons)}. "
-            f"Supported scenarios: {', '.join(supported_scenarios())}"
+            f"FastHighway does not simulate {name}: {'; '.join(reasons)}. "
+            f"Supported scenarios: {', '.join(supported_scenarios(unsupported_reasons))}"
         )
 
 
@@ -220,6 +229,47 @@ class FastHighway(FrameStack):
         if self.camera is not None:
             self._push_frame()
         return StepResult(reward=reward, terminated=terminated, truncated=truncated, signals=signals, rewards=terms)
+
+    # -- views of one env, for FastDrivingEnv (the same methods as FastRoad's) ----------------------
+    def scenes(self, rows: list[int]) -> list[Scene]:
+        """Envs `rows` as envs.scene.Scene (the ego first, absent slots left out)."""
+        state = self.state
+        size = torch.ones_like(state.x)
+        return scenes_of_columns(rows, state.present, state.x, state.y, state.heading, state.speed,
+                                 size * VEHICLE.length, size * VEHICLE.width)
+
+    def make_camera(self, view: BevCameraConfig, device: torch.device | str) -> BatchedBevCamera:
+        """A camera of another view (top-down, counterfactual renders) on this road."""
+        from envs.fast.camera import BatchedBevCamera
+
+        return BatchedBevCamera(view, self.traffic.lanes_count, device)
+
+    def render_with(self, camera: BatchedBevCamera, state: TrafficState) -> torch.Tensor:
+        """(E, 3, H, W) uint8 frames of a state of E envs through a camera of `make_camera`."""
+        return render_traffic(camera, state)
+
+    def available_actions(self, row: int) -> list[int]:
+        """DiscreteMetaAction.get_available_actions of env `row` on a straight road: no lane change off
+        the road's edge lanes, no speed change past the first or last target speed."""
+        lane, speed_index = int(self.state.lane[row, 0]), int(self.state.ego_speed_index[row])
+        actions = [IDLE]
+        if lane > 0:
+            actions.append(LANE_LEFT)
+        if lane < self.traffic.lanes_count - 1:
+            actions.append(LANE_RIGHT)
+        if speed_index < len(self.target_speeds) - 1:
+            actions.append(FASTER)
+        if speed_index > 0:
+            actions.append(SLOWER)
+        return actions
+
+    def ego_lane_numbers(self, rows: list[int]) -> list[int]:
+        """The ego's lane _id (0 = leftmost) in envs `rows`."""
+        return self.state.lane[rows, 0].tolist()
+
+    def ego_lane_width(self, row: int) -> float:
+        """[m] the width of env `row`'s ego lane (ground truth's lane offsets)."""
+        return LANE_WIDTH_M
 
     # -- internals -----------------------------------------------------------------------------
     def _render(self, state: TrafficState, out: torch.Tensor | None = None) -> torch.Tensor:

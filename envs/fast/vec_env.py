@@ -24,7 +24,7 @@ import torch
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
 from envs.fast.episodes import EpisodeSeeds
-from envs.fast.simulator import FastHighway
+from envs.fast.simulators import make_simulator
 from scenarios import Scenario
 
 ACTIONS = 5  # DiscreteMetaAction: LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER
@@ -83,7 +83,7 @@ class FastVecEnv(VecEnv):
     def __init__(self, scenario: Scenario, num_envs: int, device: torch.device | str = "cpu",
                  render: bool = True) -> None:
         """render: draw camera frames (False for a subclass whose `observe` does not read them)."""
-        self.sim = FastHighway(scenario, num_envs, device=device, render=render)
+        self.sim = make_simulator(scenario, num_envs, device=device, render=render)  # FastHighway or FastRoad
         self.scenario = scenario
         height, width = scenario.camera.size
         observation_space = gym.spaces.Box(0, 255, (3 * self.sim.stack, height, width), np.uint8)
@@ -125,7 +125,7 @@ class FastVecEnv(VecEnv):
         terminal = self.observe_rows_tensor if on_device else self.observe_rows  # (E,) rows -> (E, ...)
         step = self.last_step = self.step_tensors(self._actions, terminal)
         rewards, dones, infos = self.host_results(step)
-        # No copy: the next step leaves these frames as they are (FastHighway.observation),
+        # No copy: the next step leaves these frames as they are (FrameStack.observation),
         # and SB3 copies them into its buffers by then.
         return (self.observe_tensor() if on_device else self.observe()), rewards, dones, infos
 

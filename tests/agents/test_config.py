@@ -52,6 +52,25 @@ def test_a_backend_block_applies_after_the_scenario_and_before_the_user(tmp_path
     assert on_highway_env.ppo.n_steps == defaults["default"]["ppo"]["n_steps"]
 
 
+def test_a_scenario_at_backend_block_applies_after_the_backend_and_before_the_user(tmp_path):
+    defaults = yaml.safe_load(DEFAULTS_FILE.read_text())
+    defaults["fast"] = {"ppo": {"n_steps": 8, "gamma": 0.5}}
+    defaults["intersection@fast"] = {"ppo": {"gamma": 0.6}}
+    path = tmp_path / "defaults.yaml"
+    path.write_text(yaml.safe_dump(defaults))
+    on_fast = load_agent_config("intersection", defaults_file=path, backend="fast")
+    assert (on_fast.ppo.n_steps, on_fast.ppo.gamma, on_fast.ppo.ent_coef) == (8, 0.6, 0.01)  # fast, its own, scenario's
+    assert load_agent_config("exit", defaults_file=path, backend="fast").ppo.gamma == 0.5  # other scenarios: not it
+    assert load_agent_config("intersection", defaults_file=path).ppo.gamma == 0.95  # other backends: not it
+    user = tmp_path / "mine.yaml"
+    user.write_text("ppo: {gamma: 0.7}\n")
+    assert load_agent_config("intersection", user, defaults_file=path, backend="fast").ppo.gamma == 0.7
+    for bad in ("intersection@slow", "nowhere@fast"):
+        path.write_text(yaml.safe_dump({**defaults, bad: {"ppo": {"gamma": 0.9}}}))
+        with pytest.raises(ValueError, match=f"{bad}: unknown block.*scenario@backend"):
+            load_agent_config("highway", defaults_file=path)
+
+
 def test_the_shipped_fast_block_trains_many_envs_per_call():
     fast, reference = load_agent_config("highway", backend="fast"), load_agent_config("highway")
     assert fast.ppo.n_steps < reference.ppo.n_steps and fast.ppo.batch_size > reference.ppo.batch_size

@@ -45,10 +45,11 @@ def test_supports_gives_the_reason_when_it_does_not():
     for name in available_scenarios():
         assert HIGHWAY_ENV.supports(load_scenario(name)) and HIGHWAY_ENV.unsupported_reason(load_scenario(name)) is None
     assert FAST.unsupported_reason(load_scenario("highway")) is None
-    merge = FAST.unsupported_reason(load_scenario("merge"))
-    assert merge is not None and "merge" in merge and "highway-env id" in merge
-    assert not FAST.supports(load_scenario("merge"))
-    assert set(FAST.supported_scenarios()) >= {"highway", "highway-dense", "highway-noisy"}
+    assert FAST.unsupported_reason(load_scenario("merge")) is None  # FastRoad
+    roundabout = FAST.unsupported_reason(load_scenario("roundabout"))
+    assert roundabout is not None and "roundabout-v1" in roundabout and "highway-env id" in roundabout
+    assert not FAST.supports(load_scenario("roundabout"))
+    assert set(FAST.supported_scenarios()) >= {"highway", "highway-dense", "highway-noisy", "merge"}
     with pytest.raises(ValueError, match="Supported scenarios: .*highway"):
         FAST.check_supported(load_scenario("roundabout"))
 
@@ -61,7 +62,8 @@ def test_a_front_camera_is_not_batched(write_scenario):
 
 def test_the_default_backend_is_fast_where_it_reproduces_the_scenario():
     assert default_backend_for(load_scenario("highway")) is FAST
-    assert default_backend_for(load_scenario("merge")) is HIGHWAY_ENV
+    assert default_backend_for(load_scenario("merge")) is FAST
+    assert default_backend_for(load_scenario("roundabout")) is HIGHWAY_ENV
     assert default_backend_for(load_scenario("highway-noisy")) is FAST  # corruptions are batched too
 
 
@@ -124,8 +126,8 @@ def test_periodic_evaluation_always_runs_on_the_reference():
     finally:
         env.close()
     with pytest.raises(UnsupportedScenario):
-        evaluation_env("merge", FAST)
-    evaluation_env("merge", HIGHWAY_ENV).close()
+        evaluation_env("roundabout", FAST)
+    evaluation_env("roundabout", HIGHWAY_ENV).close()
 
 
 def test_the_registration_api_hands_over_to_the_backends():
