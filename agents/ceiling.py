@@ -12,7 +12,9 @@ evaluation plays one episode per seed in a `FastDrivingEnv`, through `agents.eva
 so the table has the same metrics as `run.py evaluate`.
 
 `python run.py bench teacher` (`teacher_ceiling`) evaluates the privileged planner of
-agents/teacher.py the same way: what the imitation warm start of `run.py train` copies from.
+agents/teacher.py on the same seeds and metrics, all episodes side by side
+(`agents.evaluate.run_batched_episodes`, one planner for the batch): what the imitation warm start
+of `run.py train` copies from.
 """
 
 from __future__ import annotations
@@ -117,31 +119,37 @@ def ppo_ceiling(scenario: str = "highway", timesteps: int | None = None, episode
 
 
 class TeacherDriver:
-    """SB3's `predict` for the LookaheadTeacher driving one FastDrivingEnv: it reads the env's state, not `obs`."""
+    """SB3's `predict` for the LookaheadTeacher driving every env of a batched evaluation: `bind` gives
+    it the FastVecEnv (run_batched_episodes calls it), and it reads that env's states, not `obs`."""
 
-    def __init__(self, env: FastDrivingEnv, **teacher_settings: Any) -> None:
+    def __init__(self, **teacher_settings: Any) -> None:
+        self.teacher_settings = teacher_settings
+        self.teacher = None
+
+    def bind(self, env: Any) -> None:
         from agents.teacher import LookaheadTeacher
-
         from envs.backends import privileged_simulator
 
-        self.teacher = LookaheadTeacher(privileged_simulator(env), **teacher_settings)
+        self.teacher = LookaheadTeacher(privileged_simulator(env), **self.teacher_settings)
 
-    def predict(self, observation: Any, deterministic: bool = True) -> tuple[int, None]:
-        return int(self.teacher.act()[0]), None
+    def predict(self, observation: Any, deterministic: bool = True) -> tuple[np.ndarray, None]:
+        return self.teacher.act().cpu().numpy(), None
 
 
 def teacher_ceiling(scenario: str = "highway", episodes: int = 50, **teacher_settings: Any) -> EvaluationReport:
     """The privileged teacher (agents.teacher, with `teacher_settings` for LookaheadTeacher) on the
-    scenario's evaluation seeds; a report for print_report."""
-    from agents.evaluate import EvaluationReport, evaluation_seeds, run_episodes, summarize
+    scenario's evaluation seeds, all episodes side by side (one teacher plans for the whole batch);
+    a report for print_report."""
+    from agents.evaluate import EvaluationReport, evaluation_seeds, run_batched_episodes, summarize
+    from envs.fast.simulators import check_supported
 
     loaded = load_scenario(scenario)
     if episodes <= 0:
         raise ValueError(f"--episodes must be positive, got {episodes}")
-    env = FastDrivingEnv(loaded)  # refuses unsupported scenarios
+    check_supported(loaded)  # refuses unsupported scenarios, naming the supported ones
     seeds = evaluation_seeds(loaded, episodes)
     began = time.perf_counter()
-    per_episode = run_episodes(TeacherDriver(env, **teacher_settings), env, seeds)
+    per_episode = run_batched_episodes(TeacherDriver(**teacher_settings), loaded, seeds)
     return EvaluationReport(
         scenario=loaded.name, episodes=episodes, first_seed=seeds[0], last_seed=seeds[-1], algo="lookahead teacher",
         num_timesteps=0, model="privileged planner, fast backend", metrics=summarize(per_episode),

@@ -203,7 +203,8 @@ def run_batched_episodes(model, scenario, seeds: Sequence[int], device: str = "c
                          batch: int = FAST_EVAL_BATCH, on_step: StepHook | None = None) -> list[EpisodeMetrics]:
     """`run_episodes` on the fast backend: up to `batch` consecutive seeds at a time, one per row of a
     FastVecEnv; each row's first episode is its result (SB3's auto-reset starts another, ignored).
-    on_step: called after every batched step with the (B,) mask of the rows whose step counted."""
+    on_step: called after every batched step with the (B,) mask of the rows whose step counted.
+    A model with a `bind(env)` method (agents.ceiling.TeacherDriver) is given each batch's env first."""
     from envs.fast.vec_env import FastVecEnv
 
     if any(b != a + 1 for a, b in zip(seeds, seeds[1:])):
@@ -214,6 +215,8 @@ def run_batched_episodes(model, scenario, seeds: Sequence[int], device: str = "c
         env = FastVecEnv(scenario, len(chunk), device=device)
         env.seed(chunk[0])  # row i plays chunk[0] + i
         obs = env.reset()
+        if hasattr(model, "bind"):
+            model.bind(env)
         monitors = [SafetyMonitor(scenario.safety.route_length_m) for _ in chunk]
         returns, steps = np.zeros(len(chunk)), np.zeros(len(chunk), dtype=int)
         playing = np.ones(len(chunk), dtype=bool)
