@@ -599,7 +599,11 @@ def _edge_normals(corners: torch.Tensor) -> torch.Tensor:
 
 def collisions(traffic: RoadTraffic, dt: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RoadObject._is_colliding for every ordered pair (i before j in list order): (intersecting,
-    will_intersect) (B, N, N) bool and the translation (B, N, N, 2) [m] that pushes i out of j."""
+    will_intersect) (B, N, N) bool and the translation (B, N, N, 2) [m] that pushes i out of j
+    (0 where the pair fails the sphere pre-check).
+
+    The separating-axis test runs only on the E pairs that pass the pre-check, gathered as
+    (E, 8 axes, 4 corners) projections: far fewer than all (B, N, N) pairs."""
     v = traffic.vehicles
     count = v.x.shape[1]
     diagonal = torch.sqrt(traffic.length**2 + traffic.width**2)
@@ -608,32 +612,46 @@ def collisions(traffic: RoadTraffic, dt: float) -> tuple[torch.Tensor, torch.Ten
     pair &= ~(traffic.is_object[..., None] & traffic.is_object[:, None, :])
     dx, dy = v.x[:, None, :] - v.x[..., None], v.y[:, None, :] - v.y[..., None]
     near = torch.sqrt(dx**2 + dy**2) <= (diagonal[..., None] + diagonal[:, None, :]) / 2 + (v.speed * dt)[..., None]
+    valid = pair & near  # (B, N, N)
+    intersecting, will_intersect = torch.zeros_like(valid), torch.zeros_like(valid)
+    translation = torch.zeros((*valid.shape, 2), dtype=v.x.dtype, device=v.x.device)
+    flat = valid.view(-1).nonzero()[:, 0]  # (E,) b * N * N + i * N + j
+    if flat.numel() == 0:
+        return intersecting, will_intersect, translation
+    first, second = flat // count, flat // (count * count) * count + flat % count  # b * N + i, b * N + j
+
+    def objects(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """values (B, N, ...) at the pairs' i and j: (E, ...) each."""
+        values = values.reshape(-1, *values.shape[2:])
+        return values.index_select(0, first), values.index_select(0, second)
+
     corners = _footprints(traffic)  # (B, N, 4, 2)
-    normals = _edge_normals(corners)
-    a, b = corners[:, :, None, None], corners[:, None, :, None]  # (B, N, 1, 1, 4, 2), (B, 1, N, 1, 4, 2)
-    axes = torch.cat([normals[:, :, None].expand(-1, -1, count, -1, -1),
-                      normals[:, None, :].expand(-1, count, -1, -1, -1)], dim=-2)  # (B, N, N, 8, 2)
-    ax, ay = axes[..., None, 0], axes[..., None, 1]  # (B, N, N, 8, 1)
-    project_a = a[..., 0] * ax + a[..., 1] * ay  # (B, N, N, 8, 4)
-    project_b = b[..., 0] * ax + b[..., 1] * ay
-    min_a, max_a = project_a.amin(dim=-1), project_a.amax(dim=-1)  # (B, N, N, 8)
+    normals_a, normals_b = objects(_edge_normals(corners))  # (E, 4, 2)
+    a, b = objects(corners)  # (E, 4, 2)
+    axes = torch.cat([normals_a, normals_b], dim=-2)  # (E, 8, 2)
+    ax, ay = axes[..., None, 0], axes[..., None, 1]  # (E, 8, 1)
+    project_a = a[:, None, :, 0] * ax + a[:, None, :, 1] * ay  # (E, 8, 4)
+    project_b = b[:, None, :, 0] * ax + b[:, None, :, 1] * ay
+    min_a, max_a = project_a.amin(dim=-1), project_a.amax(dim=-1)  # (E, 8)
     min_b, max_b = project_b.amin(dim=-1), project_b.amax(dim=-1)
-    intersecting = (interval_distance(min_a, max_a, min_b, max_b) <= 0).all(dim=-1)
+    now = (interval_distance(min_a, max_a, min_b, max_b) <= 0).all(dim=-1)  # (E,)
     vx, vy = v.speed * torch.cos(v.heading) * dt, v.speed * torch.sin(v.heading) * dt  # velocity * dt
-    rel_x, rel_y = vx[..., None] - vx[:, None, :], vy[..., None] - vy[:, None, :]  # (B, N, N)
-    projection = axes[..., 0] * rel_x[..., None] + axes[..., 1] * rel_y[..., None]
+    (vx_a, vx_b), (vy_a, vy_b) = objects(vx), objects(vy)
+    rel_x, rel_y = vx_a - vx_b, vy_a - vy_b  # (E,)
+    projection = axes[..., 0] * rel_x[..., None] + axes[..., 1] * rel_y[..., None]  # (E, 8)
     min_a = torch.where(projection < 0, min_a + projection, min_a)
     max_a = torch.where(projection < 0, max_a, max_a + projection)
     distance = interval_distance(min_a, max_a, min_b, max_b)
-    will_intersect = (distance <= 0).all(dim=-1)
+    soon = (distance <= 0).all(dim=-1)
     smallest = distance.abs().argmin(dim=-1, keepdim=True)  # the first minimal axis
     min_distance = distance.abs().gather(-1, smallest)[..., 0]
-    axis = axes.gather(-2, smallest[..., None].expand(-1, -1, -1, 1, 2))[..., 0, :]  # (B, N, N, 2)
-    centre = corners.mean(dim=-2)  # (B, N, 2)
-    d = centre[:, :, None] - centre[:, None, :]
-    axis = torch.where(((d * axis).sum(dim=-1) > 0)[..., None], axis, -axis)
-    valid = pair & near
-    return intersecting & valid, will_intersect & valid, min_distance[..., None] * axis
+    axis = axes.gather(-2, smallest[..., None].expand(-1, 1, 2))[:, 0]  # (E, 2)
+    centre_a, centre_b = objects(corners.mean(dim=-2))  # (E, 2)
+    axis = torch.where(((centre_a - centre_b) * axis).sum(dim=-1, keepdim=True) > 0, axis, -axis)
+    intersecting.view(-1)[flat] = now
+    will_intersect.view(-1)[flat] = soon
+    translation.view(-1, 2)[flat] = min_distance[..., None] * axis
+    return intersecting, will_intersect, translation
 
 
 def handle_collisions(traffic: RoadTraffic, dt: float) -> None:
