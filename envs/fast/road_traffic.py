@@ -326,30 +326,77 @@ def search_lanes(graph: LaneGraph, connected: bool) -> SearchLanes:
     return cached[connected]
 
 
+class LaneCoordinates:
+    """Every object's lane coordinates on every lane of the graph, s and r (B, N, L) [m], and what
+    neighbour searches and gaps read from them.
+
+    Positions do not change during Road.act, so one evaluation of L lanes serves all of its
+    neighbour searches (up to four, each (B, N, N, C) coordinates otherwise) and lane gaps; the
+    values are the same elementwise formulas on the same inputs, gathered."""
+
+    def __init__(self, graph: LaneGraph, traffic: RoadTraffic):
+        v = traffic.vehicles
+        self.graph = graph
+        lanes = torch.arange(graph.lanes_count, device=v.x.device)
+        self.s, self.r = graph.local_coordinates(lanes, v.x[..., None], v.y[..., None])  # (B, N, L)
+        self._searches: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def at(self, lane: torch.Tensor) -> torch.Tensor:
+        """s [m] of each object on its own lane of `lane` (B, N)."""
+        return self.s.gather(-1, lane[..., None])[..., 0]
+
+    def along(self, lane: torch.Tensor) -> torch.Tensor:
+        """(B, N, N) [m]: s of every object j along lane[b, i] (B, N) of each vehicle i."""
+        return _on_rows(self.s, lane)
+
+    def searched(self, connected: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(found, s), each (B, N, L) for every object j and query lane q: whether j is on_lane
+        (margin 1 m) of one of q's search lanes, and its s there expressed in q's coordinates (the
+        first search lane that holds it, plus that lane's offset). Built once per `connected`."""
+        if connected not in self._searches:
+            graph, table = self.graph, search_lanes(self.graph, connected)
+            batch, count, lanes_count = self.s.shape
+            on = (
+                (self.r.abs() <= graph.width / 2 + NEIGHBOUR_LANE_MARGIN_M)
+                & (self.s >= -VEHICLE_LENGTH_M)
+                & (self.s < graph.length + VEHICLE_LENGTH_M)
+            )  # (B, N, L): on_lane(margin=1) of every lane
+            lanes = table.lanes.clamp(min=0)  # (L, C)
+            shape = (batch, count, *lanes.shape)
+            on = on.index_select(-1, lanes.view(-1)).view(shape) & (table.lanes != NO_LANE)  # (B, N, L, C)
+            first = on.to(torch.uint8).argmax(dim=-1, keepdim=True)  # the first search lane holding j
+            lane = lanes.expand(shape).gather(-1, first)[..., 0]  # (B, N, L)
+            s = self.s.gather(-1, lane) + table.offsets.expand(shape).gather(-1, first)[..., 0]
+            self._searches[connected] = (on.any(dim=-1), s)
+        return self._searches[connected]
+
+
+def _on_rows(values: torch.Tensor, lane: torch.Tensor) -> torch.Tensor:
+    """values[b, j, lane[b, i]] (B, N, N) for (B, N, L) values and (B, N) lane ids."""
+    batch, count, lanes_count = values.shape
+    index = lane[..., None] + lanes_count * torch.arange(count, device=lane.device)  # (B, N, N)
+    return values.reshape(batch, -1).gather(1, index.view(batch, -1)).view(batch, count, count)
+
+
 def neighbour_vehicles(
-    graph: LaneGraph, traffic: RoadTraffic, lane: torch.Tensor, connected: bool
+    graph: LaneGraph,
+    traffic: RoadTraffic,
+    lane: torch.Tensor,
+    connected: bool,
+    coordinates: LaneCoordinates | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Road.neighbour_vehicles(vehicle i, lane[i]) for every i: (front, rear) column indices (B, N),
-    NO_VEHICLE where none (or where lane is NO_LANE). Builds (B, N, N, C) lane coordinates of every
-    object in every vehicle's search lanes."""
+    NO_VEHICLE where none (or where lane is NO_LANE). coordinates: the objects' LaneCoordinates,
+    computed if not given."""
     v = traffic.vehicles
     count = v.x.shape[1]
+    coordinates = LaneCoordinates(graph, traffic) if coordinates is None else coordinates
     query = lane.clamp(min=0)
-    s_self, _ = graph.local_coordinates(query, v.x, v.y)  # (B, N) [m]
-    table = search_lanes(graph, connected)
-    lanes, offsets = table.lanes[query], table.offsets[query]  # (B, N, C)
-    searched = lanes[:, :, None, :].clamp(min=0)  # (B, N, 1, C)
-    s, r = graph.local_coordinates(searched, v.x[:, None, :, None], v.y[:, None, :, None])  # (B, N, N, C)
-    on = (
-        (lanes[:, :, None, :] != NO_LANE)
-        & (r.abs() <= graph.width_at(searched, s) / 2 + NEIGHBOUR_LANE_MARGIN_M)
-        & (s >= -VEHICLE_LENGTH_M)
-        & (s < graph.length[searched] + VEHICLE_LENGTH_M)
-    )
-    first = on.to(torch.uint8).argmax(dim=-1, keepdim=True)  # the first search lane holding j
-    s_other = (s.gather(-1, first) + offsets[:, :, None, :].expand_as(s).gather(-1, first))[..., 0]  # (B, N, N)
+    s_self = coordinates.at(query)  # (B, N) [m]
+    found, s_found = coordinates.searched(connected)  # (B, N, L)
+    s_other = _on_rows(s_found, query)  # (B, N, N): j in i's query lane's coordinates
     others = ~torch.eye(count, dtype=torch.bool, device=v.x.device)
-    candidate = on.any(dim=-1) & traffic.present[:, None, :] & others & (lane != NO_LANE)[..., None]
+    candidate = _on_rows(found, query) & traffic.present[:, None, :] & others & (lane != NO_LANE)[..., None]
     rank = traffic.rank[:, None, :].expand_as(candidate)
     ahead = candidate & (s_self[..., None] <= s_other)
     behind = candidate & (s_other < s_self[..., None])
@@ -379,10 +426,12 @@ def desired_gap(
     return idm.distance_wanted + speed * idm.time_wanted + speed * dv / (2 * sqrt_ab)
 
 
-def lane_offsets(graph: LaneGraph, traffic: RoadTraffic) -> torch.Tensor:
+def lane_offsets(
+    graph: LaneGraph, traffic: RoadTraffic, coordinates: LaneCoordinates | None = None
+) -> torch.Tensor:
     """(B, N, N) [m]: s of every object j along vehicle i's current lane (lane_distance_to's terms)."""
-    v = traffic.vehicles
-    return graph.local_coordinates(v.lane[..., None], v.x[:, None, :], v.y[:, None, :])[0]
+    coordinates = LaneCoordinates(graph, traffic) if coordinates is None else coordinates
+    return coordinates.along(traffic.vehicles.lane)
 
 
 def _pair(values: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -433,13 +482,16 @@ def mobil(
     current: tuple[torch.Tensor, torch.Tensor],
     rules: RoadRules,
     along: torch.Tensor | None = None,
+    coordinates: LaneCoordinates | None = None,
 ) -> torch.Tensor:
     """IDMVehicle.mobil(candidate lane) for every vehicle, (B, N) bool. `current`: the (front, rear)
-    neighbours in the vehicles' lanes; the route test reads vehicles.target_lane as it is now."""
+    neighbours in the vehicles' lanes; the route test reads vehicles.target_lane as it is now.
+    along, coordinates: lane_offsets and LaneCoordinates of the traffic, computed if not given."""
     idm, v = rules.idm, traffic.vehicles
-    along = lane_offsets(graph, traffic) if along is None else along
+    coordinates = LaneCoordinates(graph, traffic) if coordinates is None else coordinates
+    along = lane_offsets(graph, traffic, coordinates) if along is None else along
     me = torch.arange(v.x.shape[1], device=v.x.device).expand_as(v.lane)
-    new_front, new_rear = neighbour_vehicles(graph, traffic, candidate, rules.connected_lanes)
+    new_front, new_rear = neighbour_vehicles(graph, traffic, candidate, rules.connected_lanes, coordinates)
     old_front, old_rear = current
     new_following_a = idm_acceleration(graph, traffic, new_rear, new_front, idm, along)
     new_following_pred_a = idm_acceleration(graph, traffic, new_rear, me, idm, along)
@@ -515,8 +567,9 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
     active = idm_vehicles & ~traffic.crashed  # IDMVehicle.act returns early once crashed
     before = v.target_lane.clone()
     follow_road(graph, v, ego | active)
-    along = lane_offsets(graph, traffic)  # positions and lanes stay as they are during Road.act
-    current = neighbour_vehicles(graph, traffic, v.lane, rules.connected_lanes)
+    coordinates = LaneCoordinates(graph, traffic)  # positions and lanes stay as they are during Road.act
+    along = lane_offsets(graph, traffic, coordinates)
+    current = neighbour_vehicles(graph, traffic, v.lane, rules.connected_lanes, coordinates)
 
     # change_lane_policy: MOBIL on a timer for those not changing lanes, then aborts for those that are
     policy = active & traffic.lane_change
@@ -529,7 +582,7 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
         for step in (-1, 1):  # side_lanes: left, then right
             side = _side_lane(graph, v.lane, step)
             accept = deciding & (side != NO_LANE) & is_reachable_from(graph, side.clamp(min=0), v.x, v.y) & moving
-            accept &= mobil(graph, traffic, side, current, rules, along)
+            accept &= mobil(graph, traffic, side, current, rules, along, coordinates)
             v.target_lane = torch.where(accept, side, v.target_lane)
     aborted = aborted_lane_changes(graph, traffic, within_road, before, idm, along)
     v.target_lane = torch.where(aborted, v.lane, v.target_lane)
@@ -541,7 +594,7 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
     acceleration = idm_acceleration(graph, traffic, me, current[0], idm, along)
     changing = v.lane != v.target_lane
     if bool((changing & active).any()):
-        target_front, _ = neighbour_vehicles(graph, traffic, v.target_lane, rules.connected_lanes)
+        target_front, _ = neighbour_vehicles(graph, traffic, v.target_lane, rules.connected_lanes, coordinates)
         on_target = idm_acceleration(graph, traffic, me, target_front, idm, along)
         acceleration = torch.where(changing, torch.minimum(acceleration, on_target), acceleration)
     acceleration = acceleration.clamp(-idm.acc_max, idm.acc_max)
