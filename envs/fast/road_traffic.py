@@ -77,7 +77,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -326,6 +326,7 @@ def search_lanes(graph: LaneGraph, connected: bool) -> SearchLanes:
     return cached[connected]
 
 
+@dataclass(eq=False)
 class LaneCoordinates:
     """Every object's lane coordinates on every lane of the graph, s and r (B, N, L) [m], and what
     neighbour searches and gaps read from them.
@@ -334,12 +335,21 @@ class LaneCoordinates:
     neighbour searches (up to four, each (B, N, N, C) coordinates otherwise) and lane gaps; the
     values are the same elementwise formulas on the same inputs, gathered."""
 
-    def __init__(self, graph: LaneGraph, traffic: RoadTraffic):
+    graph: LaneGraph
+    s: torch.Tensor  # (B, N, L) [m]
+    r: torch.Tensor  # (B, N, L) [m]
+    searches: dict[bool, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # by `connected`
+
+    @classmethod
+    def of(cls, graph: LaneGraph, traffic: RoadTraffic) -> LaneCoordinates:
         v = traffic.vehicles
-        self.graph = graph
         lanes = torch.arange(graph.lanes_count, device=v.x.device)
-        self.s, self.r = graph.local_coordinates(lanes, v.x[..., None], v.y[..., None])  # (B, N, L)
-        self._searches: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
+        return cls(graph, *graph.local_coordinates(lanes, v.x[..., None], v.y[..., None]))
+
+    def select(self, rows: torch.Tensor) -> LaneCoordinates:
+        """The envs `rows`, with the searches built so far."""
+        searches = {key: (found[rows], s[rows]) for key, (found, s) in self.searches.items()}
+        return LaneCoordinates(self.graph, self.s[rows], self.r[rows], searches)
 
     def at(self, lane: torch.Tensor) -> torch.Tensor:
         """s [m] of each object on its own lane of `lane` (B, N)."""
@@ -353,7 +363,7 @@ class LaneCoordinates:
         """(found, s), each (B, N, L) for every object j and query lane q: whether j is on_lane
         (margin 1 m) of one of q's search lanes, and its s there expressed in q's coordinates (the
         first search lane that holds it, plus that lane's offset). Built once per `connected`."""
-        if connected not in self._searches:
+        if connected not in self.searches:
             graph, table = self.graph, search_lanes(self.graph, connected)
             batch, count, lanes_count = self.s.shape
             on = (
@@ -367,8 +377,8 @@ class LaneCoordinates:
             first = on.to(torch.uint8).argmax(dim=-1, keepdim=True)  # the first search lane holding j
             lane = lanes.expand(shape).gather(-1, first)[..., 0]  # (B, N, L)
             s = self.s.gather(-1, lane) + table.offsets.expand(shape).gather(-1, first)[..., 0]
-            self._searches[connected] = (on.any(dim=-1), s)
-        return self._searches[connected]
+            self.searches[connected] = (on.any(dim=-1), s)
+        return self.searches[connected]
 
 
 def _on_rows(values: torch.Tensor, lane: torch.Tensor) -> torch.Tensor:
@@ -390,7 +400,7 @@ def neighbour_vehicles(
     computed if not given."""
     v = traffic.vehicles
     count = v.x.shape[1]
-    coordinates = LaneCoordinates(graph, traffic) if coordinates is None else coordinates
+    coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
     query = lane.clamp(min=0)
     s_self = coordinates.at(query)  # (B, N) [m]
     found, s_found = coordinates.searched(connected)  # (B, N, L)
@@ -430,7 +440,7 @@ def lane_offsets(
     graph: LaneGraph, traffic: RoadTraffic, coordinates: LaneCoordinates | None = None
 ) -> torch.Tensor:
     """(B, N, N) [m]: s of every object j along vehicle i's current lane (lane_distance_to's terms)."""
-    coordinates = LaneCoordinates(graph, traffic) if coordinates is None else coordinates
+    coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
     return coordinates.along(traffic.vehicles.lane)
 
 
@@ -488,7 +498,7 @@ def mobil(
     neighbours in the vehicles' lanes; the route test reads vehicles.target_lane as it is now.
     along, coordinates: lane_offsets and LaneCoordinates of the traffic, computed if not given."""
     idm, v = rules.idm, traffic.vehicles
-    coordinates = LaneCoordinates(graph, traffic) if coordinates is None else coordinates
+    coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
     along = lane_offsets(graph, traffic, coordinates) if along is None else along
     me = torch.arange(v.x.shape[1], device=v.x.device).expand_as(v.lane)
     new_front, new_rear = neighbour_vehicles(graph, traffic, candidate, rules.connected_lanes, coordinates)
@@ -567,7 +577,7 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
     active = idm_vehicles & ~traffic.crashed  # IDMVehicle.act returns early once crashed
     before = v.target_lane.clone()
     follow_road(graph, v, ego | active)
-    coordinates = LaneCoordinates(graph, traffic)  # positions and lanes stay as they are during Road.act
+    coordinates = LaneCoordinates.of(graph, traffic)  # positions and lanes stay as they are during Road.act
     along = lane_offsets(graph, traffic, coordinates)
     current = neighbour_vehicles(graph, traffic, v.lane, rules.connected_lanes, coordinates)
 
@@ -582,7 +592,10 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
         for step in (-1, 1):  # side_lanes: left, then right
             side = _side_lane(graph, v.lane, step)
             accept = deciding & (side != NO_LANE) & is_reachable_from(graph, side.clamp(min=0), v.x, v.y) & moving
-            accept &= mobil(graph, traffic, side, current, rules, along, coordinates)
+            rows = accept.any(dim=1).nonzero()[:, 0]  # MOBIL only in the envs where it may accept a change
+            if rows.numel():
+                accept[rows] &= mobil(graph, traffic.select(rows), side[rows], (current[0][rows], current[1][rows]),
+                                      rules, along[rows], coordinates.select(rows))
             v.target_lane = torch.where(accept, side, v.target_lane)
     aborted = aborted_lane_changes(graph, traffic, within_road, before, idm, along)
     v.target_lane = torch.where(aborted, v.lane, v.target_lane)
