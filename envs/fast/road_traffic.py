@@ -723,6 +723,648 @@ def collisions(traffic: RoadTraffic, dt: float) -> tuple[torch.Tensor, torch.Ten
 def handle_collisions(traffic: RoadTraffic, dt: float) -> None:
     """Road.step's collision loop, in place: intersecting pairs both crash; will_intersect pairs
     get impacts (half the translation each way, all of it against an obstacle), the last write in
+    highway-env's loop order (i by rank, then j by rank) winning. Impacts are resolved only in the
+    envs that have one."""
+    intersecting, will_intersect, translation = collisions(traffic, dt)
+    traffic.crashed = traffic.crashed | intersecting.any(dim=2) | intersecting.any(dim=1)
+    rows = will_intersect.flatten(1).any(dim=1).nonzero()[:, 0]
+    if rows.numel() == 0:
+        return
+    will_intersect, translation, is_object = will_intersect[rows], translation[rows], traffic.is_object[rows]
+    count = traffic.rank.shape[1]
+    rank = traffic.rank[rows].clamp(max=count + 10**6)
+    key = rank[..., None] * (2 * 10**6 + 2 * count) + rank[:, None, :]  # (R, N, N): loop position of (i, j)
+    other_static = is_object[:, None, :, None]
+    as_self = torch.where(other_static, translation, translation / 2)  # written on i
+    as_other = -translation / 2  # written on j (i is never an obstacle: obstacles come last)
+    key = torch.where(will_intersect, key, -1)
+    keys = torch.cat([key, key.transpose(1, 2)], dim=2)  # (R, N, 2N): writes on k as i, then as j
+    values = torch.cat([as_self, as_other.transpose(1, 2)], dim=2)  # (R, N, 2N, 2)
+    last = keys.argmax(dim=2, keepdim=True)  # (R, N, 1)
+    written = keys.gather(2, last)[..., 0] >= 0
+    impact = values.gather(2, last[..., None].expand(-1, -1, 1, 2))[:, :, 0]
+    written &= ~is_object
+    traffic.impact, traffic.impact_pending = traffic.impact.clone(), traffic.impact_pending.clone()  # not in place
+    traffic.impact[rows] = torch.where(written[..., None], impact, traffic.impact[rows])
+    traffic.impact_pending[rows] |= written
+
+
+# RegulatedRoad.is_conflict_possible
+
+
+def idm_params(vehicle_class: type = IDMVehicle) -> IdmParams:
+    """The IDM/MOBIL constants `vehicle_class` has now (IntersectionEnv rewrites some at reset)."""
+    c = vehicle_class
+    return IdmParams(
+        acc_max=float(c.ACC_MAX), comfort_acc_max=float(c.COMFORT_ACC_MAX), comfort_acc_min=float(c.COMFORT_ACC_MIN),
+        distance_wanted=float(c.DISTANCE_WANTED), time_wanted=float(c.TIME_WANTED),
+        delta_range=(float(c.DELTA_RANGE[0]), float(c.DELTA_RANGE[1])), politeness=float(c.POLITENESS),
+        lane_change_min_acc_gain=float(c.LANE_CHANGE_MIN_ACC_GAIN),
+        lane_change_max_braking_imposed=float(c.LANE_CHANGE_MAX_BRAKING_IMPOSED),
+        lane_change_delay=float(c.LANE_CHANGE_DELAY),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RoadRules:
+    """What a scenario's Road does besides its vehicles."""
+
+    connected_lanes: bool  # Road.neighbour_vehicles_connected_lanes
+    regulated: bool = False  # a RegulatedRoad (intersection)
+    idm: IdmParams = IdmParams()
+
+    @classmethod
+    def of(cls, road: Road) -> RoadRules:
+        return cls(bool(road.neighbour_vehicles_connected_lanes), isinstance(road, RegulatedRoad), idm_params())
+
+
+# State.
+
+
+@dataclass
+class RoadTraffic:
+    """B envs of N road objects: column 0 the ego, then IDM vehicles, obstacles, padding."""
+
+    vehicles: ControlledVehicles  # (B, N) kinematics, lanes, targets, routes, commands
+    delta: torch.Tensor  # (B, N) IDM exponent (IDMVehicle.DELTA, randomize_behavior's draw)
+    timer: torch.Tensor  # (B, N) [s] MOBIL's decision timer
+    lane_change: torch.Tensor  # (B, N) bool: enable_lane_change
+    crashed: torch.Tensor  # (B, N) bool
+    impact: torch.Tensor  # (B, N, 2) [m] translation the next step applies where impact_pending
+    impact_pending: torch.Tensor  # (B, N) bool: highway-env's impact is not None
+    present: torch.Tensor  # (B, N) bool
+    is_object: torch.Tensor  # (B, N) bool: a static obstacle (road.objects)
+    rank: torch.Tensor  # (B, N) int64: place in road.vehicles + road.objects (padding last)
+    length: torch.Tensor  # (B, N) [m] footprint
+    width: torch.Tensor  # (B, N) [m]
+    yielding: torch.Tensor  # (B, N) bool: RegulatedRoad's is_yielding
+    yield_timer: torch.Tensor  # (B, N) int64
+    road_steps: torch.Tensor  # (B,) int64: RegulatedRoad.steps
+
+    @classmethod
+    def from_highway_env(
+        cls,
+        graph: LaneGraph,
+        roads: Sequence[Road],
+        egos: Sequence[ControlledVehicle],
+        columns: int | None = None,
+        route_slots: int | None = None,
+    ) -> RoadTraffic:
+        """Each road's vehicles and objects at their current state, one env per road: the ego in
+        column 0, the others in list order, padded to `columns` (default: the most objects)."""
+        rows = [[ego] + [o for o in road.vehicles + road.objects if o is not ego] for road, ego in zip(roads, egos)]
+        ranks = [[(road.vehicles + road.objects).index(o) for o in row] for road, row in zip(roads, rows)]
+        return cls.from_objects(graph, rows, ranks, columns, route_slots, [getattr(r, "steps", 0) for r in roads])
+
+    @classmethod
+    def from_objects(
+        cls,
+        graph: LaneGraph,
+        rows: Sequence[Sequence[RoadObject]],
+        ranks: Sequence[Sequence[int]],
+        columns: int | None = None,
+        route_slots: int | None = None,
+        road_steps: Sequence[int] | None = None,
+    ) -> RoadTraffic:
+        """B rows of highway-env road objects (vehicles or obstacles) with their list ranks."""
+        device, dtype = graph.length.device, graph.length.dtype
+        columns = max(len(row) for row in rows) if columns is None else columns
+        padded = [list(row) + [None] * (columns - len(row)) for row in rows]
+        if any(len(row) > columns for row in rows):
+            raise ValueError(f"a road has more than {columns} objects")
+
+        def table(get, default, tensor_dtype) -> torch.Tensor:
+            values = [[default if o is None else get(o) for o in row] for row in padded]
+            return torch.tensor(values, dtype=tensor_dtype, device=device)
+
+        def floats(get, default: float = 0.0) -> torch.Tensor:
+            return table(lambda o: float(get(o)), default, dtype)
+
+        def ints(get, default: int = 0) -> torch.Tensor:
+            return table(lambda o: int(get(o)), default, torch.int64)
+
+        def flags(get) -> torch.Tensor:
+            return table(lambda o: bool(get(o)), False, torch.bool)
+
+        controlled = lambda o: isinstance(o, ControlledVehicle)  # noqa: E731
+        lane = lambda o: graph.lane_id(o.lane_index)  # noqa: E731
+        routes = [[route_from_highway_env(graph, getattr(o, "route", None)) if o is not None else [] for o in row]
+                  for row in padded]
+        route_edge, route_lane = pack_routes(routes, route_slots, device)
+        action = lambda o, key: getattr(o, "action", {}).get(key, 0.0)  # noqa: E731
+        pending = lambda o: isinstance(o, Vehicle) and o.impact is not None  # noqa: E731
+        impact = [[[float(o.impact[0]), float(o.impact[1])] if pending(o) else [0.0, 0.0] for o in row]
+                  for row in padded]
+        vehicles = ControlledVehicles(
+            x=floats(lambda o: o.position[0]),
+            y=floats(lambda o: o.position[1]),
+            heading=floats(lambda o: o.heading),
+            speed=floats(lambda o: o.speed),
+            lane=ints(lane),
+            target_lane=ints(lambda o: graph.lane_id(o.target_lane_index) if controlled(o) else lane(o)),
+            target_speed=floats(lambda o: o.target_speed if controlled(o) else 0.0),
+            speed_index=ints(lambda o: MDPVehicle.get_speed_index(o) if controlled(o) else 0),
+            route_edge=route_edge,
+            route_lane=route_lane,
+            route_cursor=torch.zeros(route_edge.shape[:2], dtype=torch.int64, device=device),
+            steering=floats(lambda o: action(o, "steering")),
+            acceleration=floats(lambda o: action(o, "acceleration")),
+        )
+        rank_rows = [list(r) + list(range(10**6, 10**6 + columns - len(r))) for r in ranks]
+        return cls(
+            vehicles=vehicles,
+            delta=floats(lambda o: getattr(o, "DELTA", IDMVehicle.DELTA), IDMVehicle.DELTA),
+            timer=floats(lambda o: getattr(o, "timer", 0.0) or 0.0),
+            lane_change=flags(lambda o: getattr(o, "enable_lane_change", False)),
+            crashed=flags(lambda o: o.crashed),
+            impact=torch.tensor(impact, dtype=dtype, device=device),
+            impact_pending=flags(pending),
+            present=flags(lambda o: True),
+            is_object=flags(_is_obstacle),
+            rank=torch.tensor(rank_rows, dtype=torch.int64, device=device),
+            length=floats(lambda o: o.LENGTH, 5.0),
+            width=floats(lambda o: o.WIDTH, 2.0),
+            yielding=flags(lambda o: getattr(o, "is_yielding", False)),
+            yield_timer=ints(lambda o: getattr(o, "yield_timer", 0)),
+            road_steps=torch.tensor(list(road_steps or [0] * len(rows)), dtype=torch.int64, device=device),
+        )
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "vehicles"}
+
+    def select(self, rows: torch.Tensor) -> RoadTraffic:
+        """A copy of the envs `rows`."""
+        return RoadTraffic(vehicles=self.vehicles.select(rows), **{k: v[rows] for k, v in self._tensors().items()})
+
+    def clone(self) -> RoadTraffic:
+        return RoadTraffic(vehicles=self.vehicles.clone(), **{k: v.clone() for k, v in self._tensors().items()})
+
+    def set_columns(
+        self, row: int, columns: Sequence[int], source: RoadTraffic, source_columns: Sequence[int]
+    ) -> None:
+        """Overwrite vehicles `columns` of env `row` with `source`'s env 0 `source_columns`, in place
+        (e.g. a vehicle an env spawned; as many route slots on both sides)."""
+        to, at = list(columns), list(source_columns)
+        for f in fields(self.vehicles):
+            getattr(self.vehicles, f.name)[row, to] = getattr(source.vehicles, f.name)[0, at]
+        for name, value in self._tensors().items():
+            if name != "road_steps":
+                value[row, to] = getattr(source, name)[0, at]
+
+
+def _is_obstacle(o: RoadObject | None) -> bool:
+    return o is not None and not isinstance(o, ControlledVehicle)
+
+
+def _columns(traffic: RoadTraffic) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ego, idm) masks (B, N): the ego column, and present IDM vehicles."""
+    ego = torch.zeros_like(traffic.present)
+    ego[:, 0] = True
+    return ego & traffic.present, ~ego & traffic.present & ~traffic.is_object
+
+
+# Neighbours.
+
+
+@dataclass(frozen=True, eq=False)
+class SearchLanes:
+    """Road.neighbour_vehicles' lanes per lane: itself, then (connected) next and previous lanes."""
+
+    lanes: torch.Tensor  # (L, C) int64, NO_LANE-padded
+    offsets: torch.Tensor  # (L, C) [m] added to s on that lane to express it in the first lane's s
+
+
+_SEARCH_LANES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def search_lanes(graph: LaneGraph, connected: bool) -> SearchLanes:
+    """Built once per graph: [lane] or, connected, [lane, next lanes by road, previous lanes by road]
+    in highway-env's order (graph iteration order), as neighbour_vehicles builds lanes_offsets."""
+    cached = _SEARCH_LANES.setdefault(graph, {})
+    if connected not in cached:
+        edges = {key: [] for key in graph.edges}
+        for n, (a, b, _) in enumerate(graph.indices):
+            edges[(a, b)].append(n)  # by _id
+        rows: list[list[tuple[int, float]]] = []
+        for n, (a, b, i) in enumerate(graph.indices):
+            row = [(n, 0.0)]
+            if connected:
+                length = float(graph.length[n])
+                for (c, d), lanes in edges.items():
+                    if c == b and lanes:
+                        row.append((lanes[i] if i < len(lanes) else lanes[0], length))
+                for (c, d), lanes in edges.items():
+                    if d == a and lanes:
+                        previous = lanes[i] if i < len(lanes) else lanes[0]
+                        row.append((previous, -float(graph.length[previous])))
+            rows.append(row)
+        width = max(len(row) for row in rows)
+        lanes = torch.full((len(rows), width), NO_LANE, dtype=torch.int64)
+        offsets = torch.zeros((len(rows), width), dtype=torch.float64)
+        for n, row in enumerate(rows):
+            lanes[n, : len(row)] = torch.tensor([lane for lane, _ in row])
+            offsets[n, : len(row)] = torch.tensor([offset for _, offset in row], dtype=torch.float64)
+        cached[connected] = SearchLanes(lanes.to(graph.kind.device), offsets.to(graph.length))
+    return cached[connected]
+
+
+@dataclass(eq=False)
+class LaneCoordinates:
+    """Every object's lane coordinates on every lane of the graph, s and r (B, N, L) [m], and what
+    neighbour searches and gaps read from them.
+
+    Positions do not change during Road.act, so one evaluation of L lanes serves all of its
+    neighbour searches (up to four, each (B, N, N, C) coordinates otherwise) and lane gaps; the
+    values are the same elementwise formulas on the same inputs, gathered."""
+
+    graph: LaneGraph
+    s: torch.Tensor  # (B, N, L) [m]
+    r: torch.Tensor  # (B, N, L) [m]
+    searches: dict[bool, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # by `connected`
+
+    @classmethod
+    def of(cls, graph: LaneGraph, traffic: RoadTraffic) -> LaneCoordinates:
+        v = traffic.vehicles
+        lanes = torch.arange(graph.lanes_count, device=v.x.device)
+        return cls(graph, *graph.local_coordinates(lanes, v.x[..., None], v.y[..., None]))
+
+    def select(self, rows: torch.Tensor) -> LaneCoordinates:
+        """The envs `rows`, with the searches built so far."""
+        searches = {key: (found[rows], s[rows]) for key, (found, s) in self.searches.items()}
+        return LaneCoordinates(self.graph, self.s[rows], self.r[rows], searches)
+
+    def at(self, lane: torch.Tensor) -> torch.Tensor:
+        """s [m] of each object on its own lane of `lane` (B, N)."""
+        return self.s.gather(-1, lane[..., None])[..., 0]
+
+    def along(self, lane: torch.Tensor) -> torch.Tensor:
+        """(B, N, N) [m]: s of every object j along lane[b, i] (B, N) of each vehicle i."""
+        return _on_rows(self.s, lane)
+
+    def searched(self, connected: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(found, s), each (B, N, L) for every object j and query lane q: whether j is on_lane
+        (margin 1 m) of one of q's search lanes, and its s there expressed in q's coordinates (the
+        first search lane that holds it, plus that lane's offset). Built once per `connected`."""
+        if connected not in self.searches:
+            graph, table = self.graph, search_lanes(self.graph, connected)
+            batch, count, lanes_count = self.s.shape
+            on = (
+                (self.r.abs() <= graph.width / 2 + NEIGHBOUR_LANE_MARGIN_M)
+                & (self.s >= -VEHICLE_LENGTH_M)
+                & (self.s < graph.length + VEHICLE_LENGTH_M)
+            )  # (B, N, L): on_lane(margin=1) of every lane
+            lanes = table.lanes.clamp(min=0)  # (L, C)
+            shape = (batch, count, *lanes.shape)
+            on = on.index_select(-1, lanes.view(-1)).view(shape) & (table.lanes != NO_LANE)  # (B, N, L, C)
+            first = on.to(torch.uint8).argmax(dim=-1, keepdim=True)  # the first search lane holding j
+            lane = lanes.expand(shape).gather(-1, first)[..., 0]  # (B, N, L)
+            s = self.s.gather(-1, lane) + table.offsets.expand(shape).gather(-1, first)[..., 0]
+            self.searches[connected] = (on.any(dim=-1), s)
+        return self.searches[connected]
+
+
+def _on_rows(values: torch.Tensor, lane: torch.Tensor) -> torch.Tensor:
+    """values[b, j, lane[b, i]] (B, N, N) for (B, N, L) values and (B, N) lane ids."""
+    batch, count, lanes_count = values.shape
+    index = lane[..., None] + lanes_count * torch.arange(count, device=lane.device)  # (B, N, N)
+    return values.reshape(batch, -1).gather(1, index.view(batch, -1)).view(batch, count, count)
+
+
+def neighbour_vehicles(
+    graph: LaneGraph,
+    traffic: RoadTraffic,
+    lane: torch.Tensor,
+    connected: bool,
+    coordinates: LaneCoordinates | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Road.neighbour_vehicles(vehicle i, lane[i]) for every i: (front, rear) column indices (B, N),
+    NO_VEHICLE where none (or where lane is NO_LANE). coordinates: the objects' LaneCoordinates,
+    computed if not given."""
+    v = traffic.vehicles
+    count = v.x.shape[1]
+    coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
+    query = lane.clamp(min=0)
+    s_self = coordinates.at(query)  # (B, N) [m]
+    found, s_found = coordinates.searched(connected)  # (B, N, L)
+    s_other = _on_rows(s_found, query)  # (B, N, N): j in i's query lane's coordinates
+    others = ~torch.eye(count, dtype=torch.bool, device=v.x.device)
+    candidate = _on_rows(found, query) & traffic.present[:, None, :] & others & (lane != NO_LANE)[..., None]
+    rank = traffic.rank[:, None, :].expand_as(candidate)
+    ahead = candidate & (s_self[..., None] <= s_other)
+    behind = candidate & (s_other < s_self[..., None])
+    inf = torch.full_like(s_other, math.inf)
+    nearest_ahead = torch.where(ahead, s_other, inf).amin(dim=-1, keepdim=True)
+    nearest_behind = torch.where(behind, s_other, -inf).amax(dim=-1, keepdim=True)
+    # ties: the last (front) or first (rear) in road.vehicles + road.objects order
+    front_tie = ahead & (s_other == nearest_ahead)
+    rear_tie = behind & (s_other == nearest_behind)
+    front = torch.where(front_tie, rank, -1).argmax(dim=-1)
+    rear = torch.where(rear_tie, -rank, -(2**62)).argmax(dim=-1)
+    return (torch.where(front_tie.any(dim=-1), front, NO_VEHICLE), torch.where(rear_tie.any(dim=-1), rear, NO_VEHICLE))
+
+
+# IDM and MOBIL. "Reasoner" is the vehicle whose constants (DELTA) are used: column i of the result.
+
+
+def desired_gap(
+    idm: IdmParams, speed: torch.Tensor, heading: torch.Tensor, front_speed: torch.Tensor, front_heading: torch.Tensor
+) -> torch.Tensor:
+    """IDMVehicle.desired_gap(ego, front) [m]: d0 + v tau + v dv / (2 sqrt(ab)), dv the velocity
+    difference projected on the ego's direction."""
+    cos, sin = torch.cos(heading), torch.sin(heading)
+    dv = (speed * cos - front_speed * torch.cos(front_heading)) * cos + (
+        speed * sin - front_speed * torch.sin(front_heading)) * sin
+    sqrt_ab = math.sqrt(-idm.comfort_acc_max * idm.comfort_acc_min)
+    return idm.distance_wanted + speed * idm.time_wanted + speed * dv / (2 * sqrt_ab)
+
+
+def lane_offsets(
+    graph: LaneGraph, traffic: RoadTraffic, coordinates: LaneCoordinates | None = None
+) -> torch.Tensor:
+    """(B, N, N) [m]: s of every object j along vehicle i's current lane (lane_distance_to's terms)."""
+    coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
+    return coordinates.along(traffic.vehicles.lane)
+
+
+def _pair(values: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """values[b, i, j] for (B, N, N) values and (B, N) indices (NO_VEHICLE read as 0: mask it)."""
+    count = values.shape[-1]
+    return values.reshape(values.shape[0], -1).gather(1, i.clamp(min=0) * count + j.clamp(min=0))
+
+
+def idm_acceleration(
+    graph: LaneGraph,
+    traffic: RoadTraffic,
+    follower: torch.Tensor,
+    front: torch.Tensor,
+    idm: IdmParams,
+    along: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """IDMVehicle.acceleration(ego_vehicle=follower, front_vehicle=front) [m/s^2] as each vehicle i
+    reasons it (its DELTA): follower, front (B, N) column indices or NO_VEHICLE; 0 where there is no
+    follower or it is an obstacle. along: lane_offsets(graph, traffic), computed if not given."""
+    v = traffic.vehicles
+    along = lane_offsets(graph, traffic) if along is None else along
+    has_follower = (follower != NO_VEHICLE) & ~take(traffic.is_object, follower)
+    speed, heading = take(v.speed, follower), take(v.heading, follower)
+    limit = graph.speed_limit[take(v.lane, follower)]
+    target_speed = torch.minimum(take(v.target_speed, follower).clamp(min=0), limit)
+    acceleration = idm.comfort_acc_max * (
+        1 - torch.pow(speed.clamp(min=0) / not_zero(target_speed).abs(), traffic.delta))
+    d = _pair(along, follower, front) - _pair(along, follower, follower)  # lane_distance_to, the follower's lane
+    gap = desired_gap(idm, speed, heading, take(v.speed, front), take(v.heading, front))
+    interaction = idm.comfort_acc_max * torch.pow(gap / not_zero(d), 2)
+    acceleration = acceleration - torch.where(front != NO_VEHICLE, interaction, torch.zeros_like(interaction))
+    return torch.where(has_follower, acceleration, torch.zeros_like(acceleration))
+
+
+def _route_head_lane_number(graph: LaneGraph, vehicles: ControlledVehicles) -> torch.Tensor:
+    """route[0][2] of each vehicle, NO_LANE where the route is empty or its head's _id is None."""
+    if vehicles.route_lane.shape[-1] == 0:
+        return torch.full_like(vehicles.lane, NO_LANE)
+    exists, _, head = route_head(vehicles, vehicles.route_cursor)
+    head = torch.where(exists, head, NO_LANE)
+    return torch.where(head != NO_LANE, graph.lane_number[head.clamp(min=0)], NO_LANE)
+
+
+def mobil(
+    graph: LaneGraph,
+    traffic: RoadTraffic,
+    candidate: torch.Tensor,
+    current: tuple[torch.Tensor, torch.Tensor],
+    rules: RoadRules,
+    along: torch.Tensor | None = None,
+    coordinates: LaneCoordinates | None = None,
+) -> torch.Tensor:
+    """IDMVehicle.mobil(candidate lane) for every vehicle, (B, N) bool. `current`: the (front, rear)
+    neighbours in the vehicles' lanes; the route test reads vehicles.target_lane as it is now.
+    along, coordinates: lane_offsets and LaneCoordinates of the traffic, computed if not given."""
+    idm, v = rules.idm, traffic.vehicles
+    coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
+    along = lane_offsets(graph, traffic, coordinates) if along is None else along
+    me = torch.arange(v.x.shape[1], device=v.x.device).expand_as(v.lane)
+    new_front, new_rear = neighbour_vehicles(graph, traffic, candidate, rules.connected_lanes, coordinates)
+    old_front, old_rear = current
+    new_following_a = idm_acceleration(graph, traffic, new_rear, new_front, idm, along)
+    new_following_pred_a = idm_acceleration(graph, traffic, new_rear, me, idm, along)
+    unsafe = new_following_pred_a < -idm.lane_change_max_braking_imposed
+    self_pred_a = idm_acceleration(graph, traffic, me, new_front, idm, along)
+    # a route whose head names a lane: only towards that _id, without a gain test
+    route_id = _route_head_lane_number(graph, v)
+    target_id = graph.lane_number[v.target_lane]
+    wrong_way = torch.sign(graph.lane_number[candidate.clamp(min=0)] - target_id) != torch.sign(route_id - target_id)
+    route_ok = ~wrong_way & ~(self_pred_a < -idm.lane_change_max_braking_imposed)
+    self_a = idm_acceleration(graph, traffic, me, old_front, idm, along)
+    old_following_a = idm_acceleration(graph, traffic, old_rear, me, idm, along)
+    old_following_pred_a = idm_acceleration(graph, traffic, old_rear, old_front, idm, along)
+    jerk = self_pred_a - self_a + idm.politeness * (
+        new_following_pred_a - new_following_a + old_following_pred_a - old_following_a)
+    gain_ok = ~(jerk < idm.lane_change_min_acc_gain)
+    return ~unsafe & torch.where(route_id != NO_LANE, route_ok, gain_ok)
+
+
+def _side_lane(graph: LaneGraph, lane: torch.Tensor, step: int) -> torch.Tensor:
+    """RoadNetwork.side_lanes' lane _id + step of the same road, NO_LANE outside it."""
+    road = graph.side_lanes[lane]  # (B, N, K) lanes of the road by _id
+    number = graph.lane_number[lane] + step
+    inside = (number >= 0) & (number < (road != NO_LANE).sum(dim=-1))
+    side = road.gather(-1, number.clamp(0, road.shape[-1] - 1)[..., None])[..., 0]
+    return torch.where(inside, side, NO_LANE)
+
+
+def aborted_lane_changes(
+    graph: LaneGraph,
+    traffic: RoadTraffic,
+    changing: torch.Tensor,
+    before: torch.Tensor,
+    idm: IdmParams,
+    along: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """change_lane_policy's abort, (B, N) bool, for the vehicles `changing` (within a road).
+
+    Vehicle i gives up when a vehicle j (not an obstacle), not in i's target lane but targeting it,
+    is 0 < d < desired_gap(i, j) ahead along i's lane. highway-env decides in list order, so i sees
+    the final target of the vehicles before it and `before` (the target at the start of Road.act)
+    of those after it: iterated to the unique fixed point of that triangular system.
+    """
+    v = traffic.vehicles
+    if not bool(changing.any()):
+        return torch.zeros_like(changing)
+    along = lane_offsets(graph, traffic) if along is None else along
+    d = along - along.diagonal(dim1=1, dim2=2)[..., None]  # (B, N, N): lane_distance_to(j), i's lane
+    gap = desired_gap(idm, v.speed[..., None], v.heading[..., None], v.speed[:, None, :], v.heading[:, None, :])
+    target = v.target_lane[..., None]  # (B, N, 1): i's target
+    close = (changing[..., None] & traffic.present[:, None, :] & ~traffic.is_object[:, None, :]
+             & ~torch.eye(v.x.shape[1], dtype=torch.bool, device=v.x.device)
+             & (v.lane[:, None, :] != target) & (0 < d) & (d < gap))
+    earlier = traffic.rank[:, None, :] < traffic.rank[..., None]  # (B, N, N): j acts before i
+    final = v.target_lane
+    for _ in range(v.x.shape[1] + 1):
+        seen = torch.where(earlier, final[:, None, :], before[:, None, :])
+        aborted = (close & (seen == target)).any(dim=-1)
+        updated = torch.where(aborted, v.lane, v.target_lane)
+        if torch.equal(updated, final):
+            break
+        final = updated
+    return aborted
+
+
+# Road.act and Road.step.
+
+
+def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
+    """Road.act(), in place: the ego's ControlledVehicle.act() and every IDMVehicle.act()."""
+    v, idm = traffic.vehicles, rules.idm
+    ego, idm_vehicles = _columns(traffic)
+    active = idm_vehicles & ~traffic.crashed  # IDMVehicle.act returns early once crashed
+    before = v.target_lane.clone()
+    follow_road(graph, v, ego | active)
+    coordinates = LaneCoordinates.of(graph, traffic)  # positions and lanes stay as they are during Road.act
+    along = lane_offsets(graph, traffic, coordinates)
+    current = neighbour_vehicles(graph, traffic, v.lane, rules.connected_lanes, coordinates)
+
+    # change_lane_policy: MOBIL on a timer for those not changing lanes, then aborts for those that are
+    policy = active & traffic.lane_change
+    changing = policy & (v.lane != v.target_lane)
+    within_road = changing & (graph.edge[v.lane] == graph.edge[v.target_lane])
+    deciding = policy & ~changing & (idm.lane_change_delay < traffic.timer)  # utils.do_every
+    traffic.timer = torch.where(deciding, torch.zeros_like(traffic.timer), traffic.timer)
+    if bool(deciding.any()):
+        moving = v.speed.abs() >= 1
+        for step in (-1, 1):  # side_lanes: left, then right
+            side = _side_lane(graph, v.lane, step)
+            accept = deciding & (side != NO_LANE) & is_reachable_from(graph, side.clamp(min=0), v.x, v.y) & moving
+            rows = accept.any(dim=1).nonzero()[:, 0]  # MOBIL only in the envs where it may accept a change
+            if rows.numel():
+                accept[rows] &= mobil(graph, traffic.select(rows), side[rows], (current[0][rows], current[1][rows]),
+                                      rules, along[rows], coordinates.select(rows))
+            v.target_lane = torch.where(accept, side, v.target_lane)
+    aborted = aborted_lane_changes(graph, traffic, within_road, before, idm, along)
+    v.target_lane = torch.where(aborted, v.lane, v.target_lane)
+
+    # commands: steering towards the target lane; IDM behind the lane's front vehicle, and the
+    # target lane's while changing lanes
+    steering = steering_control(graph, v)
+    me = torch.arange(v.x.shape[1], device=v.x.device).expand_as(v.lane)
+    acceleration = idm_acceleration(graph, traffic, me, current[0], idm, along)
+    changing = v.lane != v.target_lane
+    if bool((changing & active).any()):
+        target_front, _ = neighbour_vehicles(graph, traffic, v.target_lane, rules.connected_lanes, coordinates)
+        on_target = idm_acceleration(graph, traffic, me, target_front, idm, along)
+        acceleration = torch.where(changing, torch.minimum(acceleration, on_target), acceleration)
+    acceleration = acceleration.clamp(-idm.acc_max, idm.acc_max)
+    acceleration = torch.where(ego, speed_control(v), acceleration)
+    updates = ego | active
+    v.steering = torch.where(updates, steering, v.steering)
+    v.acceleration = torch.where(updates, acceleration, v.acceleration)
+
+
+def step(graph: LaneGraph, traffic: RoadTraffic, dt: float, rules: RoadRules) -> None:
+    """Road.step(dt) (RegulatedRoad.step with rules.regulated), in place: every vehicle's
+    Vehicle.step, then the collision checks of every pair."""
+    if rules.regulated:
+        traffic.road_steps = traffic.road_steps + 1
+        due = traffic.road_steps % int(1 / dt / RegulatedRoad.REGULATION_FREQUENCY) == 0
+        if bool(due.any()):
+            enforce_road_rules(graph, traffic, due)
+    v = traffic.vehicles
+    ego, idm_vehicles = _columns(traffic)
+    moves = ego | idm_vehicles
+    traffic.timer = torch.where(idm_vehicles, traffic.timer + dt, traffic.timer)
+    # clip_actions: crashed vehicles steer straight and brake to a stop; speed limits
+    steering = torch.where(traffic.crashed, torch.zeros_like(v.steering), v.steering)
+    acceleration = clip_acceleration(v.speed, torch.where(traffic.crashed, -1.0 * v.speed, v.acceleration))
+    v.steering = torch.where(moves, steering, v.steering)
+    v.acceleration = torch.where(moves, acceleration, v.acceleration)
+    x, y, heading, speed = bicycle_step(v.x, v.y, v.heading, v.speed, v.steering, v.acceleration, dt)
+    hit = traffic.impact_pending & moves
+    x = torch.where(hit, x + traffic.impact[..., 0], x)
+    y = torch.where(hit, y + traffic.impact[..., 1], y)
+    traffic.crashed = traffic.crashed | hit
+    traffic.impact_pending = traffic.impact_pending & ~moves
+    v.x, v.y = torch.where(moves, x, v.x), torch.where(moves, y, v.y)
+    v.heading, v.speed = torch.where(moves, heading, v.heading), torch.where(moves, speed, v.speed)
+    v.lane = torch.where(moves, graph.closest_lane(v.x, v.y, v.heading), v.lane)
+    handle_collisions(traffic, dt)
+
+
+def _footprints(traffic: RoadTraffic) -> torch.Tensor:
+    """RoadObject.polygon() without the closing point: (B, N, 4, 2) corners [m]."""
+    v = traffic.vehicles
+    half_l, half_w = (traffic.length / 2)[..., None], (traffic.width / 2)[..., None]
+    px = torch.cat([-half_l, -half_l, half_l, half_l], dim=-1)  # (B, N, 4)
+    py = torch.cat([-half_w, half_w, half_w, -half_w], dim=-1)
+    c, s = torch.cos(v.heading)[..., None], torch.sin(v.heading)[..., None]
+    return torch.stack([c * px + -s * py + v.x[..., None], s * px + c * py + v.y[..., None]], dim=-1)
+
+
+def _edge_normals(corners: torch.Tensor) -> torch.Tensor:
+    """Unit normals of a polygon's 4 edges p1 -> p2, as are_polygons_intersecting builds them."""
+    p1, p2 = corners, corners.roll(-1, dims=-2)
+    normal = torch.stack([-p2[..., 1] + p1[..., 1], p2[..., 0] - p1[..., 0]], dim=-1)
+    return normal / torch.sqrt(normal[..., 0] ** 2 + normal[..., 1] ** 2)[..., None]
+
+
+def collisions(traffic: RoadTraffic, dt: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RoadObject._is_colliding for every ordered pair (i before j in list order): (intersecting,
+    will_intersect) (B, N, N) bool and the translation (B, N, N, 2) [m] that pushes i out of j
+    (0 where the pair fails the sphere pre-check).
+
+    The separating-axis test runs only on the E pairs that pass the pre-check, gathered as
+    (E, 8 axes, 4 corners) projections: far fewer than all (B, N, N) pairs."""
+    v = traffic.vehicles
+    count = v.x.shape[1]
+    diagonal = torch.sqrt(traffic.length**2 + traffic.width**2)
+    present = traffic.present[..., None] & traffic.present[:, None, :]
+    pair = present & (traffic.rank[..., None] < traffic.rank[:, None, :])
+    pair &= ~(traffic.is_object[..., None] & traffic.is_object[:, None, :])
+    dx, dy = v.x[:, None, :] - v.x[..., None], v.y[:, None, :] - v.y[..., None]
+    near = torch.sqrt(dx**2 + dy**2) <= (diagonal[..., None] + diagonal[:, None, :]) / 2 + (v.speed * dt)[..., None]
+    valid = pair & near  # (B, N, N)
+    intersecting, will_intersect = torch.zeros_like(valid), torch.zeros_like(valid)
+    translation = torch.zeros((*valid.shape, 2), dtype=v.x.dtype, device=v.x.device)
+    flat = valid.view(-1).nonzero()[:, 0]  # (E,) b * N * N + i * N + j
+    if flat.numel() == 0:
+        return intersecting, will_intersect, translation
+    first, second = flat // count, flat // (count * count) * count + flat % count  # b * N + i, b * N + j
+
+    def objects(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """values (B, N, ...) at the pairs' i and j: (E, ...) each."""
+        values = values.reshape(-1, *values.shape[2:])
+        return values.index_select(0, first), values.index_select(0, second)
+
+    corners = _footprints(traffic)  # (B, N, 4, 2)
+    normals_a, normals_b = objects(_edge_normals(corners))  # (E, 4, 2)
+    a, b = objects(corners)  # (E, 4, 2)
+    axes = torch.cat([normals_a, normals_b], dim=-2)  # (E, 8, 2)
+    ax, ay = axes[..., None, 0], axes[..., None, 1]  # (E, 8, 1)
+    project_a = a[:, None, :, 0] * ax + a[:, None, :, 1] * ay  # (E, 8, 4)
+    project_b = b[:, None, :, 0] * ax + b[:, None, :, 1] * ay
+    min_a, max_a = project_a.amin(dim=-1), project_a.amax(dim=-1)  # (E, 8)
+    min_b, max_b = project_b.amin(dim=-1), project_b.amax(dim=-1)
+    now = (interval_distance(min_a, max_a, min_b, max_b) <= 0).all(dim=-1)  # (E,)
+    vx, vy = v.speed * torch.cos(v.heading) * dt, v.speed * torch.sin(v.heading) * dt  # velocity * dt
+    (vx_a, vx_b), (vy_a, vy_b) = objects(vx), objects(vy)
+    rel_x, rel_y = vx_a - vx_b, vy_a - vy_b  # (E,)
+    projection = axes[..., 0] * rel_x[..., None] + axes[..., 1] * rel_y[..., None]  # (E, 8)
+    min_a = torch.where(projection < 0, min_a + projection, min_a)
+    max_a = torch.where(projection < 0, max_a, max_a + projection)
+    distance = interval_distance(min_a, max_a, min_b, max_b)
+    soon = (distance <= 0).all(dim=-1)
+    smallest = distance.abs().argmin(dim=-1, keepdim=True)  # the first minimal axis
+    min_distance = distance.abs().gather(-1, smallest)[..., 0]
+    axis = axes.gather(-2, smallest[..., None].expand(-1, 1, 2))[:, 0]  # (E, 2)
+    centre_a, centre_b = objects(corners.mean(dim=-2))  # (E, 2)
+    axis = torch.where(((centre_a - centre_b) * axis).sum(dim=-1, keepdim=True) > 0, axis, -axis)
+    intersecting.view(-1)[flat] = now
+    will_intersect.view(-1)[flat] = soon
+    translation.view(-1, 2)[flat] = min_distance[..., None] * axis
+    return intersecting, will_intersect, translation
+
+
+def handle_collisions(traffic: RoadTraffic, dt: float) -> None:
+    """Road.step's collision loop, in place: intersecting pairs both crash; will_intersect pairs
+    get impacts (half the translation each way, all of it against an obstacle), the last write in
     highway-env's loop order (i by rank, then j by rank) winning."""
     intersecting, will_intersect, translation = collisions(traffic, dt)
     traffic.crashed = traffic.crashed | intersecting.any(dim=2) | intersecting.any(dim=1)
