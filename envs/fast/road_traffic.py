@@ -328,64 +328,68 @@ def search_lanes(graph: LaneGraph, connected: bool) -> SearchLanes:
 
 @dataclass(eq=False)
 class LaneCoordinates:
-    """Every object's lane coordinates on every lane of the graph, s and r (B, N, L) [m], and what
+    """Every object's lane coordinates on every lane of the graph, s and r (L, B, N) [m], and what
     neighbour searches and gaps read from them.
 
     Positions do not change during Road.act, so one evaluation of L lanes serves all of its
     neighbour searches (up to four, each (B, N, N, C) coordinates otherwise) and lane gaps; the
-    values are the same elementwise formulas on the same inputs, gathered."""
+    values are the same elementwise formulas on the same inputs, gathered. Lanes come first so
+    that reductions over lanes run over the outer dimension (vectorised on CPU)."""
 
     graph: LaneGraph
-    s: torch.Tensor  # (B, N, L) [m]
-    r: torch.Tensor  # (B, N, L) [m]
+    s: torch.Tensor  # (L, B, N) [m]
+    r: torch.Tensor  # (L, B, N) [m]
     searches: dict[bool, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # by `connected`
 
     @classmethod
     def of(cls, graph: LaneGraph, traffic: RoadTraffic) -> LaneCoordinates:
         v = traffic.vehicles
-        lanes = torch.arange(graph.lanes_count, device=v.x.device)
-        return cls(graph, *graph.local_coordinates(lanes, v.x[..., None], v.y[..., None]))
+        lanes = torch.arange(graph.lanes_count, device=v.x.device)[:, None, None]
+        return cls(graph, *graph.local_coordinates(lanes, v.x, v.y))
 
     def select(self, rows: torch.Tensor) -> LaneCoordinates:
         """The envs `rows`, with the searches built so far."""
-        searches = {key: (found[rows], s[rows]) for key, (found, s) in self.searches.items()}
-        return LaneCoordinates(self.graph, self.s[rows], self.r[rows], searches)
+        searches = {key: (found[:, rows], s[:, rows]) for key, (found, s) in self.searches.items()}
+        return LaneCoordinates(self.graph, self.s[:, rows], self.r[:, rows], searches)
 
     def at(self, lane: torch.Tensor) -> torch.Tensor:
         """s [m] of each object on its own lane of `lane` (B, N)."""
-        return self.s.gather(-1, lane[..., None])[..., 0]
+        return self.s.gather(0, lane[None])[0]
 
     def along(self, lane: torch.Tensor) -> torch.Tensor:
         """(B, N, N) [m]: s of every object j along lane[b, i] (B, N) of each vehicle i."""
-        return _on_rows(self.s, lane)
+        return torch.take(self.s, _pair_index(lane))
 
     def searched(self, connected: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(found, s), each (B, N, L) for every object j and query lane q: whether j is on_lane
+        """(found, s), each (L, B, N) for every query lane q and object j: whether j is on_lane
         (margin 1 m) of one of q's search lanes, and its s there expressed in q's coordinates (the
         first search lane that holds it, plus that lane's offset). Built once per `connected`."""
         if connected not in self.searches:
             graph, table = self.graph, search_lanes(self.graph, connected)
-            batch, count, lanes_count = self.s.shape
+            lanes, offsets = table.lanes.T.clamp(min=0), table.offsets.T  # (C, L)
+            searched_count, lanes_count = lanes.shape
             on = (
-                (self.r.abs() <= graph.width / 2 + NEIGHBOUR_LANE_MARGIN_M)
+                (self.r.abs() <= (graph.width / 2 + NEIGHBOUR_LANE_MARGIN_M)[:, None, None])
                 & (self.s >= -VEHICLE_LENGTH_M)
-                & (self.s < graph.length + VEHICLE_LENGTH_M)
-            )  # (B, N, L): on_lane(margin=1) of every lane
-            lanes = table.lanes.clamp(min=0)  # (L, C)
-            shape = (batch, count, *lanes.shape)
-            on = on.index_select(-1, lanes.view(-1)).view(shape) & (table.lanes != NO_LANE)  # (B, N, L, C)
-            first = on.to(torch.uint8).argmax(dim=-1, keepdim=True)  # the first search lane holding j
-            lane = lanes.expand(shape).gather(-1, first)[..., 0]  # (B, N, L)
-            s = self.s.gather(-1, lane) + table.offsets.expand(shape).gather(-1, first)[..., 0]
-            self.searches[connected] = (on.any(dim=-1), s)
+                & (self.s < (graph.length + VEHICLE_LENGTH_M)[:, None, None])
+            )  # (L, B, N): on_lane(margin=1) of every lane
+            on = on.index_select(0, lanes.reshape(-1)).view(*lanes.shape, *on.shape[1:])  # (C, L, B, N)
+            on &= (table.lanes.T != NO_LANE)[..., None, None]
+            # the first search lane holding j: the least c where on, C where none (uint8 amin: fast)
+            position = torch.arange(searched_count, dtype=torch.uint8, device=on.device)[:, None, None, None]
+            first = ((~on).to(torch.uint8) * searched_count + position).amin(dim=0)  # (L, B, N)
+            entry = first.clamp(max=searched_count - 1).long() * lanes_count + torch.arange(
+                lanes_count, device=on.device)[:, None, None]  # (L, B, N) flat index into (C, L)
+            s = self.s.gather(0, torch.take(lanes, entry)) + torch.take(offsets, entry)
+            self.searches[connected] = (first < searched_count, s)
         return self.searches[connected]
 
 
-def _on_rows(values: torch.Tensor, lane: torch.Tensor) -> torch.Tensor:
-    """values[b, j, lane[b, i]] (B, N, N) for (B, N, L) values and (B, N) lane ids."""
-    batch, count, lanes_count = values.shape
-    index = lane[..., None] + lanes_count * torch.arange(count, device=lane.device)  # (B, N, N)
-    return values.reshape(batch, -1).gather(1, index.view(batch, -1)).view(batch, count, count)
+def _pair_index(lane: torch.Tensor) -> torch.Tensor:
+    """(B, N, N) flat indices of [lane[b, i], b, j] in (L, B, N) tensors, for (B, N) lane ids."""
+    batch, count = lane.shape
+    columns = torch.arange(batch * count, device=lane.device).view(batch, 1, count)  # b * N + j
+    return lane[..., None] * (batch * count) + columns
 
 
 def neighbour_vehicles(
@@ -397,28 +401,29 @@ def neighbour_vehicles(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Road.neighbour_vehicles(vehicle i, lane[i]) for every i: (front, rear) column indices (B, N),
     NO_VEHICLE where none (or where lane is NO_LANE). coordinates: the objects' LaneCoordinates,
-    computed if not given."""
+    computed if not given. Pairs are laid out (N_j, B, N_i) so that the reductions over the other
+    objects j run over the outer dimension, as amin/amax (argmax is slow on CPU)."""
     v = traffic.vehicles
     count = v.x.shape[1]
     coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
     query = lane.clamp(min=0)
-    s_self = coordinates.at(query)  # (B, N) [m]
-    found, s_found = coordinates.searched(connected)  # (B, N, L)
-    s_other = _on_rows(s_found, query)  # (B, N, N): j in i's query lane's coordinates
-    others = ~torch.eye(count, dtype=torch.bool, device=v.x.device)
-    candidate = _on_rows(found, query) & traffic.present[:, None, :] & others & (lane != NO_LANE)[..., None]
-    rank = traffic.rank[:, None, :].expand_as(candidate)
-    ahead = candidate & (s_self[..., None] <= s_other)
-    behind = candidate & (s_other < s_self[..., None])
-    inf = torch.full_like(s_other, math.inf)
-    nearest_ahead = torch.where(ahead, s_other, inf).amin(dim=-1, keepdim=True)
-    nearest_behind = torch.where(behind, s_other, -inf).amax(dim=-1, keepdim=True)
-    # ties: the last (front) or first (rear) in road.vehicles + road.objects order
-    front_tie = ahead & (s_other == nearest_ahead)
-    rear_tie = behind & (s_other == nearest_behind)
-    front = torch.where(front_tie, rank, -1).argmax(dim=-1)
-    rear = torch.where(rear_tie, -rank, -(2**62)).argmax(dim=-1)
-    return (torch.where(front_tie.any(dim=-1), front, NO_VEHICLE), torch.where(rear_tie.any(dim=-1), rear, NO_VEHICLE))
+    s_self = coordinates.at(query)[None]  # (1, B, N_i) [m]
+    found, s_found = coordinates.searched(connected)  # (L, B, N)
+    index = _pair_index(query).permute(2, 0, 1)  # (N_j, B, N_i)
+    s_other = torch.take(s_found, index)  # j in i's query lane's coordinates
+    others = ~torch.eye(count, dtype=torch.bool, device=v.x.device)[:, None, :]
+    candidate = torch.take(found, index) & traffic.present.T[..., None] & others & (lane != NO_LANE)[None]
+    ahead = candidate & (s_self <= s_other)
+    behind = candidate & (s_other < s_self)
+    nearest_ahead = torch.where(ahead, s_other, math.inf).amin(dim=0)  # (B, N_i)
+    nearest_behind = torch.where(behind, s_other, -math.inf).amax(dim=0)
+    # ties: the last (front) or first (rear) in road.vehicles + road.objects order. The key
+    # rank * N + j orders by rank (unique in an env) and names the column.
+    key = traffic.rank.T[..., None] * count + torch.arange(count, device=v.x.device)[:, None, None]  # (N_j, B, 1)
+    front = ((ahead & (s_other == nearest_ahead)) * (key + 1)).amax(dim=0) - 1  # the largest tied key; -1: none
+    top = 2**62  # above every key
+    rear = top - ((behind & (s_other == nearest_behind)) * (top - key)).amax(dim=0)  # the smallest; top: none
+    return torch.where(front >= 0, front % count, NO_VEHICLE), torch.where(rear < top, rear % count, NO_VEHICLE)
 
 
 # IDM and MOBIL. "Reasoner" is the vehicle whose constants (DELTA) are used: column i of the result.
