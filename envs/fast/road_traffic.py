@@ -358,7 +358,7 @@ class LaneCoordinates:
 
     def along(self, lane: torch.Tensor) -> torch.Tensor:
         """(B, N, N) [m]: s of every object j along lane[b, i] (B, N) of each vehicle i."""
-        return torch.take(self.s, _pair_index(lane))
+        return _take(self.s, _pair_index(lane))
 
     def searched(self, connected: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(found, s), each (L, B, N) for every query lane q and object j: whether j is on_lane
@@ -380,16 +380,23 @@ class LaneCoordinates:
             first = ((~on).to(torch.uint8) * searched_count + position).amin(dim=0)  # (L, B, N)
             entry = first.clamp(max=searched_count - 1).long() * lanes_count + torch.arange(
                 lanes_count, device=on.device)[:, None, None]  # (L, B, N) flat index into (C, L)
-            s = self.s.gather(0, torch.take(lanes, entry)) + torch.take(offsets, entry)
+            s = self.s.gather(0, _take(lanes, entry)) + _take(offsets, entry)
             self.searches[connected] = (first < searched_count, s)
         return self.searches[connected]
 
 
-def _pair_index(lane: torch.Tensor) -> torch.Tensor:
-    """(B, N, N) flat indices of [lane[b, i], b, j] in (L, B, N) tensors, for (B, N) lane ids."""
+def _pair_index(lane: torch.Tensor, objects_first: bool = False) -> torch.Tensor:
+    """Flat indices of [lane[b, i], b, j] in (L, B, N) tensors, for (B, N) lane ids: (B, N_i, N_j),
+    or (N_j, B, N_i) if objects_first."""
     batch, count = lane.shape
-    columns = torch.arange(batch * count, device=lane.device).view(batch, 1, count)  # b * N + j
-    return lane[..., None] * (batch * count) + columns
+    base = lane * (batch * count) + torch.arange(0, batch * count, count, device=lane.device)[:, None]  # (B, N_i)
+    j = torch.arange(count, device=lane.device)
+    return base[None] + j[:, None, None] if objects_first else base[..., None] + j
+
+
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """torch.take(values, index) as a 1-D index_select (several times faster on CPU)."""
+    return values.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape)
 
 
 def neighbour_vehicles(
@@ -409,10 +416,10 @@ def neighbour_vehicles(
     query = lane.clamp(min=0)
     s_self = coordinates.at(query)[None]  # (1, B, N_i) [m]
     found, s_found = coordinates.searched(connected)  # (L, B, N)
-    index = _pair_index(query).permute(2, 0, 1)  # (N_j, B, N_i)
-    s_other = torch.take(s_found, index)  # j in i's query lane's coordinates
+    index = _pair_index(query, objects_first=True)  # (N_j, B, N_i)
+    s_other = _take(s_found, index)  # j in i's query lane's coordinates
     others = ~torch.eye(count, dtype=torch.bool, device=v.x.device)[:, None, :]
-    candidate = torch.take(found, index) & traffic.present.T[..., None] & others & (lane != NO_LANE)[None]
+    candidate = _take(found, index) & traffic.present.T[..., None] & others & (lane != NO_LANE)[None]
     ahead = candidate & (s_self <= s_other)
     behind = candidate & (s_other < s_self)
     nearest_ahead = torch.where(ahead, s_other, math.inf).amin(dim=0)  # (B, N_i)
