@@ -17,6 +17,7 @@ highway-env 1.12's, term by term: equal to it to rounding in float64 (~1e-15 m),
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -153,23 +154,65 @@ class LaneGraph:
         return self.lane_ids[tuple(index)]
 
     # Geometry. `lane` is an int64 tensor of lane ids of any shape; the other tensors have
-    # (or broadcast to) its shape and the graph's dtype and device.
+    # (or broadcast to) its shape and the graph's dtype and device. Parameters are gathered
+    # with one index_select per packed table, and the formulas of lane kinds the graph lacks
+    # are skipped: they are what torch.where would have dropped, so the results are the same.
+
+    @functools.cached_property
+    def has_sine(self) -> bool:
+        return bool((self.kind == SINE).any())
+
+    @functools.cached_property
+    def has_circular(self) -> bool:
+        return bool((self.kind == CIRCULAR).any())
+
+    @functools.cached_property
+    def _line_table(self) -> torch.Tensor:
+        """(6, L): start x, y, direction x, y, direction_lateral x, y (straight and sine lanes)."""
+        return torch.cat([self.start.T, self.direction.T, self.direction_lateral.T])
+
+    @functools.cached_property
+    def _sine_table(self) -> torch.Tensor:
+        """(3, L): amplitude, pulsation, phase."""
+        return torch.stack([self.amplitude, self.pulsation, self.phase])
+
+    @functools.cached_property
+    def _arc_table(self) -> torch.Tensor:
+        """(5, L): center x, y, radius, start_phase, clockwise_sign; then kind (as the dtype)."""
+        kind = self.kind.to(self.radius.dtype)
+        return torch.stack([self.center[:, 0], self.center[:, 1], self.radius, self.start_phase,
+                            self.clockwise_sign, kind])
+
+    @staticmethod
+    def _gather(table: torch.Tensor, lane: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """table (P, L) at lane ids of any shape: P contiguous tensors of lane's shape."""
+        return table.index_select(1, lane.reshape(-1)).view(table.shape[0], *lane.shape).unbind(0)
+
+    def _sine_argument(self, lane: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(amplitude, pulsation * s + phase) of sine lanes (0, 0 elsewhere: sin and atan give 0)."""
+        amplitude, pulsation, phase = self._gather(self._sine_table, lane)
+        return amplitude, pulsation * s + phase
 
     def position(self, lane: torch.Tensor, s: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """lane.position(s, r): world (x, y) [m] of lane coordinates s, r [m]."""
         # straight / sine: start + s * direction + (r + A sin(w s + phase)) * direction_lateral
-        lateral = r + self.amplitude[lane] * torch.sin(self.pulsation[lane] * s + self.phase[lane])
-        start, direction, side = self.start[lane], self.direction[lane], self.direction_lateral[lane]
-        x = start[..., 0] + s * direction[..., 0] + lateral * side[..., 0]
-        y = start[..., 1] + s * direction[..., 1] + lateral * side[..., 1]
+        start_x, start_y, dir_x, dir_y, side_x, side_y = self._gather(self._line_table, lane)
+        lateral = r
+        if self.has_sine:
+            amplitude, argument = self._sine_argument(lane, s)
+            lateral = r + amplitude * torch.sin(argument)
+        x = start_x + s * dir_x + lateral * side_x
+        y = start_y + s * dir_y + lateral * side_y
+        if not self.has_circular:
+            return x, y
         # circular: center + (radius - r * sign) * (cos phi, sin phi)
-        sign, radius, center = self.clockwise_sign[lane], self.radius[lane], self.center[lane]
-        phi = sign * s / radius + self.start_phase[lane]
+        center_x, center_y, radius, start_phase, sign, kind = self._gather(self._arc_table, lane)
+        phi = sign * s / radius + start_phase
         rho = radius - r * sign
-        circular = self.kind[lane] == CIRCULAR
+        circular = kind == CIRCULAR
         return (
-            torch.where(circular, center[..., 0] + rho * torch.cos(phi), x),
-            torch.where(circular, center[..., 1] + rho * torch.sin(phi), y),
+            torch.where(circular, center_x + rho * torch.cos(phi), x),
+            torch.where(circular, center_y + rho * torch.sin(phi), y),
         )
 
     def local_coordinates(
@@ -180,17 +223,19 @@ class LaneGraph:
         Circular lanes measure the angle within +-pi of their start (highway-env's wrap), so a
         point more than half a turn along the arc maps back near its start, as there.
         """
-        start, direction, side = self.start[lane], self.direction[lane], self.direction_lateral[lane]
-        dx, dy = x - start[..., 0], y - start[..., 1]
-        s = dx * direction[..., 0] + dy * direction[..., 1]
-        r = dx * side[..., 0] + dy * side[..., 1]
-        r = r - self.amplitude[lane] * torch.sin(self.pulsation[lane] * s + self.phase[lane])
-        # circular
-        sign, radius, center = self.clockwise_sign[lane], self.radius[lane], self.center[lane]
-        start_phase = self.start_phase[lane]
-        cx, cy = x - center[..., 0], y - center[..., 1]
+        start_x, start_y, dir_x, dir_y, side_x, side_y = self._gather(self._line_table, lane)
+        dx, dy = x - start_x, y - start_y
+        s = dx * dir_x + dy * dir_y
+        r = dx * side_x + dy * side_y
+        if self.has_sine:
+            amplitude, argument = self._sine_argument(lane, s)
+            r = r - amplitude * torch.sin(argument)
+        if not self.has_circular:
+            return s, r
+        center_x, center_y, radius, start_phase, sign, kind = self._gather(self._arc_table, lane)
+        cx, cy = x - center_x, y - center_y
         phi = start_phase + wrap_to_pi(torch.atan2(cy, cx) - start_phase)
-        circular = self.kind[lane] == CIRCULAR
+        circular = kind == CIRCULAR
         return (
             torch.where(circular, sign * (phi - start_phase) * radius, s),
             torch.where(circular, sign * (radius - torch.hypot(cx, cy)), r),
@@ -198,11 +243,15 @@ class LaneGraph:
 
     def heading_at(self, lane: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """lane.heading_at(s): the lane's heading [rad] at s [m] (not wrapped)."""
-        slope = self.amplitude[lane] * self.pulsation[lane] * torch.cos(self.pulsation[lane] * s + self.phase[lane])
-        sign = self.clockwise_sign[lane]
-        phi = sign * s / self.radius[lane] + self.start_phase[lane]
-        circular = self.kind[lane] == CIRCULAR
-        return torch.where(circular, phi + math.pi / 2 * sign, self.heading[lane] + torch.atan(slope))
+        heading = self.heading.index_select(0, lane.reshape(-1)).view(lane.shape)
+        if self.has_sine:
+            amplitude, pulsation, phase = self._gather(self._sine_table, lane)
+            heading = heading + torch.atan(amplitude * pulsation * torch.cos(pulsation * s + phase))
+        if not self.has_circular:
+            return heading.expand(torch.broadcast_shapes(lane.shape, s.shape))
+        _, _, radius, start_phase, sign, kind = self._gather(self._arc_table, lane)
+        phi = sign * s / radius + start_phase
+        return torch.where(kind == CIRCULAR, phi + math.pi / 2 * sign, heading)
 
     def width_at(self, lane: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """lane.width_at(s) [m]: constant along every supported lane."""

@@ -77,7 +77,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -326,42 +326,111 @@ def search_lanes(graph: LaneGraph, connected: bool) -> SearchLanes:
     return cached[connected]
 
 
+@dataclass(eq=False)
+class LaneCoordinates:
+    """Every object's lane coordinates on every lane of the graph, s and r (L, B, N) [m], and what
+    neighbour searches and gaps read from them.
+
+    Positions do not change during Road.act, so one evaluation of L lanes serves all of its
+    neighbour searches (up to four, each (B, N, N, C) coordinates otherwise) and lane gaps; the
+    values are the same elementwise formulas on the same inputs, gathered. Lanes come first so
+    that reductions over lanes run over the outer dimension (vectorised on CPU)."""
+
+    graph: LaneGraph
+    s: torch.Tensor  # (L, B, N) [m]
+    r: torch.Tensor  # (L, B, N) [m]
+    searches: dict[bool, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # by `connected`
+
+    @classmethod
+    def of(cls, graph: LaneGraph, traffic: RoadTraffic) -> LaneCoordinates:
+        v = traffic.vehicles
+        lanes = torch.arange(graph.lanes_count, device=v.x.device)[:, None, None]
+        return cls(graph, *graph.local_coordinates(lanes, v.x, v.y))
+
+    def select(self, rows: torch.Tensor) -> LaneCoordinates:
+        """The envs `rows`, with the searches built so far."""
+        searches = {key: (found[:, rows], s[:, rows]) for key, (found, s) in self.searches.items()}
+        return LaneCoordinates(self.graph, self.s[:, rows], self.r[:, rows], searches)
+
+    def at(self, lane: torch.Tensor) -> torch.Tensor:
+        """s [m] of each object on its own lane of `lane` (B, N)."""
+        return self.s.gather(0, lane[None])[0]
+
+    def along(self, lane: torch.Tensor) -> torch.Tensor:
+        """(B, N, N) [m]: s of every object j along lane[b, i] (B, N) of each vehicle i."""
+        return _take(self.s, _pair_index(lane))
+
+    def searched(self, connected: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(found, s), each (L, B, N) for every query lane q and object j: whether j is on_lane
+        (margin 1 m) of one of q's search lanes, and its s there expressed in q's coordinates (the
+        first search lane that holds it, plus that lane's offset). Built once per `connected`."""
+        if connected not in self.searches:
+            graph, table = self.graph, search_lanes(self.graph, connected)
+            lanes, offsets = table.lanes.T.clamp(min=0), table.offsets.T  # (C, L)
+            searched_count, lanes_count = lanes.shape
+            on = (
+                (self.r.abs() <= (graph.width / 2 + NEIGHBOUR_LANE_MARGIN_M)[:, None, None])
+                & (self.s >= -VEHICLE_LENGTH_M)
+                & (self.s < (graph.length + VEHICLE_LENGTH_M)[:, None, None])
+            )  # (L, B, N): on_lane(margin=1) of every lane
+            on = on.index_select(0, lanes.reshape(-1)).view(*lanes.shape, *on.shape[1:])  # (C, L, B, N)
+            on &= (table.lanes.T != NO_LANE)[..., None, None]
+            # the first search lane holding j: the least c where on, C where none (uint8 amin: fast)
+            position = torch.arange(searched_count, dtype=torch.uint8, device=on.device)[:, None, None, None]
+            first = ((~on).to(torch.uint8) * searched_count + position).amin(dim=0)  # (L, B, N)
+            entry = first.clamp(max=searched_count - 1).long() * lanes_count + torch.arange(
+                lanes_count, device=on.device)[:, None, None]  # (L, B, N) flat index into (C, L)
+            s = self.s.gather(0, _take(lanes, entry)) + _take(offsets, entry)
+            self.searches[connected] = (first < searched_count, s)
+        return self.searches[connected]
+
+
+def _pair_index(lane: torch.Tensor, objects_first: bool = False) -> torch.Tensor:
+    """Flat indices of [lane[b, i], b, j] in (L, B, N) tensors, for (B, N) lane ids: (B, N_i, N_j),
+    or (N_j, B, N_i) if objects_first."""
+    batch, count = lane.shape
+    base = lane * (batch * count) + torch.arange(0, batch * count, count, device=lane.device)[:, None]  # (B, N_i)
+    j = torch.arange(count, device=lane.device)
+    return base[None] + j[:, None, None] if objects_first else base[..., None] + j
+
+
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """torch.take(values, index) as a 1-D index_select (several times faster on CPU)."""
+    return values.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape)
+
+
 def neighbour_vehicles(
-    graph: LaneGraph, traffic: RoadTraffic, lane: torch.Tensor, connected: bool
+    graph: LaneGraph,
+    traffic: RoadTraffic,
+    lane: torch.Tensor,
+    connected: bool,
+    coordinates: LaneCoordinates | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Road.neighbour_vehicles(vehicle i, lane[i]) for every i: (front, rear) column indices (B, N),
-    NO_VEHICLE where none (or where lane is NO_LANE). Builds (B, N, N, C) lane coordinates of every
-    object in every vehicle's search lanes."""
+    NO_VEHICLE where none (or where lane is NO_LANE). coordinates: the objects' LaneCoordinates,
+    computed if not given. Pairs are laid out (N_j, B, N_i) so that the reductions over the other
+    objects j run over the outer dimension, as amin/amax (argmax is slow on CPU)."""
     v = traffic.vehicles
     count = v.x.shape[1]
+    coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
     query = lane.clamp(min=0)
-    s_self, _ = graph.local_coordinates(query, v.x, v.y)  # (B, N) [m]
-    table = search_lanes(graph, connected)
-    lanes, offsets = table.lanes[query], table.offsets[query]  # (B, N, C)
-    searched = lanes[:, :, None, :].clamp(min=0)  # (B, N, 1, C)
-    s, r = graph.local_coordinates(searched, v.x[:, None, :, None], v.y[:, None, :, None])  # (B, N, N, C)
-    on = (
-        (lanes[:, :, None, :] != NO_LANE)
-        & (r.abs() <= graph.width_at(searched, s) / 2 + NEIGHBOUR_LANE_MARGIN_M)
-        & (s >= -VEHICLE_LENGTH_M)
-        & (s < graph.length[searched] + VEHICLE_LENGTH_M)
-    )
-    first = on.to(torch.uint8).argmax(dim=-1, keepdim=True)  # the first search lane holding j
-    s_other = (s.gather(-1, first) + offsets[:, :, None, :].expand_as(s).gather(-1, first))[..., 0]  # (B, N, N)
-    others = ~torch.eye(count, dtype=torch.bool, device=v.x.device)
-    candidate = on.any(dim=-1) & traffic.present[:, None, :] & others & (lane != NO_LANE)[..., None]
-    rank = traffic.rank[:, None, :].expand_as(candidate)
-    ahead = candidate & (s_self[..., None] <= s_other)
-    behind = candidate & (s_other < s_self[..., None])
-    inf = torch.full_like(s_other, math.inf)
-    nearest_ahead = torch.where(ahead, s_other, inf).amin(dim=-1, keepdim=True)
-    nearest_behind = torch.where(behind, s_other, -inf).amax(dim=-1, keepdim=True)
-    # ties: the last (front) or first (rear) in road.vehicles + road.objects order
-    front_tie = ahead & (s_other == nearest_ahead)
-    rear_tie = behind & (s_other == nearest_behind)
-    front = torch.where(front_tie, rank, -1).argmax(dim=-1)
-    rear = torch.where(rear_tie, -rank, -(2**62)).argmax(dim=-1)
-    return (torch.where(front_tie.any(dim=-1), front, NO_VEHICLE), torch.where(rear_tie.any(dim=-1), rear, NO_VEHICLE))
+    s_self = coordinates.at(query)[None]  # (1, B, N_i) [m]
+    found, s_found = coordinates.searched(connected)  # (L, B, N)
+    index = _pair_index(query, objects_first=True)  # (N_j, B, N_i)
+    s_other = _take(s_found, index)  # j in i's query lane's coordinates
+    others = ~torch.eye(count, dtype=torch.bool, device=v.x.device)[:, None, :]
+    candidate = _take(found, index) & traffic.present.T[..., None] & others & (lane != NO_LANE)[None]
+    ahead = candidate & (s_self <= s_other)
+    behind = candidate & (s_other < s_self)
+    nearest_ahead = torch.where(ahead, s_other, math.inf).amin(dim=0)  # (B, N_i)
+    nearest_behind = torch.where(behind, s_other, -math.inf).amax(dim=0)
+    # ties: the last (front) or first (rear) in road.vehicles + road.objects order. The key
+    # rank * N + j orders by rank (unique in an env) and names the column.
+    key = traffic.rank.T[..., None] * count + torch.arange(count, device=v.x.device)[:, None, None]  # (N_j, B, 1)
+    front = ((ahead & (s_other == nearest_ahead)) * (key + 1)).amax(dim=0) - 1  # the largest tied key; -1: none
+    top = 2**62  # above every key
+    rear = top - ((behind & (s_other == nearest_behind)) * (top - key)).amax(dim=0)  # the smallest; top: none
+    return torch.where(front >= 0, front % count, NO_VEHICLE), torch.where(rear < top, rear % count, NO_VEHICLE)
 
 
 # IDM and MOBIL. "Reasoner" is the vehicle whose constants (DELTA) are used: column i of the result.
@@ -379,10 +448,12 @@ def desired_gap(
     return idm.distance_wanted + speed * idm.time_wanted + speed * dv / (2 * sqrt_ab)
 
 
-def lane_offsets(graph: LaneGraph, traffic: RoadTraffic) -> torch.Tensor:
+def lane_offsets(
+    graph: LaneGraph, traffic: RoadTraffic, coordinates: LaneCoordinates | None = None
+) -> torch.Tensor:
     """(B, N, N) [m]: s of every object j along vehicle i's current lane (lane_distance_to's terms)."""
-    v = traffic.vehicles
-    return graph.local_coordinates(v.lane[..., None], v.x[:, None, :], v.y[:, None, :])[0]
+    coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
+    return coordinates.along(traffic.vehicles.lane)
 
 
 def _pair(values: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -433,13 +504,16 @@ def mobil(
     current: tuple[torch.Tensor, torch.Tensor],
     rules: RoadRules,
     along: torch.Tensor | None = None,
+    coordinates: LaneCoordinates | None = None,
 ) -> torch.Tensor:
     """IDMVehicle.mobil(candidate lane) for every vehicle, (B, N) bool. `current`: the (front, rear)
-    neighbours in the vehicles' lanes; the route test reads vehicles.target_lane as it is now."""
+    neighbours in the vehicles' lanes; the route test reads vehicles.target_lane as it is now.
+    along, coordinates: lane_offsets and LaneCoordinates of the traffic, computed if not given."""
     idm, v = rules.idm, traffic.vehicles
-    along = lane_offsets(graph, traffic) if along is None else along
+    coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
+    along = lane_offsets(graph, traffic, coordinates) if along is None else along
     me = torch.arange(v.x.shape[1], device=v.x.device).expand_as(v.lane)
-    new_front, new_rear = neighbour_vehicles(graph, traffic, candidate, rules.connected_lanes)
+    new_front, new_rear = neighbour_vehicles(graph, traffic, candidate, rules.connected_lanes, coordinates)
     old_front, old_rear = current
     new_following_a = idm_acceleration(graph, traffic, new_rear, new_front, idm, along)
     new_following_pred_a = idm_acceleration(graph, traffic, new_rear, me, idm, along)
@@ -515,8 +589,9 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
     active = idm_vehicles & ~traffic.crashed  # IDMVehicle.act returns early once crashed
     before = v.target_lane.clone()
     follow_road(graph, v, ego | active)
-    along = lane_offsets(graph, traffic)  # positions and lanes stay as they are during Road.act
-    current = neighbour_vehicles(graph, traffic, v.lane, rules.connected_lanes)
+    coordinates = LaneCoordinates.of(graph, traffic)  # positions and lanes stay as they are during Road.act
+    along = lane_offsets(graph, traffic, coordinates)
+    current = neighbour_vehicles(graph, traffic, v.lane, rules.connected_lanes, coordinates)
 
     # change_lane_policy: MOBIL on a timer for those not changing lanes, then aborts for those that are
     policy = active & traffic.lane_change
@@ -529,7 +604,10 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
         for step in (-1, 1):  # side_lanes: left, then right
             side = _side_lane(graph, v.lane, step)
             accept = deciding & (side != NO_LANE) & is_reachable_from(graph, side.clamp(min=0), v.x, v.y) & moving
-            accept &= mobil(graph, traffic, side, current, rules, along)
+            rows = accept.any(dim=1).nonzero()[:, 0]  # MOBIL only in the envs where it may accept a change
+            if rows.numel():
+                accept[rows] &= mobil(graph, traffic.select(rows), side[rows], (current[0][rows], current[1][rows]),
+                                      rules, along[rows], coordinates.select(rows))
             v.target_lane = torch.where(accept, side, v.target_lane)
     aborted = aborted_lane_changes(graph, traffic, within_road, before, idm, along)
     v.target_lane = torch.where(aborted, v.lane, v.target_lane)
@@ -541,7 +619,7 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
     acceleration = idm_acceleration(graph, traffic, me, current[0], idm, along)
     changing = v.lane != v.target_lane
     if bool((changing & active).any()):
-        target_front, _ = neighbour_vehicles(graph, traffic, v.target_lane, rules.connected_lanes)
+        target_front, _ = neighbour_vehicles(graph, traffic, v.target_lane, rules.connected_lanes, coordinates)
         on_target = idm_acceleration(graph, traffic, me, target_front, idm, along)
         acceleration = torch.where(changing, torch.minimum(acceleration, on_target), acceleration)
     acceleration = acceleration.clamp(-idm.acc_max, idm.acc_max)
@@ -599,7 +677,11 @@ def _edge_normals(corners: torch.Tensor) -> torch.Tensor:
 
 def collisions(traffic: RoadTraffic, dt: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RoadObject._is_colliding for every ordered pair (i before j in list order): (intersecting,
-    will_intersect) (B, N, N) bool and the translation (B, N, N, 2) [m] that pushes i out of j."""
+    will_intersect) (B, N, N) bool and the translation (B, N, N, 2) [m] that pushes i out of j
+    (0 where the pair fails the sphere pre-check).
+
+    The separating-axis test runs only on the E pairs that pass the pre-check, gathered as
+    (E, 8 axes, 4 corners) projections: far fewer than all (B, N, N) pairs."""
     v = traffic.vehicles
     count = v.x.shape[1]
     diagonal = torch.sqrt(traffic.length**2 + traffic.width**2)
@@ -608,55 +690,75 @@ def collisions(traffic: RoadTraffic, dt: float) -> tuple[torch.Tensor, torch.Ten
     pair &= ~(traffic.is_object[..., None] & traffic.is_object[:, None, :])
     dx, dy = v.x[:, None, :] - v.x[..., None], v.y[:, None, :] - v.y[..., None]
     near = torch.sqrt(dx**2 + dy**2) <= (diagonal[..., None] + diagonal[:, None, :]) / 2 + (v.speed * dt)[..., None]
+    valid = pair & near  # (B, N, N)
+    intersecting, will_intersect = torch.zeros_like(valid), torch.zeros_like(valid)
+    translation = torch.zeros((*valid.shape, 2), dtype=v.x.dtype, device=v.x.device)
+    flat = valid.view(-1).nonzero()[:, 0]  # (E,) b * N * N + i * N + j
+    if flat.numel() == 0:
+        return intersecting, will_intersect, translation
+    first, second = flat // count, flat // (count * count) * count + flat % count  # b * N + i, b * N + j
+
+    def objects(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """values (B, N, ...) at the pairs' i and j: (E, ...) each."""
+        values = values.reshape(-1, *values.shape[2:])
+        return values.index_select(0, first), values.index_select(0, second)
+
     corners = _footprints(traffic)  # (B, N, 4, 2)
-    normals = _edge_normals(corners)
-    a, b = corners[:, :, None, None], corners[:, None, :, None]  # (B, N, 1, 1, 4, 2), (B, 1, N, 1, 4, 2)
-    axes = torch.cat([normals[:, :, None].expand(-1, -1, count, -1, -1),
-                      normals[:, None, :].expand(-1, count, -1, -1, -1)], dim=-2)  # (B, N, N, 8, 2)
-    ax, ay = axes[..., None, 0], axes[..., None, 1]  # (B, N, N, 8, 1)
-    project_a = a[..., 0] * ax + a[..., 1] * ay  # (B, N, N, 8, 4)
-    project_b = b[..., 0] * ax + b[..., 1] * ay
-    min_a, max_a = project_a.amin(dim=-1), project_a.amax(dim=-1)  # (B, N, N, 8)
+    normals_a, normals_b = objects(_edge_normals(corners))  # (E, 4, 2)
+    a, b = objects(corners)  # (E, 4, 2)
+    axes = torch.cat([normals_a, normals_b], dim=-2)  # (E, 8, 2)
+    ax, ay = axes[..., None, 0], axes[..., None, 1]  # (E, 8, 1)
+    project_a = a[:, None, :, 0] * ax + a[:, None, :, 1] * ay  # (E, 8, 4)
+    project_b = b[:, None, :, 0] * ax + b[:, None, :, 1] * ay
+    min_a, max_a = project_a.amin(dim=-1), project_a.amax(dim=-1)  # (E, 8)
     min_b, max_b = project_b.amin(dim=-1), project_b.amax(dim=-1)
-    intersecting = (interval_distance(min_a, max_a, min_b, max_b) <= 0).all(dim=-1)
+    now = (interval_distance(min_a, max_a, min_b, max_b) <= 0).all(dim=-1)  # (E,)
     vx, vy = v.speed * torch.cos(v.heading) * dt, v.speed * torch.sin(v.heading) * dt  # velocity * dt
-    rel_x, rel_y = vx[..., None] - vx[:, None, :], vy[..., None] - vy[:, None, :]  # (B, N, N)
-    projection = axes[..., 0] * rel_x[..., None] + axes[..., 1] * rel_y[..., None]
+    (vx_a, vx_b), (vy_a, vy_b) = objects(vx), objects(vy)
+    rel_x, rel_y = vx_a - vx_b, vy_a - vy_b  # (E,)
+    projection = axes[..., 0] * rel_x[..., None] + axes[..., 1] * rel_y[..., None]  # (E, 8)
     min_a = torch.where(projection < 0, min_a + projection, min_a)
     max_a = torch.where(projection < 0, max_a, max_a + projection)
     distance = interval_distance(min_a, max_a, min_b, max_b)
-    will_intersect = (distance <= 0).all(dim=-1)
+    soon = (distance <= 0).all(dim=-1)
     smallest = distance.abs().argmin(dim=-1, keepdim=True)  # the first minimal axis
     min_distance = distance.abs().gather(-1, smallest)[..., 0]
-    axis = axes.gather(-2, smallest[..., None].expand(-1, -1, -1, 1, 2))[..., 0, :]  # (B, N, N, 2)
-    centre = corners.mean(dim=-2)  # (B, N, 2)
-    d = centre[:, :, None] - centre[:, None, :]
-    axis = torch.where(((d * axis).sum(dim=-1) > 0)[..., None], axis, -axis)
-    valid = pair & near
-    return intersecting & valid, will_intersect & valid, min_distance[..., None] * axis
+    axis = axes.gather(-2, smallest[..., None].expand(-1, 1, 2))[:, 0]  # (E, 2)
+    centre_a, centre_b = objects(corners.mean(dim=-2))  # (E, 2)
+    axis = torch.where(((centre_a - centre_b) * axis).sum(dim=-1, keepdim=True) > 0, axis, -axis)
+    intersecting.view(-1)[flat] = now
+    will_intersect.view(-1)[flat] = soon
+    translation.view(-1, 2)[flat] = min_distance[..., None] * axis
+    return intersecting, will_intersect, translation
 
 
 def handle_collisions(traffic: RoadTraffic, dt: float) -> None:
     """Road.step's collision loop, in place: intersecting pairs both crash; will_intersect pairs
     get impacts (half the translation each way, all of it against an obstacle), the last write in
-    highway-env's loop order (i by rank, then j by rank) winning."""
+    highway-env's loop order (i by rank, then j by rank) winning. Impacts are resolved only in the
+    envs that have one."""
     intersecting, will_intersect, translation = collisions(traffic, dt)
     traffic.crashed = traffic.crashed | intersecting.any(dim=2) | intersecting.any(dim=1)
+    rows = will_intersect.flatten(1).any(dim=1).nonzero()[:, 0]
+    if rows.numel() == 0:
+        return
+    will_intersect, translation, is_object = will_intersect[rows], translation[rows], traffic.is_object[rows]
     count = traffic.rank.shape[1]
-    rank = traffic.rank.clamp(max=count + 10**6)
-    key = rank[..., None] * (2 * 10**6 + 2 * count) + rank[:, None, :]  # (B, N, N): loop position of (i, j)
-    other_static = traffic.is_object[:, None, :, None]
+    rank = traffic.rank[rows].clamp(max=count + 10**6)
+    key = rank[..., None] * (2 * 10**6 + 2 * count) + rank[:, None, :]  # (R, N, N): loop position of (i, j)
+    other_static = is_object[:, None, :, None]
     as_self = torch.where(other_static, translation, translation / 2)  # written on i
     as_other = -translation / 2  # written on j (i is never an obstacle: obstacles come last)
     key = torch.where(will_intersect, key, -1)
-    keys = torch.cat([key, key.transpose(1, 2)], dim=2)  # (B, N, 2N): writes on k as i, then as j
-    values = torch.cat([as_self, as_other.transpose(1, 2)], dim=2)  # (B, N, 2N, 2)
-    last = keys.argmax(dim=2, keepdim=True)  # (B, N, 1)
+    keys = torch.cat([key, key.transpose(1, 2)], dim=2)  # (R, N, 2N): writes on k as i, then as j
+    values = torch.cat([as_self, as_other.transpose(1, 2)], dim=2)  # (R, N, 2N, 2)
+    last = keys.argmax(dim=2, keepdim=True)  # (R, N, 1)
     written = keys.gather(2, last)[..., 0] >= 0
     impact = values.gather(2, last[..., None].expand(-1, -1, 1, 2))[:, :, 0]
-    written &= ~traffic.is_object
-    traffic.impact = torch.where(written[..., None], impact, traffic.impact)
-    traffic.impact_pending = traffic.impact_pending | written
+    written &= ~is_object
+    traffic.impact, traffic.impact_pending = traffic.impact.clone(), traffic.impact_pending.clone()  # not in place
+    traffic.impact[rows] = torch.where(written[..., None], impact, traffic.impact[rows])
+    traffic.impact_pending[rows] |= written
 
 
 # RegulatedRoad.
