@@ -65,6 +65,8 @@ class TrainingConfig:
     # (Defaults here keep run folders written before these keys existed readable.)
     imitation_iterations: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
     imitation_steps: Annotated[StrictInt, Field(ge=1)] = 40  # [policy steps per env] per iteration
+    # actions the teacher searches exhaustively (agents.teacher.LookaheadTeacher's depth; its horizon is 3)
+    teacher_depth: Annotated[StrictInt, Field(ge=1, le=3)] = 2
     # PPO on the fast backend: rollouts, features and minibatches stay on the policy's device
     # (agents/device_rollout.py; the same updates as SB3's). Off by default until measured on a GPU.
     device_rollout: StrictBool = False

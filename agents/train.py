@@ -63,7 +63,7 @@ from agents.runs import (
     saved_counters,
     write_run_config,
 )
-from envs.backends import Backend, default_backend_for, evaluation_env, get_backend
+from envs.backends import Backend, default_backend_for, evaluation_env, get_backend, privileged_simulator
 from envs.goals import has_goal
 from envs.progress import progress_bar as _progress_bar
 from envs.system import resolve_device, usable_cores
@@ -535,6 +535,7 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board
     `smoothing` (an agents.robust.sa_ppo.SASchedule, `--robust-reg sa`) adds SA-PPO's regulariser to
     the imitation loss; robust/sa_kl and robust/sa_eps then go to TensorBoard after each iteration."""
     from agents.imitation import imitate_teacher
+    from agents.teacher import LookaheadTeacher
 
     steps_per_iteration = training.imitation_steps * vec_env.num_envs  # env steps of all envs
     tracker = EpisodeTracker(route_length_m, vec_env.num_envs)
@@ -563,8 +564,9 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board
 
     total = training.imitation_iterations * steps_per_iteration
     with _progress_bar(total, "imitating the teacher", unit="env steps", disable=not show_progress) as bar:
+        teacher = LookaheadTeacher(privileged_simulator(vec_env), depth=training.teacher_depth)
         imitate_teacher(model.policy, vec_env, training.imitation_iterations, training.imitation_steps,
-                        on_iteration=record, on_step=lambda: bar.advance(vec_env.num_envs), on_transition=transition,
+                        teacher=teacher, on_iteration=record, on_step=lambda: bar.advance(vec_env.num_envs), on_transition=transition,
                         smoothing=smoothing)
 
 
