@@ -437,23 +437,53 @@ def neighbour_vehicles(
 
 
 def desired_gap(
-    idm: IdmParams, speed: torch.Tensor, heading: torch.Tensor, front_speed: torch.Tensor, front_heading: torch.Tensor
+    idm: IdmParams,
+    speed: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    velocity: tuple[torch.Tensor, torch.Tensor],
+    front_velocity: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
     """IDMVehicle.desired_gap(ego, front) [m]: d0 + v tau + v dv / (2 sqrt(ab)), dv the velocity
-    difference projected on the ego's direction."""
-    cos, sin = torch.cos(heading), torch.sin(heading)
-    dv = (speed * cos - front_speed * torch.cos(front_heading)) * cos + (
-        speed * sin - front_speed * torch.sin(front_heading)) * sin
+    difference projected on the ego's direction (cos, sin of its heading; velocities (x, y) [m/s]
+    are speed * (cos, sin), as IdmInputs holds them)."""
+    dv = (velocity[0] - front_velocity[0]) * cos + (velocity[1] - front_velocity[1]) * sin
     sqrt_ab = math.sqrt(-idm.comfort_acc_max * idm.comfort_acc_min)
     return idm.distance_wanted + speed * idm.time_wanted + speed * dv / (2 * sqrt_ab)
 
 
-def lane_offsets(
-    graph: LaneGraph, traffic: RoadTraffic, coordinates: LaneCoordinates | None = None
-) -> torch.Tensor:
-    """(B, N, N) [m]: s of every object j along vehicle i's current lane (lane_distance_to's terms)."""
-    coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
-    return coordinates.along(traffic.vehicles.lane)
+@dataclass(frozen=True)
+class IdmInputs:
+    """What IDM, MOBIL and the abort rule read of the traffic. Positions, speeds, lanes and target
+    speeds do not change during Road.act, so these are computed once there and gathered per call."""
+
+    along: torch.Tensor  # (B, N, N) [m]: s of every object j along vehicle i's current lane
+    rows: torch.Tensor  # (7, B, N) per object: see `at`
+
+    @classmethod
+    def of(
+        cls, graph: LaneGraph, traffic: RoadTraffic, coordinates: LaneCoordinates | None = None
+    ) -> IdmInputs:
+        v = traffic.vehicles
+        coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
+        along = coordinates.along(v.lane)
+        cos, sin = torch.cos(v.heading), torch.sin(v.heading)
+        target_speed = torch.minimum(v.target_speed.clamp(min=0), graph.speed_limit[v.lane])
+        free_ratio = v.speed.clamp(min=0) / not_zero(target_speed).abs()  # IDM's free-road term's base
+        s_own = along.diagonal(dim1=1, dim2=2)
+        return cls(along, torch.stack([v.speed, cos, sin, v.speed * cos, v.speed * sin, free_ratio, s_own]))
+
+    def select(self, rows: torch.Tensor) -> IdmInputs:
+        return IdmInputs(self.along[rows], self.rows[:, rows])
+
+    def at(self, columns: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(speed, cos, sin, (vx, vy), free_ratio, s_own), each (B, M), of the objects `columns`
+        ((B, M), NO_VEHICLE read as column 0: mask it): speed [m/s], the heading's cos and sin,
+        velocity [m/s], speed / not_zero(target speed clipped to [0, the lane's limit]), and s [m]
+        on its own lane."""
+        index = columns.clamp(min=0)[None].expand(self.rows.shape[0], -1, -1)
+        speed, cos, sin, vx, vy, free_ratio, s_own = self.rows.gather(2, index)
+        return speed, cos, sin, (vx, vy), free_ratio, s_own
 
 
 def _pair(values: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -463,26 +493,21 @@ def _pair(values: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tenso
 
 
 def idm_acceleration(
-    graph: LaneGraph,
     traffic: RoadTraffic,
     follower: torch.Tensor,
     front: torch.Tensor,
     idm: IdmParams,
-    along: torch.Tensor | None = None,
+    inputs: IdmInputs,
 ) -> torch.Tensor:
     """IDMVehicle.acceleration(ego_vehicle=follower, front_vehicle=front) [m/s^2] as each vehicle i
     reasons it (its DELTA): follower, front (B, N) column indices or NO_VEHICLE; 0 where there is no
-    follower or it is an obstacle. along: lane_offsets(graph, traffic), computed if not given."""
-    v = traffic.vehicles
-    along = lane_offsets(graph, traffic) if along is None else along
+    follower or it is an obstacle."""
     has_follower = (follower != NO_VEHICLE) & ~take(traffic.is_object, follower)
-    speed, heading = take(v.speed, follower), take(v.heading, follower)
-    limit = graph.speed_limit[take(v.lane, follower)]
-    target_speed = torch.minimum(take(v.target_speed, follower).clamp(min=0), limit)
-    acceleration = idm.comfort_acc_max * (
-        1 - torch.pow(speed.clamp(min=0) / not_zero(target_speed).abs(), traffic.delta))
-    d = _pair(along, follower, front) - _pair(along, follower, follower)  # lane_distance_to, the follower's lane
-    gap = desired_gap(idm, speed, heading, take(v.speed, front), take(v.heading, front))
+    speed, cos, sin, velocity, free_ratio, s_own = inputs.at(follower)
+    front_velocity = inputs.at(front)[3]
+    acceleration = idm.comfort_acc_max * (1 - torch.pow(free_ratio, traffic.delta))
+    d = _pair(inputs.along, follower, front) - s_own  # lane_distance_to, the follower's lane
+    gap = desired_gap(idm, speed, cos, sin, velocity, front_velocity)
     interaction = idm.comfort_acc_max * torch.pow(gap / not_zero(d), 2)
     acceleration = acceleration - torch.where(front != NO_VEHICLE, interaction, torch.zeros_like(interaction))
     return torch.where(has_follower, acceleration, torch.zeros_like(acceleration))
@@ -503,30 +528,30 @@ def mobil(
     candidate: torch.Tensor,
     current: tuple[torch.Tensor, torch.Tensor],
     rules: RoadRules,
-    along: torch.Tensor | None = None,
+    inputs: IdmInputs | None = None,
     coordinates: LaneCoordinates | None = None,
 ) -> torch.Tensor:
     """IDMVehicle.mobil(candidate lane) for every vehicle, (B, N) bool. `current`: the (front, rear)
     neighbours in the vehicles' lanes; the route test reads vehicles.target_lane as it is now.
-    along, coordinates: lane_offsets and LaneCoordinates of the traffic, computed if not given."""
+    inputs, coordinates: the traffic's IdmInputs and LaneCoordinates, computed if not given."""
     idm, v = rules.idm, traffic.vehicles
     coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
-    along = lane_offsets(graph, traffic, coordinates) if along is None else along
+    inputs = IdmInputs.of(graph, traffic, coordinates) if inputs is None else inputs
     me = torch.arange(v.x.shape[1], device=v.x.device).expand_as(v.lane)
     new_front, new_rear = neighbour_vehicles(graph, traffic, candidate, rules.connected_lanes, coordinates)
     old_front, old_rear = current
-    new_following_a = idm_acceleration(graph, traffic, new_rear, new_front, idm, along)
-    new_following_pred_a = idm_acceleration(graph, traffic, new_rear, me, idm, along)
+    new_following_a = idm_acceleration(traffic, new_rear, new_front, idm, inputs)
+    new_following_pred_a = idm_acceleration(traffic, new_rear, me, idm, inputs)
     unsafe = new_following_pred_a < -idm.lane_change_max_braking_imposed
-    self_pred_a = idm_acceleration(graph, traffic, me, new_front, idm, along)
+    self_pred_a = idm_acceleration(traffic, me, new_front, idm, inputs)
     # a route whose head names a lane: only towards that _id, without a gain test
     route_id = _route_head_lane_number(graph, v)
     target_id = graph.lane_number[v.target_lane]
     wrong_way = torch.sign(graph.lane_number[candidate.clamp(min=0)] - target_id) != torch.sign(route_id - target_id)
     route_ok = ~wrong_way & ~(self_pred_a < -idm.lane_change_max_braking_imposed)
-    self_a = idm_acceleration(graph, traffic, me, old_front, idm, along)
-    old_following_a = idm_acceleration(graph, traffic, old_rear, me, idm, along)
-    old_following_pred_a = idm_acceleration(graph, traffic, old_rear, old_front, idm, along)
+    self_a = idm_acceleration(traffic, me, old_front, idm, inputs)
+    old_following_a = idm_acceleration(traffic, old_rear, me, idm, inputs)
+    old_following_pred_a = idm_acceleration(traffic, old_rear, old_front, idm, inputs)
     jerk = self_pred_a - self_a + idm.politeness * (
         new_following_pred_a - new_following_a + old_following_pred_a - old_following_a)
     gain_ok = ~(jerk < idm.lane_change_min_acc_gain)
@@ -548,7 +573,7 @@ def aborted_lane_changes(
     changing: torch.Tensor,
     before: torch.Tensor,
     idm: IdmParams,
-    along: torch.Tensor | None = None,
+    inputs: IdmInputs | None = None,
 ) -> torch.Tensor:
     """change_lane_policy's abort, (B, N) bool, for the vehicles `changing` (within a road).
 
@@ -560,9 +585,11 @@ def aborted_lane_changes(
     v = traffic.vehicles
     if not bool(changing.any()):
         return torch.zeros_like(changing)
-    along = lane_offsets(graph, traffic) if along is None else along
-    d = along - along.diagonal(dim1=1, dim2=2)[..., None]  # (B, N, N): lane_distance_to(j), i's lane
-    gap = desired_gap(idm, v.speed[..., None], v.heading[..., None], v.speed[:, None, :], v.heading[:, None, :])
+    inputs = IdmInputs.of(graph, traffic) if inputs is None else inputs
+    d = inputs.along - inputs.along.diagonal(dim1=1, dim2=2)[..., None]  # (B, N, N): lane_distance_to(j), i's lane
+    speed, cos, sin, vx, vy = inputs.rows[:5]
+    gap = desired_gap(idm, speed[..., None], cos[..., None], sin[..., None], (vx[..., None], vy[..., None]),
+                      (vx[:, None, :], vy[:, None, :]))  # (B, N, N): i behind j
     target = v.target_lane[..., None]  # (B, N, 1): i's target
     close = (changing[..., None] & traffic.present[:, None, :] & ~traffic.is_object[:, None, :]
              & ~torch.eye(v.x.shape[1], dtype=torch.bool, device=v.x.device)
@@ -590,7 +617,7 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
     before = v.target_lane.clone()
     follow_road(graph, v, ego | active)
     coordinates = LaneCoordinates.of(graph, traffic)  # positions and lanes stay as they are during Road.act
-    along = lane_offsets(graph, traffic, coordinates)
+    inputs = IdmInputs.of(graph, traffic, coordinates)
     current = neighbour_vehicles(graph, traffic, v.lane, rules.connected_lanes, coordinates)
 
     # change_lane_policy: MOBIL on a timer for those not changing lanes, then aborts for those that are
@@ -607,20 +634,20 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
             rows = accept.any(dim=1).nonzero()[:, 0]  # MOBIL only in the envs where it may accept a change
             if rows.numel():
                 accept[rows] &= mobil(graph, traffic.select(rows), side[rows], (current[0][rows], current[1][rows]),
-                                      rules, along[rows], coordinates.select(rows))
+                                      rules, inputs.select(rows), coordinates.select(rows))
             v.target_lane = torch.where(accept, side, v.target_lane)
-    aborted = aborted_lane_changes(graph, traffic, within_road, before, idm, along)
+    aborted = aborted_lane_changes(graph, traffic, within_road, before, idm, inputs)
     v.target_lane = torch.where(aborted, v.lane, v.target_lane)
 
     # commands: steering towards the target lane; IDM behind the lane's front vehicle, and the
     # target lane's while changing lanes
     steering = steering_control(graph, v)
     me = torch.arange(v.x.shape[1], device=v.x.device).expand_as(v.lane)
-    acceleration = idm_acceleration(graph, traffic, me, current[0], idm, along)
+    acceleration = idm_acceleration(traffic, me, current[0], idm, inputs)
     changing = v.lane != v.target_lane
     if bool((changing & active).any()):
         target_front, _ = neighbour_vehicles(graph, traffic, v.target_lane, rules.connected_lanes, coordinates)
-        on_target = idm_acceleration(graph, traffic, me, target_front, idm, along)
+        on_target = idm_acceleration(traffic, me, target_front, idm, inputs)
         acceleration = torch.where(changing, torch.minimum(acceleration, on_target), acceleration)
     acceleration = acceleration.clamp(-idm.acc_max, idm.acc_max)
     acceleration = torch.where(ego, speed_control(v), acceleration)
