@@ -399,6 +399,12 @@ def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape)
 
 
+def _inf_unless(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where mask, inf elsewhere: finite values + this are torch.where(mask, values, inf) (exactly,
+    but for -0 -> 0), several times faster on CPU than torch.where (and bool -> float) kernels."""
+    return 1 / mask.view(torch.uint8).to(dtype) - 1
+
+
 def neighbour_vehicles(
     graph: LaneGraph,
     traffic: RoadTraffic,
@@ -422,8 +428,8 @@ def neighbour_vehicles(
     candidate = _take(found, index) & traffic.present.T[..., None] & others & (lane != NO_LANE)[None]
     ahead = candidate & (s_self <= s_other)
     behind = candidate & (s_other < s_self)
-    nearest_ahead = torch.where(ahead, s_other, math.inf).amin(dim=0)  # (B, N_i)
-    nearest_behind = torch.where(behind, s_other, -math.inf).amax(dim=0)
+    nearest_ahead = (s_other + _inf_unless(ahead, s_other.dtype)).amin(dim=0)  # (B, N_i)
+    nearest_behind = (s_other - _inf_unless(behind, s_other.dtype)).amax(dim=0)
     # ties: the last (front) or first (rear) in road.vehicles + road.objects order. The key
     # rank * N + j orders by rank (unique in an env) and names the column.
     key = traffic.rank.T[..., None] * count + torch.arange(count, device=v.x.device)[:, None, None]  # (N_j, B, 1)
