@@ -642,7 +642,11 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
                 accept[rows] &= mobil(graph, traffic.select(rows), side[rows], (current[0][rows], current[1][rows]),
                                       rules, inputs.select(rows), coordinates.select(rows))
             v.target_lane = torch.where(accept, side, v.target_lane)
-    aborted = aborted_lane_changes(graph, traffic, within_road, before, idm, inputs)
+    aborted = torch.zeros_like(within_road)
+    rows = within_road.any(dim=1).nonzero()[:, 0]  # the abort rule only in the envs with a lane change under way
+    if rows.numel():
+        aborted[rows] = aborted_lane_changes(graph, traffic.select(rows), within_road[rows], before[rows], idm,
+                                             inputs.select(rows))
     v.target_lane = torch.where(aborted, v.lane, v.target_lane)
 
     # commands: steering towards the target lane; IDM behind the lane's front vehicle, and the
@@ -651,10 +655,13 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
     me = torch.arange(v.x.shape[1], device=v.x.device).expand_as(v.lane)
     acceleration = idm_acceleration(traffic, me, current[0], idm, inputs)
     changing = v.lane != v.target_lane
-    if bool((changing & active).any()):
-        target_front, _ = neighbour_vehicles(graph, traffic, v.target_lane, rules.connected_lanes, coordinates)
-        on_target = idm_acceleration(traffic, me, target_front, idm, inputs)
-        acceleration = torch.where(changing, torch.minimum(acceleration, on_target), acceleration)
+    rows = (changing & active).any(dim=1).nonzero()[:, 0]  # (others' rows: only the ego's or unused commands)
+    if rows.numel():
+        changers = traffic.select(rows)
+        target_front, _ = neighbour_vehicles(graph, changers, changers.vehicles.target_lane, rules.connected_lanes,
+                                             coordinates.select(rows))
+        on_target = idm_acceleration(changers, me[rows], target_front, idm, inputs.select(rows))
+        acceleration[rows] = torch.where(changing[rows], torch.minimum(acceleration[rows], on_target), acceleration[rows])
     acceleration = acceleration.clamp(-idm.acc_max, idm.acc_max)
     acceleration = torch.where(ego, speed_control(v), acceleration)
     updates = ego | active
