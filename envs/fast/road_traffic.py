@@ -698,14 +698,13 @@ def step(graph: LaneGraph, traffic: RoadTraffic, dt: float, rules: RoadRules) ->
     handle_collisions(traffic, dt)
 
 
-def _footprints(traffic: RoadTraffic) -> torch.Tensor:
-    """RoadObject.polygon() without the closing point: (B, N, 4, 2) corners [m]."""
-    v = traffic.vehicles
-    half_l, half_w = (traffic.length / 2)[..., None], (traffic.width / 2)[..., None]
-    px = torch.cat([-half_l, -half_l, half_l, half_l], dim=-1)  # (B, N, 4)
+def _footprints(x, y, heading, length, width) -> torch.Tensor:
+    """RoadObject.polygon() without the closing point: (..., 4, 2) corners [m] of objects (...)."""
+    half_l, half_w = (length / 2)[..., None], (width / 2)[..., None]
+    px = torch.cat([-half_l, -half_l, half_l, half_l], dim=-1)  # (..., 4)
     py = torch.cat([-half_w, half_w, half_w, -half_w], dim=-1)
-    c, s = torch.cos(v.heading)[..., None], torch.sin(v.heading)[..., None]
-    return torch.stack([c * px + -s * py + v.x[..., None], s * px + c * py + v.y[..., None]], dim=-1)
+    c, s = torch.cos(heading)[..., None], torch.sin(heading)[..., None]
+    return torch.stack([c * px + -s * py + x[..., None], s * px + c * py + y[..., None]], dim=-1)
 
 
 def _edge_normals(corners: torch.Tensor) -> torch.Tensor:
@@ -720,42 +719,52 @@ def collisions(traffic: RoadTraffic, dt: float) -> tuple[torch.Tensor, torch.Ten
     will_intersect) (B, N, N) bool and the translation (B, N, N, 2) [m] that pushes i out of j
     (0 where the pair fails the sphere pre-check).
 
-    The separating-axis test runs only on the E pairs that pass the pre-check, gathered as
-    (E, 8 axes, 4 corners) projections: far fewer than all (B, N, N) pairs."""
+    The sphere pre-check runs on the N (N - 1) / 2 unordered column pairs (its distance and
+    diagonals are symmetric; the speed is the first one's in list order), the separating-axis test
+    only on the E pairs that pass it, as (E, 8 axes, 4 corners) projections."""
     v = traffic.vehicles
-    count = v.x.shape[1]
-    diagonal = torch.sqrt(traffic.length**2 + traffic.width**2)
-    present = traffic.present[..., None] & traffic.present[:, None, :]
-    pair = present & (traffic.rank[..., None] < traffic.rank[:, None, :])
-    pair &= ~(traffic.is_object[..., None] & traffic.is_object[:, None, :])
-    dx, dy = v.x[:, None, :] - v.x[..., None], v.y[:, None, :] - v.y[..., None]
-    near = torch.sqrt(dx**2 + dy**2) <= (diagonal[..., None] + diagonal[:, None, :]) / 2 + (v.speed * dt)[..., None]
-    valid = pair & near  # (B, N, N)
-    intersecting, will_intersect = torch.zeros_like(valid), torch.zeros_like(valid)
-    translation = torch.zeros((*valid.shape, 2), dtype=v.x.dtype, device=v.x.device)
-    flat = valid.view(-1).nonzero()[:, 0]  # (E,) b * N * N + i * N + j
-    if flat.numel() == 0:
+    batch, count = v.x.shape
+    c1, c2 = torch.triu_indices(count, count, 1, device=v.x.device)  # (P,) columns c1 < c2
+
+    def columns(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return values.index_select(1, c1), values.index_select(1, c2)  # (B, P) each
+
+    (x1, x2), (y1, y2), (speed1, speed2) = columns(v.x), columns(v.y), columns(v.speed)
+    (rank1, rank2), (present1, present2) = columns(traffic.rank), columns(traffic.present)
+    (object1, object2), (diagonal1, diagonal2) = columns(traffic.is_object), columns(
+        torch.sqrt(traffic.length**2 + traffic.width**2))
+    c1_first = rank1 < rank2  # ranks are unique in an env
+    dx, dy = x2 - x1, y2 - y1
+    near = torch.sqrt(dx**2 + dy**2) <= (diagonal1 + diagonal2) / 2 + torch.where(c1_first, speed1, speed2) * dt
+    valid = present1 & present2 & ~(object1 & object2) & near  # (B, P)
+    intersecting = torch.zeros((batch, count, count), dtype=torch.bool, device=v.x.device)
+    will_intersect = torch.zeros_like(intersecting)
+    translation = torch.zeros((batch, count, count, 2), dtype=v.x.dtype, device=v.x.device)
+    b, p = valid.nonzero(as_tuple=True)  # (E,) each
+    if b.numel() == 0:
         return intersecting, will_intersect, translation
-    first, second = flat // count, flat // (count * count) * count + flat % count  # b * N + i, b * N + j
+    swap = ~c1_first[b, p]
+    i, j = torch.where(swap, c2[p], c1[p]), torch.where(swap, c1[p], c2[p])  # columns, i first in list order
+    first, second = b * count + i, b * count + j
 
     def objects(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """values (B, N, ...) at the pairs' i and j: (E, ...) each."""
-        values = values.reshape(-1, *values.shape[2:])
+        """values (B, N) at the pairs' i and j: (E,) each."""
+        values = values.reshape(-1)
         return values.index_select(0, first), values.index_select(0, second)
 
-    corners = _footprints(traffic)  # (B, N, 4, 2)
-    normals_a, normals_b = objects(_edge_normals(corners))  # (E, 4, 2)
-    a, b = objects(corners)  # (E, 4, 2)
-    axes = torch.cat([normals_a, normals_b], dim=-2)  # (E, 8, 2)
+    (x_a, x_b), (y_a, y_b), (h_a, h_b) = objects(v.x), objects(v.y), objects(v.heading)
+    (speed_a, speed_b), (l_a, l_b), (w_a, w_b) = objects(v.speed), objects(traffic.length), objects(traffic.width)
+    a, b = _footprints(x_a, y_a, h_a, l_a, w_a), _footprints(x_b, y_b, h_b, l_b, w_b)  # (E, 4, 2)
+    axes = torch.cat([_edge_normals(a), _edge_normals(b)], dim=-2)  # (E, 8, 2)
     ax, ay = axes[..., None, 0], axes[..., None, 1]  # (E, 8, 1)
     project_a = a[:, None, :, 0] * ax + a[:, None, :, 1] * ay  # (E, 8, 4)
     project_b = b[:, None, :, 0] * ax + b[:, None, :, 1] * ay
     min_a, max_a = project_a.amin(dim=-1), project_a.amax(dim=-1)  # (E, 8)
     min_b, max_b = project_b.amin(dim=-1), project_b.amax(dim=-1)
     now = (interval_distance(min_a, max_a, min_b, max_b) <= 0).all(dim=-1)  # (E,)
-    vx, vy = v.speed * torch.cos(v.heading) * dt, v.speed * torch.sin(v.heading) * dt  # velocity * dt
-    (vx_a, vx_b), (vy_a, vy_b) = objects(vx), objects(vy)
-    rel_x, rel_y = vx_a - vx_b, vy_a - vy_b  # (E,)
+    # the relative displacement over dt (velocity = speed * heading direction)
+    rel_x = speed_a * torch.cos(h_a) * dt - speed_b * torch.cos(h_b) * dt
+    rel_y = speed_a * torch.sin(h_a) * dt - speed_b * torch.sin(h_b) * dt
     projection = axes[..., 0] * rel_x[..., None] + axes[..., 1] * rel_y[..., None]  # (E, 8)
     min_a = torch.where(projection < 0, min_a + projection, min_a)
     max_a = torch.where(projection < 0, max_a, max_a + projection)
@@ -764,11 +773,11 @@ def collisions(traffic: RoadTraffic, dt: float) -> tuple[torch.Tensor, torch.Ten
     smallest = distance.abs().argmin(dim=-1, keepdim=True)  # the first minimal axis
     min_distance = distance.abs().gather(-1, smallest)[..., 0]
     axis = axes.gather(-2, smallest[..., None].expand(-1, 1, 2))[:, 0]  # (E, 2)
-    centre_a, centre_b = objects(corners.mean(dim=-2))  # (E, 2)
-    axis = torch.where(((centre_a - centre_b) * axis).sum(dim=-1, keepdim=True) > 0, axis, -axis)
-    intersecting.view(-1)[flat] = now
-    will_intersect.view(-1)[flat] = soon
-    translation.view(-1, 2)[flat] = min_distance[..., None] * axis
+    axis = torch.where(((a.mean(dim=-2) - b.mean(dim=-2)) * axis).sum(dim=-1, keepdim=True) > 0, axis, -axis)
+    pairs = first * count + j  # b * N * N + i * N + j
+    intersecting.view(-1)[pairs] = now
+    will_intersect.view(-1)[pairs] = soon
+    translation.view(-1, 2)[pairs] = min_distance[..., None] * axis
     return intersecting, will_intersect, translation
 
 
