@@ -506,17 +506,20 @@ def idm_acceleration(
     inputs: IdmInputs,
 ) -> torch.Tensor:
     """IDMVehicle.acceleration(ego_vehicle=follower, front_vehicle=front) [m/s^2] as each vehicle i
-    reasons it (its DELTA): follower, front (B, N) column indices or NO_VEHICLE; 0 where there is no
-    follower or it is an obstacle."""
+    reasons it (its DELTA): follower, front (B, N) column indices or NO_VEHICLE, or (B, K, N) for K
+    (follower, front) pairs per vehicle at once; 0 where there is no follower or it is an obstacle."""
+    shape = follower.shape
+    delta = traffic.delta.view(shape[0], *([1] * (len(shape) - 2)), -1)  # the reasoner's: column i
+    follower, front = follower.reshape(shape[0], -1), front.reshape(shape[0], -1)  # (B, K * N)
     has_follower = (follower != NO_VEHICLE) & ~take(traffic.is_object, follower)
     speed, cos, sin, velocity, free_ratio, s_own = inputs.at(follower)
     front_velocity = inputs.at(front)[3]
-    acceleration = idm.comfort_acc_max * (1 - torch.pow(free_ratio, traffic.delta))
     d = _pair(inputs.along, follower, front) - s_own  # lane_distance_to, the follower's lane
     gap = desired_gap(idm, speed, cos, sin, velocity, front_velocity)
     interaction = idm.comfort_acc_max * torch.pow(gap / not_zero(d), 2)
-    acceleration = acceleration - torch.where(front != NO_VEHICLE, interaction, torch.zeros_like(interaction))
-    return torch.where(has_follower, acceleration, torch.zeros_like(acceleration))
+    interaction = torch.where(front != NO_VEHICLE, interaction, torch.zeros_like(interaction)).view(shape)
+    acceleration = idm.comfort_acc_max * (1 - torch.pow(free_ratio.view(shape), delta)) - interaction
+    return torch.where(has_follower.view(shape), acceleration, torch.zeros_like(acceleration))
 
 
 def _route_head_lane_number(graph: LaneGraph, vehicles: ControlledVehicles) -> torch.Tensor:
@@ -546,18 +549,17 @@ def mobil(
     me = torch.arange(v.x.shape[1], device=v.x.device).expand_as(v.lane)
     new_front, new_rear = neighbour_vehicles(graph, traffic, candidate, rules.connected_lanes, coordinates)
     old_front, old_rear = current
-    new_following_a = idm_acceleration(traffic, new_rear, new_front, idm, inputs)
-    new_following_pred_a = idm_acceleration(traffic, new_rear, me, idm, inputs)
+    # the six accelerations MOBIL compares, in one call: (B, 6, N)
+    followers = torch.stack([new_rear, new_rear, me, me, old_rear, old_rear], dim=1)
+    fronts = torch.stack([new_front, me, new_front, old_front, me, old_front], dim=1)
+    (new_following_a, new_following_pred_a, self_pred_a, self_a, old_following_a,
+     old_following_pred_a) = idm_acceleration(traffic, followers, fronts, idm, inputs).unbind(1)
     unsafe = new_following_pred_a < -idm.lane_change_max_braking_imposed
-    self_pred_a = idm_acceleration(traffic, me, new_front, idm, inputs)
     # a route whose head names a lane: only towards that _id, without a gain test
     route_id = _route_head_lane_number(graph, v)
     target_id = graph.lane_number[v.target_lane]
     wrong_way = torch.sign(graph.lane_number[candidate.clamp(min=0)] - target_id) != torch.sign(route_id - target_id)
     route_ok = ~wrong_way & ~(self_pred_a < -idm.lane_change_max_braking_imposed)
-    self_a = idm_acceleration(traffic, me, old_front, idm, inputs)
-    old_following_a = idm_acceleration(traffic, old_rear, me, idm, inputs)
-    old_following_pred_a = idm_acceleration(traffic, old_rear, old_front, idm, inputs)
     jerk = self_pred_a - self_a + idm.politeness * (
         new_following_pred_a - new_following_a + old_following_pred_a - old_following_a)
     gain_ok = ~(jerk < idm.lane_change_min_acc_gain)
