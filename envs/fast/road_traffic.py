@@ -66,10 +66,12 @@ a caller can write new vehicles into free columns with `set_columns` and clear `
 recover_from_stop (commented out in highway-env); other vehicle classes (LinearVehicle, ...);
 highway-fast's check_collisions=False; several egos.
 
-Cost: every neighbour search builds (B, N, N, C) lane coordinates (C <= 6 search lanes), up to
-four searches per sub-step, and collisions (B, N, N, 8, 4) projections: meant for the N <= ~30 of
-these scenarios. A few host syncs per sub-step decide whether MOBIL, the abort passes, the target
-lanes' search or a regulation step are needed at all.
+Cost: Road.act evaluates every object on every lane once ((L, B, N) LaneCoordinates) and each
+neighbour search gathers (N, B, N) pairs from it; collisions run a sphere pre-check on the
+N (N - 1) / 2 column pairs and the separating-axis test on the near ones only: meant for the
+N <= ~30 of these scenarios. A few host syncs per sub-step decide whether MOBIL, the abort passes,
+the target lanes' search, impacts or a regulation step are needed at all, and in which envs (rows
+are selected for them: each touches a few envs per sub-step).
 """
 
 from __future__ import annotations
