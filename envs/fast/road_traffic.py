@@ -665,7 +665,8 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
         target_front, _ = neighbour_vehicles(graph, changers, changers.vehicles.target_lane, rules.connected_lanes,
                                              coordinates.select(rows))
         on_target = idm_acceleration(changers, me[rows], target_front, idm, inputs.select(rows))
-        acceleration[rows] = torch.where(changing[rows], torch.minimum(acceleration[rows], on_target), acceleration[rows])
+        own = acceleration[rows]
+        acceleration[rows] = torch.where(changing[rows], torch.minimum(own, on_target), own)
     acceleration = acceleration.clamp(-idm.acc_max, idm.acc_max)
     acceleration = torch.where(ego, speed_control(v), acceleration)
     updates = ego | active
