@@ -66,10 +66,12 @@ a caller can write new vehicles into free columns with `set_columns` and clear `
 recover_from_stop (commented out in highway-env); other vehicle classes (LinearVehicle, ...);
 highway-fast's check_collisions=False; several egos.
 
-Cost: every neighbour search builds (B, N, N, C) lane coordinates (C <= 6 search lanes), up to
-four searches per sub-step, and collisions (B, N, N, 8, 4) projections: meant for the N <= ~30 of
-these scenarios. A few host syncs per sub-step decide whether MOBIL, the abort passes, the target
-lanes' search or a regulation step are needed at all.
+Cost: Road.act evaluates every object on every lane once ((L, B, N) LaneCoordinates) and each
+neighbour search gathers (N, B, N) pairs from it; collisions run a sphere pre-check on the
+N (N - 1) / 2 column pairs and the separating-axis test on the near ones only: meant for the
+N <= ~30 of these scenarios. A few host syncs per sub-step decide whether MOBIL, the abort passes,
+the target lanes' search, impacts or a regulation step are needed at all, and in which envs (rows
+are selected for them: each touches a few envs per sub-step).
 """
 
 from __future__ import annotations
@@ -399,6 +401,12 @@ def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape)
 
 
+def _inf_unless(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where mask, inf elsewhere: finite values + this are torch.where(mask, values, inf) (exactly,
+    but for -0 -> 0), several times faster on CPU than torch.where (and bool -> float) kernels."""
+    return 1 / mask.view(torch.uint8).to(dtype) - 1
+
+
 def neighbour_vehicles(
     graph: LaneGraph,
     traffic: RoadTraffic,
@@ -422,8 +430,8 @@ def neighbour_vehicles(
     candidate = _take(found, index) & traffic.present.T[..., None] & others & (lane != NO_LANE)[None]
     ahead = candidate & (s_self <= s_other)
     behind = candidate & (s_other < s_self)
-    nearest_ahead = torch.where(ahead, s_other, math.inf).amin(dim=0)  # (B, N_i)
-    nearest_behind = torch.where(behind, s_other, -math.inf).amax(dim=0)
+    nearest_ahead = (s_other + _inf_unless(ahead, s_other.dtype)).amin(dim=0)  # (B, N_i)
+    nearest_behind = (s_other - _inf_unless(behind, s_other.dtype)).amax(dim=0)
     # ties: the last (front) or first (rear) in road.vehicles + road.objects order. The key
     # rank * N + j orders by rank (unique in an env) and names the column.
     key = traffic.rank.T[..., None] * count + torch.arange(count, device=v.x.device)[:, None, None]  # (N_j, B, 1)
@@ -437,23 +445,53 @@ def neighbour_vehicles(
 
 
 def desired_gap(
-    idm: IdmParams, speed: torch.Tensor, heading: torch.Tensor, front_speed: torch.Tensor, front_heading: torch.Tensor
+    idm: IdmParams,
+    speed: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    velocity: tuple[torch.Tensor, torch.Tensor],
+    front_velocity: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
     """IDMVehicle.desired_gap(ego, front) [m]: d0 + v tau + v dv / (2 sqrt(ab)), dv the velocity
-    difference projected on the ego's direction."""
-    cos, sin = torch.cos(heading), torch.sin(heading)
-    dv = (speed * cos - front_speed * torch.cos(front_heading)) * cos + (
-        speed * sin - front_speed * torch.sin(front_heading)) * sin
+    difference projected on the ego's direction (cos, sin of its heading; velocities (x, y) [m/s]
+    are speed * (cos, sin), as IdmInputs holds them)."""
+    dv = (velocity[0] - front_velocity[0]) * cos + (velocity[1] - front_velocity[1]) * sin
     sqrt_ab = math.sqrt(-idm.comfort_acc_max * idm.comfort_acc_min)
     return idm.distance_wanted + speed * idm.time_wanted + speed * dv / (2 * sqrt_ab)
 
 
-def lane_offsets(
-    graph: LaneGraph, traffic: RoadTraffic, coordinates: LaneCoordinates | None = None
-) -> torch.Tensor:
-    """(B, N, N) [m]: s of every object j along vehicle i's current lane (lane_distance_to's terms)."""
-    coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
-    return coordinates.along(traffic.vehicles.lane)
+@dataclass(frozen=True)
+class IdmInputs:
+    """What IDM, MOBIL and the abort rule read of the traffic. Positions, speeds, lanes and target
+    speeds do not change during Road.act, so these are computed once there and gathered per call."""
+
+    along: torch.Tensor  # (B, N, N) [m]: s of every object j along vehicle i's current lane
+    rows: torch.Tensor  # (7, B, N) per object: see `at`
+
+    @classmethod
+    def of(
+        cls, graph: LaneGraph, traffic: RoadTraffic, coordinates: LaneCoordinates | None = None
+    ) -> IdmInputs:
+        v = traffic.vehicles
+        coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
+        along = coordinates.along(v.lane)
+        cos, sin = torch.cos(v.heading), torch.sin(v.heading)
+        target_speed = torch.minimum(v.target_speed.clamp(min=0), graph.speed_limit[v.lane])
+        free_ratio = v.speed.clamp(min=0) / not_zero(target_speed).abs()  # IDM's free-road term's base
+        s_own = along.diagonal(dim1=1, dim2=2)
+        return cls(along, torch.stack([v.speed, cos, sin, v.speed * cos, v.speed * sin, free_ratio, s_own]))
+
+    def select(self, rows: torch.Tensor) -> IdmInputs:
+        return IdmInputs(self.along[rows], self.rows[:, rows])
+
+    def at(self, columns: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(speed, cos, sin, (vx, vy), free_ratio, s_own), each (B, M), of the objects `columns`
+        ((B, M), NO_VEHICLE read as column 0: mask it): speed [m/s], the heading's cos and sin,
+        velocity [m/s], speed / not_zero(target speed clipped to [0, the lane's limit]), and s [m]
+        on its own lane."""
+        index = columns.clamp(min=0)[None].expand(self.rows.shape[0], -1, -1)
+        speed, cos, sin, vx, vy, free_ratio, s_own = self.rows.gather(2, index)
+        return speed, cos, sin, (vx, vy), free_ratio, s_own
 
 
 def _pair(values: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -463,29 +501,27 @@ def _pair(values: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tenso
 
 
 def idm_acceleration(
-    graph: LaneGraph,
     traffic: RoadTraffic,
     follower: torch.Tensor,
     front: torch.Tensor,
     idm: IdmParams,
-    along: torch.Tensor | None = None,
+    inputs: IdmInputs,
 ) -> torch.Tensor:
     """IDMVehicle.acceleration(ego_vehicle=follower, front_vehicle=front) [m/s^2] as each vehicle i
-    reasons it (its DELTA): follower, front (B, N) column indices or NO_VEHICLE; 0 where there is no
-    follower or it is an obstacle. along: lane_offsets(graph, traffic), computed if not given."""
-    v = traffic.vehicles
-    along = lane_offsets(graph, traffic) if along is None else along
+    reasons it (its DELTA): follower, front (B, N) column indices or NO_VEHICLE, or (B, K, N) for K
+    (follower, front) pairs per vehicle at once; 0 where there is no follower or it is an obstacle."""
+    shape = follower.shape
+    delta = traffic.delta.view(shape[0], *([1] * (len(shape) - 2)), -1)  # the reasoner's: column i
+    follower, front = follower.reshape(shape[0], -1), front.reshape(shape[0], -1)  # (B, K * N)
     has_follower = (follower != NO_VEHICLE) & ~take(traffic.is_object, follower)
-    speed, heading = take(v.speed, follower), take(v.heading, follower)
-    limit = graph.speed_limit[take(v.lane, follower)]
-    target_speed = torch.minimum(take(v.target_speed, follower).clamp(min=0), limit)
-    acceleration = idm.comfort_acc_max * (
-        1 - torch.pow(speed.clamp(min=0) / not_zero(target_speed).abs(), traffic.delta))
-    d = _pair(along, follower, front) - _pair(along, follower, follower)  # lane_distance_to, the follower's lane
-    gap = desired_gap(idm, speed, heading, take(v.speed, front), take(v.heading, front))
+    speed, cos, sin, velocity, free_ratio, s_own = inputs.at(follower)
+    front_velocity = inputs.at(front)[3]
+    d = _pair(inputs.along, follower, front) - s_own  # lane_distance_to, the follower's lane
+    gap = desired_gap(idm, speed, cos, sin, velocity, front_velocity)
     interaction = idm.comfort_acc_max * torch.pow(gap / not_zero(d), 2)
-    acceleration = acceleration - torch.where(front != NO_VEHICLE, interaction, torch.zeros_like(interaction))
-    return torch.where(has_follower, acceleration, torch.zeros_like(acceleration))
+    interaction = torch.where(front != NO_VEHICLE, interaction, torch.zeros_like(interaction)).view(shape)
+    acceleration = idm.comfort_acc_max * (1 - torch.pow(free_ratio.view(shape), delta)) - interaction
+    return torch.where(has_follower.view(shape), acceleration, torch.zeros_like(acceleration))
 
 
 def _route_head_lane_number(graph: LaneGraph, vehicles: ControlledVehicles) -> torch.Tensor:
@@ -503,30 +539,29 @@ def mobil(
     candidate: torch.Tensor,
     current: tuple[torch.Tensor, torch.Tensor],
     rules: RoadRules,
-    along: torch.Tensor | None = None,
+    inputs: IdmInputs | None = None,
     coordinates: LaneCoordinates | None = None,
 ) -> torch.Tensor:
     """IDMVehicle.mobil(candidate lane) for every vehicle, (B, N) bool. `current`: the (front, rear)
     neighbours in the vehicles' lanes; the route test reads vehicles.target_lane as it is now.
-    along, coordinates: lane_offsets and LaneCoordinates of the traffic, computed if not given."""
+    inputs, coordinates: the traffic's IdmInputs and LaneCoordinates, computed if not given."""
     idm, v = rules.idm, traffic.vehicles
     coordinates = LaneCoordinates.of(graph, traffic) if coordinates is None else coordinates
-    along = lane_offsets(graph, traffic, coordinates) if along is None else along
+    inputs = IdmInputs.of(graph, traffic, coordinates) if inputs is None else inputs
     me = torch.arange(v.x.shape[1], device=v.x.device).expand_as(v.lane)
     new_front, new_rear = neighbour_vehicles(graph, traffic, candidate, rules.connected_lanes, coordinates)
     old_front, old_rear = current
-    new_following_a = idm_acceleration(graph, traffic, new_rear, new_front, idm, along)
-    new_following_pred_a = idm_acceleration(graph, traffic, new_rear, me, idm, along)
+    # the six accelerations MOBIL compares, in one call: (B, 6, N)
+    followers = torch.stack([new_rear, new_rear, me, me, old_rear, old_rear], dim=1)
+    fronts = torch.stack([new_front, me, new_front, old_front, me, old_front], dim=1)
+    (new_following_a, new_following_pred_a, self_pred_a, self_a, old_following_a,
+     old_following_pred_a) = idm_acceleration(traffic, followers, fronts, idm, inputs).unbind(1)
     unsafe = new_following_pred_a < -idm.lane_change_max_braking_imposed
-    self_pred_a = idm_acceleration(graph, traffic, me, new_front, idm, along)
     # a route whose head names a lane: only towards that _id, without a gain test
     route_id = _route_head_lane_number(graph, v)
     target_id = graph.lane_number[v.target_lane]
     wrong_way = torch.sign(graph.lane_number[candidate.clamp(min=0)] - target_id) != torch.sign(route_id - target_id)
     route_ok = ~wrong_way & ~(self_pred_a < -idm.lane_change_max_braking_imposed)
-    self_a = idm_acceleration(graph, traffic, me, old_front, idm, along)
-    old_following_a = idm_acceleration(graph, traffic, old_rear, me, idm, along)
-    old_following_pred_a = idm_acceleration(graph, traffic, old_rear, old_front, idm, along)
     jerk = self_pred_a - self_a + idm.politeness * (
         new_following_pred_a - new_following_a + old_following_pred_a - old_following_a)
     gain_ok = ~(jerk < idm.lane_change_min_acc_gain)
@@ -548,7 +583,7 @@ def aborted_lane_changes(
     changing: torch.Tensor,
     before: torch.Tensor,
     idm: IdmParams,
-    along: torch.Tensor | None = None,
+    inputs: IdmInputs | None = None,
 ) -> torch.Tensor:
     """change_lane_policy's abort, (B, N) bool, for the vehicles `changing` (within a road).
 
@@ -560,9 +595,11 @@ def aborted_lane_changes(
     v = traffic.vehicles
     if not bool(changing.any()):
         return torch.zeros_like(changing)
-    along = lane_offsets(graph, traffic) if along is None else along
-    d = along - along.diagonal(dim1=1, dim2=2)[..., None]  # (B, N, N): lane_distance_to(j), i's lane
-    gap = desired_gap(idm, v.speed[..., None], v.heading[..., None], v.speed[:, None, :], v.heading[:, None, :])
+    inputs = IdmInputs.of(graph, traffic) if inputs is None else inputs
+    d = inputs.along - inputs.along.diagonal(dim1=1, dim2=2)[..., None]  # (B, N, N): lane_distance_to(j), i's lane
+    speed, cos, sin, vx, vy = inputs.rows[:5]
+    gap = desired_gap(idm, speed[..., None], cos[..., None], sin[..., None], (vx[..., None], vy[..., None]),
+                      (vx[:, None, :], vy[:, None, :]))  # (B, N, N): i behind j
     target = v.target_lane[..., None]  # (B, N, 1): i's target
     close = (changing[..., None] & traffic.present[:, None, :] & ~traffic.is_object[:, None, :]
              & ~torch.eye(v.x.shape[1], dtype=torch.bool, device=v.x.device)
@@ -590,7 +627,7 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
     before = v.target_lane.clone()
     follow_road(graph, v, ego | active)
     coordinates = LaneCoordinates.of(graph, traffic)  # positions and lanes stay as they are during Road.act
-    along = lane_offsets(graph, traffic, coordinates)
+    inputs = IdmInputs.of(graph, traffic, coordinates)
     current = neighbour_vehicles(graph, traffic, v.lane, rules.connected_lanes, coordinates)
 
     # change_lane_policy: MOBIL on a timer for those not changing lanes, then aborts for those that are
@@ -607,21 +644,29 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
             rows = accept.any(dim=1).nonzero()[:, 0]  # MOBIL only in the envs where it may accept a change
             if rows.numel():
                 accept[rows] &= mobil(graph, traffic.select(rows), side[rows], (current[0][rows], current[1][rows]),
-                                      rules, along[rows], coordinates.select(rows))
+                                      rules, inputs.select(rows), coordinates.select(rows))
             v.target_lane = torch.where(accept, side, v.target_lane)
-    aborted = aborted_lane_changes(graph, traffic, within_road, before, idm, along)
+    aborted = torch.zeros_like(within_road)
+    rows = within_road.any(dim=1).nonzero()[:, 0]  # the abort rule only in the envs with a lane change under way
+    if rows.numel():
+        aborted[rows] = aborted_lane_changes(graph, traffic.select(rows), within_road[rows], before[rows], idm,
+                                             inputs.select(rows))
     v.target_lane = torch.where(aborted, v.lane, v.target_lane)
 
     # commands: steering towards the target lane; IDM behind the lane's front vehicle, and the
     # target lane's while changing lanes
     steering = steering_control(graph, v)
     me = torch.arange(v.x.shape[1], device=v.x.device).expand_as(v.lane)
-    acceleration = idm_acceleration(graph, traffic, me, current[0], idm, along)
+    acceleration = idm_acceleration(traffic, me, current[0], idm, inputs)
     changing = v.lane != v.target_lane
-    if bool((changing & active).any()):
-        target_front, _ = neighbour_vehicles(graph, traffic, v.target_lane, rules.connected_lanes, coordinates)
-        on_target = idm_acceleration(graph, traffic, me, target_front, idm, along)
-        acceleration = torch.where(changing, torch.minimum(acceleration, on_target), acceleration)
+    rows = (changing & active).any(dim=1).nonzero()[:, 0]  # (others' rows: only the ego's or unused commands)
+    if rows.numel():
+        changers = traffic.select(rows)
+        target_front, _ = neighbour_vehicles(graph, changers, changers.vehicles.target_lane, rules.connected_lanes,
+                                             coordinates.select(rows))
+        on_target = idm_acceleration(changers, me[rows], target_front, idm, inputs.select(rows))
+        own = acceleration[rows]
+        acceleration[rows] = torch.where(changing[rows], torch.minimum(own, on_target), own)
     acceleration = acceleration.clamp(-idm.acc_max, idm.acc_max)
     acceleration = torch.where(ego, speed_control(v), acceleration)
     updates = ego | active
@@ -658,14 +703,13 @@ def step(graph: LaneGraph, traffic: RoadTraffic, dt: float, rules: RoadRules) ->
     handle_collisions(traffic, dt)
 
 
-def _footprints(traffic: RoadTraffic) -> torch.Tensor:
-    """RoadObject.polygon() without the closing point: (B, N, 4, 2) corners [m]."""
-    v = traffic.vehicles
-    half_l, half_w = (traffic.length / 2)[..., None], (traffic.width / 2)[..., None]
-    px = torch.cat([-half_l, -half_l, half_l, half_l], dim=-1)  # (B, N, 4)
+def _footprints(x, y, heading, length, width) -> torch.Tensor:
+    """RoadObject.polygon() without the closing point: (..., 4, 2) corners [m] of objects (...)."""
+    half_l, half_w = (length / 2)[..., None], (width / 2)[..., None]
+    px = torch.cat([-half_l, -half_l, half_l, half_l], dim=-1)  # (..., 4)
     py = torch.cat([-half_w, half_w, half_w, -half_w], dim=-1)
-    c, s = torch.cos(v.heading)[..., None], torch.sin(v.heading)[..., None]
-    return torch.stack([c * px + -s * py + v.x[..., None], s * px + c * py + v.y[..., None]], dim=-1)
+    c, s = torch.cos(heading)[..., None], torch.sin(heading)[..., None]
+    return torch.stack([c * px + -s * py + x[..., None], s * px + c * py + y[..., None]], dim=-1)
 
 
 def _edge_normals(corners: torch.Tensor) -> torch.Tensor:
@@ -680,42 +724,52 @@ def collisions(traffic: RoadTraffic, dt: float) -> tuple[torch.Tensor, torch.Ten
     will_intersect) (B, N, N) bool and the translation (B, N, N, 2) [m] that pushes i out of j
     (0 where the pair fails the sphere pre-check).
 
-    The separating-axis test runs only on the E pairs that pass the pre-check, gathered as
-    (E, 8 axes, 4 corners) projections: far fewer than all (B, N, N) pairs."""
+    The sphere pre-check runs on the N (N - 1) / 2 unordered column pairs (its distance and
+    diagonals are symmetric; the speed is the first one's in list order), the separating-axis test
+    only on the E pairs that pass it, as (E, 8 axes, 4 corners) projections."""
     v = traffic.vehicles
-    count = v.x.shape[1]
-    diagonal = torch.sqrt(traffic.length**2 + traffic.width**2)
-    present = traffic.present[..., None] & traffic.present[:, None, :]
-    pair = present & (traffic.rank[..., None] < traffic.rank[:, None, :])
-    pair &= ~(traffic.is_object[..., None] & traffic.is_object[:, None, :])
-    dx, dy = v.x[:, None, :] - v.x[..., None], v.y[:, None, :] - v.y[..., None]
-    near = torch.sqrt(dx**2 + dy**2) <= (diagonal[..., None] + diagonal[:, None, :]) / 2 + (v.speed * dt)[..., None]
-    valid = pair & near  # (B, N, N)
-    intersecting, will_intersect = torch.zeros_like(valid), torch.zeros_like(valid)
-    translation = torch.zeros((*valid.shape, 2), dtype=v.x.dtype, device=v.x.device)
-    flat = valid.view(-1).nonzero()[:, 0]  # (E,) b * N * N + i * N + j
-    if flat.numel() == 0:
+    batch, count = v.x.shape
+    c1, c2 = torch.triu_indices(count, count, 1, device=v.x.device)  # (P,) columns c1 < c2
+
+    def columns(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return values.index_select(1, c1), values.index_select(1, c2)  # (B, P) each
+
+    (x1, x2), (y1, y2), (speed1, speed2) = columns(v.x), columns(v.y), columns(v.speed)
+    (rank1, rank2), (present1, present2) = columns(traffic.rank), columns(traffic.present)
+    (object1, object2), (diagonal1, diagonal2) = columns(traffic.is_object), columns(
+        torch.sqrt(traffic.length**2 + traffic.width**2))
+    c1_first = rank1 < rank2  # ranks are unique in an env
+    dx, dy = x2 - x1, y2 - y1
+    near = torch.sqrt(dx**2 + dy**2) <= (diagonal1 + diagonal2) / 2 + torch.where(c1_first, speed1, speed2) * dt
+    valid = present1 & present2 & ~(object1 & object2) & near  # (B, P)
+    intersecting = torch.zeros((batch, count, count), dtype=torch.bool, device=v.x.device)
+    will_intersect = torch.zeros_like(intersecting)
+    translation = torch.zeros((batch, count, count, 2), dtype=v.x.dtype, device=v.x.device)
+    b, p = valid.nonzero(as_tuple=True)  # (E,) each
+    if b.numel() == 0:
         return intersecting, will_intersect, translation
-    first, second = flat // count, flat // (count * count) * count + flat % count  # b * N + i, b * N + j
+    swap = ~c1_first[b, p]
+    i, j = torch.where(swap, c2[p], c1[p]), torch.where(swap, c1[p], c2[p])  # columns, i first in list order
+    first, second = b * count + i, b * count + j
 
     def objects(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """values (B, N, ...) at the pairs' i and j: (E, ...) each."""
-        values = values.reshape(-1, *values.shape[2:])
+        """values (B, N) at the pairs' i and j: (E,) each."""
+        values = values.reshape(-1)
         return values.index_select(0, first), values.index_select(0, second)
 
-    corners = _footprints(traffic)  # (B, N, 4, 2)
-    normals_a, normals_b = objects(_edge_normals(corners))  # (E, 4, 2)
-    a, b = objects(corners)  # (E, 4, 2)
-    axes = torch.cat([normals_a, normals_b], dim=-2)  # (E, 8, 2)
+    (x_a, x_b), (y_a, y_b), (h_a, h_b) = objects(v.x), objects(v.y), objects(v.heading)
+    (speed_a, speed_b), (l_a, l_b), (w_a, w_b) = objects(v.speed), objects(traffic.length), objects(traffic.width)
+    a, b = _footprints(x_a, y_a, h_a, l_a, w_a), _footprints(x_b, y_b, h_b, l_b, w_b)  # (E, 4, 2)
+    axes = torch.cat([_edge_normals(a), _edge_normals(b)], dim=-2)  # (E, 8, 2)
     ax, ay = axes[..., None, 0], axes[..., None, 1]  # (E, 8, 1)
     project_a = a[:, None, :, 0] * ax + a[:, None, :, 1] * ay  # (E, 8, 4)
     project_b = b[:, None, :, 0] * ax + b[:, None, :, 1] * ay
     min_a, max_a = project_a.amin(dim=-1), project_a.amax(dim=-1)  # (E, 8)
     min_b, max_b = project_b.amin(dim=-1), project_b.amax(dim=-1)
     now = (interval_distance(min_a, max_a, min_b, max_b) <= 0).all(dim=-1)  # (E,)
-    vx, vy = v.speed * torch.cos(v.heading) * dt, v.speed * torch.sin(v.heading) * dt  # velocity * dt
-    (vx_a, vx_b), (vy_a, vy_b) = objects(vx), objects(vy)
-    rel_x, rel_y = vx_a - vx_b, vy_a - vy_b  # (E,)
+    # the relative displacement over dt (velocity = speed * heading direction)
+    rel_x = speed_a * torch.cos(h_a) * dt - speed_b * torch.cos(h_b) * dt
+    rel_y = speed_a * torch.sin(h_a) * dt - speed_b * torch.sin(h_b) * dt
     projection = axes[..., 0] * rel_x[..., None] + axes[..., 1] * rel_y[..., None]  # (E, 8)
     min_a = torch.where(projection < 0, min_a + projection, min_a)
     max_a = torch.where(projection < 0, max_a, max_a + projection)
@@ -724,11 +778,11 @@ def collisions(traffic: RoadTraffic, dt: float) -> tuple[torch.Tensor, torch.Ten
     smallest = distance.abs().argmin(dim=-1, keepdim=True)  # the first minimal axis
     min_distance = distance.abs().gather(-1, smallest)[..., 0]
     axis = axes.gather(-2, smallest[..., None].expand(-1, 1, 2))[:, 0]  # (E, 2)
-    centre_a, centre_b = objects(corners.mean(dim=-2))  # (E, 2)
-    axis = torch.where(((centre_a - centre_b) * axis).sum(dim=-1, keepdim=True) > 0, axis, -axis)
-    intersecting.view(-1)[flat] = now
-    will_intersect.view(-1)[flat] = soon
-    translation.view(-1, 2)[flat] = min_distance[..., None] * axis
+    axis = torch.where(((a.mean(dim=-2) - b.mean(dim=-2)) * axis).sum(dim=-1, keepdim=True) > 0, axis, -axis)
+    pairs = first * count + j  # b * N * N + i * N + j
+    intersecting.view(-1)[pairs] = now
+    will_intersect.view(-1)[pairs] = soon
+    translation.view(-1, 2)[pairs] = min_distance[..., None] * axis
     return intersecting, will_intersect, translation
 
 
