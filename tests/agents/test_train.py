@@ -349,12 +349,22 @@ def test_a_run_without_backend_trains_on_fast_with_fast_defaults(tiny, monkeypat
     assert "on the fast simulator" in format_summary(result)
 
 
-def test_imitation_warm_start_counts_its_steps_and_logs_to_tensorboard(tiny, tmp_path):
+def test_imitation_warm_start_counts_its_steps_and_logs_to_tensorboard(tiny, tmp_path, monkeypatch):
+    import agents.imitation
+
     config = tmp_path / "imitate.yaml"
     settings = yaml.safe_load(tiny.config.read_text())
-    settings["training"].update(imitation_iterations=2, imitation_steps=3)
+    settings["training"].update(imitation_iterations=2, imitation_steps=3, teacher_depth=1)
     config.write_text(yaml.safe_dump(settings))
+    original, depths = agents.imitation.imitate_teacher, []
+
+    def recording(*args, teacher, **kwargs):
+        depths.append(teacher.depth)
+        return original(*args, teacher=teacher, **kwargs)
+
+    monkeypatch.setattr(agents.imitation, "imitate_teacher", recording)
     result = train(options(tiny, backend="fast", n_envs=4, timesteps=64, name="imitating", config=config))
+    assert depths == [1]  # training.teacher_depth reached the teacher
     scalars = read_scalars(result.run_dir)
     # two DAgger iterations of 3 steps of 4 envs: 12 and 24 labelled states, logged at those env steps
     assert [step for step, _ in scalars["imitation/samples"]] == [12, 24]
