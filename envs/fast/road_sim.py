@@ -50,7 +50,9 @@ on one loaded CPU thread); the camera is a few percent.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -58,7 +60,7 @@ import torch
 
 from envs.fast import rng
 from envs.fast.lanes import LaneGraph
-from envs.fast.road_motion import ControlledVehicles, action_codes, is_reachable_from
+from envs.fast.road_motion import NO_LANE, ControlledVehicles, action_codes, is_reachable_from, route_to
 from envs.fast.scenes import scenes_of_columns
 from envs.fast.road_traffic import RoadRules, RoadTraffic, neighbour_vehicles, policy_step
 from envs.fast.simulator import FrameStack, StepResult, UnsupportedScenario
@@ -71,7 +73,6 @@ from scenarios.schema import BevCameraConfig
 if TYPE_CHECKING:
     from envs.fast.camera import BatchedBevCamera
 
-SUPPORTED_ROAD_ENV_IDS = ("merge-v1",)
 IDM_VEHICLE_TYPE = "highway_env.vehicle.behavior.IDMVehicle"
 
 # MergeEnv._make_vehicles / _make_road / _is_terminated
@@ -92,6 +93,22 @@ OBSTACLE_SIZE_M = 2.0  # Obstacle LENGTH = WIDTH
 VEHICLE_LENGTH_M, VEHICLE_WIDTH_M = 5.0, 2.0
 MERGE_END_X_M = 370.0  # the episode ends once the ego's x is past this
 LEFT, IDLE, RIGHT, FASTER, SLOWER = range(5)  # DiscreteMetaAction indices (lane_change_reward counts 0 and 2)
+
+# RoundaboutEnv._make_vehicles
+ROUNDABOUT_EGO_LANE = ("ser", "ses", 0)
+ROUNDABOUT_EGO_S_M = 125.0
+ROUNDABOUT_EGO_HEADING_S_M = 140.0  # heading=ego_lane.heading_at(140.0) (a straight lane: the same heading)
+ROUNDABOUT_EGO_SPEED_MPS = 8.0
+ROUNDABOUT_EGO_DESTINATION = "nxs"  # ego_vehicle.plan_route_to("nxs")
+# (lane, s [m]) of the incoming vehicle, the two others on the ring, the entering vehicle, in spawn order
+ROUNDABOUT_TRAFFIC = ((("we", "sx", 1), 5.0), (("we", "sx", 0), 20.0), (("we", "sx", 0), -20.0),
+                      (("eer", "ees", 0), 50.0))
+ROUNDABOUT_TRAFFIC_SPEED_MPS = 16.0
+ROUNDABOUT_POSITION_DEVIATION_M = 2.0  # s + N(0, 1) * 2
+ROUNDABOUT_SPEED_DEVIATION_MPS = 2.0  # speed + N(0, 1) * 2
+ROUNDABOUT_DESTINATIONS = ("exr", "sxr", "nxr")  # np_random.choice(destinations)
+IDM_DELTA_RANGE = (3.5, 4.5)  # IDMVehicle.DELTA_RANGE: randomize_behavior's uniform
+IDM_DELTA = 4.0  # IDMVehicle.DELTA (vehicles that never randomize_behavior, and the ego's unused slot)
 
 
 def road_unsupported_reasons(scenario: Scenario) -> list[str]:
@@ -131,15 +148,20 @@ class RoadScenario:
     graph: LaneGraph
     network: object  # highway_env RoadNetwork (for the camera)
     rules: RoadRules
-    target_speeds: torch.Tensor  # (S,) MDPVehicle.target_speeds [m/s]
+    target_speeds: torch.Tensor  # (S,) MDPVehicle.target_speeds [m/s] (the ego's, from the action config)
     action_table: torch.Tensor  # (A,) DiscreteMetaAction index -> road_motion code
     config: dict  # the env's full config after reset
+    graph64: LaneGraph  # the same graph in float64 (spawns are computed in float64, as highway-env)
+    default_target_speeds: torch.Tensor  # (S0,) float64 MDPVehicle.DEFAULT_TARGET_SPEEDS (IDM vehicles'
+    # get_speed_index, roundabout's high_speed_reward)
 
     @classmethod
     def of(cls, scenario: Scenario, device: torch.device, dtype: torch.dtype) -> RoadScenario:
         """gymnasium.make(scenario's id, config=its config), reset once: its network and rules."""
         import gymnasium as gym
         import highway_env  # noqa: F401  (registers the ids)
+
+        from highway_env.vehicle.controller import MDPVehicle
 
         from envs.driving_env import IDM_CLASS_DEFAULTS
 
@@ -148,13 +170,18 @@ class RoadScenario:
             env.reset(seed=0)
             u = env.unwrapped
             road = u.road
+            graph = LaneGraph.from_network(road.network, device=device, dtype=dtype)
             return cls(
-                graph=LaneGraph.from_network(road.network, device=device, dtype=dtype),
+                graph=graph,
                 network=road.network,
                 rules=_with_idm_defaults(RoadRules.of(road), IDM_CLASS_DEFAULTS),
                 target_speeds=torch.as_tensor([float(s) for s in u.vehicle.target_speeds], dtype=dtype, device=device),
                 action_table=action_codes(u.action_type.actions, device),
                 config=dict(u.config),
+                graph64=graph if dtype == torch.float64 else LaneGraph.from_network(
+                    road.network, device=device, dtype=torch.float64),
+                default_target_speeds=torch.as_tensor(MDPVehicle.DEFAULT_TARGET_SPEEDS, dtype=torch.float64,
+                                                      device=device),
             )
         finally:
             env.close()
@@ -263,6 +290,203 @@ def _position64(graph: LaneGraph, lane: torch.Tensor, s: torch.Tensor) -> tuple[
     return start[..., 0] + s * direction[..., 0], start[..., 1] + s * direction[..., 1]
 
 
+def merge_reward(road: RoadScenario, traffic: RoadTraffic, actions: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """MergeEnv._rewards and _reward (see the module docstring): (B,) rewards and the (B,) terms."""
+    config, graph, v = road.config, road.graph, traffic.vehicles
+    dtype = v.x.dtype
+    low, high = config["reward_speed_range"]
+    controlled = traffic.present & ~traffic.is_object
+    merging = controlled & (v.lane == graph.lane_id(RAMP_LANE))
+    slowdown = (v.target_speed - v.speed) / v.target_speed
+    terms = {
+        "collision_reward": traffic.crashed[:, 0].to(dtype),
+        "right_lane_reward": graph.lane_number[v.lane[:, 0]].to(dtype) / 1,
+        "high_speed_reward": (v.speed[:, 0] - low) / (high - low),  # utils.lmap, not clipped
+        "lane_change_reward": ((actions == LEFT) | (actions == RIGHT)).to(dtype),
+        "merging_speed_reward": torch.where(merging, slowdown, torch.zeros_like(slowdown)).sum(dim=1),
+    }
+    reward = sum(config.get(name, 0) * value for name, value in terms.items())
+    floor = config["collision_reward"] + config["merging_speed_reward"]
+    ceiling = config["high_speed_reward"] + config["right_lane_reward"]
+    return (reward - floor) / (ceiling - floor), terms
+
+
+def merge_terminated(road: RoadScenario, traffic: RoadTraffic) -> torch.Tensor:
+    """MergeEnv._is_terminated: the ego crashed, or its x is past 370 m. (B,) bool."""
+    return traffic.crashed[:, 0] | (traffic.vehicles.x[:, 0] > MERGE_END_X_M)
+
+
+# Roundabout.
+
+
+def roundabout_draws(seeds: torch.Tensor) -> torch.Tensor:
+    """(E,) int64 episode seeds -> (E, 4, 4) float64 draws, per traffic vehicle in spawn order:
+    (position normal, speed normal, destination uniform, DELTA uniform), as RoundaboutEnv draws
+    them (normal(), normal(), choice(destinations), randomize_behavior's uniform). The normals are
+    Box-Muller pairs of 24-bit uniforms (|z| < 5.8)."""
+    u = rng.uniform(seeds, SPAWN_STREAM, 4 * len(ROUNDABOUT_TRAFFIC), torch.float64).view(-1, len(ROUNDABOUT_TRAFFIC), 4)
+    radius = torch.sqrt(-2.0 * torch.log1p(-u[..., 0]))  # 1 - u in (0, 1]
+    angle = 2.0 * math.pi * u[..., 1]
+    return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle), u[..., 2], u[..., 3]], dim=-1)
+
+
+@functools.lru_cache(maxsize=16)
+def _route_table(road: RoadScenario, destinations: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """ControlledVehicle.plan_route_to(destination) of a vehicle on each lane: (L, D, R) route
+    edge and lane ids (NO_LANE-padded), R the longest route planned (from any lane to any of them)."""
+    graph = road.graph
+    routes = [[route_to(graph, lane, d) for d in destinations] for lane in range(graph.lanes_count)]
+    slots = max(len(r) for row in routes for r in row)
+    edge = torch.full((graph.lanes_count, len(destinations), slots), NO_LANE, dtype=torch.int64)
+    lane = edge.clone()
+    for i, row in enumerate(routes):
+        for j, route in enumerate(row):
+            for k, (e, lane_id) in enumerate(route):
+                edge[i, j, k], lane[i, j, k] = e, lane_id
+    device = graph.length.device
+    return edge.to(device), lane.to(device)
+
+
+def spawn_roundabout(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:
+    """RoundaboutEnv._make_vehicles for E envs from (E, 4, 4) draws (`roundabout_draws`): a
+    RoadTraffic of E envs and N = 5 columns (the ego, the incoming vehicle, the two others on the
+    ring, the entering vehicle), each with its route (R = the longest route any lane plans to the
+    destinations). Computed in float64 on `road.graph64` (as highway-env), then cast."""
+    graph, graph64 = road.graph, road.graph64
+    device, dtype, f64 = graph.length.device, graph.length.dtype, torch.float64
+    draws = draws.to(device, f64)
+    envs, columns = draws.shape[0], len(ROUNDABOUT_TRAFFIC) + 1
+    z_s, z_speed, destination_u, delta_u = draws.unbind(-1)  # each (E, 4)
+    spawn_lane = torch.tensor([graph.lane_id(ROUNDABOUT_EGO_LANE)] + [graph.lane_id(lane) for lane, _ in
+                                                                      ROUNDABOUT_TRAFFIC], device=device)
+    spawn_lane = spawn_lane.expand(envs, columns)
+    base_s = torch.tensor([s for _, s in ROUNDABOUT_TRAFFIC], dtype=f64, device=device)
+
+    def column(value: float) -> torch.Tensor:
+        return torch.full((envs, 1), value, dtype=f64, device=device)
+
+    s = torch.cat([column(ROUNDABOUT_EGO_S_M), base_s + ROUNDABOUT_POSITION_DEVIATION_M * z_s], dim=1)
+    x, y = graph64.position(spawn_lane, s, torch.zeros_like(s))  # make_on_lane: lane.position(s, 0)
+    heading = graph64.heading_at(spawn_lane, torch.cat([column(ROUNDABOUT_EGO_HEADING_S_M), s[:, 1:]], dim=1))
+    speed = torch.cat([column(ROUNDABOUT_EGO_SPEED_MPS),
+                       ROUNDABOUT_TRAFFIC_SPEED_MPS + ROUNDABOUT_SPEED_DEVIATION_MPS * z_speed], dim=1)
+    lane = graph64.closest_lane(x, y, heading)  # Vehicle.__init__: the closest lane, heading-weighted
+    # plan_route_to(destination) from that lane; the ego's destination is the table's last column
+    destinations = ROUNDABOUT_DESTINATIONS + (ROUNDABOUT_EGO_DESTINATION,)
+    choice = torch.floor(destination_u * len(ROUNDABOUT_DESTINATIONS)).long().clamp_(0, len(ROUNDABOUT_DESTINATIONS) - 1)
+    fixed = road.config.get("incoming_vehicle_destination")
+    if fixed is not None:  # the incoming vehicle's destination is the config's (no choice drawn)
+        choice[:, 0] = int(fixed)
+    destination = torch.cat([torch.full((envs, 1), len(destinations) - 1, dtype=torch.int64, device=device), choice], 1)
+    table_edge, table_lane = _route_table(road, destinations)
+    route_edge, route_lane = table_edge[lane, destination], table_lane[lane, destination]  # (E, N, R)
+    ego = torch.zeros((envs, columns), dtype=torch.bool, device=device)
+    ego[:, 0] = True
+    # MDPVehicle.get_speed_index: the ego's own speed_index; IDM vehicles' from DEFAULT_TARGET_SPEEDS
+    target_speeds = road.target_speeds.to(f64)
+    speed_index = torch.where(ego, speed_to_index(speed, target_speeds),
+                              speed_to_index(speed, road.default_target_speeds.to(device)))
+    target_speed = speed.clone()  # ControlledVehicle: target_speed = speed
+    target_speed[:, 0] = target_speeds[speed_index[:, 0]]  # MDPVehicle: index_to_speed(speed_to_index(speed))
+    # IDMVehicle: timer = (sum(position) * pi) % LANE_CHANGE_DELAY (0 for the ego); randomize_behavior: DELTA
+    timer = torch.remainder((x + y) * math.pi, road.rules.idm.lane_change_delay)
+    timer = torch.where(ego, torch.zeros_like(timer), timer)
+    low, high = IDM_DELTA_RANGE
+    delta = torch.cat([column(IDM_DELTA), low + (high - low) * delta_u], dim=1)
+    zeros = torch.zeros((envs, columns), dtype=dtype, device=device)
+    vehicles = ControlledVehicles(
+        x=x.to(dtype), y=y.to(dtype), heading=heading.to(dtype), speed=speed.to(dtype), lane=lane,
+        target_lane=lane.clone(), target_speed=target_speed.to(dtype), speed_index=speed_index,
+        route_edge=route_edge, route_lane=route_lane,
+        route_cursor=torch.zeros((envs, columns), dtype=torch.int64, device=device),
+        steering=zeros.clone(), acceleration=zeros.clone(),
+    )  # fmt: skip
+    no = torch.zeros_like(ego)
+    return RoadTraffic(
+        vehicles=vehicles,
+        delta=delta.to(dtype),
+        timer=timer.to(dtype),
+        lane_change=~ego,  # IDMVehicle.enable_lane_change
+        crashed=no.clone(),
+        impact=torch.zeros((envs, columns, 2), dtype=dtype, device=device),
+        impact_pending=no.clone(),
+        present=torch.ones_like(ego),
+        is_object=no.clone(),
+        rank=torch.arange(columns, device=device).expand(envs, columns).clone(),
+        length=torch.full_like(zeros, VEHICLE_LENGTH_M),
+        width=torch.full_like(zeros, VEHICLE_WIDTH_M),
+        yielding=no.clone(),
+        yield_timer=torch.zeros((envs, columns), dtype=torch.int64, device=device),
+        road_steps=torch.zeros(envs, dtype=torch.int64, device=device),
+    )
+
+
+def roundabout_reward(road: RoadScenario, traffic: RoadTraffic, actions: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """RoundaboutEnv._rewards and _reward: collision_reward = crashed, high_speed_reward = the ego's
+    speed_index / (DEFAULT_TARGET_SPEEDS.size - 1), lane_change_reward = action in (0, 2),
+    on_road_reward = ego.on_road; the weighted sum, lmap-ed from [collision_reward,
+    high_speed_reward] to [0, 1] when normalize_reward, times on_road_reward."""
+    config, graph, v = road.config, road.graph, traffic.vehicles
+    dtype = v.x.dtype
+    on_road = graph.on_lane(v.lane[:, 0], v.x[:, 0], v.y[:, 0])  # ego.lane.on_lane(ego.position)
+    terms = {
+        "collision_reward": traffic.crashed[:, 0].to(dtype),
+        "high_speed_reward": v.speed_index[:, 0].to(dtype) / (road.default_target_speeds.shape[0] - 1),
+        "lane_change_reward": ((actions == LEFT) | (actions == RIGHT)).to(dtype),
+        "on_road_reward": on_road.to(dtype),
+    }
+    reward = sum(config.get(name, 0) * value for name, value in terms.items())
+    if config["normalize_reward"]:
+        floor, ceiling = config["collision_reward"], config["high_speed_reward"]
+        reward = (reward - floor) / (ceiling - floor)
+    return reward * terms["on_road_reward"], terms
+
+
+def crashed_terminated(road: RoadScenario, traffic: RoadTraffic) -> torch.Tensor:
+    """RoundaboutEnv._is_terminated: the ego crashed. (B,) bool."""
+    return traffic.crashed[:, 0].clone()
+
+
+# The scenarios.
+
+
+@dataclass(frozen=True)
+class RoadTask:
+    """What one highway-env road-network env adds to the shared stepping: its spawn and its ends.
+
+    draws(seeds) -> the spawn's random draws ((E,) int64 episode seeds, envs.fast.rng); spawn(draws,
+    road) -> RoadTraffic (its _make_vehicles); reward(road, traffic, actions) -> ((B,) reward, terms)
+    (its _reward and _rewards, after the step); terminated(road, traffic) -> (B,) bool (its
+    _is_terminated); truncates_at_duration: its _is_truncated is time >= config["duration"]."""
+
+    draws: Callable[[torch.Tensor], torch.Tensor]
+    spawn: Callable[[torch.Tensor, RoadScenario], RoadTraffic]
+    reward: Callable[[RoadScenario, RoadTraffic, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    terminated: Callable[[RoadScenario, RoadTraffic], torch.Tensor]
+    truncates_at_duration: bool
+
+
+ROAD_TASKS: dict[str, RoadTask] = {
+    "merge-v1": RoadTask(merge_draws, spawn_merge, merge_reward, merge_terminated, truncates_at_duration=False),
+    "roundabout-v1": RoadTask(roundabout_draws, spawn_roundabout, roundabout_reward, crashed_terminated,
+                              truncates_at_duration=True),
+}
+SUPPORTED_ROAD_ENV_IDS = tuple(ROAD_TASKS)
+
+
+def duration_steps(config: dict) -> int | None:
+    """The first policy step at which AbstractEnv's time (+= 1 / policy_frequency per step, in
+    floating point) reaches config["duration"]; None without a duration."""
+    duration = config.get("duration")
+    if duration is None:
+        return None
+    time, steps = 0.0, 0
+    while time < duration:
+        time += 1 / config["policy_frequency"]
+        steps += 1
+    return steps
+
+
 def assign_traffic(target: RoadTraffic, rows: torch.Tensor, source: RoadTraffic) -> None:
     """Overwrite the envs `rows` of `target` with `source` (E envs, as many columns and route slots)."""
     for f in fields(target.vehicles):
@@ -340,7 +564,7 @@ class RoadSignalTracker(SignalTracker):
 
 
 class FastRoad(FrameStack):
-    """B copies of a road-network scenario (merge-v1), on the CPU or a GPU."""
+    """B copies of a road-network scenario (ROAD_TASKS: merge-v1, roundabout-v1), on the CPU or a GPU."""
 
     def __init__(
         self,
@@ -359,14 +583,16 @@ class FastRoad(FrameStack):
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.dtype = dtype
+        self.task = ROAD_TASKS[scenario.highway_env.id]
         self.road = RoadScenario.of(scenario, self.device, dtype)
         self.graph = self.road.graph
         self.config = self.road.config
         policy_hz, sim_hz = self.config["policy_frequency"], self.config["simulation_frequency"]
         self.substeps = int(sim_hz // policy_hz)
         self.dt = 1.0 / sim_hz  # [s] per sub-step
-        self.max_steps = scenario.episode_steps
-        self._ramp = self.graph.lane_id(RAMP_LANE)
+        # DrivingEnv's step limit, and the env's own time limit where its _is_truncated has one
+        by_duration = duration_steps(self.config) if self.task.truncates_at_duration else None
+        self.max_steps = min(scenario.episode_steps, by_duration or scenario.episode_steps)
         self.camera = None
         if render:
             from envs.fast.camera import BatchedBevCamera
@@ -383,7 +609,17 @@ class FastRoad(FrameStack):
     # -- episodes ------------------------------------------------------------------------------
     def spawn(self, seeds: torch.Tensor) -> RoadTraffic:
         """The initial traffic of episodes `seeds` ((E,) int64), as `reset` draws it."""
-        return spawn_merge(merge_draws(seeds.to(self.device, torch.long)), self.road)
+        return self.task.spawn(self.task.draws(seeds.to(self.device, torch.long)), self.road)
+
+    @property
+    def columns(self) -> int:
+        """N: the objects per env (the scenario's spawn)."""
+        return self.state.present.shape[1]
+
+    @property
+    def route_slots(self) -> int:
+        """R: the route entries each vehicle can hold (0 where the scenario plans no routes)."""
+        return self.state.vehicles.route_edge.shape[-1]
 
     def reset(self, rows: torch.Tensor | None = None, seeds: torch.Tensor | None = None) -> None:
         """Respawn the envs `rows` ((E,) int64; all when None) from episode `seeds` ((E,) int64)."""
@@ -397,7 +633,7 @@ class FastRoad(FrameStack):
 
     def load(self, rows: torch.Tensor, traffic: RoadTraffic, seeds: torch.Tensor | None = None) -> None:
         """Start the envs `rows` from a given state (used by reset, and to copy highway-env states:
-        RoadTraffic.from_highway_env(graph, roads, egos, columns=6, route_slots=0))."""
+        RoadTraffic.from_highway_env(graph, roads, egos, self.columns, self.route_slots))."""
         rows = rows.to(self.device)
         assign_traffic(self.state, rows, traffic)
         self.steps[rows] = 0
@@ -414,9 +650,8 @@ class FastRoad(FrameStack):
         codes = self.road.action_table[actions]
         policy_step(self.graph, self.state, codes, self.road.target_speeds, self.substeps, self.dt, self.road.rules)
         self.steps += 1
-        reward, terms = self._reward(actions)
-        crashed = self.state.crashed[:, 0]
-        terminated = crashed | (self.state.vehicles.x[:, 0] > MERGE_END_X_M)
+        reward, terms = self.task.reward(self.road, self.state, actions)
+        terminated = self.task.terminated(self.road, self.state)
         truncated = self.steps >= self.max_steps
         signals = self.tracker.step(self.state)
         if self.camera is not None:
@@ -473,23 +708,3 @@ class FastRoad(FrameStack):
 
     def _render(self, traffic: RoadTraffic, out: torch.Tensor | None = None) -> torch.Tensor:
         return self.render_with(self.camera, traffic, out)
-
-    def _reward(self, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """MergeEnv._rewards and _reward (see the module docstring)."""
-        config, traffic = self.config, self.state
-        v = traffic.vehicles
-        low, high = config["reward_speed_range"]
-        controlled = traffic.present & ~traffic.is_object
-        merging = controlled & (v.lane == self._ramp)
-        slowdown = (v.target_speed - v.speed) / v.target_speed
-        terms = {
-            "collision_reward": traffic.crashed[:, 0].to(self.dtype),
-            "right_lane_reward": self.graph.lane_number[v.lane[:, 0]].to(self.dtype) / 1,
-            "high_speed_reward": (v.speed[:, 0] - low) / (high - low),  # utils.lmap, not clipped
-            "lane_change_reward": ((actions == LEFT) | (actions == RIGHT)).to(self.dtype),
-            "merging_speed_reward": torch.where(merging, slowdown, torch.zeros_like(slowdown)).sum(dim=1),
-        }
-        reward = sum(config.get(name, 0) * value for name, value in terms.items())
-        floor = config["collision_reward"] + config["merging_speed_reward"]
-        ceiling = config["high_speed_reward"] + config["right_lane_reward"]
-        return (reward - floor) / (ceiling - floor), terms
