@@ -1,0 +1,446 @@
+"""FastRoad (envs/fast/road_sim.py) on roundabout-v1 against highway-env and clearlane's DrivingEnv.
+
+1. Fidelity: DrivingEnv("roundabout") reset with a seed, its road (routes included) copied into a
+   FastRoad row (float64), both stepped with the same seeded actions until the episode ends (the
+   ego crashes, or the 11 s duration): every vehicle's position, heading and speed (1e-6), the
+   reward and each reward term (1e-6), terminated and truncated exactly, the safety signals, and
+   at every state the actions DiscreteMetaAction offers; all seeds as rows of one batch.
+2. Spawn: spawn_roundabout reproduces RoundaboutEnv._make_vehicles exactly given highway-env's
+   draws (recovered from its vehicles; the order of its draws checked against its generator); its
+   own draws (envs.fast.rng) have highway-env's distributions over 500 seeds; an episode depends
+   on its seed only.
+3. Frames: uint8 of the scenario's shape, like the reference camera's.
+4. The fast backend: FastDrivingEnv and FastVecEnv play roundabout episodes (make_env("roundabout",
+   backend="fast")); the teacher plans on FastRoad copies with routes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import zlib
+
+import gymnasium as gym
+import highway_env  # noqa: F401
+import numpy as np
+import pytest
+import torch
+
+from envs import palette
+from envs.driving_env import DrivingEnv
+from envs.fast.road_sim import (
+    IDM_DELTA_RANGE,
+    ROUNDABOUT_DESTINATIONS,
+    ROUNDABOUT_TRAFFIC,
+    SUPPORTED_ROAD_ENV_IDS,
+    FastRoad,
+    roundabout_draws,
+    spawn_roundabout,
+)
+from envs.fast.road_traffic import RoadTraffic
+from envs.fast.simulators import make_simulator, simulator_class
+from envs.fast.vec_env import FastVecEnv
+from envs.ground_truth import privileged_state
+from envs.registration import make_env
+from scenarios import load_scenario
+from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
+from tests.envs.fast.test_road_sim import stack
+from tests.envs.test_fast_camera import MAX_FRAME_MEAN_ABS_DIFF, MAX_MEAN_ABS_DIFF, MIN_VEHICLE_IOU, colour_mask, iou
+
+SEEDS = tuple(range(12))
+CALM_FROM = 6  # seeds from here drive mostly IDLE / FASTER (so that some episodes run to the time limit)
+CALM_POLICY = (0.05, 0.55, 0.05, 0.3, 0.05)  # LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER
+COLUMNS = 5  # the ego, the incoming vehicle, two others on the ring, the entering vehicle
+EXACT = 1e-6
+# Near standstill (the ego slowed to target speed 0) highway-env's lateral loop amplifies round-off
+# (tests/envs/fast/test_road_motion.py: highway-env against itself, the heading one ulp off, differs
+# by 2e-4 m after such a stop). Policy steps where the ego's speed drops below CRAWL_MPS are
+# compared to CRAWL_TOLERANCE and the vehicles re-synchronised with highway-env; a row's safety
+# signals from its first crawl on (distance, acceleration and jerk keep the difference; time margins
+# divide by the crawling speed) to CRAWL_TOLERANCE or CRAWL_RELATIVE.
+CRAWL_MPS = 0.5
+CRAWL_TOLERANCE = 1e-3
+CRAWL_RELATIVE = 1e-2
+SPAWN_SEEDS = 500
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+
+
+@functools.lru_cache(maxsize=None)
+def scenario():
+    return load_scenario("roundabout")
+
+
+@functools.lru_cache(maxsize=None)
+def simulator(batch: int, render: bool) -> FastRoad:
+    return FastRoad(scenario(), batch, dtype=torch.float64, render=render)
+
+
+@functools.lru_cache(maxsize=None)
+def driving_env() -> DrivingEnv:
+    return DrivingEnv("roundabout")
+
+
+def copy_road(sim: FastRoad, u) -> RoadTraffic:
+    return RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], sim.columns, sim.route_slots)
+
+
+def objects(u) -> list:
+    """An unwrapped highway-env env's vehicles in FastRoad's column order (roundabout has no objects)."""
+    return [u.vehicle] + [o for o in u.road.vehicles + u.road.objects if o is not u.vehicle]
+
+
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    start: RoadTraffic
+    actions: tuple[int, ...]
+    available: tuple[tuple[int, ...], ...]  # DiscreteMetaAction's available actions before each step
+    states: tuple[np.ndarray, ...]  # after each step: (COLUMNS, 4) x, y, heading, speed
+    rewards: tuple[float, ...]
+    terms: tuple[dict, ...]
+    terminated: tuple[bool, ...]
+    truncated: tuple[bool, ...]
+    signals: tuple[dict, ...]  # reset signals first
+    frames: tuple[np.ndarray, ...]  # env.clean_frame (H, W, 3) at reset and after each step
+
+
+@functools.lru_cache(maxsize=None)
+def episode(seed: int) -> Episode:
+    env, sim = driving_env(), simulator(len(SEEDS), True)
+    _, info = env.reset(seed=seed)
+    start = copy_road(sim, env.sim)
+    rng = np.random.default_rng(zlib.crc32(f"roundabout/{seed}".encode()))
+    actions, available, states, rewards, terms, terminated, truncated = [], [], [], [], [], [], []
+    signals, frames = [info["safety"]], [env.clean_frame.copy()]
+    while True:
+        if seed >= CALM_FROM:
+            action = int(rng.choice(env.action_space.n, p=CALM_POLICY))
+        else:
+            action = int(rng.integers(env.action_space.n))
+        available.append(tuple(env.sim.action_type.get_available_actions()))
+        _, reward, term, trunc, info = env.step(action)
+        actions.append(action)
+        states.append(np.array([[o.position[0], o.position[1], o.heading, o.speed] for o in objects(env.sim)]))
+        rewards.append(reward)
+        terms.append({k: float(v) for k, v in info["rewards"].items()})
+        terminated.append(term)
+        truncated.append(trunc)
+        signals.append(info["safety"])
+        frames.append(env.clean_frame.copy())
+        if term or trunc:
+            break
+    return Episode(start, tuple(actions), tuple(available), tuple(states), tuple(rewards), tuple(terms),
+                   tuple(terminated), tuple(truncated), tuple(signals), tuple(frames))
+
+
+def check_signals(fast: dict[str, torch.Tensor], row: int, expected: dict, where, crawled: bool = False) -> None:
+    """test_road_sim's check, with the crawl tolerances once the row has crawled."""
+    assert set(fast) == set(expected), where
+    for name, value in expected.items():
+        got = fast[name][row].item()
+        if isinstance(value, bool):
+            assert bool(got) == value, (where, name)
+        elif isinstance(value, int):
+            assert int(got) == value, (where, name)
+        elif math.isinf(value):
+            assert got == value, (where, name, got)
+        elif crawled:
+            assert got == pytest.approx(value, abs=CRAWL_TOLERANCE, rel=CRAWL_RELATIVE), (where, name, got, value)
+        else:
+            assert got == pytest.approx(value, abs=EXACT), (where, name, got, value)
+
+
+@pytest.fixture(scope="module")
+def replay():
+    """All seeds' episodes replayed as rows of one FastRoad; per row, the fast frames it drew."""
+    sim = simulator(len(SEEDS), True)
+    episodes = [episode(seed) for seed in SEEDS]
+    rows = torch.arange(len(SEEDS))
+    sim.load(rows, stack([e.start for e in episodes]), torch.tensor(SEEDS))
+    reset_stacks = sim.observation().clone()
+    frames = [[sim.clean_frames[b].permute(1, 2, 0).numpy().copy()] for b in range(len(SEEDS))]
+    for b, e in enumerate(episodes):
+        check_signals(sim.reset_signals, b, e.signals[0], (SEEDS[b], "reset"))
+    longest = max(len(e.actions) for e in episodes)
+    crawled = [False] * len(SEEDS)
+    for k in range(longest):
+        for b, e in enumerate(episodes):
+            if k < len(e.actions):
+                assert tuple(sim.available_actions(b)) == e.available[k], (SEEDS[b], k)
+        before = sim.state.vehicles.speed[:, 0].clone()
+        actions = torch.tensor([e.actions[k] if k < len(e.actions) else 1 for e in episodes])
+        result = sim.step(actions)
+        v = sim.state.vehicles
+        fast = torch.stack([v.x, v.y, v.heading, v.speed], dim=-1)  # (B, N, 4)
+        for b, e in enumerate(episodes):
+            if k >= len(e.actions):
+                continue
+            where = (SEEDS[b], k)
+            error = np.abs(fast[b].numpy() - e.states[k]).max()
+            crawl = min(float(before[b]), e.states[k][0, 3]) < CRAWL_MPS  # the speed is monotonic within a step
+            crawled[b] |= crawl
+            assert error <= (CRAWL_TOLERANCE if crawl else EXACT), (where, error)
+            if crawl:  # re-synchronise
+                for i, name in enumerate(("x", "y", "heading", "speed")):
+                    getattr(v, name)[b] = torch.as_tensor(e.states[k][:, i])
+            assert float(result.reward[b]) == pytest.approx(e.rewards[k], abs=EXACT), where
+            assert set(result.rewards) == set(e.terms[k]), where
+            for name, value in e.terms[k].items():
+                assert float(result.rewards[name][b]) == pytest.approx(value, abs=EXACT), (where, name)
+            assert bool(result.terminated[b]) == e.terminated[k], where
+            assert bool(result.truncated[b]) == e.truncated[k], where
+            check_signals(result.signals, b, e.signals[k + 1], where, crawled[b])
+            frames[b].append(sim.clean_frames[b].permute(1, 2, 0).numpy().copy())
+    assert any(crawled) and not all(crawled)  # (SEEDS cover both)
+    return episodes, reset_stacks, frames
+
+
+def test_a_copied_roundabout_steps_as_highway_env(replay):
+    episodes, _, _ = replay
+    ends = {"crash": 0, "time": 0}
+    for e in episodes:
+        assert e.terminated[-1] != e.truncated[-1] or e.terminated[-1]
+        ends["crash" if e.terminated[-1] else "time"] += 1
+        if e.truncated[-1] and not e.terminated[-1]:
+            assert len(e.actions) == scenario().episode_steps == 11  # duration 11 s at 1 Hz
+    # the seeds end both ways, change lanes on the two-lane ring, and use every target speed
+    assert ends["crash"] > 0 and ends["time"] > 0, ends
+    assert any(t["lane_change_reward"] for e in episodes for t in e.terms)
+    assert {t["high_speed_reward"] for e in episodes for t in e.terms} == {0.0, 0.5, 1.0}
+    offered = {a for e in episodes for available in e.available for a in available}
+    assert {0, 2} & offered  # some states offered a lane change
+
+
+def test_frames_look_like_the_reference_camera(replay):
+    episodes, reset_stacks, fast_frames = replay
+    sim = simulator(len(SEEDS), True)
+    height, width = scenario().camera.size
+    assert reset_stacks.dtype == torch.uint8
+    assert reset_stacks.shape == (len(SEEDS), 3 * sim.stack, height, width)
+    first = reset_stacks[:, :3]
+    assert all(torch.equal(reset_stacks[:, 3 * i: 3 * i + 3], first) for i in range(sim.stack))
+    fast = np.concatenate([np.stack(f) for f in fast_frames]).astype(int)
+    reference = np.concatenate([np.stack(e.frames) for e in episodes]).astype(int)
+    per_frame = np.abs(fast - reference).mean(axis=(1, 2, 3))
+    assert per_frame.max() <= MAX_FRAME_MEAN_ABS_DIFF, per_frame.max()
+    assert per_frame.mean() <= MAX_MEAN_ABS_DIFF, per_frame.mean()
+    for colour, least in ((palette.EGO_VEHICLE, MIN_REAL_EGO_IOU), (palette.OTHER_VEHICLE, MIN_VEHICLE_IOU)):
+        mask = colour_mask(reference, colour)
+        assert mask.sum() > 50
+        assert iou(colour_mask(fast, colour), mask) >= least, colour
+
+
+def test_episodes_are_truncated_at_the_duration_or_the_scenarios_step_limit():
+    assert "roundabout-v1" in SUPPORTED_ROAD_ENV_IDS
+    sim = simulator(2, False)
+    assert sim.max_steps == 11
+    short = dataclasses.replace(scenario(), max_episode_steps=3)
+    sim = FastRoad(short, 2, dtype=torch.float64, render=False)
+    sim.reset(torch.arange(2), torch.tensor([3, 4]))
+    sim.state.vehicles.x[:, 1:] += 1000.0  # no one to crash into
+    for step in range(1, 5):
+        result = sim.step(torch.ones(2, dtype=torch.long))
+        assert result.truncated.tolist() == [step >= 3] * 2
+        assert not result.terminated.any()
+
+
+def test_the_reward_is_zero_off_the_road():
+    """_reward multiplies by on_road_reward: an ego pushed 20 m off its lane earns nothing, as in
+    highway-env (the same displaced state stepped on both)."""
+    env = DrivingEnv("roundabout")
+    sim = FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    env.reset(seed=0)
+    env.sim.vehicle.position[0] += 20.0
+    sim.load(torch.zeros(1, dtype=torch.long), copy_road(sim, env.sim))
+    _, reward, _, _, info = env.step(1)
+    result = sim.step(torch.ones(1, dtype=torch.long))
+    assert info["rewards"]["on_road_reward"] == 0 and reward == 0.0 and info["safety"]["off_road"]
+    assert float(result.rewards["on_road_reward"][0]) == 0.0 and float(result.reward[0]) == 0.0
+    assert bool(result.signals["off_road"][0])
+    for name, value in info["rewards"].items():
+        assert float(result.rewards[name][0]) == pytest.approx(float(value), abs=EXACT), name
+    env.close()
+
+
+# Spawn.
+
+
+@functools.lru_cache(maxsize=None)
+def highway_env_roundabout():
+    return gym.make("roundabout-v1", config=scenario().highway_env_config(), disable_env_checker=True)
+
+
+def recovered_draws(u) -> np.ndarray:
+    """The (4, 4) draws (position normal, speed normal, destination uniform, DELTA uniform) that make
+    spawn_roundabout place RoundaboutEnv's four vehicles as it did (they have not moved yet)."""
+    draws = []
+    for ((lane_index, s), speed_base), vehicle in zip(((t, 16.0) for t in ROUNDABOUT_TRAFFIC), u.road.vehicles[1:]):
+        longitudinal, _ = u.road.network.get_lane(lane_index).local_coordinates(vehicle.position)
+        destination = ROUNDABOUT_DESTINATIONS.index(vehicle.route[-1][1])
+        draws.append([(longitudinal - s) / 2.0, (vehicle.speed - speed_base) / 2.0,
+                      (destination + 0.5) / len(ROUNDABOUT_DESTINATIONS),
+                      (vehicle.DELTA - IDM_DELTA_RANGE[0]) / (IDM_DELTA_RANGE[1] - IDM_DELTA_RANGE[0])])
+    return np.array(draws)
+
+
+def test_spawn_is_roundabout_make_vehicles_given_its_draws():
+    from highway_env.vehicle.behavior import IDMVehicle
+
+    assert tuple(IDMVehicle.DELTA_RANGE) == IDM_DELTA_RANGE
+    sim, env = simulator(1, False), highway_env_roundabout()
+    for seed in range(10):
+        env.reset(seed=seed)
+        u = env.unwrapped
+        assert len(u.road.vehicles) == COLUMNS and not u.road.objects
+        draws = recovered_draws(u)
+        # highway-env's own generator, replayed: the draws come in this order, nothing else drawn
+        replayed = gym.utils.seeding.np_random(seed)[0]
+        for normal_s, normal_speed, destination_u, delta_u in draws:
+            assert replayed.normal() == pytest.approx(normal_s, abs=1e-9)
+            assert replayed.normal() == pytest.approx(normal_speed, abs=1e-9)
+            assert ROUNDABOUT_DESTINATIONS.index(replayed.choice(ROUNDABOUT_DESTINATIONS)) == int(destination_u * 3)
+            assert replayed.uniform(*IDM_DELTA_RANGE) - IDM_DELTA_RANGE[0] == pytest.approx(delta_u, abs=1e-12)
+        copied = copy_road(sim, u)
+        spawned = spawn_roundabout(torch.tensor(draws)[None], sim.road)
+        for mine, theirs in [(spawned.vehicles, copied.vehicles), (spawned, copied)]:
+            for f in dataclasses.fields(mine):
+                if f.name == "vehicles":
+                    continue
+                a, b = getattr(mine, f.name), getattr(theirs, f.name)
+                assert a.shape == b.shape and a.dtype == b.dtype, (seed, f.name)
+                if a.dtype.is_floating_point:
+                    assert torch.allclose(a, b, atol=1e-9, rtol=0), (seed, f.name, a, b)
+                else:
+                    assert torch.equal(a, b), (seed, f.name, a, b)
+
+
+def test_spawn_has_highway_envs_distributions():
+    sim, env = simulator(1, False), highway_env_roundabout()
+    reference_draws, reference = [], []
+    for seed in range(SPAWN_SEEDS):
+        env.reset(seed=seed)
+        u = env.unwrapped
+        reference_draws.append(recovered_draws(u))
+        reference.append([[o.position[0], o.position[1], o.speed, len(o.route)] for o in u.road.vehicles])
+    reference_draws, reference = np.array(reference_draws), np.array(reference)  # (S, 4, 4), (S, N, 4)
+    seeds = torch.arange(10**6, 10**6 + SPAWN_SEEDS)
+    draws = roundabout_draws(seeds).numpy()
+    fast = sim.spawn(seeds)
+    v = fast.vehicles
+    routes = (v.route_edge >= 0).sum(-1).double()
+    mine = torch.stack([v.x, v.y, v.speed, routes], dim=-1).numpy()
+    assert np.allclose(mine[:, 0], reference[:, 0], atol=1e-12)  # the ego: position, speed, route
+    for n in range(4):
+        for k, spread in ((0, 1.0), (1, 1.0)):  # the normals: mean 0, standard deviation 1
+            a, b = draws[:, n, k], reference_draws[:, n, k]
+            se = spread * math.sqrt(2 / SPAWN_SEEDS)
+            assert abs(a.mean() - b.mean()) < 4.5 * se, (n, k, a.mean(), b.mean())
+            assert abs(a.std() - b.std()) < 0.12, (n, k, a.std(), b.std())
+        mine_destination = np.floor(draws[:, n, 2] * 3)
+        theirs_destination = np.floor(reference_draws[:, n, 2] * 3)
+        for d in range(3):
+            assert abs((mine_destination == d).mean() - (theirs_destination == d).mean()) < 0.1, (n, d)
+        a, b = draws[:, n, 3], reference_draws[:, n, 3]  # DELTA's uniform
+        assert abs(a.mean() - b.mean()) < 4.5 * math.sqrt(2 / 12 / SPAWN_SEEDS) and a.min() >= 0 and a.max() < 1
+        # what the draws make: speeds, positions and route lengths
+        for column, tolerance in ((2, 0.4), (3, 0.5)):
+            assert abs(mine[:, n + 1, column].mean() - reference[:, n + 1, column].mean()) < tolerance, (n, column)
+        spread = np.hypot(mine[:, n + 1, 0] - mine[:, n + 1, 0].mean(), mine[:, n + 1, 1] - mine[:, n + 1, 1].mean())
+        spread_ref = np.hypot(reference[:, n + 1, 0] - reference[:, n + 1, 0].mean(),
+                              reference[:, n + 1, 1] - reference[:, n + 1, 1].mean())
+        assert abs(spread.mean() - spread_ref.mean()) < 0.3, (n, spread.mean(), spread_ref.mean())
+    delta = fast.delta[:, 1:].numpy()
+    assert (delta >= IDM_DELTA_RANGE[0]).all() and (delta < IDM_DELTA_RANGE[1]).all() and (fast.delta[:, 0] == 4).all()
+
+
+def test_an_episode_depends_on_its_seed_only():
+    big, small = simulator(4, False), FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    big.reset(torch.arange(4), torch.tensor([5, 6, 7, 8]))
+    big.reset(torch.tensor([2, 0]), torch.tensor([42, 7]))
+    small.reset(torch.tensor([0]), torch.tensor([42]))
+    for a in [3, 0, 1, 2, 4, 1]:
+        r_big = big.step(torch.full((4,), a))
+        r_small = small.step(torch.tensor([a]))
+        assert torch.equal(big.state.vehicles.x[2], small.state.vehicles.x[0])
+        assert torch.equal(big.state.vehicles.route_cursor[2], small.state.vehicles.route_cursor[0])
+        assert torch.equal(r_big.reward[2:3], r_small.reward)
+    assert not torch.equal(big.state.vehicles.x[0], big.state.vehicles.x[2])
+
+
+def test_a_float32_spawn_is_the_float64_spawn_rounded():
+    seeds = torch.arange(20)
+    wide, narrow = simulator(1, False).spawn(seeds), FastRoad(scenario(), 1, render=False).spawn(seeds)
+    assert torch.equal(wide.vehicles.lane, narrow.vehicles.lane)
+    assert torch.equal(wide.vehicles.route_edge, narrow.vehicles.route_edge)
+    assert torch.allclose(wide.vehicles.x.float(), narrow.vehicles.x) and narrow.vehicles.x.dtype == torch.float32
+
+
+# The fast backend.
+
+
+@pytest.mark.parametrize("seed", (0, 1))
+def test_views_of_a_fast_roundabout_equal_highway_envs_along_an_episode(seed):
+    """At every state of a highway-env episode (copied in float64): the scene and ground truth are DrivingEnv's."""
+    env = DrivingEnv("roundabout")
+    sim = FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    rng = np.random.default_rng(seed)
+    _, info = env.reset(seed=seed)
+    row = torch.zeros(1, dtype=torch.long)
+    for _ in range(scenario().episode_steps):
+        sim.load(row, copy_road(sim, env.sim))
+        ours, theirs = sim.scenes([0])[0], env.scene()
+        for name in ("positions", "headings", "speeds", "lengths", "widths"):
+            np.testing.assert_allclose(getattr(ours, name), getattr(theirs, name), atol=1e-9, err_msg=name)
+        truth = privileged_state(ours, sim.ego_lane_width(0), sim.ego_lane_numbers([0])[0])
+        for name, value in info["ground_truth"].items():
+            np.testing.assert_allclose(truth[name], value, atol=1e-5, err_msg=name)
+        _, _, terminated, truncated, info = env.step(int(rng.integers(5)))
+        if terminated or truncated:
+            break
+    env.close()
+
+
+def test_fast_driving_env_plays_roundabout_episodes():
+    assert simulator_class(scenario()) is FastRoad
+    assert isinstance(make_simulator(scenario(), 2, render=False), FastRoad)
+    env = make_env("roundabout", backend="fast")
+    assert isinstance(env.sim, FastRoad)
+    observation, info = env.reset(seed=0)
+    assert observation.shape == env.observation_space.shape == (3 * env.sim.stack, *scenario().camera.size)
+    assert set(info) >= {"safety", "ground_truth", "episode_seed"} and info["episode_seed"] == 0
+    assert len(env.scene().speeds) == COLUMNS
+    steps = 0
+    for steps in range(1, scenario().episode_steps + 1):
+        _, reward, terminated, truncated, info = env.step(1)
+        assert set(info["rewards"]) == {"collision_reward", "high_speed_reward", "lane_change_reward", "on_road_reward"}
+        if terminated or truncated:
+            break
+    assert terminated or (truncated and steps == 11)
+
+
+def test_fast_vec_env_on_roundabout_resets_finished_envs():
+    env = FastVecEnv(scenario(), 4)
+    env.seed(100)
+    first = env.reset()
+    shape = (3 * env.sim.stack, *scenario().camera.size)
+    assert first.shape == (4, *shape) and [info["episode_seed"] for info in env.reset_infos] == [100, 101, 102, 103]
+    ended = []
+    for _ in range(2 * scenario().episode_steps):
+        observations, rewards, dones, infos = env.step(np.full(4, 3, dtype=np.int64))  # FASTER
+        for i in np.flatnonzero(dones):
+            assert infos[i]["terminal_observation"].shape == shape
+            ended.append(infos[i]["TimeLimit.truncated"])
+    assert observations.shape == (4, *shape) and rewards.dtype == np.float32
+    assert len(ended) >= 4
+
+
+def test_the_teacher_plans_on_fast_roundabout_copies():
+    from agents.teacher import LookaheadTeacher, best_actions
+
+    env = FastVecEnv(scenario(), 2, render=False)
+    env.reset()
+    teacher = LookaheadTeacher(env.sim)
+    values = teacher.action_values()
+    assert values.shape == (2, 5) and torch.isfinite(values).all()
+    assert torch.equal(teacher.act(), best_actions(values))
