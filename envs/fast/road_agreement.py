@@ -5,9 +5,11 @@ give highway-env's episode (tests/envs/fast/test_road_sim.py checks the step rul
 copied states instead). What can be compared over many episodes is how they end: the same
 policy, here one fixed action per step drawn from (episode seed, step) so that both simulators
 get the same sequences, plays N episodes on each, and the outcomes (collision rate, return,
-length, the ego's final x) are set side by side with 95 % intervals (issue 21, deliverable 1).
+length, the ego's final x, the distance it drove) are set side by side with 95 % intervals (issue
+21, deliverable 1). Any scenario FastRoad supports (merge, roundabout).
 
     python -m envs.fast.road_agreement --scenario merge --episodes 1000
+    python -m envs.fast.road_agreement --scenario roundabout --episodes 300
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from envs.progress import track
 from scenarios import Scenario, load_scenario
 
 FIRST_SEED = 2_000_000_000  # away from training and evaluation seeds
+OUTCOMES = ("collided", "return", "length", "final_x", "distance")  # per episode; distance: the safety signal [m]
 
 
 def policy_actions(seed: int, steps: int, actions: int) -> np.ndarray:
@@ -32,7 +35,7 @@ def policy_actions(seed: int, steps: int, actions: int) -> np.ndarray:
 
 
 def highway_env_outcomes(scenario: Scenario, seeds: list[int]) -> dict[str, np.ndarray]:
-    """Per-episode (collided, return, length, final x) of highway-env itself (DrivingEnv without frames' cost
+    """Per-episode (collided, return, length, final x, distance) of highway-env itself (DrivingEnv without frames' cost
     of corruptions), one episode per seed."""
     from envs.driving_env import DrivingEnv
 
@@ -47,8 +50,9 @@ def highway_env_outcomes(scenario: Scenario, seeds: list[int]) -> dict[str, np.n
             total, steps = total + reward, steps + 1
             crashed |= bool(info["safety"]["crashed"])
             done = terminated or truncated
-        rows.append((float(crashed), total, steps, float(env.sim.vehicle.position[0])))
-    return dict(zip(("collided", "return", "length", "final_x"), np.array(rows).T))
+        ego = env.sim.vehicle
+        rows.append((float(crashed), total, steps, float(ego.position[0]), float(info["safety"]["distance"])))
+    return dict(zip(OUTCOMES, np.array(rows).T))
 
 
 def fast_outcomes(scenario: Scenario, seeds: list[int], batch: int = 256, frames: bool = True) -> dict[str, np.ndarray]:
@@ -66,6 +70,7 @@ def fast_outcomes(scenario: Scenario, seeds: list[int], batch: int = 256, frames
         length = torch.zeros(len(chunk), dtype=torch.long)
         crashed = torch.zeros(len(chunk), dtype=torch.bool)
         final_x = torch.zeros(len(chunk), dtype=torch.float64)
+        distance = torch.zeros(len(chunk), dtype=torch.float64)
         for step in range(scenario.episode_steps):
             result = sim.step(actions[:, step])
             total += torch.where(playing, result.reward.double(), 0.0)
@@ -73,11 +78,13 @@ def fast_outcomes(scenario: Scenario, seeds: list[int], batch: int = 256, frames
             crashed |= playing & result.terminated & sim.state.crashed[:, 0]
             done = playing & (result.terminated | result.truncated)
             final_x = torch.where(done, sim.state.vehicles.x[:, 0].double(), final_x)
+            distance = torch.where(done, result.signals["distance"].double(), distance)
             playing &= ~done
             if not playing.any():
                 break
-        rows += list(zip(crashed.double().tolist(), total.tolist(), length.tolist(), final_x.tolist()))
-    return dict(zip(("collided", "return", "length", "final_x"), np.array(rows).T))
+        rows += list(zip(crashed.double().tolist(), total.tolist(), length.tolist(), final_x.tolist(),
+                         distance.tolist()))
+    return dict(zip(OUTCOMES, np.array(rows).T))
 
 
 def interval(values: np.ndarray) -> str:
@@ -107,7 +114,7 @@ def main() -> None:
     print(f"{scenario.name}: {args.episodes} episodes per simulator, a fixed random action sequence per seed")
     print("| outcome | highway-env | FastRoad |")
     print("| --- | --- | --- |")
-    for key in ("collided", "return", "length", "final_x"):
+    for key in OUTCOMES:
         print(f"| {key} | {interval(reference[key])} | {interval(fast[key])} |")
     fast_steps, reference_steps = fast["length"].sum(), reference["length"].sum()
     print(f"highway-env (DrivingEnv, camera frames): {reference_steps:,.0f} env steps in {reference_s:.0f} s, "

@@ -5,8 +5,11 @@ where it applies: `FastRoad(scenario, batch_size, device, dtype, render, corrupt
 `reset(rows, seeds)`, `load(rows, traffic, seeds)`, `step(actions) -> StepResult`, `observation()`,
 `observations_of(rows)`, `clean_frames`, `reset_signals`, `episode_seeds`, `steps`.
 
-Supported: highway-env's merge-v1 (clearlane's scenarios/merge.yaml). One `step(actions)` is one
-policy step of highway-env's ConnectedLaneMergeEnv for every env:
+Supported: highway-env's merge-v1 and roundabout-v1 (clearlane's scenarios/merge.yaml and
+roundabout.yaml). What differs between them is one `RoadTask` each in `ROAD_TASKS` (its spawn's
+draws, the spawn, reward, termination, whether it truncates at its duration); the stepping, the
+signals and the frames are shared. One `step(actions)` is one policy step of highway-env's
+ConnectedLaneMergeEnv (ConnectedLaneRoundaboutEnv) for every env:
 
     road_traffic.policy_step     the ego's DiscreteMetaAction (index -> road_motion code), then
                                  simulation_frequency / policy_frequency sub-steps of Road.act()
@@ -26,7 +29,7 @@ policy step of highway-env's ConnectedLaneMergeEnv for every env:
     truncated                    steps >= scenario.episode_steps (MergeEnv._is_truncated is False,
                                  merge has no duration: DrivingEnv's limit, max_episode_steps)
     signals                      envs.safety's StepTracker, on the lane graph (`RoadSignalTracker`)
-    frame                        BatchedBevCamera(..., network=the merge network), stacked as
+    frame                        BatchedBevCamera(..., network=the scenario's network), stacked as
                                  FastHighway stacks them (simulator.FrameStack), sensor corruptions too
 
 Spawn (`spawn_merge`): MergeEnv._make_vehicles with the counter-based RNG of envs.fast.rng keyed by
@@ -38,9 +41,25 @@ at 29, 31, 31.5 m/s +- U(-1, 1), each on ("a", "b", integers(2)); the merging ID
 timers are IDMVehicle's (x + y) pi mod LANE_CHANGE_DELAY; lanes are the closest lane with heading.
 Columns follow road.vehicles + road.objects: ego, the three, the merging vehicle, the obstacle.
 
-Exactness: in float64, equal to highway-env / DrivingEnv to rounding (tests/envs/fast/test_road_sim.py:
-positions ~1e-15 m over whole episodes, rewards, terms, terminated, truncated and signals); the
-spawn is MergeEnv's given the same draws, but its draws are our RNG's, not numpy's (same
+Roundabout (`spawn_roundabout`, `roundabout_reward`): RoundaboutEnv._make_vehicles with our RNG:
+the ego (MDPVehicle, target speeds 0, 8, 16 m/s) at ("ser", "ses", 0) s = 125 m, 8 m/s, route to
+"nxs"; the incoming IDM vehicle on ("we", "sx", 1) at s = 5 + 2 N(0, 1) m, the two others on
+("we", "sx", 0) at +-20 + 2 N m, the entering one on ("eer", "ees", 0) at 50 + 2 N m, each at
+16 + 2 N m/s (positions past a lane's end extrapolated along it, as make_on_lane; the lane is then
+the closest one), routed to a uniform choice of "exr", "sxr", "nxr" (the incoming one to
+config["incoming_vehicle_destination"] when set), DELTA ~ U(3.5, 4.5) (randomize_behavior).
+highway-env draws, per vehicle in that order, normal, normal, choice, uniform; `roundabout_draws`
+gives the same distributions (Box-Muller normals). Routes are (B, N, R) with R = the longest route
+any lane plans to those destinations (11). Reward: collision = crashed, high_speed = speed_index /
+2, lane_change = action in (0, 2), on_road = ego.on_road; the weighted sum lmap-ed from
+[collision, high_speed] to [0, 1] (normalize_reward), times on_road. Terminated: crashed.
+Truncated: AbstractEnv's time (+1 / policy_frequency per step) >= duration (11 s: 11 steps), or
+DrivingEnv's max_episode_steps.
+
+Exactness: in float64, equal to highway-env / DrivingEnv to rounding (tests/envs/fast/test_road_sim.py,
+test_road_roundabout.py: positions ~1e-14 m over whole episodes, rewards, terms, terminated,
+truncated and signals; on the roundabout, policy steps where the ego crawls below 0.5 m/s to 1e-3,
+where highway-env's own lateral loop amplifies round-off); each spawn is its env's given the same draws, but its draws are our RNG's, not numpy's (same
 distributions, not the same episodes per seed). IDM constants are highway-env's defaults, read
 without touching IDMVehicle's class (IntersectionEnv rewrites them; DrivingEnv restores them).
 Cost: road_traffic's per-sub-step neighbour searches dominate (~0.4 s per policy step at B = 256
@@ -324,7 +343,8 @@ def roundabout_draws(seeds: torch.Tensor) -> torch.Tensor:
     (position normal, speed normal, destination uniform, DELTA uniform), as RoundaboutEnv draws
     them (normal(), normal(), choice(destinations), randomize_behavior's uniform). The normals are
     Box-Muller pairs of 24-bit uniforms (|z| < 5.8)."""
-    u = rng.uniform(seeds, SPAWN_STREAM, 4 * len(ROUNDABOUT_TRAFFIC), torch.float64).view(-1, len(ROUNDABOUT_TRAFFIC), 4)
+    vehicles = len(ROUNDABOUT_TRAFFIC)
+    u = rng.uniform(seeds, SPAWN_STREAM, 4 * vehicles, torch.float64).view(-1, vehicles, 4)
     radius = torch.sqrt(-2.0 * torch.log1p(-u[..., 0]))  # 1 - u in (0, 1]
     angle = 2.0 * math.pi * u[..., 1]
     return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle), u[..., 2], u[..., 3]], dim=-1)
@@ -373,7 +393,8 @@ def spawn_roundabout(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:
     lane = graph64.closest_lane(x, y, heading)  # Vehicle.__init__: the closest lane, heading-weighted
     # plan_route_to(destination) from that lane; the ego's destination is the table's last column
     destinations = ROUNDABOUT_DESTINATIONS + (ROUNDABOUT_EGO_DESTINATION,)
-    choice = torch.floor(destination_u * len(ROUNDABOUT_DESTINATIONS)).long().clamp_(0, len(ROUNDABOUT_DESTINATIONS) - 1)
+    count = len(ROUNDABOUT_DESTINATIONS)
+    choice = torch.floor(destination_u * count).long().clamp_(0, count - 1)  # np_random.choice(destinations)
     fixed = road.config.get("incoming_vehicle_destination")
     if fixed is not None:  # the incoming vehicle's destination is the config's (no choice drawn)
         choice[:, 0] = int(fixed)

@@ -332,7 +332,7 @@ def test_fast_backend_refuses_an_unsupported_scenario_before_making_a_run(tiny):
     from envs.fast.simulator import UnsupportedScenario
 
     with pytest.raises(UnsupportedScenario, match="Supported scenarios"):
-        train(options(tiny, backend="fast", scenario="roundabout", name="never"))
+        train(options(tiny, backend="fast", scenario="intersection", name="never"))
     assert not (tiny.root / "runs" / "never").exists()
 
 

@@ -46,12 +46,13 @@ def test_supports_gives_the_reason_when_it_does_not():
         assert HIGHWAY_ENV.supports(load_scenario(name)) and HIGHWAY_ENV.unsupported_reason(load_scenario(name)) is None
     assert FAST.unsupported_reason(load_scenario("highway")) is None
     assert FAST.unsupported_reason(load_scenario("merge")) is None  # FastRoad
-    roundabout = FAST.unsupported_reason(load_scenario("roundabout"))
-    assert roundabout is not None and "roundabout-v1" in roundabout and "highway-env id" in roundabout
-    assert not FAST.supports(load_scenario("roundabout"))
-    assert set(FAST.supported_scenarios()) >= {"highway", "highway-dense", "highway-noisy", "merge"}
+    assert FAST.unsupported_reason(load_scenario("roundabout")) is None  # FastRoad
+    intersection = FAST.unsupported_reason(load_scenario("intersection"))
+    assert intersection is not None and "intersection-v" in intersection and "highway-env id" in intersection
+    assert not FAST.supports(load_scenario("intersection"))
+    assert set(FAST.supported_scenarios()) >= {"highway", "highway-dense", "highway-noisy", "merge", "roundabout"}
     with pytest.raises(ValueError, match="Supported scenarios: .*highway"):
-        FAST.check_supported(load_scenario("roundabout"))
+        FAST.check_supported(load_scenario("intersection"))
 
 
 def test_a_front_camera_is_not_batched(write_scenario):
@@ -63,7 +64,8 @@ def test_a_front_camera_is_not_batched(write_scenario):
 def test_the_default_backend_is_fast_where_it_reproduces_the_scenario():
     assert default_backend_for(load_scenario("highway")) is FAST
     assert default_backend_for(load_scenario("merge")) is FAST
-    assert default_backend_for(load_scenario("roundabout")) is HIGHWAY_ENV
+    assert default_backend_for(load_scenario("roundabout")) is FAST
+    assert default_backend_for(load_scenario("intersection")) is HIGHWAY_ENV
     assert default_backend_for(load_scenario("highway-noisy")) is FAST  # corruptions are batched too
 
 
@@ -126,8 +128,8 @@ def test_periodic_evaluation_always_runs_on_the_reference():
     finally:
         env.close()
     with pytest.raises(UnsupportedScenario):
-        evaluation_env("roundabout", FAST)
-    evaluation_env("roundabout", HIGHWAY_ENV).close()
+        evaluation_env("intersection", FAST)
+    evaluation_env("intersection", HIGHWAY_ENV).close()
 
 
 def test_the_registration_api_hands_over_to_the_backends():

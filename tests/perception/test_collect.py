@@ -57,7 +57,7 @@ def test_collect_on_the_fast_backend(tmp_path):
     with pytest.raises(ValueError, match="other settings"):  # same folder, other simulator
         collect(["highway"], frames=40, out=tmp_path / "fast", shard_frames=20, seed=1)
     with pytest.raises(UnsupportedScenario, match="Supported scenarios"):
-        collect(["roundabout"], frames=5, out=tmp_path / "roundabout", backend="fast")
+        collect(["intersection"], frames=5, out=tmp_path / "intersection", backend="fast")
 
 
 def test_scenario_mix_and_holdout_split(tmp_path):

@@ -159,11 +159,12 @@ def test_single_env_matches_driving_env_api():
     assert set(info["rewards"]) == {"collision_reward", "right_lane_reward", "high_speed_reward", "on_road_reward"}
 
 
-@pytest.mark.parametrize("name", ["roundabout", "intersection"])
+@pytest.mark.parametrize("name", ["intersection", "exit"])
 def test_unsupported_scenarios_are_refused_with_the_supported_list(name):
-    with pytest.raises(UnsupportedScenario, match="Supported scenarios: highway, highway-dense, highway-noisy, merge$"):
+    with pytest.raises(UnsupportedScenario,
+                       match="Supported scenarios: highway, highway-dense, highway-noisy, merge, roundabout$"):
         make_env(name, backend="fast")
-    assert supported_scenarios() == ["highway", "highway-dense", "highway-noisy", "merge"]
+    assert supported_scenarios() == ["highway", "highway-dense", "highway-noisy", "merge", "roundabout"]
 
 
 def test_fast_highway_refuses_merge_naming_its_own_scenarios():
@@ -200,7 +201,7 @@ def test_bench_rows_are_consistent_measurements():
         assert row["speedup"] == pytest.approx(row["fast_sps"] / row["highway_env_sps"])
         assert row["highway_env_sps"] == rows[0]["highway_env_sps"]  # one reference per scenario
     with pytest.raises(UnsupportedScenario):
-        bench_fast(["roundabout"], batch_sizes=[2], steps=1, reference_steps=1)
+        bench_fast(["intersection"], batch_sizes=[2], steps=1, reference_steps=1)
 
 
 def test_rule_based_policies_see_highway_envs_available_actions():
