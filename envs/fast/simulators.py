@@ -16,7 +16,8 @@ from typing import Union
 
 import torch
 
-from envs.fast.road_sim import SUPPORTED_ROAD_ENV_IDS, FastRoad, road_unsupported_reasons
+from envs.fast.road_sim import FastRoad, road_unsupported_reasons
+from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.simulator import SUPPORTED_ENV_IDS, FastHighway, UnsupportedScenario, unsupported_reasons as highway_reasons
 from scenarios import Scenario
 

@@ -18,7 +18,8 @@ import torch
 from agents.teacher import LookaheadTeacher, best_actions
 from envs.backends import FAST, privileged_simulator
 from envs.driving_env import DrivingEnv
-from envs.fast.road_sim import MERGE_END_X_M, FastRoad
+from envs.fast.road_merge import MERGE_END_X_M
+from envs.fast.road_sim import FastRoad
 from envs.fast.road_traffic import RoadTraffic
 from envs.fast.simulators import make_simulator, simulator_class
 from envs.fast.vec_env import FastVecEnv

@@ -29,15 +29,15 @@ import torch
 
 from envs import palette
 from envs.driving_env import DrivingEnv
-from envs.fast.road_sim import (
+from envs.fast.road_roundabout import (
     IDM_DELTA_RANGE,
     ROUNDABOUT_DESTINATIONS,
     ROUNDABOUT_TRAFFIC,
-    SUPPORTED_ROAD_ENV_IDS,
-    FastRoad,
     roundabout_draws,
     spawn_roundabout,
 )
+from envs.fast.road_sim import FastRoad
+from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
 from envs.fast.simulators import make_simulator, simulator_class
 from envs.fast.vec_env import FastVecEnv

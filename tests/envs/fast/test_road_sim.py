@@ -27,12 +27,9 @@ import torch
 
 from envs import palette
 from envs.driving_env import DrivingEnv
-from envs.fast.road_sim import (
-    MERGE_TRAFFIC,
-    SUPPORTED_ROAD_ENV_IDS,
-    FastRoad,
-    spawn_merge,
-)
+from envs.fast.road_merge import MERGE_TRAFFIC, spawn_merge
+from envs.fast.road_sim import FastRoad
+from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
 from envs.fast.simulator import UnsupportedScenario
 from scenarios import load_scenario

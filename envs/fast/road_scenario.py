@@ -1,0 +1,82 @@
+"""`RoadScenario`: what the fast road-network simulator reads from highway-env once per simulator
+(the lane graph, the rules, the ego's target speeds and action table, the env's config), and the
+conventions every road-network task shares (vehicle size, DiscreteMetaAction's indices)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from envs.fast.lanes import LaneGraph
+from envs.fast.road_motion import action_codes
+from envs.fast.road_traffic import RoadRules
+from scenarios import Scenario
+
+VEHICLE_LENGTH_M, VEHICLE_WIDTH_M = 5.0, 2.0  # highway-env's Vehicle.LENGTH, WIDTH
+LEFT, IDLE, RIGHT, FASTER, SLOWER = range(5)  # DiscreteMetaAction indices (lane_change_reward counts 0 and 2)
+
+
+def lane_change_actions(actions: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the action is LANE_LEFT or LANE_RIGHT (highway-env's `action in [0, 2]`)."""
+    return (actions == LEFT) | (actions == RIGHT)
+
+
+@dataclass(frozen=True, eq=False)
+class RoadScenario:
+    """What FastRoad reads from highway-env once per simulator: the road and its rules."""
+
+    graph: LaneGraph
+    network: object  # highway_env RoadNetwork (for the camera)
+    rules: RoadRules
+    target_speeds: torch.Tensor  # (S,) MDPVehicle.target_speeds [m/s] (the ego's, from the action config)
+    action_table: torch.Tensor  # (A,) DiscreteMetaAction index -> road_motion code
+    config: dict  # the env's full config after reset
+    graph64: LaneGraph  # the same graph in float64 (spawns are computed in float64, as highway-env)
+    default_target_speeds: torch.Tensor  # (S0,) float64 MDPVehicle.DEFAULT_TARGET_SPEEDS (IDM vehicles'
+    # get_speed_index, roundabout's high_speed_reward)
+
+    @classmethod
+    def of(cls, scenario: Scenario, device: torch.device, dtype: torch.dtype) -> RoadScenario:
+        """gymnasium.make(scenario's id, config=its config), reset once: its network and rules."""
+        import gymnasium as gym
+        import highway_env  # noqa: F401  (registers the ids)
+
+        from highway_env.vehicle.controller import MDPVehicle
+
+        from envs.driving_env import IDM_CLASS_DEFAULTS
+
+        env = gym.make(scenario.highway_env.id, config=scenario.highway_env_config(), disable_env_checker=True)
+        try:
+            env.reset(seed=0)
+            u = env.unwrapped
+            road = u.road
+            graph = LaneGraph.from_network(road.network, device=device, dtype=dtype)
+            return cls(
+                graph=graph,
+                network=road.network,
+                rules=_with_idm_defaults(RoadRules.of(road), IDM_CLASS_DEFAULTS),
+                target_speeds=torch.as_tensor([float(s) for s in u.vehicle.target_speeds], dtype=dtype, device=device),
+                action_table=action_codes(u.action_type.actions, device),
+                config=dict(u.config),
+                graph64=graph if dtype == torch.float64 else LaneGraph.from_network(
+                    road.network, device=device, dtype=torch.float64),
+                default_target_speeds=torch.as_tensor(MDPVehicle.DEFAULT_TARGET_SPEEDS, dtype=torch.float64,
+                                                      device=device),
+            )
+        finally:
+            env.close()
+
+
+def _with_idm_defaults(rules: RoadRules, defaults: dict[str, float]) -> RoadRules:
+    """The rules with highway-env's own IDM constants where an IntersectionEnv reset may have
+    rewritten IDMVehicle's (DrivingEnv restores them at every reset; MergeEnv never sets them).
+    Read, not written back: IDMVehicle's class is left as it is."""
+    idm = dataclasses.replace(
+        rules.idm,
+        distance_wanted=float(defaults["DISTANCE_WANTED"]),
+        comfort_acc_max=float(defaults["COMFORT_ACC_MAX"]),
+        comfort_acc_min=float(defaults["COMFORT_ACC_MIN"]),
+    )
+    return dataclasses.replace(rules, idm=idm)

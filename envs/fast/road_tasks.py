@@ -1,0 +1,51 @@
+"""The road-network scenarios the fast backend simulates: one `RoadTask` per highway-env id, what
+that env adds to the shared stepping of `FastRoad` (its spawn, reward and end). Adding a scenario
+is a module like road_merge.py and one entry here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from envs.fast.road_merge import merge_draws, merge_reward, merge_terminated, spawn_merge
+from envs.fast.road_roundabout import crashed_terminated, roundabout_draws, roundabout_reward, spawn_roundabout
+from envs.fast.road_scenario import RoadScenario
+from envs.fast.road_traffic import RoadTraffic
+
+@dataclass(frozen=True)
+class RoadTask:
+    """What one highway-env road-network env adds to the shared stepping: its spawn and its ends.
+
+    draws(seeds) -> the spawn's random draws ((E,) int64 episode seeds, envs.fast.rng); spawn(draws,
+    road) -> RoadTraffic (its _make_vehicles); reward(road, traffic, actions) -> ((B,) reward, terms)
+    (its _reward and _rewards, after the step); terminated(road, traffic) -> (B,) bool (its
+    _is_terminated); truncates_at_duration: its _is_truncated is time >= config["duration"]."""
+
+    draws: Callable[[torch.Tensor], torch.Tensor]
+    spawn: Callable[[torch.Tensor, RoadScenario], RoadTraffic]
+    reward: Callable[[RoadScenario, RoadTraffic, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    terminated: Callable[[RoadScenario, RoadTraffic], torch.Tensor]
+    truncates_at_duration: bool
+
+
+ROAD_TASKS: dict[str, RoadTask] = {
+    "merge-v1": RoadTask(merge_draws, spawn_merge, merge_reward, merge_terminated, truncates_at_duration=False),
+    "roundabout-v1": RoadTask(roundabout_draws, spawn_roundabout, roundabout_reward, crashed_terminated,
+                              truncates_at_duration=True),
+}
+SUPPORTED_ROAD_ENV_IDS = tuple(ROAD_TASKS)
+
+
+def duration_steps(config: dict) -> int | None:
+    """The first policy step at which AbstractEnv's time (+= 1 / policy_frequency per step, in
+    floating point) reaches config["duration"]; None without a duration."""
+    duration = config.get("duration")
+    if duration is None:
+        return None
+    time, steps = 0.0, 0
+    while time < duration:
+        time += 1 / config["policy_frequency"]
+        steps += 1
+    return steps
