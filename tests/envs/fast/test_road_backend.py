@@ -44,19 +44,19 @@ def test_the_fast_backend_simulates_merge_on_fast_road():
     assert isinstance(env.sim, FastRoad) and privileged_simulator(env) is env.sim
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_views_of_a_fast_road_equal_highway_envs_along_an_episode(seed):
+@pytest.mark.parametrize("name, seed", [("merge", seed) for seed in SEEDS] + [("roundabout", 0), ("roundabout", 1)])
+def test_views_of_a_fast_road_equal_highway_envs_along_an_episode(name, seed):
     """At every state of a highway-env episode (copied into FastRoad in float64): the scene, the
     ground truth and the available actions are DrivingEnv's."""
-    env = DrivingEnv("merge")
-    sim = FastRoad(merge(), 1, dtype=torch.float64, render=False)
+    env = DrivingEnv(name)
+    sim = FastRoad(env.scenario, 1, dtype=torch.float64, render=False)
     rng = np.random.default_rng(seed)
     _, info = env.reset(seed=seed)
     row = torch.zeros(1, dtype=torch.long)
     checked_lane_changes = 0
-    for _ in range(merge().episode_steps):
+    for _ in range(env.scenario.episode_steps):
         u = env.sim
-        sim.load(row, RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], COLUMNS, route_slots=0))
+        sim.load(row, RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], sim.columns, sim.route_slots))
         ours, theirs = sim.scenes([0])[0], env.scene()
         for name in ("positions", "headings", "speeds", "lengths", "widths"):
             np.testing.assert_allclose(getattr(ours, name), getattr(theirs, name), atol=1e-9, err_msg=name)
@@ -71,7 +71,7 @@ def test_views_of_a_fast_road_equal_highway_envs_along_an_episode(seed):
         if terminated or truncated:
             break
     env.close()
-    assert checked_lane_changes > 0  # some states offered a lane change
+    assert checked_lane_changes > 0 or name == "roundabout"  # merge's states offered lane changes
 
 
 def test_fast_driving_env_on_merge_plays_episodes_with_drivingenvs_info():

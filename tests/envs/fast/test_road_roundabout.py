@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import zlib
 
 import gymnasium as gym
 import highway_env  # noqa: F401
@@ -41,9 +40,9 @@ from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
 from envs.fast.simulators import make_simulator, simulator_class
 from envs.fast.vec_env import FastVecEnv
-from envs.ground_truth import privileged_state
 from envs.registration import make_env
 from scenarios import load_scenario
+from tests.envs.fast.road_episodes import Episode, record_episode
 from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
 from tests.envs.fast.test_road_sim import stack
 from tests.envs.test_fast_camera import MAX_FRAME_MEAN_ABS_DIFF, MAX_MEAN_ABS_DIFF, MIN_VEHICLE_IOU, colour_mask, iou
@@ -86,52 +85,11 @@ def copy_road(sim: FastRoad, u) -> RoadTraffic:
     return RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], sim.columns, sim.route_slots)
 
 
-def objects(u) -> list:
-    """An unwrapped highway-env env's vehicles in FastRoad's column order (roundabout has no objects)."""
-    return [u.vehicle] + [o for o in u.road.vehicles + u.road.objects if o is not u.vehicle]
-
-
-@dataclasses.dataclass(frozen=True)
-class Episode:
-    start: RoadTraffic
-    actions: tuple[int, ...]
-    available: tuple[tuple[int, ...], ...]  # DiscreteMetaAction's available actions before each step
-    states: tuple[np.ndarray, ...]  # after each step: (COLUMNS, 4) x, y, heading, speed
-    rewards: tuple[float, ...]
-    terms: tuple[dict, ...]
-    terminated: tuple[bool, ...]
-    truncated: tuple[bool, ...]
-    signals: tuple[dict, ...]  # reset signals first
-    frames: tuple[np.ndarray, ...]  # env.clean_frame (H, W, 3) at reset and after each step
-
-
 @functools.lru_cache(maxsize=None)
 def episode(seed: int) -> Episode:
-    env, sim = driving_env(), simulator(len(SEEDS), True)
-    _, info = env.reset(seed=seed)
-    start = copy_road(sim, env.sim)
-    rng = np.random.default_rng(zlib.crc32(f"roundabout/{seed}".encode()))
-    actions, available, states, rewards, terms, terminated, truncated = [], [], [], [], [], [], []
-    signals, frames = [info["safety"]], [env.clean_frame.copy()]
-    while True:
-        if seed >= CALM_FROM:
-            action = int(rng.choice(env.action_space.n, p=CALM_POLICY))
-        else:
-            action = int(rng.integers(env.action_space.n))
-        available.append(tuple(env.sim.action_type.get_available_actions()))
-        _, reward, term, trunc, info = env.step(action)
-        actions.append(action)
-        states.append(np.array([[o.position[0], o.position[1], o.heading, o.speed] for o in objects(env.sim)]))
-        rewards.append(reward)
-        terms.append({k: float(v) for k, v in info["rewards"].items()})
-        terminated.append(term)
-        truncated.append(trunc)
-        signals.append(info["safety"])
-        frames.append(env.clean_frame.copy())
-        if term or trunc:
-            break
-    return Episode(start, tuple(actions), tuple(available), tuple(states), tuple(rewards), tuple(terms),
-                   tuple(terminated), tuple(truncated), tuple(signals), tuple(frames))
+    sim = simulator(len(SEEDS), True)
+    return record_episode(driving_env(), seed, lambda u: copy_road(sim, u), calm=seed >= CALM_FROM,
+                          calm_policy=CALM_POLICY)
 
 
 def check_signals(fast: dict[str, torch.Tensor], row: int, expected: dict, where, crawled: bool = False) -> None:
@@ -377,28 +335,6 @@ def test_a_float32_spawn_is_the_float64_spawn_rounded():
 
 
 # The fast backend.
-
-
-@pytest.mark.parametrize("seed", (0, 1))
-def test_views_of_a_fast_roundabout_equal_highway_envs_along_an_episode(seed):
-    """At every state of a highway-env episode (copied in float64): the scene and ground truth are DrivingEnv's."""
-    env = DrivingEnv("roundabout")
-    sim = FastRoad(scenario(), 1, dtype=torch.float64, render=False)
-    rng = np.random.default_rng(seed)
-    _, info = env.reset(seed=seed)
-    row = torch.zeros(1, dtype=torch.long)
-    for _ in range(scenario().episode_steps):
-        sim.load(row, copy_road(sim, env.sim))
-        ours, theirs = sim.scenes([0])[0], env.scene()
-        for name in ("positions", "headings", "speeds", "lengths", "widths"):
-            np.testing.assert_allclose(getattr(ours, name), getattr(theirs, name), atol=1e-9, err_msg=name)
-        truth = privileged_state(ours, sim.ego_lane_width(0), sim.ego_lane_numbers([0])[0])
-        for name, value in info["ground_truth"].items():
-            np.testing.assert_allclose(truth[name], value, atol=1e-5, err_msg=name)
-        _, _, terminated, truncated, info = env.step(int(rng.integers(5)))
-        if terminated or truncated:
-            break
-    env.close()
 
 
 def test_fast_driving_env_plays_roundabout_episodes():

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import zlib
 
 import gymnasium as gym
 import highway_env  # noqa: F401
@@ -33,6 +32,7 @@ from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
 from envs.fast.simulator import UnsupportedScenario
 from scenarios import load_scenario
+from tests.envs.fast.road_episodes import Episode, objects, record_episode
 from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
 from tests.envs.test_fast_camera import MAX_FRAME_MEAN_ABS_DIFF, MAX_MEAN_ABS_DIFF, MIN_VEHICLE_IOU, colour_mask, iou
 
@@ -67,50 +67,11 @@ def copy_road(sim: FastRoad, env: DrivingEnv) -> RoadTraffic:
     return RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], COLUMNS, route_slots=0)
 
 
-def objects(u) -> list:
-    """An unwrapped highway-env env's road objects in FastRoad's column order."""
-    return [u.vehicle] + [o for o in u.road.vehicles + u.road.objects if o is not u.vehicle]
-
-
-@dataclasses.dataclass(frozen=True)
-class Episode:
-    start: RoadTraffic
-    actions: tuple[int, ...]
-    states: tuple[np.ndarray, ...]  # after each step: (COLUMNS, 4) x, y, heading, speed
-    rewards: tuple[float, ...]
-    terms: tuple[dict, ...]
-    terminated: tuple[bool, ...]
-    truncated: tuple[bool, ...]
-    signals: tuple[dict, ...]  # reset signals first
-    frames: tuple[np.ndarray, ...]  # env.clean_frame (H, W, 3) at reset and after each step
-
-
 @functools.lru_cache(maxsize=None)
 def episode(seed: int) -> Episode:
-    env, sim = driving_env(), simulator(len(SEEDS), True)
-    _, info = env.reset(seed=seed)
-    start = copy_road(sim, env)
-    rng = np.random.default_rng(zlib.crc32(f"merge/{seed}".encode()))
-    actions, states, rewards, terms, terminated, truncated = [], [], [], [], [], []
-    signals, frames = [info["safety"]], [env.clean_frame.copy()]
-    while True:
-        if seed >= CALM_FROM:
-            action = int(rng.choice(env.action_space.n, p=CALM_POLICY))
-        else:
-            action = int(rng.integers(env.action_space.n))
-        _, reward, term, trunc, info = env.step(action)
-        actions.append(action)
-        states.append(np.array([[o.position[0], o.position[1], o.heading, o.speed] for o in objects(env.sim)]))
-        rewards.append(reward)
-        terms.append({k: float(v) for k, v in info["rewards"].items()})
-        terminated.append(term)
-        truncated.append(trunc)
-        signals.append(info["safety"])
-        frames.append(env.clean_frame.copy())
-        if term or trunc:
-            break
-    return Episode(start, tuple(actions), tuple(states), tuple(rewards), tuple(terms), tuple(terminated),
-                   tuple(truncated), tuple(signals), tuple(frames))
+    sim = simulator(len(SEEDS), True)
+    return record_episode(driving_env(), seed, lambda _: copy_road(sim, driving_env()), calm=seed >= CALM_FROM,
+                          calm_policy=CALM_POLICY)
 
 
 def stack(parts: list[RoadTraffic]) -> RoadTraffic:
