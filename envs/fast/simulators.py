@@ -39,7 +39,8 @@ def unsupported_reasons(scenario: Scenario) -> list[str]:
         return highway_reasons(scenario)
     if env_id in SUPPORTED_ROAD_ENV_IDS:
         return road_unsupported_reasons(scenario)
-    return [f"its highway-env id is {env_id} (batched: {', '.join(SUPPORTED_IDS)})"]
+    return [f"its highway_env.id is {env_id}, which no batched simulator reproduces yet "
+            f"(they reproduce {', '.join(SUPPORTED_IDS)})"]
 
 
 def check_supported(scenario: Scenario) -> None:

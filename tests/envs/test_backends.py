@@ -48,7 +48,7 @@ def test_supports_gives_the_reason_when_it_does_not():
     assert FAST.unsupported_reason(load_scenario("merge")) is None  # FastRoad
     assert FAST.unsupported_reason(load_scenario("roundabout")) is None  # FastRoad
     intersection = FAST.unsupported_reason(load_scenario("intersection"))
-    assert intersection is not None and "intersection-v" in intersection and "highway-env id" in intersection
+    assert intersection is not None and "intersection-v" in intersection and "highway_env.id" in intersection
     assert not FAST.supports(load_scenario("intersection"))
     assert set(FAST.supported_scenarios()) >= {"highway", "highway-dense", "highway-noisy", "merge", "roundabout"}
     with pytest.raises(ValueError, match="Supported scenarios: .*highway"):
