@@ -12,6 +12,7 @@ import torch
 from envs.fast.road_merge import merge_draws, merge_reward, merge_terminated, spawn_merge
 from envs.fast.road_roundabout import crashed_terminated, roundabout_draws, roundabout_reward, spawn_roundabout
 from envs.fast.road_scenario import RoadScenario
+from envs.fast.road_two_way import spawn_two_way, two_way_draws, two_way_reward
 from envs.fast.road_traffic import RoadTraffic
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ ROAD_TASKS: dict[str, RoadTask] = {
     "merge-v1": RoadTask(merge_draws, spawn_merge, merge_reward, merge_terminated, truncates_at_duration=False),
     "roundabout-v1": RoadTask(roundabout_draws, spawn_roundabout, roundabout_reward, crashed_terminated,
                               truncates_at_duration=True),
+    "two-way-v0": RoadTask(two_way_draws, spawn_two_way, two_way_reward, crashed_terminated,
+                           truncates_at_duration=False),
 }
 SUPPORTED_ROAD_ENV_IDS = tuple(ROAD_TASKS)
 
