@@ -13,6 +13,7 @@ from envs.fast.road_merge import merge_draws, merge_reward, merge_terminated, sp
 from envs.fast.road_roundabout import crashed_terminated, roundabout_draws, roundabout_reward, spawn_roundabout
 from envs.fast.road_scenario import RoadScenario
 from envs.fast.road_two_way import spawn_two_way, two_way_draws, two_way_reward
+from envs.fast.road_u_turn import spawn_u_turn, u_turn_draws, u_turn_reward
 from envs.fast.road_traffic import RoadTraffic
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ ROAD_TASKS: dict[str, RoadTask] = {
                               truncates_at_duration=True),
     "two-way-v0": RoadTask(two_way_draws, spawn_two_way, two_way_reward, crashed_terminated,
                            truncates_at_duration=False),
+    "u-turn-v1": RoadTask(u_turn_draws, spawn_u_turn, u_turn_reward, crashed_terminated, truncates_at_duration=True),
 }
 SUPPORTED_ROAD_ENV_IDS = tuple(ROAD_TASKS)
 
