@@ -295,6 +295,11 @@ class FastRoad(FrameStack):
         as32 = [t.to(torch.float32) for t in (v.x, v.y, v.heading, traffic.length, traffic.width)]
         return camera.render(*as32, traffic.present, out=out)
 
+    def goal_reached(self) -> torch.Tensor | None:
+        """(B,) bool: whether each env's ego is at its scenario's goal now (envs.goals; DrivingEnv's
+        info["goal_reached"]); None where the scenario has no goal."""
+        return None if self.task.goal is None else self.task.goal(self.road, self.state)
+
     def available_actions(self, row: int) -> list[int]:
         """DiscreteMetaAction.get_available_actions of env `row`: a lane change only to a lane of the
         same road that is reachable from the ego's position, no speed change past the last or first

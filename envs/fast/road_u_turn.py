@@ -17,6 +17,7 @@ ego's lane _id / max(side lanes - 1, 1), high_speed = clip(lmap(speed, reward_sp
 0, 1), on_road = ego.on_road; the weighted sum, lmap-ed from [collision, high_speed + left_lane] to
 [0, 1] when normalize_reward, times on_road. Terminated: crashed. Truncated: AbstractEnv's time
 (+1 / policy_frequency per step) >= duration (10 s: 10 steps), or DrivingEnv's max_episode_steps.
+Goal (`u_turn_goal`, envs.goals): the ego's lane is on the straight after the turn, ("c", "d").
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from envs.fast.road_motion import ControlledVehicles
 from envs.fast.road_roundabout import IDM_DELTA, IDM_DELTA_RANGE, _route_table
 from envs.fast.road_scenario import VEHICLE_LENGTH_M, VEHICLE_WIDTH_M, RoadScenario
 from envs.fast.road_traffic import RoadTraffic
+from envs.goals import UTURN_RETURN_ROAD
 from envs.fast.spawn import SPAWN_STREAM, speed_to_index
 
 # UTurnEnv._make_vehicles
@@ -149,3 +151,9 @@ def u_turn_reward(road: RoadScenario, traffic: RoadTraffic, actions: torch.Tenso
         ceiling = config["high_speed_reward"] + config["left_lane_reward"]
         reward = (reward - floor) / (ceiling - floor)
     return reward * terms["on_road_reward"], terms
+
+
+def u_turn_goal(road: RoadScenario, traffic: RoadTraffic) -> torch.Tensor:
+    """envs.goals' u-turn goal: the ego's lane_index[:2] is UTURN_RETURN_ROAD ("c", "d"). (B,) bool."""
+    graph = road.graph
+    return graph.edge[traffic.vehicles.lane[:, 0]] == graph.edges.index(UTURN_RETURN_ROAD)
