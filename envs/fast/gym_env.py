@@ -141,4 +141,8 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         }
         if rewards:
             info["rewards"] = rewards
+        goal_reached = getattr(self.sim, "goal_reached", None)
+        goal = goal_reached() if goal_reached is not None else None
+        if goal is not None:  # DrivingEnv's info["goal_reached"] (envs.goals)
+            info["goal_reached"] = bool(goal[0])
         return info

@@ -5,12 +5,14 @@ where it applies: `FastRoad(scenario, batch_size, device, dtype, render, corrupt
 `reset(rows, seeds)`, `load(rows, traffic, seeds)`, `step(actions) -> StepResult`, `observation()`,
 `observations_of(rows)`, `clean_frames`, `reset_signals`, `episode_seeds`, `steps`.
 
-Supported: highway-env's merge-v1 and roundabout-v1 (clearlane's scenarios/merge.yaml and
-roundabout.yaml). What differs between them is one `RoadTask` each in `road_tasks.ROAD_TASKS` (its
-spawn's draws, the spawn, reward, termination, whether it truncates at its duration: road_merge.py,
-road_roundabout.py, where their spawns are described); the stepping, the signals and the frames are
-shared here. One `step(actions)` is one policy step of highway-env's
-ConnectedLaneMergeEnv (ConnectedLaneRoundaboutEnv) for every env:
+Supported: highway-env's merge-v1, roundabout-v1, two-way-v0 and u-turn-v1 (clearlane's
+scenarios/merge.yaml, roundabout.yaml, two-way.yaml and u-turn.yaml). What differs between them is
+one `RoadTask` each in `road_tasks.ROAD_TASKS` (its spawn's draws, the spawn, reward, termination,
+whether it truncates at its duration, its goal if any: road_merge.py, road_roundabout.py,
+road_two_way.py, road_u_turn.py, where their spawns and rewards are described); the stepping, the
+signals and the frames are shared here. One `step(actions)` is one policy step of highway-env's
+ConnectedLaneMergeEnv (ConnectedLaneRoundaboutEnv, TwoWayEnv, ConnectedLaneUTurnEnv) for every env
+(merge's terms below; the others' in their modules):
 
     road_traffic.policy_step     the ego's DiscreteMetaAction (index -> road_motion code), then
                                  simulation_frequency / policy_frequency sub-steps of Road.act()
@@ -34,9 +36,10 @@ ConnectedLaneMergeEnv (ConnectedLaneRoundaboutEnv) for every env:
                                  FastHighway stacks them (simulator.FrameStack), sensor corruptions too
 
 Exactness: in float64, equal to highway-env / DrivingEnv to rounding (tests/envs/fast/test_road_sim.py,
-test_road_roundabout.py: positions ~1e-14 m over whole episodes, rewards, terms, terminated,
+test_road_roundabout.py, test_road_two_way.py, test_road_u_turn.py: positions ~1e-14 m over whole episodes, rewards, terms, terminated,
 truncated and signals; on the roundabout, policy steps where the ego crawls below 0.5 m/s to 1e-3,
-where highway-env's own lateral loop amplifies round-off); each spawn is its env's given the same draws, but its draws are our RNG's, not numpy's (same
+where highway-env's own lateral loop amplifies round-off, and on the u-turn, where IDM vehicles
+crawl, with rows re-synchronised after such steps: within a step ~1e-12); each spawn is its env's given the same draws, but its draws are our RNG's, not numpy's (same
 distributions, not the same episodes per seed). IDM constants are highway-env's defaults, read
 without touching IDMVehicle's class (IntersectionEnv rewrites them; DrivingEnv restores them).
 Cost (`python run.py --threads 1 bench env --backend fast --scenarios merge roundabout`, one thread,
@@ -179,7 +182,7 @@ class RoadSignalTracker(SignalTracker):
 
 
 class FastRoad(FrameStack):
-    """B copies of a road-network scenario (ROAD_TASKS: merge-v1, roundabout-v1), on the CPU or a GPU."""
+    """B copies of a road-network scenario (ROAD_TASKS: merge-v1, roundabout-v1, two-way-v0, u-turn-v1), on the CPU or a GPU."""
 
     def __init__(
         self,
@@ -293,6 +296,11 @@ class FastRoad(FrameStack):
         v = traffic.vehicles
         as32 = [t.to(torch.float32) for t in (v.x, v.y, v.heading, traffic.length, traffic.width)]
         return camera.render(*as32, traffic.present, out=out)
+
+    def goal_reached(self) -> torch.Tensor | None:
+        """(B,) bool: whether each env's ego is at its scenario's goal now (envs.goals; DrivingEnv's
+        info["goal_reached"]); None where the scenario has no goal."""
+        return None if self.task.goal is None else self.task.goal(self.road, self.state)
 
     def available_actions(self, row: int) -> list[int]:
         """DiscreteMetaAction.get_available_actions of env `row`: a lane change only to a lane of the

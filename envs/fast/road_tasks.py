@@ -12,6 +12,8 @@ import torch
 from envs.fast.road_merge import merge_draws, merge_reward, merge_terminated, spawn_merge
 from envs.fast.road_roundabout import crashed_terminated, roundabout_draws, roundabout_reward, spawn_roundabout
 from envs.fast.road_scenario import RoadScenario
+from envs.fast.road_two_way import spawn_two_way, two_way_draws, two_way_reward
+from envs.fast.road_u_turn import spawn_u_turn, u_turn_draws, u_turn_goal, u_turn_reward
 from envs.fast.road_traffic import RoadTraffic
 
 @dataclass(frozen=True)
@@ -21,19 +23,26 @@ class RoadTask:
     draws(seeds) -> the spawn's random draws ((E,) int64 episode seeds, envs.fast.rng); spawn(draws,
     road) -> RoadTraffic (its _make_vehicles); reward(road, traffic, actions) -> ((B,) reward, terms)
     (its _reward and _rewards, after the step); terminated(road, traffic) -> (B,) bool (its
-    _is_terminated); truncates_at_duration: its _is_truncated is time >= config["duration"]."""
+    _is_terminated); truncates_at_duration: its _is_truncated is time >= config["duration"]; goal(road,
+    traffic) -> (B,) bool: envs.goals' check of the scenario (DrivingEnv's info["goal_reached"]), None
+    where the scenario has no goal."""
 
     draws: Callable[[torch.Tensor], torch.Tensor]
     spawn: Callable[[torch.Tensor, RoadScenario], RoadTraffic]
     reward: Callable[[RoadScenario, RoadTraffic, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     terminated: Callable[[RoadScenario, RoadTraffic], torch.Tensor]
     truncates_at_duration: bool
+    goal: Callable[[RoadScenario, RoadTraffic], torch.Tensor] | None = None
 
 
 ROAD_TASKS: dict[str, RoadTask] = {
     "merge-v1": RoadTask(merge_draws, spawn_merge, merge_reward, merge_terminated, truncates_at_duration=False),
     "roundabout-v1": RoadTask(roundabout_draws, spawn_roundabout, roundabout_reward, crashed_terminated,
                               truncates_at_duration=True),
+    "two-way-v0": RoadTask(two_way_draws, spawn_two_way, two_way_reward, crashed_terminated,
+                           truncates_at_duration=False),
+    "u-turn-v1": RoadTask(u_turn_draws, spawn_u_turn, u_turn_reward, crashed_terminated, truncates_at_duration=True,
+                          goal=u_turn_goal),
 }
 SUPPORTED_ROAD_ENV_IDS = tuple(ROAD_TASKS)
 

@@ -77,6 +77,7 @@ class FastStep:
     episode_seeds: torch.Tensor  # (B,) int64: the seed of the episode each env just stepped
     finished: torch.Tensor  # (E,) int64: the envs that ended, ascending
     terminal: Any  # their last observations, (E, ...): what `terminal_observations` made of them
+    goal: torch.Tensor | None = None  # (B,) bool: the ego at its scenario's goal (envs.goals); None without one
 
 
 class FastVecEnv(VecEnv):
@@ -137,6 +138,8 @@ class FastVecEnv(VecEnv):
         terminal_observations: (E,) rows -> their last observations, read before the reset
         (default: `observe_rows_tensor`). One host synchronisation: the finished rows."""
         result = self.sim.step(actions)
+        goal_reached = getattr(self.sim, "goal_reached", None)  # FastRoad's scenarios with a goal (envs.goals)
+        goal = goal_reached() if goal_reached is not None else None  # before the resets
         done = result.terminated | result.truncated  # (B,) bool
         episode_seeds = self.sim.episode_seeds.clone()  # (B,) the episodes just stepped, before resets renumber them
         finished = done.nonzero(as_tuple=True)[0]  # (E,) synchronises: the resets need the rows
@@ -146,7 +149,7 @@ class FastVecEnv(VecEnv):
             self.sim.reset(finished, self.seeds.next(finished))
         return FastStep(
             rewards=result.reward.to(torch.float32), dones=done, time_limit=result.truncated & ~result.terminated,
-            signals=result.signals, episode_seeds=episode_seeds, finished=finished, terminal=terminal,
+            signals=result.signals, episode_seeds=episode_seeds, finished=finished, terminal=terminal, goal=goal,
         )
 
     def host_results(self, step: FastStep) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
@@ -155,10 +158,15 @@ class FastVecEnv(VecEnv):
         columns = host_columns({
             "reward": step.rewards, "done": step.dones, "time_limit": step.time_limit,
             "episode_seed": step.episode_seeds, **{f"safety.{name}": value for name, value in step.signals.items()},
+            **({} if step.goal is None else {"goal_reached": step.goal}),
         })
         reward, done, time_limit, seeds = (columns.pop(key) for key in ("reward", "done", "time_limit", "episode_seed"))
+        goals = columns.pop("goal_reached", None)
         signals = rows_of({name.removeprefix("safety."): values for name, values in columns.items()})
         infos: list[dict[str, Any]] = [{"safety": row, "episode_seed": seed} for row, seed in zip(signals, seeds)]
+        if goals is not None:  # as DrivingEnv's info["goal_reached"]
+            for info, goal in zip(infos, goals):
+                info["goal_reached"] = bool(goal)
         for k, i in enumerate(step.finished.tolist()):  # finished rows, ascending, as `terminal`'s rows
             infos[i]["terminal_observation"] = step.terminal[k]
             infos[i]["TimeLimit.truncated"] = time_limit[i]

@@ -26,6 +26,7 @@ class Episode:
     truncated: tuple[bool, ...]
     signals: tuple[dict, ...]  # reset signals first
     frames: tuple[np.ndarray, ...]  # env.clean_frame (H, W, 3) at reset and after each step
+    goals: tuple[bool | None, ...]  # info.get("goal_reached") after each step (None: no goal)
 
 
 def objects(u) -> list:
@@ -43,7 +44,7 @@ def record_episode(env: DrivingEnv, seed: int, copy_road: Callable[[object], Roa
     start = copy_road(env.sim)
     rng = np.random.default_rng(zlib.crc32(f"{env.scenario.name}/{seed}".encode()))
     actions, available, states, rewards, terms, terminated, truncated = [], [], [], [], [], [], []
-    signals, frames = [info["safety"]], [env.clean_frame.copy()]
+    signals, frames, goals = [info["safety"]], [env.clean_frame.copy()], []
     while True:
         if calm:
             action = int(rng.choice(env.action_space.n, p=calm_policy))
@@ -59,6 +60,7 @@ def record_episode(env: DrivingEnv, seed: int, copy_road: Callable[[object], Roa
         truncated.append(trunc)
         signals.append(info["safety"])
         frames.append(env.clean_frame.copy())
+        goals.append(info.get("goal_reached"))
         if term or trunc:
             return Episode(start, tuple(actions), tuple(available), tuple(states), tuple(rewards), tuple(terms),
-                           tuple(terminated), tuple(truncated), tuple(signals), tuple(frames))
+                           tuple(terminated), tuple(truncated), tuple(signals), tuple(frames), tuple(goals))

@@ -44,7 +44,8 @@ def test_the_fast_backend_simulates_merge_on_fast_road():
     assert isinstance(env.sim, FastRoad) and privileged_simulator(env) is env.sim
 
 
-@pytest.mark.parametrize("name, seed", [("merge", seed) for seed in SEEDS] + [("roundabout", 0), ("roundabout", 1)])
+@pytest.mark.parametrize("name, seed", [("merge", seed) for seed in SEEDS] + [("roundabout", 0), ("roundabout", 1),
+                                                                                    ("two-way", 0), ("two-way", 1), ("u-turn", 0), ("u-turn", 1)])
 def test_views_of_a_fast_road_equal_highway_envs_along_an_episode(name, seed):
     """At every state of a highway-env episode (copied into FastRoad in float64): the scene, the
     ground truth and the available actions are DrivingEnv's."""

@@ -162,9 +162,9 @@ def test_single_env_matches_driving_env_api():
 @pytest.mark.parametrize("name", ["intersection", "exit"])
 def test_unsupported_scenarios_are_refused_with_the_supported_list(name):
     with pytest.raises(UnsupportedScenario,
-                       match="Supported scenarios: highway, highway-dense, highway-noisy, merge, roundabout$"):
+                       match="Supported scenarios: highway, highway-dense, highway-noisy, merge, roundabout, two-way, u-turn$"):
         make_env(name, backend="fast")
-    assert supported_scenarios() == ["highway", "highway-dense", "highway-noisy", "merge", "roundabout"]
+    assert supported_scenarios() == ["highway", "highway-dense", "highway-noisy", "merge", "roundabout", "two-way", "u-turn"]
 
 
 def test_fast_highway_refuses_merge_naming_its_own_scenarios():

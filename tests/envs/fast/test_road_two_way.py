@@ -1,0 +1,344 @@
+"""FastRoad (envs/fast/road_sim.py) on two-way-v0 against highway-env and clearlane's DrivingEnv.
+
+1. Fidelity: DrivingEnv("two-way") reset with a seed, its road copied into a FastRoad row
+   (float64), both stepped with the same seeded actions until the episode ends (the ego crashes,
+   or the scenario's 20 policy steps): every vehicle's position, heading and speed (1e-6), the
+   reward and each reward term (1e-6), terminated and truncated exactly, the safety signals, and
+   at every state the actions DiscreteMetaAction offers; all seeds as rows of one batch. No crawl
+   tolerance: the ego's target speeds are 20-30 m/s, it never slows to a crawl.
+2. Spawn: spawn_two_way reproduces TwoWayEnv._make_vehicles exactly given highway-env's draws
+   (recovered from its vehicles; the order of its draws checked against its generator, and that
+   it draws nothing else); its own draws (envs.fast.rng) have highway-env's distributions over 500
+   seeds; an episode depends on its seed only.
+3. Frames: uint8 of the scenario's shape, like the reference camera's.
+4. The fast backend: FastDrivingEnv and FastVecEnv play two-way episodes (make_env("two-way",
+   backend="fast")); the teacher plans on FastRoad copies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import gymnasium as gym
+import highway_env  # noqa: F401
+import numpy as np
+import pytest
+import torch
+
+from envs import palette
+from envs.driving_env import DrivingEnv
+from envs.fast.road_sim import FastRoad
+from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
+from envs.fast.road_traffic import RoadTraffic
+from envs.fast.road_two_way import TWO_WAY_TRAFFIC, spawn_two_way, two_way_draws
+from envs.fast.simulators import make_simulator, simulator_class
+from envs.fast.vec_env import FastVecEnv
+from envs.registration import make_env
+from scenarios import load_scenario
+from tests.envs.fast.road_episodes import Episode, record_episode
+from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
+from tests.envs.fast.test_road_sim import stack
+from tests.envs.test_fast_camera import MAX_FRAME_MEAN_ABS_DIFF, MAX_MEAN_ABS_DIFF, MIN_VEHICLE_IOU, colour_mask, iou
+
+# The ego cannot go below 20 m/s and the IDM traffic ahead brakes, so most episodes end in a crash:
+# 21 and 29 are seeds where the calm policy reaches the step limit.
+SEEDS = tuple(range(10)) + (21, 29)
+CALM_FROM = 6  # seeds from here drive mostly IDLE / SLOWER, in the right lane
+CALM_POLICY = (0.03, 0.5, 0.07, 0.0, 0.4)  # LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER
+COLUMNS = 6  # the ego, three vehicles ahead, two oncoming
+EXACT = 1e-6
+SPAWN_SEEDS = 500
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+
+
+@functools.lru_cache(maxsize=None)
+def scenario():
+    return load_scenario("two-way")
+
+
+@functools.lru_cache(maxsize=None)
+def simulator(batch: int, render: bool) -> FastRoad:
+    return FastRoad(scenario(), batch, dtype=torch.float64, render=render)
+
+
+@functools.lru_cache(maxsize=None)
+def driving_env() -> DrivingEnv:
+    return DrivingEnv("two-way")
+
+
+def copy_road(sim: FastRoad, u) -> RoadTraffic:
+    return RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], sim.columns, sim.route_slots)
+
+
+@functools.lru_cache(maxsize=None)
+def episode(seed: int) -> Episode:
+    sim = simulator(len(SEEDS), True)
+    return record_episode(driving_env(), seed, lambda u: copy_road(sim, u), calm=seed >= CALM_FROM,
+                          calm_policy=CALM_POLICY)
+
+
+def check_signals(fast: dict[str, torch.Tensor], row: int, expected: dict, where) -> None:
+    """test_road_sim's check: booleans and counts exactly, infinities as such, the rest to 1e-6."""
+    assert set(fast) == set(expected), where
+    for name, value in expected.items():
+        got = fast[name][row].item()
+        if isinstance(value, bool):
+            assert bool(got) == value, (where, name)
+        elif isinstance(value, int):
+            assert int(got) == value, (where, name)
+        elif math.isinf(value):
+            assert got == value, (where, name, got)
+        else:
+            assert got == pytest.approx(value, abs=EXACT), (where, name, got, value)
+
+
+@pytest.fixture(scope="module")
+def replay():
+    """All seeds' episodes replayed as rows of one FastRoad; per row, the fast frames it drew."""
+    sim = simulator(len(SEEDS), True)
+    episodes = [episode(seed) for seed in SEEDS]
+    rows = torch.arange(len(SEEDS))
+    sim.load(rows, stack([e.start for e in episodes]), torch.tensor(SEEDS))
+    reset_stacks = sim.observation().clone()
+    frames = [[sim.clean_frames[b].permute(1, 2, 0).numpy().copy()] for b in range(len(SEEDS))]
+    for b, e in enumerate(episodes):
+        check_signals(sim.reset_signals, b, e.signals[0], (SEEDS[b], "reset"))
+    longest = max(len(e.actions) for e in episodes)
+    for k in range(longest):
+        for b, e in enumerate(episodes):
+            if k < len(e.actions):
+                assert tuple(sim.available_actions(b)) == e.available[k], (SEEDS[b], k)
+        actions = torch.tensor([e.actions[k] if k < len(e.actions) else 1 for e in episodes])
+        result = sim.step(actions)
+        v = sim.state.vehicles
+        fast = torch.stack([v.x, v.y, v.heading, v.speed], dim=-1)  # (B, N, 4)
+        for b, e in enumerate(episodes):
+            if k >= len(e.actions):
+                continue
+            where = (SEEDS[b], k)
+            error = np.abs(fast[b].numpy() - e.states[k]).max()
+            assert error <= EXACT, (where, error)
+            assert float(result.reward[b]) == pytest.approx(e.rewards[k], abs=EXACT), where
+            assert set(result.rewards) == set(e.terms[k]), where
+            for name, value in e.terms[k].items():
+                assert float(result.rewards[name][b]) == pytest.approx(value, abs=EXACT), (where, name)
+            assert bool(result.terminated[b]) == e.terminated[k], where
+            assert bool(result.truncated[b]) == e.truncated[k], where
+            check_signals(result.signals, b, e.signals[k + 1], where)
+            frames[b].append(sim.clean_frames[b].permute(1, 2, 0).numpy().copy())
+    return episodes, reset_stacks, frames
+
+
+def test_a_copied_two_way_road_steps_as_highway_env(replay):
+    episodes, _, _ = replay
+    ends = {"crash": 0, "steps": 0}
+    for e in episodes:
+        assert e.terminated[-1] != e.truncated[-1] or e.terminated[-1]
+        ends["crash" if e.terminated[-1] else "steps"] += 1
+        if e.truncated[-1] and not e.terminated[-1]:
+            assert len(e.actions) == scenario().episode_steps == 20  # max_episode_steps (no duration)
+    # the seeds end both ways, use both lanes and every target speed
+    assert ends["crash"] > 0 and ends["steps"] > 0, ends
+    assert {t["left_lane_reward"] for e in episodes for t in e.terms} == {0.0, 1.0}
+    assert {t["high_speed_reward"] for e in episodes for t in e.terms} == {0.0, 0.5, 1.0}
+    offered = {a for e in episodes for available in e.available for a in available}
+    assert {0, 2} <= offered
+
+
+def test_frames_look_like_the_reference_camera(replay):
+    episodes, reset_stacks, fast_frames = replay
+    sim = simulator(len(SEEDS), True)
+    height, width = scenario().camera.size
+    assert reset_stacks.dtype == torch.uint8
+    assert reset_stacks.shape == (len(SEEDS), 3 * sim.stack, height, width)
+    first = reset_stacks[:, :3]
+    assert all(torch.equal(reset_stacks[:, 3 * i: 3 * i + 3], first) for i in range(sim.stack))
+    fast = np.concatenate([np.stack(f) for f in fast_frames]).astype(int)
+    reference = np.concatenate([np.stack(e.frames) for e in episodes]).astype(int)
+    per_frame = np.abs(fast - reference).mean(axis=(1, 2, 3))
+    assert per_frame.max() <= MAX_FRAME_MEAN_ABS_DIFF, per_frame.max()
+    assert per_frame.mean() <= MAX_MEAN_ABS_DIFF, per_frame.mean()
+    for colour, least in ((palette.EGO_VEHICLE, MIN_REAL_EGO_IOU), (palette.OTHER_VEHICLE, MIN_VEHICLE_IOU)):
+        mask = colour_mask(reference, colour)
+        assert mask.sum() > 50
+        assert iou(colour_mask(fast, colour), mask) >= least, colour
+
+
+def test_episodes_are_truncated_at_the_scenarios_step_limit_only():
+    assert "two-way-v0" in SUPPORTED_ROAD_ENV_IDS
+    sim = simulator(2, False)
+    assert sim.max_steps == 20
+    short = dataclasses.replace(scenario(), max_episode_steps=3)
+    sim = FastRoad(short, 2, dtype=torch.float64, render=False)
+    sim.reset(torch.arange(2), torch.tensor([3, 4]))
+    sim.state.vehicles.x[:, 1:] += 2000.0  # no one to crash into
+    for step in range(1, 5):
+        result = sim.step(torch.ones(2, dtype=torch.long))
+        assert result.truncated.tolist() == [step >= 3] * 2
+        assert not result.terminated.any()
+
+
+def test_the_reward_is_not_zeroed_off_the_road():
+    """TwoWayEnv._reward has no on-road factor: an ego pushed 20 m off its lane earns as on it, as
+    in highway-env (the same displaced state stepped on both)."""
+    env = DrivingEnv("two-way")
+    sim = FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    env.reset(seed=0)
+    env.sim.vehicle.position[1] += 20.0
+    sim.load(torch.zeros(1, dtype=torch.long), copy_road(sim, env.sim))
+    _, reward, _, _, info = env.step(1)
+    result = sim.step(torch.ones(1, dtype=torch.long))
+    assert reward > 0 and info["safety"]["off_road"] and bool(result.signals["off_road"][0])
+    assert float(result.reward[0]) == pytest.approx(reward, abs=EXACT)
+    assert set(result.rewards) == set(info["rewards"])
+    for name, value in info["rewards"].items():
+        assert float(result.rewards[name][0]) == pytest.approx(float(value), abs=EXACT), name
+    env.close()
+
+
+# Spawn.
+
+
+@functools.lru_cache(maxsize=None)
+def highway_env_two_way():
+    return gym.make("two-way-v0", config=scenario().highway_env_config(), disable_env_checker=True)
+
+
+def recovered_draws(u) -> np.ndarray:
+    """The (5, 2) draws (position normal, speed normal) that make spawn_two_way place TwoWayEnv's
+    five vehicles as it did (they have not moved yet)."""
+    draws = []
+    for (lane_index, s, s_deviation, speed, speed_deviation), vehicle in zip(TWO_WAY_TRAFFIC, u.road.vehicles[1:]):
+        longitudinal, _ = u.road.network.get_lane(lane_index).local_coordinates(vehicle.position)
+        draws.append([(longitudinal - s) / s_deviation, (vehicle.speed - speed) / speed_deviation])
+    return np.array(draws)
+
+
+def test_spawn_is_two_way_make_vehicles_given_its_draws():
+    sim, env = simulator(1, False), highway_env_two_way()
+    for seed in range(10):
+        env.reset(seed=seed)
+        u = env.unwrapped
+        assert len(u.road.vehicles) == COLUMNS and not u.road.objects
+        assert not any(v.enable_lane_change for v in u.road.vehicles[1:])
+        draws = recovered_draws(u)
+        # highway-env's own generator, replayed: the draws come in this order, nothing else drawn
+        replayed = gym.utils.seeding.np_random(seed)[0]
+        for normal_s, normal_speed in draws:
+            assert replayed.normal() == pytest.approx(normal_s, abs=1e-9)
+            assert replayed.normal() == pytest.approx(normal_speed, abs=1e-9)
+        assert replayed.bit_generator.state == u.np_random.bit_generator.state
+        copied = copy_road(sim, u)
+        spawned = spawn_two_way(torch.tensor(draws)[None], sim.road)
+        for mine, theirs in [(spawned.vehicles, copied.vehicles), (spawned, copied)]:
+            for f in dataclasses.fields(mine):
+                if f.name == "vehicles":
+                    continue
+                a, b = getattr(mine, f.name), getattr(theirs, f.name)
+                assert a.shape == b.shape and a.dtype == b.dtype, (seed, f.name)
+                if a.dtype.is_floating_point:
+                    assert torch.allclose(a, b, atol=1e-9, rtol=0), (seed, f.name, a, b)
+                else:
+                    assert torch.equal(a, b), (seed, f.name, a, b)
+
+
+def test_spawn_has_highway_envs_distributions():
+    sim, env = simulator(1, False), highway_env_two_way()
+    reference_draws, reference = [], []
+    for seed in range(SPAWN_SEEDS):
+        env.reset(seed=seed)
+        u = env.unwrapped
+        reference_draws.append(recovered_draws(u))
+        reference.append([[o.position[0], o.position[1], o.speed] for o in u.road.vehicles])
+    reference_draws, reference = np.array(reference_draws), np.array(reference)  # (S, 5, 2), (S, N, 3)
+    seeds = torch.arange(10**6, 10**6 + SPAWN_SEEDS)
+    draws = two_way_draws(seeds).numpy()
+    fast = sim.spawn(seeds)
+    v = fast.vehicles
+    mine = torch.stack([v.x, v.y, v.speed], dim=-1).numpy()
+    assert np.allclose(mine[:, 0], reference[:, 0], atol=1e-12)  # the ego: position, speed
+    for n, (_, _, s_deviation, _, speed_deviation) in enumerate(TWO_WAY_TRAFFIC):
+        for k in (0, 1):  # the normals: mean 0, standard deviation 1
+            a, b = draws[:, n, k], reference_draws[:, n, k]
+            se = math.sqrt(2 / SPAWN_SEEDS)
+            assert abs(a.mean() - b.mean()) < 4.5 * se, (n, k, a.mean(), b.mean())
+            assert abs(a.std() - b.std()) < 0.12, (n, k, a.std(), b.std())
+        # what the draws make: x (the lanes are along x), y (the lane's), speeds
+        for column, spread in ((0, s_deviation), (2, speed_deviation)):
+            a, b = mine[:, n + 1, column], reference[:, n + 1, column]
+            assert abs(a.mean() - b.mean()) < 4.5 * spread * math.sqrt(2 / SPAWN_SEEDS), (n, column)
+            assert abs(a.std() - b.std()) < 0.12 * spread, (n, column)
+        assert np.array_equal(mine[:, n + 1, 1], reference[:, n + 1, 1])
+    assert (fast.delta == 4).all() and not fast.lane_change.any()
+
+
+def test_an_episode_depends_on_its_seed_only():
+    big, small = simulator(4, False), FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    big.reset(torch.arange(4), torch.tensor([5, 6, 7, 8]))
+    big.reset(torch.tensor([2, 0]), torch.tensor([42, 7]))
+    small.reset(torch.tensor([0]), torch.tensor([42]))
+    for a in [3, 0, 1, 2, 4, 1]:
+        r_big = big.step(torch.full((4,), a))
+        r_small = small.step(torch.tensor([a]))
+        assert torch.equal(big.state.vehicles.x[2], small.state.vehicles.x[0])
+        assert torch.equal(r_big.reward[2:3], r_small.reward)
+    assert not torch.equal(big.state.vehicles.x[0], big.state.vehicles.x[2])
+
+
+def test_a_float32_spawn_is_the_float64_spawn_rounded():
+    seeds = torch.arange(20)
+    wide, narrow = simulator(1, False).spawn(seeds), FastRoad(scenario(), 1, render=False).spawn(seeds)
+    assert torch.equal(wide.vehicles.lane, narrow.vehicles.lane)
+    assert torch.equal(wide.vehicles.target_lane, narrow.vehicles.target_lane)
+    assert torch.allclose(wide.vehicles.x.float(), narrow.vehicles.x) and narrow.vehicles.x.dtype == torch.float32
+
+
+# The fast backend.
+
+
+def test_fast_driving_env_plays_two_way_episodes():
+    assert simulator_class(scenario()) is FastRoad
+    assert isinstance(make_simulator(scenario(), 2, render=False), FastRoad)
+    env = make_env("two-way", backend="fast")
+    assert isinstance(env.sim, FastRoad)
+    observation, info = env.reset(seed=0)
+    assert observation.shape == env.observation_space.shape == (3 * env.sim.stack, *scenario().camera.size)
+    assert set(info) >= {"safety", "ground_truth", "episode_seed"} and info["episode_seed"] == 0
+    assert len(env.scene().speeds) == COLUMNS
+    steps = 0
+    for steps in range(1, scenario().episode_steps + 1):
+        _, reward, terminated, truncated, info = env.step(1)
+        assert set(info["rewards"]) == {"high_speed_reward", "left_lane_reward"}
+        if terminated or truncated:
+            break
+    assert terminated or (truncated and steps == 20)
+
+
+def test_fast_vec_env_on_two_way_resets_finished_envs():
+    env = FastVecEnv(scenario(), 4)
+    env.seed(100)
+    first = env.reset()
+    shape = (3 * env.sim.stack, *scenario().camera.size)
+    assert first.shape == (4, *shape) and [info["episode_seed"] for info in env.reset_infos] == [100, 101, 102, 103]
+    ended = []
+    for _ in range(2 * scenario().episode_steps):
+        observations, rewards, dones, infos = env.step(np.full(4, 3, dtype=np.int64))  # FASTER
+        for i in np.flatnonzero(dones):
+            assert infos[i]["terminal_observation"].shape == shape
+            ended.append(infos[i]["TimeLimit.truncated"])
+    assert observations.shape == (4, *shape) and rewards.dtype == np.float32
+    assert len(ended) >= 4
+
+
+def test_the_teacher_plans_on_fast_two_way_copies():
+    from agents.teacher import LookaheadTeacher, best_actions
+
+    env = FastVecEnv(scenario(), 2, render=False)
+    env.reset()
+    teacher = LookaheadTeacher(env.sim)
+    values = teacher.action_values()
+    assert values.shape == (2, 5) and torch.isfinite(values).all()
+    assert torch.equal(teacher.act(), best_actions(values))

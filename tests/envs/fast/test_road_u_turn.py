@@ -1,0 +1,408 @@
+"""FastRoad (envs/fast/road_sim.py) on u-turn-v1 against highway-env and clearlane's DrivingEnv.
+
+1. Fidelity: DrivingEnv("u-turn") reset with a seed, its road (routes included) copied into a
+   FastRoad row (float64), both stepped with the same seeded actions until the episode ends (the
+   ego crashes, or the 10 s duration): every vehicle's position, heading and speed (1e-6), the
+   reward and each reward term (1e-6), terminated and truncated exactly, the safety signals, and
+   at every state the actions DiscreteMetaAction offers, and envs.goals' goal (info["goal_reached"],
+   FastRoad.goal_reached); all seeds as rows of one batch. Some IDM
+   vehicles spawn crawling (4.5 + 2 N m/s on the U-turn) or brake to a crawl behind them; there
+   highway-env's lateral loop amplifies round-off about 100x per policy step, so a row is
+   re-synchronised with highway-env after each step where one of its vehicles crawls (CRAWL_MPS).
+2. Spawn: spawn_u_turn reproduces UTurnEnv._make_vehicles exactly given highway-env's draws
+   (recovered from its vehicles; the order of its draws checked against its generator, and that
+   it draws nothing else); its own draws (envs.fast.rng) have highway-env's distributions over 500
+   seeds; an episode depends on its seed only.
+3. Frames: uint8 of the scenario's shape, like the reference camera's.
+4. The fast backend: FastDrivingEnv and FastVecEnv play u-turn episodes (make_env("u-turn",
+   backend="fast")); the teacher plans on FastRoad copies with routes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import gymnasium as gym
+import highway_env  # noqa: F401
+import numpy as np
+import pytest
+import torch
+
+from envs import palette
+from envs.driving_env import DrivingEnv
+from envs.fast.road_sim import FastRoad
+from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
+from envs.fast.road_traffic import RoadTraffic
+from envs.fast.road_roundabout import IDM_DELTA_RANGE
+from envs.fast.road_u_turn import (
+    U_TURN_POSITION_DEVIATION_M,
+    U_TURN_SPEED_DEVIATION_MPS,
+    U_TURN_TRAFFIC,
+    spawn_u_turn,
+    u_turn_draws,
+)
+from envs.fast.simulators import make_simulator, simulator_class
+from envs.fast.vec_env import FastVecEnv
+from envs.registration import make_env
+from scenarios import load_scenario
+from tests.envs.fast.road_episodes import Episode, record_episode
+from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
+from tests.envs.fast.test_road_sim import stack
+from tests.envs.test_fast_camera import MAX_FRAME_MEAN_ABS_DIFF, MAX_MEAN_ABS_DIFF, MIN_VEHICLE_IOU, colour_mask, iou
+
+SEEDS = tuple(range(12))
+CALM_FROM = 6  # seeds from here drive mostly IDLE / SLOWER (so that some episodes run to the duration)
+CALM_POLICY = (0.05, 0.5, 0.05, 0.0, 0.4)  # LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER
+COLUMNS = 7  # the ego, six IDM vehicles
+EXACT = 1e-6
+# Below about 0.5 m/s highway-env's lateral loop (heading command arcsin(lateral speed / speed))
+# amplifies round-off about 100x per policy step (a 2e-12 m difference after the first step of a
+# vehicle spawned at 0.45 m/s is 2e-5 m four steps later, 3e-3 m six steps later). As in
+# test_road_roundabout.py, after each policy step where any vehicle of a row moves slower than
+# CRAWL_MPS (before or after the step) the row's vehicles are re-synchronised with highway-env;
+# unlike there, no looser tolerance is needed: within one step the difference stays ~1e-12, so
+# states, rewards and signals are all compared to EXACT.
+CRAWL_MPS = 0.5
+SPAWN_SEEDS = 500
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+
+
+@functools.lru_cache(maxsize=None)
+def scenario():
+    return load_scenario("u-turn")
+
+
+@functools.lru_cache(maxsize=None)
+def simulator(batch: int, render: bool) -> FastRoad:
+    return FastRoad(scenario(), batch, dtype=torch.float64, render=render)
+
+
+@functools.lru_cache(maxsize=None)
+def driving_env() -> DrivingEnv:
+    return DrivingEnv("u-turn")
+
+
+def copy_road(sim: FastRoad, u) -> RoadTraffic:
+    return RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], sim.columns, sim.route_slots)
+
+
+@functools.lru_cache(maxsize=None)
+def episode(seed: int) -> Episode:
+    sim = simulator(len(SEEDS), True)
+    return record_episode(driving_env(), seed, lambda u: copy_road(sim, u), calm=seed >= CALM_FROM,
+                          calm_policy=CALM_POLICY)
+
+
+def check_signals(fast: dict[str, torch.Tensor], row: int, expected: dict, where) -> None:
+    """test_road_sim's check: booleans and counts exactly, infinities as such, the rest to 1e-6."""
+    assert set(fast) == set(expected), where
+    for name, value in expected.items():
+        got = fast[name][row].item()
+        if isinstance(value, bool):
+            assert bool(got) == value, (where, name)
+        elif isinstance(value, int):
+            assert int(got) == value, (where, name)
+        elif math.isinf(value):
+            assert got == value, (where, name, got)
+        else:
+            assert got == pytest.approx(value, abs=EXACT), (where, name, got, value)
+
+
+@pytest.fixture(scope="module")
+def replay():
+    """All seeds' episodes replayed as rows of one FastRoad; per row, the fast frames it drew."""
+    sim = simulator(len(SEEDS), True)
+    episodes = [episode(seed) for seed in SEEDS]
+    rows = torch.arange(len(SEEDS))
+    sim.load(rows, stack([e.start for e in episodes]), torch.tensor(SEEDS))
+    reset_stacks = sim.observation().clone()
+    frames = [[sim.clean_frames[b].permute(1, 2, 0).numpy().copy()] for b in range(len(SEEDS))]
+    for b, e in enumerate(episodes):
+        check_signals(sim.reset_signals, b, e.signals[0], (SEEDS[b], "reset"))
+    longest = max(len(e.actions) for e in episodes)
+    crawled = [False] * len(SEEDS)
+    for k in range(longest):
+        for b, e in enumerate(episodes):
+            if k < len(e.actions):
+                assert tuple(sim.available_actions(b)) == e.available[k], (SEEDS[b], k)
+        before = sim.state.vehicles.speed.abs().min(dim=1).values.clone()
+        actions = torch.tensor([e.actions[k] if k < len(e.actions) else 1 for e in episodes])
+        result = sim.step(actions)
+        goal = sim.goal_reached()
+        v = sim.state.vehicles
+        fast = torch.stack([v.x, v.y, v.heading, v.speed], dim=-1)  # (B, N, 4)
+        for b, e in enumerate(episodes):
+            if k >= len(e.actions):
+                continue
+            where = (SEEDS[b], k)
+            error = np.abs(fast[b].numpy() - e.states[k]).max()
+            crawl = min(float(before[b]), np.abs(e.states[k][:, 3]).min()) < CRAWL_MPS
+            crawled[b] |= crawl
+            assert error <= EXACT, (where, error)
+            if crawl:  # re-synchronise
+                for i, name in enumerate(("x", "y", "heading", "speed")):
+                    getattr(v, name)[b] = torch.as_tensor(e.states[k][:, i])
+            assert float(result.reward[b]) == pytest.approx(e.rewards[k], abs=EXACT), where
+            assert set(result.rewards) == set(e.terms[k]), where
+            for name, value in e.terms[k].items():
+                assert float(result.rewards[name][b]) == pytest.approx(value, abs=EXACT), (where, name)
+            assert bool(result.terminated[b]) == e.terminated[k], where
+            assert bool(result.truncated[b]) == e.truncated[k], where
+            check_signals(result.signals, b, e.signals[k + 1], where)
+            assert bool(goal[b]) == e.goals[k], where
+            frames[b].append(sim.clean_frames[b].permute(1, 2, 0).numpy().copy())
+    assert any(crawled) and not all(crawled), crawled  # (SEEDS cover both)
+    return episodes, reset_stacks, frames
+
+
+def test_a_copied_u_turn_road_steps_as_highway_env(replay):
+    episodes, _, _ = replay
+    ends = {"crash": 0, "time": 0}
+    for e in episodes:
+        assert e.terminated[-1] != e.truncated[-1] or e.terminated[-1]
+        ends["crash" if e.terminated[-1] else "time"] += 1
+        if e.truncated[-1] and not e.terminated[-1]:
+            assert len(e.actions) == scenario().episode_steps == 10  # duration 10 s at 1 Hz
+    # the seeds end both ways, use both lanes and several speeds
+    assert ends["crash"] > 0 and ends["time"] > 0, ends
+    assert {t["left_lane_reward"] for e in episodes for t in e.terms} == {0.0, 1.0}
+    assert len({t["high_speed_reward"] for e in episodes for t in e.terms}) > 10
+    offered = {a for e in episodes for available in e.available for a in available}
+    assert {0, 2} <= offered
+
+
+def test_frames_look_like_the_reference_camera(replay):
+    episodes, reset_stacks, fast_frames = replay
+    sim = simulator(len(SEEDS), True)
+    height, width = scenario().camera.size
+    assert reset_stacks.dtype == torch.uint8
+    assert reset_stacks.shape == (len(SEEDS), 3 * sim.stack, height, width)
+    first = reset_stacks[:, :3]
+    assert all(torch.equal(reset_stacks[:, 3 * i: 3 * i + 3], first) for i in range(sim.stack))
+    fast = np.concatenate([np.stack(f) for f in fast_frames]).astype(int)
+    reference = np.concatenate([np.stack(e.frames) for e in episodes]).astype(int)
+    per_frame = np.abs(fast - reference).mean(axis=(1, 2, 3))
+    assert per_frame.max() <= MAX_FRAME_MEAN_ABS_DIFF, per_frame.max()
+    assert per_frame.mean() <= MAX_MEAN_ABS_DIFF, per_frame.mean()
+    for colour, least in ((palette.EGO_VEHICLE, MIN_REAL_EGO_IOU), (palette.OTHER_VEHICLE, MIN_VEHICLE_IOU)):
+        mask = colour_mask(reference, colour)
+        assert mask.sum() > 50
+        assert iou(colour_mask(fast, colour), mask) >= least, colour
+
+
+def test_episodes_are_truncated_at_the_duration_or_the_scenarios_step_limit():
+    assert "u-turn-v1" in SUPPORTED_ROAD_ENV_IDS
+    sim = simulator(2, False)
+    assert sim.max_steps == 10
+    short = dataclasses.replace(scenario(), max_episode_steps=3)
+    sim = FastRoad(short, 2, dtype=torch.float64, render=False)
+    sim.reset(torch.arange(2), torch.tensor([3, 4]))
+    sim.state.vehicles.x[:, 1:] += 1000.0  # no one to crash into
+    for step in range(1, 5):
+        result = sim.step(torch.ones(2, dtype=torch.long))
+        assert result.truncated.tolist() == [step >= 3] * 2
+        assert not result.terminated.any()
+
+
+def test_the_reward_is_zero_off_the_road():
+    """_reward multiplies by on_road_reward: an ego pushed 20 m off its lane earns nothing, as in
+    highway-env (the same displaced state stepped on both)."""
+    env = DrivingEnv("u-turn")
+    sim = FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    env.reset(seed=0)
+    env.sim.vehicle.position[1] += 20.0
+    sim.load(torch.zeros(1, dtype=torch.long), copy_road(sim, env.sim))
+    _, reward, _, _, info = env.step(1)
+    result = sim.step(torch.ones(1, dtype=torch.long))
+    assert info["rewards"]["on_road_reward"] == 0 and reward == 0.0 and info["safety"]["off_road"]
+    assert float(result.rewards["on_road_reward"][0]) == 0.0 and float(result.reward[0]) == 0.0
+    assert bool(result.signals["off_road"][0])
+    assert set(result.rewards) == set(info["rewards"])
+    for name, value in info["rewards"].items():
+        assert float(result.rewards[name][0]) == pytest.approx(float(value), abs=EXACT), name
+    env.close()
+
+
+def test_the_goal_is_the_straight_after_the_turn():
+    """envs.goals' u-turn goal (the ego on ("c", "d")) as DrivingEnv reports it. Within the 10 s the
+    recorded episodes never get there (191 m from the start to the straight, at 8-24 m/s behind
+    blocking traffic), so the ego is placed on the straight and on the turn and stepped on both."""
+    env = DrivingEnv("u-turn")
+    sim = FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    for lane_index, s, reached in ((("c", "d", 1), 60.0, True), (("b", "c", 0), 20.0, False)):
+        env.reset(seed=1)
+        u = env.sim
+        for other in u.road.vehicles[1:]:
+            other.position[0] += 1000.0  # out of the way
+        lane = u.road.network.get_lane(lane_index)
+        u.vehicle.position, u.vehicle.heading = lane.position(s, 0.0), lane.heading_at(s)
+        sim.load(torch.zeros(1, dtype=torch.long), copy_road(sim, u))
+        _, _, _, _, info = env.step(1)
+        sim.step(torch.ones(1, dtype=torch.long))
+        assert info["goal_reached"] is reached
+        assert sim.goal_reached().tolist() == [reached]
+    env.close()
+
+
+# Spawn.
+
+
+@functools.lru_cache(maxsize=None)
+def highway_env_u_turn():
+    return gym.make("u-turn-v1", config=scenario().highway_env_config(), disable_env_checker=True)
+
+
+def recovered_draws(u) -> np.ndarray:
+    """The (6, 3) draws (position normal, speed normal, DELTA uniform: the first vehicle's, 0.5 for
+    the others) that make spawn_u_turn place UTurnEnv's six vehicles as it did (they have not moved
+    yet)."""
+    draws = []
+    for n, ((lane_index, s, speed), vehicle) in enumerate(zip(U_TURN_TRAFFIC, u.road.vehicles[1:])):
+        longitudinal, _ = u.road.network.get_lane(lane_index).local_coordinates(vehicle.position)
+        delta = (vehicle.DELTA - IDM_DELTA_RANGE[0]) / (IDM_DELTA_RANGE[1] - IDM_DELTA_RANGE[0]) if n == 0 else 0.5
+        draws.append([(longitudinal - s) / U_TURN_POSITION_DEVIATION_M,
+                      (vehicle.speed - speed) / U_TURN_SPEED_DEVIATION_MPS, delta])
+    return np.array(draws)
+
+
+def test_spawn_is_u_turn_make_vehicles_given_its_draws():
+    sim, env = simulator(1, False), highway_env_u_turn()
+    for seed in range(10):
+        env.reset(seed=seed)
+        u = env.unwrapped
+        assert len(u.road.vehicles) == COLUMNS and not u.road.objects
+        assert all(v.enable_lane_change for v in u.road.vehicles[1:])
+        assert [v.DELTA for v in u.road.vehicles[2:]] == [4.0] * 5
+        draws = recovered_draws(u)
+        # highway-env's own generator, replayed: the draws come in this order, nothing else drawn
+        replayed = gym.utils.seeding.np_random(seed)[0]
+        for n, (normal_s, normal_speed, delta_u) in enumerate(draws):
+            assert replayed.normal() == pytest.approx(normal_s, abs=1e-9)
+            assert replayed.normal() == pytest.approx(normal_speed, abs=1e-9)
+            if n == 0:  # randomize_behavior
+                assert replayed.uniform(*IDM_DELTA_RANGE) - IDM_DELTA_RANGE[0] == pytest.approx(delta_u, abs=1e-12)
+        assert replayed.bit_generator.state == u.np_random.bit_generator.state
+        copied = copy_road(sim, u)
+        spawned = spawn_u_turn(torch.tensor(draws)[None], sim.road)
+        for mine, theirs in [(spawned.vehicles, copied.vehicles), (spawned, copied)]:
+            for f in dataclasses.fields(mine):
+                if f.name == "vehicles":
+                    continue
+                a, b = getattr(mine, f.name), getattr(theirs, f.name)
+                assert a.shape == b.shape and a.dtype == b.dtype, (seed, f.name)
+                if a.dtype.is_floating_point:
+                    assert torch.allclose(a, b, atol=1e-9, rtol=0), (seed, f.name, a, b)
+                else:
+                    assert torch.equal(a, b), (seed, f.name, a, b)
+
+
+def test_spawn_has_highway_envs_distributions():
+    sim, env = simulator(1, False), highway_env_u_turn()
+    reference_draws, reference = [], []
+    for seed in range(SPAWN_SEEDS):
+        env.reset(seed=seed)
+        u = env.unwrapped
+        reference_draws.append(recovered_draws(u))
+        reference.append([[o.position[0], o.position[1], o.speed, len(o.route)] for o in u.road.vehicles])
+    reference_draws, reference = np.array(reference_draws), np.array(reference)  # (S, 6, 3), (S, N, 4)
+    seeds = torch.arange(10**6, 10**6 + SPAWN_SEEDS)
+    draws = u_turn_draws(seeds).numpy()
+    fast = sim.spawn(seeds)
+    v = fast.vehicles
+    routes = (v.route_edge >= 0).sum(-1).double()
+    mine = torch.stack([v.x, v.y, v.speed, routes], dim=-1).numpy()
+    assert np.allclose(mine[:, 0], reference[:, 0], atol=1e-12)  # the ego: position, speed, route
+    se = math.sqrt(2 / SPAWN_SEEDS)
+    for n in range(len(U_TURN_TRAFFIC)):
+        for k in (0, 1):  # the normals: mean 0, standard deviation 1
+            a, b = draws[:, n, k], reference_draws[:, n, k]
+            assert abs(a.mean() - b.mean()) < 4.5 * se, (n, k, a.mean(), b.mean())
+            assert abs(a.std() - b.std()) < 0.12, (n, k, a.std(), b.std())
+        # what the draws make: speeds, positions and route lengths
+        a, b = mine[:, n + 1, 2], reference[:, n + 1, 2]
+        assert abs(a.mean() - b.mean()) < 4.5 * U_TURN_SPEED_DEVIATION_MPS * se, n
+        assert abs(mine[:, n + 1, 3].mean() - reference[:, n + 1, 3].mean()) < 0.5, n
+        spread = np.hypot(mine[:, n + 1, 0] - mine[:, n + 1, 0].mean(), mine[:, n + 1, 1] - mine[:, n + 1, 1].mean())
+        spread_ref = np.hypot(reference[:, n + 1, 0] - reference[:, n + 1, 0].mean(),
+                              reference[:, n + 1, 1] - reference[:, n + 1, 1].mean())
+        assert abs(spread.mean() - spread_ref.mean()) < 0.3, (n, spread.mean(), spread_ref.mean())
+    a, b = draws[:, 0, 2], reference_draws[:, 0, 2]  # the first vehicle's DELTA uniform
+    assert abs(a.mean() - b.mean()) < 4.5 * math.sqrt(2 / 12 / SPAWN_SEEDS) and a.min() >= 0 and a.max() < 1
+    delta = fast.delta.numpy()
+    assert (delta[:, 1] >= IDM_DELTA_RANGE[0]).all() and (delta[:, 1] < IDM_DELTA_RANGE[1]).all()
+    assert (np.delete(delta, 1, axis=1) == 4).all() and fast.lane_change[:, 1:].all()
+
+
+def test_an_episode_depends_on_its_seed_only():
+    big, small = simulator(4, False), FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    big.reset(torch.arange(4), torch.tensor([5, 6, 7, 8]))
+    big.reset(torch.tensor([2, 0]), torch.tensor([42, 7]))
+    small.reset(torch.tensor([0]), torch.tensor([42]))
+    for a in [3, 0, 1, 2, 4, 1]:
+        r_big = big.step(torch.full((4,), a))
+        r_small = small.step(torch.tensor([a]))
+        assert torch.equal(big.state.vehicles.x[2], small.state.vehicles.x[0])
+        assert torch.equal(big.state.vehicles.route_cursor[2], small.state.vehicles.route_cursor[0])
+        assert torch.equal(r_big.reward[2:3], r_small.reward)
+    assert not torch.equal(big.state.vehicles.x[0], big.state.vehicles.x[2])
+
+
+def test_a_float32_spawn_is_the_float64_spawn_rounded():
+    seeds = torch.arange(20)
+    wide, narrow = simulator(1, False).spawn(seeds), FastRoad(scenario(), 1, render=False).spawn(seeds)
+    assert torch.equal(wide.vehicles.lane, narrow.vehicles.lane)
+    assert torch.equal(wide.vehicles.route_edge, narrow.vehicles.route_edge)
+    assert torch.allclose(wide.vehicles.x.float(), narrow.vehicles.x) and narrow.vehicles.x.dtype == torch.float32
+
+
+# The fast backend.
+
+
+def test_fast_driving_env_plays_u_turn_episodes():
+    assert simulator_class(scenario()) is FastRoad
+    assert isinstance(make_simulator(scenario(), 2, render=False), FastRoad)
+    env = make_env("u-turn", backend="fast")
+    assert isinstance(env.sim, FastRoad)
+    observation, info = env.reset(seed=0)
+    assert observation.shape == env.observation_space.shape == (3 * env.sim.stack, *scenario().camera.size)
+    assert set(info) >= {"safety", "ground_truth", "episode_seed"} and info["episode_seed"] == 0
+    assert len(env.scene().speeds) == COLUMNS
+    steps = 0
+    for steps in range(1, scenario().episode_steps + 1):
+        _, reward, terminated, truncated, info = env.step(1)
+        assert set(info["rewards"]) == {"collision_reward", "left_lane_reward", "high_speed_reward", "on_road_reward"}
+        assert isinstance(info["goal_reached"], bool)
+        if terminated or truncated:
+            break
+    assert terminated or (truncated and steps == 10)
+
+
+def test_fast_vec_env_on_u_turn_resets_finished_envs():
+    env = FastVecEnv(scenario(), 4)
+    env.seed(100)
+    first = env.reset()
+    shape = (3 * env.sim.stack, *scenario().camera.size)
+    assert first.shape == (4, *shape) and [info["episode_seed"] for info in env.reset_infos] == [100, 101, 102, 103]
+    ended = []
+    for _ in range(2 * scenario().episode_steps):
+        observations, rewards, dones, infos = env.step(np.full(4, 3, dtype=np.int64))  # FASTER
+        for i in np.flatnonzero(dones):
+            assert infos[i]["terminal_observation"].shape == shape
+            ended.append(infos[i]["TimeLimit.truncated"])
+        assert all(isinstance(info["goal_reached"], bool) for info in infos)
+    assert observations.shape == (4, *shape) and rewards.dtype == np.float32
+    assert len(ended) >= 4
+
+
+def test_the_teacher_plans_on_fast_u_turn_copies():
+    from agents.teacher import LookaheadTeacher, best_actions
+
+    env = FastVecEnv(scenario(), 2, render=False)
+    env.reset()
+    teacher = LookaheadTeacher(env.sim)
+    values = teacher.action_values()
+    assert values.shape == (2, 5) and torch.isfinite(values).all()
+    assert torch.equal(teacher.act(), best_actions(values))
