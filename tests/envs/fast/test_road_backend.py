@@ -44,8 +44,11 @@ def test_the_fast_backend_simulates_merge_on_fast_road():
     assert isinstance(env.sim, FastRoad) and privileged_simulator(env) is env.sim
 
 
-@pytest.mark.parametrize("name, seed", [("merge", seed) for seed in SEEDS] + [("roundabout", 0), ("roundabout", 1),
-                                                                                    ("two-way", 0), ("two-way", 1), ("u-turn", 0), ("u-turn", 1)])
+VIEW_EPISODES = [("merge", seed) for seed in SEEDS] + [
+    (name, seed) for name in ("roundabout", "two-way", "u-turn") for seed in (0, 1)]
+
+
+@pytest.mark.parametrize("name, seed", VIEW_EPISODES)
 def test_views_of_a_fast_road_equal_highway_envs_along_an_episode(name, seed):
     """At every state of a highway-env episode (copied into FastRoad in float64): the scene, the
     ground truth and the available actions are DrivingEnv's."""
@@ -59,11 +62,11 @@ def test_views_of_a_fast_road_equal_highway_envs_along_an_episode(name, seed):
         u = env.sim
         sim.load(row, RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], sim.columns, sim.route_slots))
         ours, theirs = sim.scenes([0])[0], env.scene()
-        for name in ("positions", "headings", "speeds", "lengths", "widths"):
-            np.testing.assert_allclose(getattr(ours, name), getattr(theirs, name), atol=1e-9, err_msg=name)
+        for column in ("positions", "headings", "speeds", "lengths", "widths"):
+            np.testing.assert_allclose(getattr(ours, column), getattr(theirs, column), atol=1e-9, err_msg=column)
         truth = privileged_state(ours, sim.ego_lane_width(0), sim.ego_lane_numbers([0])[0])
-        for name, value in info["ground_truth"].items():
-            np.testing.assert_allclose(truth[name], value, atol=1e-5, err_msg=name)
+        for label, value in info["ground_truth"].items():
+            np.testing.assert_allclose(truth[label], value, atol=1e-5, err_msg=label)
         available = u.action_type.get_available_actions()
         assert sim.available_actions(0) == available
         checked_lane_changes += len({0, 2} & set(available))
@@ -72,7 +75,8 @@ def test_views_of_a_fast_road_equal_highway_envs_along_an_episode(name, seed):
         if terminated or truncated:
             break
     env.close()
-    assert checked_lane_changes > 0 or name == "roundabout"  # merge's states offered lane changes
+    if name == "merge":
+        assert checked_lane_changes > 0  # some of merge's states offered a lane change
 
 
 def test_fast_driving_env_on_merge_plays_episodes_with_drivingenvs_info():
