@@ -12,14 +12,13 @@ Columns follow road.vehicles + road.objects: ego, the three, the merging vehicle
 
 from __future__ import annotations
 
-import math
 
 import torch
 
 from envs.fast import rng
 from envs.fast.lanes import LaneGraph
-from envs.fast.road_motion import ControlledVehicles
-from envs.fast.road_scenario import VEHICLE_LENGTH_M, VEHICLE_WIDTH_M, RoadScenario, lane_change_actions
+from envs.fast.road_scenario import (
+    IDM_DELTA, VEHICLE_LENGTH_M, VEHICLE_WIDTH_M, RoadScenario, lane_change_actions, spawned_traffic)
 from envs.fast.road_traffic import RoadTraffic
 from envs.fast.spawn import SPAWN_STREAM, speed_to_index
 
@@ -89,37 +88,12 @@ def spawn_merge(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:
     target_speed[:, 0] = target_speeds[speed_index[:, 0]]  # MDPVehicle: index_to_speed(speed_to_index(speed))
     target_speed[:, -2] = MERGING_TARGET_SPEED_MPS
     target_speed[:, -1] = 0.0  # the obstacle is not a ControlledVehicle
-    # IDMVehicle: timer = (sum(position) * pi) % LANE_CHANGE_DELAY; 0 for the ego and the obstacle
-    timer = torch.remainder((x + y) * math.pi, road.rules.idm.lane_change_delay)
-    timer = torch.where(ego | obstacle, torch.zeros_like(timer), timer)
-    dtype = graph.length.dtype
-    no_route = torch.zeros((envs, columns, 0), dtype=torch.int64, device=device)
-    zeros = torch.zeros((envs, columns), dtype=dtype, device=device)
-    vehicles = ControlledVehicles(
-        x=x.to(dtype), y=y.to(dtype), heading=heading.to(dtype), speed=speed.to(dtype), lane=lane,
-        target_lane=lane.clone(), target_speed=target_speed.to(dtype), speed_index=speed_index,
-        route_edge=no_route, route_lane=no_route.clone(),
-        route_cursor=torch.zeros((envs, columns), dtype=torch.int64, device=device),
-        steering=zeros.clone(), acceleration=zeros.clone(),
-    )  # fmt: skip
-    idm = ~ego & ~obstacle
-    size = torch.where(obstacle, OBSTACLE_SIZE_M, VEHICLE_LENGTH_M).to(dtype)
-    return RoadTraffic(
-        vehicles=vehicles,
-        delta=torch.full_like(zeros, 4.0),  # IDMVehicle.DELTA: merge never calls randomize_behavior
-        timer=timer.to(dtype),
-        lane_change=idm,
-        crashed=torch.zeros_like(ego),
-        impact=torch.zeros((envs, columns, 2), dtype=dtype, device=device),
-        impact_pending=torch.zeros_like(ego),
-        present=torch.ones_like(ego),
-        is_object=obstacle,
-        rank=torch.arange(columns, device=device).expand(envs, columns).clone(),
-        length=size,
-        width=torch.where(obstacle, OBSTACLE_SIZE_M, VEHICLE_WIDTH_M).to(dtype),
-        yielding=torch.zeros_like(ego),
-        yield_timer=torch.zeros((envs, columns), dtype=torch.int64, device=device),
-        road_steps=torch.zeros(envs, dtype=torch.int64, device=device),
+    return spawned_traffic(
+        road, x, y, heading, speed, lane, target_speed, speed_index,
+        delta=torch.full_like(x, IDM_DELTA),  # IDMVehicle.DELTA: merge never calls randomize_behavior
+        lane_change=~ego & ~obstacle, is_object=obstacle,
+        length=torch.where(obstacle, OBSTACLE_SIZE_M, VEHICLE_LENGTH_M).to(x),
+        width=torch.where(obstacle, OBSTACLE_SIZE_M, VEHICLE_WIDTH_M).to(x),
     )
 
 

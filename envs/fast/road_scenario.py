@@ -5,16 +5,19 @@ conventions every road-network task shares (vehicle size, DiscreteMetaAction's i
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
 
 from envs.fast.lanes import LaneGraph
-from envs.fast.road_motion import action_codes
-from envs.fast.road_traffic import RoadRules
+from envs.fast.road_motion import ControlledVehicles, action_codes
+from envs.fast.road_traffic import RoadRules, RoadTraffic
 from scenarios import Scenario
 
 VEHICLE_LENGTH_M, VEHICLE_WIDTH_M = 5.0, 2.0  # highway-env's Vehicle.LENGTH, WIDTH
+IDM_DELTA_RANGE = (3.5, 4.5)  # IDMVehicle.DELTA_RANGE: randomize_behavior's uniform
+IDM_DELTA = 4.0  # IDMVehicle.DELTA (vehicles that never randomize_behavior, and the ego's unused slot)
 LEFT, IDLE, RIGHT, FASTER, SLOWER = range(5)  # DiscreteMetaAction indices (lane_change_reward counts 0 and 2)
 
 
@@ -80,3 +83,51 @@ def _with_idm_defaults(rules: RoadRules, defaults: dict[str, float]) -> RoadRule
         comfort_acc_min=float(defaults["COMFORT_ACC_MIN"]),
     )
     return dataclasses.replace(rules, idm=idm)
+
+
+def spawned_traffic(road: RoadScenario, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, speed: torch.Tensor,
+                    lane: torch.Tensor, target_speed: torch.Tensor, speed_index: torch.Tensor, delta: torch.Tensor,
+                    lane_change: torch.Tensor, *, target_lane: torch.Tensor | None = None,
+                    routes: tuple[torch.Tensor, torch.Tensor] | None = None, is_object: torch.Tensor | None = None,
+                    length: torch.Tensor | None = None, width: torch.Tensor | None = None) -> RoadTraffic:
+    """A new episode's `RoadTraffic` from a spawn's (E, N) columns (column 0 the ego; [m], [rad], [m/s],
+    float64 as highway-env computes them), cast to the graph's dtype. What every spawn shares: IDM
+    timers as IDMVehicle sets them ((x + y) pi mod LANE_CHANGE_DELAY; 0 for the ego and objects), each
+    vehicle targets its own lane unless `target_lane`, `routes` ((E, N, R) edge and lane ids) or none,
+    nothing crashed, pending or yielding, list order = column order, highway-env's vehicle size unless
+    `length`/`width` [m]."""
+    envs, columns = x.shape
+    device, dtype = x.device, road.graph.length.dtype
+    ego = torch.zeros((envs, columns), dtype=torch.bool, device=device)
+    ego[:, 0] = True
+    is_object = torch.zeros_like(ego) if is_object is None else is_object
+    timer = torch.remainder((x + y) * math.pi, road.rules.idm.lane_change_delay)
+    timer = torch.where(ego | is_object, torch.zeros_like(timer), timer)
+    if routes is None:
+        no_route = torch.zeros((envs, columns, 0), dtype=torch.int64, device=device)
+        routes = (no_route, no_route.clone())
+    zeros = torch.zeros((envs, columns), dtype=dtype, device=device)
+    vehicles = ControlledVehicles(
+        x=x.to(dtype), y=y.to(dtype), heading=heading.to(dtype), speed=speed.to(dtype), lane=lane,
+        target_lane=lane.clone() if target_lane is None else target_lane, target_speed=target_speed.to(dtype),
+        speed_index=speed_index, route_edge=routes[0], route_lane=routes[1],
+        route_cursor=torch.zeros((envs, columns), dtype=torch.int64, device=device),
+        steering=zeros.clone(), acceleration=zeros.clone(),
+    )  # fmt: skip
+    return RoadTraffic(
+        vehicles=vehicles,
+        delta=delta.to(dtype),
+        timer=timer.to(dtype),
+        lane_change=lane_change,
+        crashed=torch.zeros_like(ego),
+        impact=torch.zeros((envs, columns, 2), dtype=dtype, device=device),
+        impact_pending=torch.zeros_like(ego),
+        present=torch.ones_like(ego),
+        is_object=is_object,
+        rank=torch.arange(columns, device=device).expand(envs, columns).clone(),
+        length=torch.full_like(zeros, VEHICLE_LENGTH_M) if length is None else length.to(dtype),
+        width=torch.full_like(zeros, VEHICLE_WIDTH_M) if width is None else width.to(dtype),
+        yielding=torch.zeros_like(ego),
+        yield_timer=torch.zeros((envs, columns), dtype=torch.int64, device=device),
+        road_steps=torch.zeros(envs, dtype=torch.int64, device=device),
+    )

@@ -23,8 +23,7 @@ import math
 import torch
 
 from envs.fast import rng
-from envs.fast.road_motion import ControlledVehicles
-from envs.fast.road_scenario import VEHICLE_LENGTH_M, VEHICLE_WIDTH_M, RoadScenario
+from envs.fast.road_scenario import IDM_DELTA, RoadScenario, spawned_traffic
 from envs.fast.road_traffic import RoadTraffic
 from envs.fast.spawn import SPAWN_STREAM, speed_to_index
 
@@ -36,7 +35,6 @@ TWO_WAY_EGO_SPEED_MPS = 30.0
 TWO_WAY_TRAFFIC = tuple((("a", "b", 1), 70.0 + 40.0 * i, 10.0, 24.0, 2.0) for i in range(3)) + tuple(
     (("b", "a", 0), 200.0 + 100.0 * i, 10.0, 20.0, 5.0) for i in range(2))
 ONCOMING_LANE = ("b", "a", 0)  # v.target_lane_index = ("b", "a", 0)
-IDM_DELTA = 4.0  # IDMVehicle.DELTA: two-way never calls randomize_behavior
 
 
 def two_way_draws(seeds: torch.Tensor) -> torch.Tensor:
@@ -55,7 +53,7 @@ def spawn_two_way(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:
     E envs and N = 6 columns (the ego, three ahead, two oncoming), no routes. Computed in float64 on
     `road.graph64` (as highway-env), then cast."""
     graph, graph64 = road.graph, road.graph64
-    device, dtype, f64 = graph.length.device, graph.length.dtype, torch.float64
+    device, f64 = graph.length.device, torch.float64
     draws = draws.to(device, f64)
     envs, columns = draws.shape[0], len(TWO_WAY_TRAFFIC) + 1
     z_s, z_speed = draws.unbind(-1)  # each (E, 5)
@@ -86,36 +84,9 @@ def spawn_two_way(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:
                               speed_to_index(speed, road.default_target_speeds.to(device)))
     target_speed = speed.clone()  # ControlledVehicle: target_speed = speed
     target_speed[:, 0] = target_speeds[speed_index[:, 0]]  # MDPVehicle: index_to_speed(speed_to_index(speed))
-    # IDMVehicle: timer = (sum(position) * pi) % LANE_CHANGE_DELAY (0 for the ego)
-    timer = torch.remainder((x + y) * math.pi, road.rules.idm.lane_change_delay)
-    timer = torch.where(ego, torch.zeros_like(timer), timer)
-    zeros = torch.zeros((envs, columns), dtype=dtype, device=device)
-    no_route = torch.zeros((envs, columns, 0), dtype=torch.int64, device=device)
-    vehicles = ControlledVehicles(
-        x=x.to(dtype), y=y.to(dtype), heading=heading.to(dtype), speed=speed.to(dtype), lane=lane,
-        target_lane=target_lane, target_speed=target_speed.to(dtype), speed_index=speed_index,
-        route_edge=no_route, route_lane=no_route.clone(),
-        route_cursor=torch.zeros((envs, columns), dtype=torch.int64, device=device),
-        steering=zeros.clone(), acceleration=zeros.clone(),
-    )  # fmt: skip
-    no = torch.zeros_like(ego)
-    return RoadTraffic(
-        vehicles=vehicles,
-        delta=torch.full_like(zeros, IDM_DELTA),
-        timer=timer.to(dtype),
-        lane_change=no.clone(),  # enable_lane_change=False (and the ego is not an IDMVehicle)
-        crashed=no.clone(),
-        impact=torch.zeros((envs, columns, 2), dtype=dtype, device=device),
-        impact_pending=no.clone(),
-        present=torch.ones_like(ego),
-        is_object=no.clone(),
-        rank=torch.arange(columns, device=device).expand(envs, columns).clone(),
-        length=torch.full_like(zeros, VEHICLE_LENGTH_M),
-        width=torch.full_like(zeros, VEHICLE_WIDTH_M),
-        yielding=no.clone(),
-        yield_timer=torch.zeros((envs, columns), dtype=torch.int64, device=device),
-        road_steps=torch.zeros(envs, dtype=torch.int64, device=device),
-    )
+    return spawned_traffic(road, x, y, heading, speed, lane, target_speed, speed_index,
+                           delta=torch.full_like(x, IDM_DELTA), target_lane=target_lane,
+                           lane_change=torch.zeros_like(ego))  # enable_lane_change=False (the ego: not an IDMVehicle)
 
 
 def two_way_reward(road: RoadScenario, traffic: RoadTraffic, actions: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -27,9 +27,8 @@ import math
 import torch
 
 from envs.fast import rng
-from envs.fast.road_motion import ControlledVehicles
-from envs.fast.road_roundabout import IDM_DELTA, IDM_DELTA_RANGE, _route_table
-from envs.fast.road_scenario import VEHICLE_LENGTH_M, VEHICLE_WIDTH_M, RoadScenario
+from envs.fast.road_roundabout import _route_table
+from envs.fast.road_scenario import IDM_DELTA, IDM_DELTA_RANGE, RoadScenario, spawned_traffic
 from envs.fast.road_traffic import RoadTraffic
 from envs.goals import UTURN_RETURN_ROAD
 from envs.fast.spawn import SPAWN_STREAM, speed_to_index
@@ -64,7 +63,7 @@ def spawn_u_turn(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:
     envs and N = 7 columns (the ego, the six IDM vehicles), each routed to "d" (R = the longest route
     any lane plans there). Computed in float64 on `road.graph64` (as highway-env), then cast."""
     graph, graph64 = road.graph, road.graph64
-    device, dtype, f64 = graph.length.device, graph.length.dtype, torch.float64
+    device, f64 = graph.length.device, torch.float64
     draws = draws.to(device, f64)
     envs, columns = draws.shape[0], len(U_TURN_TRAFFIC) + 1
     z_s, z_speed, delta_u = draws.unbind(-1)  # each (E, 6)
@@ -93,38 +92,11 @@ def spawn_u_turn(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:
                               speed_to_index(speed, road.default_target_speeds.to(device)))
     target_speed = speed.clone()  # ControlledVehicle: target_speed = speed
     target_speed[:, 0] = target_speeds[speed_index[:, 0]]  # MDPVehicle: index_to_speed(speed_to_index(speed))
-    # IDMVehicle: timer = (sum(position) * pi) % LANE_CHANGE_DELAY (0 for the ego)
-    timer = torch.remainder((x + y) * math.pi, road.rules.idm.lane_change_delay)
-    timer = torch.where(ego, torch.zeros_like(timer), timer)
     low, high = IDM_DELTA_RANGE
     delta = torch.full((envs, columns), IDM_DELTA, dtype=f64, device=device)
     delta[:, 1 + U_TURN_RANDOMIZED] = low + (high - low) * delta_u[:, U_TURN_RANDOMIZED]  # randomize_behavior
-    zeros = torch.zeros((envs, columns), dtype=dtype, device=device)
-    vehicles = ControlledVehicles(
-        x=x.to(dtype), y=y.to(dtype), heading=heading.to(dtype), speed=speed.to(dtype), lane=lane,
-        target_lane=lane.clone(), target_speed=target_speed.to(dtype), speed_index=speed_index,
-        route_edge=route_edge, route_lane=route_lane,
-        route_cursor=torch.zeros((envs, columns), dtype=torch.int64, device=device),
-        steering=zeros.clone(), acceleration=zeros.clone(),
-    )  # fmt: skip
-    no = torch.zeros_like(ego)
-    return RoadTraffic(
-        vehicles=vehicles,
-        delta=delta.to(dtype),
-        timer=timer.to(dtype),
-        lane_change=~ego,  # IDMVehicle.enable_lane_change (default True)
-        crashed=no.clone(),
-        impact=torch.zeros((envs, columns, 2), dtype=dtype, device=device),
-        impact_pending=no.clone(),
-        present=torch.ones_like(ego),
-        is_object=no.clone(),
-        rank=torch.arange(columns, device=device).expand(envs, columns).clone(),
-        length=torch.full_like(zeros, VEHICLE_LENGTH_M),
-        width=torch.full_like(zeros, VEHICLE_WIDTH_M),
-        yielding=no.clone(),
-        yield_timer=torch.zeros((envs, columns), dtype=torch.int64, device=device),
-        road_steps=torch.zeros(envs, dtype=torch.int64, device=device),
-    )
+    return spawned_traffic(road, x, y, heading, speed, lane, target_speed, speed_index, delta,
+                           lane_change=~ego, routes=(route_edge, route_lane))  # IDMVehicle.enable_lane_change (default True)
 
 
 def u_turn_reward(road: RoadScenario, traffic: RoadTraffic, actions: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -35,7 +35,7 @@ from envs.driving_env import DrivingEnv
 from envs.fast.road_sim import FastRoad
 from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
-from envs.fast.road_roundabout import IDM_DELTA_RANGE
+from envs.fast.road_scenario import IDM_DELTA_RANGE
 from envs.fast.road_u_turn import (
     U_TURN_POSITION_DEVIATION_M,
     U_TURN_SPEED_DEVIATION_MPS,
