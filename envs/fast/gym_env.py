@@ -141,8 +141,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         }
         if rewards:
             info["rewards"] = rewards
-        goal_reached = getattr(self.sim, "goal_reached", None)
-        goal = goal_reached() if goal_reached is not None else None
+        goal = self.sim.goal_reached()
         if goal is not None:  # DrivingEnv's info["goal_reached"] (envs.goals)
             info["goal_reached"] = bool(goal[0])
         return info

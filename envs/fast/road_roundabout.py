@@ -26,9 +26,9 @@ import torch
 from envs.fast import rng
 from envs.fast.road_motion import NO_LANE, route_to
 from envs.fast.road_scenario import (
-    IDM_DELTA, IDM_DELTA_RANGE, RoadScenario, lane_change_actions, spawned_traffic)
+    IDM_DELTA, IDM_DELTA_RANGE, RoadScenario, lane_change_actions, spawned_speeds, spawned_traffic)
 from envs.fast.road_traffic import RoadTraffic
-from envs.fast.spawn import SPAWN_STREAM, speed_to_index
+from envs.fast.spawn import SPAWN_STREAM
 
 # RoundaboutEnv._make_vehicles
 ROUNDABOUT_EGO_LANE = ("ser", "ses", 0)
@@ -110,12 +110,7 @@ def spawn_roundabout(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:
     route_edge, route_lane = table_edge[lane, destination], table_lane[lane, destination]  # (E, N, R)
     ego = torch.zeros((envs, columns), dtype=torch.bool, device=device)
     ego[:, 0] = True
-    # MDPVehicle.get_speed_index: the ego's own speed_index; IDM vehicles' from DEFAULT_TARGET_SPEEDS
-    target_speeds = road.target_speeds.to(f64)
-    speed_index = torch.where(ego, speed_to_index(speed, target_speeds),
-                              speed_to_index(speed, road.default_target_speeds.to(device)))
-    target_speed = speed.clone()  # ControlledVehicle: target_speed = speed
-    target_speed[:, 0] = target_speeds[speed_index[:, 0]]  # MDPVehicle: index_to_speed(speed_to_index(speed))
+    speed_index, target_speed = spawned_speeds(road, speed)
     low, high = IDM_DELTA_RANGE  # randomize_behavior: DELTA
     delta = torch.cat([column(IDM_DELTA), low + (high - low) * delta_u], dim=1)
     return spawned_traffic(road, x, y, heading, speed, lane, target_speed, speed_index, delta,

@@ -13,6 +13,7 @@ import torch
 from envs.fast.lanes import LaneGraph
 from envs.fast.road_motion import ControlledVehicles, action_codes
 from envs.fast.road_traffic import RoadRules, RoadTraffic
+from envs.fast.spawn import speed_to_index
 from scenarios import Scenario
 
 VEHICLE_LENGTH_M, VEHICLE_WIDTH_M = 5.0, 2.0  # highway-env's Vehicle.LENGTH, WIDTH
@@ -83,6 +84,18 @@ def _with_idm_defaults(rules: RoadRules, defaults: dict[str, float]) -> RoadRule
         comfort_acc_min=float(defaults["COMFORT_ACC_MIN"]),
     )
     return dataclasses.replace(rules, idm=idm)
+
+
+def spawned_speeds(road: RoadScenario, speed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(speed_index, target_speed), each (E, N), of vehicles spawned at `speed` [m/s] (column 0 the ego):
+    MDPVehicle.get_speed_index (the ego's on its own target speeds, IDM vehicles' on
+    DEFAULT_TARGET_SPEEDS) and ControlledVehicle's target_speed = speed (the ego's: index_to_speed)."""
+    target_speeds = road.target_speeds.to(speed)
+    speed_index = speed_to_index(speed, road.default_target_speeds.to(speed))
+    speed_index[:, 0] = speed_to_index(speed[:, :1], target_speeds)[:, 0]
+    target_speed = speed.clone()
+    target_speed[:, 0] = target_speeds[speed_index[:, 0]]
+    return speed_index, target_speed
 
 
 def spawned_traffic(road: RoadScenario, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, speed: torch.Tensor,

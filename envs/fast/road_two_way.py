@@ -23,9 +23,9 @@ import math
 import torch
 
 from envs.fast import rng
-from envs.fast.road_scenario import IDM_DELTA, RoadScenario, spawned_traffic
+from envs.fast.road_scenario import IDM_DELTA, RoadScenario, spawned_speeds, spawned_traffic
 from envs.fast.road_traffic import RoadTraffic
-from envs.fast.spawn import SPAWN_STREAM, speed_to_index
+from envs.fast.spawn import SPAWN_STREAM
 
 # TwoWayEnv._make_vehicles
 TWO_WAY_EGO_LANE = ("a", "b", 1)
@@ -78,12 +78,7 @@ def spawn_two_way(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:
     ego[:, 0] = True
     oncoming = torch.tensor([False] * 4 + [True] * 2, device=device).expand(envs, columns)
     target_lane = torch.where(oncoming, graph.lane_id(ONCOMING_LANE), lane)
-    # MDPVehicle.get_speed_index: the ego's own speed_index; IDM vehicles' from DEFAULT_TARGET_SPEEDS
-    target_speeds = road.target_speeds.to(f64)
-    speed_index = torch.where(ego, speed_to_index(speed, target_speeds),
-                              speed_to_index(speed, road.default_target_speeds.to(device)))
-    target_speed = speed.clone()  # ControlledVehicle: target_speed = speed
-    target_speed[:, 0] = target_speeds[speed_index[:, 0]]  # MDPVehicle: index_to_speed(speed_to_index(speed))
+    speed_index, target_speed = spawned_speeds(road, speed)
     return spawned_traffic(road, x, y, heading, speed, lane, target_speed, speed_index,
                            delta=torch.full_like(x, IDM_DELTA), target_lane=target_lane,
                            lane_change=torch.zeros_like(ego))  # enable_lane_change=False (the ego: not an IDMVehicle)

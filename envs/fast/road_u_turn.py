@@ -28,10 +28,10 @@ import torch
 
 from envs.fast import rng
 from envs.fast.road_roundabout import _route_table
-from envs.fast.road_scenario import IDM_DELTA, IDM_DELTA_RANGE, RoadScenario, spawned_traffic
+from envs.fast.road_scenario import IDM_DELTA, IDM_DELTA_RANGE, RoadScenario, spawned_speeds, spawned_traffic
 from envs.fast.road_traffic import RoadTraffic
 from envs.goals import UTURN_RETURN_ROAD
-from envs.fast.spawn import SPAWN_STREAM, speed_to_index
+from envs.fast.spawn import SPAWN_STREAM
 
 # UTurnEnv._make_vehicles
 U_TURN_EGO_LANE = ("a", "b", 0)
@@ -86,12 +86,7 @@ def spawn_u_turn(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:
     route_edge, route_lane = table_edge[lane, 0], table_lane[lane, 0]  # (E, N, R): plan_route_to("d")
     ego = torch.zeros((envs, columns), dtype=torch.bool, device=device)
     ego[:, 0] = True
-    # MDPVehicle.get_speed_index: the ego's own speed_index; IDM vehicles' from DEFAULT_TARGET_SPEEDS
-    target_speeds = road.target_speeds.to(f64)
-    speed_index = torch.where(ego, speed_to_index(speed, target_speeds),
-                              speed_to_index(speed, road.default_target_speeds.to(device)))
-    target_speed = speed.clone()  # ControlledVehicle: target_speed = speed
-    target_speed[:, 0] = target_speeds[speed_index[:, 0]]  # MDPVehicle: index_to_speed(speed_to_index(speed))
+    speed_index, target_speed = spawned_speeds(road, speed)
     low, high = IDM_DELTA_RANGE
     delta = torch.full((envs, columns), IDM_DELTA, dtype=f64, device=device)
     delta[:, 1 + U_TURN_RANDOMIZED] = low + (high - low) * delta_u[:, U_TURN_RANDOMIZED]  # randomize_behavior

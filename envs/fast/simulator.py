@@ -263,6 +263,10 @@ class FastHighway(FrameStack):
             actions.append(SLOWER)
         return actions
 
+    def goal_reached(self) -> None:
+        """None: highway-fast has no goal (FastRoad's answers per env where its scenario has one)."""
+        return None
+
     def ego_lane_numbers(self, rows: list[int]) -> list[int]:
         """The ego's lane _id (0 = leftmost) in envs `rows`."""
         return self.state.lane[rows, 0].tolist()

@@ -138,8 +138,7 @@ class FastVecEnv(VecEnv):
         terminal_observations: (E,) rows -> their last observations, read before the reset
         (default: `observe_rows_tensor`). One host synchronisation: the finished rows."""
         result = self.sim.step(actions)
-        goal_reached = getattr(self.sim, "goal_reached", None)  # FastRoad's scenarios with a goal (envs.goals)
-        goal = goal_reached() if goal_reached is not None else None  # before the resets
+        goal = self.sim.goal_reached()  # (B,) bool, None without a goal (envs.goals); before the resets
         done = result.terminated | result.truncated  # (B,) bool
         episode_seeds = self.sim.episode_seeds.clone()  # (B,) the episodes just stepped, before resets renumber them
         finished = done.nonzero(as_tuple=True)[0]  # (E,) synchronises: the resets need the rows
