@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.fast.road_agreement import FIRST_SEED, OUTCOMES, fast_outcomes, highway_env_outcomes, policy_actions
+from envs.fast.road_agreement import (
+    FIRST_SEED,
+    OUTCOMES,
+    fast_outcomes,
+    highway_env_outcomes,
+    policy_actions,
+)
 from scenarios import load_scenario
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")

@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 import torch
 
-from envs import palette
 from envs.driving_env import DrivingEnv
 from envs.fast.road_roundabout import (
     IDM_DELTA_RANGE,
@@ -42,16 +41,21 @@ from envs.fast.simulators import make_simulator, simulator_class
 from envs.fast.vec_env import FastVecEnv
 from envs.registration import make_env
 from scenarios import load_scenario
-from tests.envs.fast.road_episodes import Episode, record_episode
-from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
-from tests.envs.fast.test_road_sim import stack
-from tests.envs.test_fast_camera import MAX_FRAME_MEAN_ABS_DIFF, MAX_MEAN_ABS_DIFF, MIN_VEHICLE_IOU, colour_mask, iou
+from tests.envs.fast.road_episodes import (
+    EXACT,
+    Crawl,
+    Episode,
+    Replay,
+    check_frames_look_like_the_reference_camera,
+    check_same_traffic,
+    record_episode,
+    replay_episodes,
+)
 
 SEEDS = tuple(range(12))
 CALM_FROM = 6  # seeds from here drive mostly IDLE / FASTER (so that some episodes run to the time limit)
 CALM_POLICY = (0.05, 0.55, 0.05, 0.3, 0.05)  # LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER
 COLUMNS = 5  # the ego, the incoming vehicle, two others on the ring, the entering vehicle
-EXACT = 1e-6
 # Near standstill (the ego slowed to target speed 0) highway-env's lateral loop amplifies round-off
 # (tests/envs/fast/test_road_motion.py: highway-env against itself, the heading one ulp off, differs
 # by 2e-4 m after such a stop). Policy steps where the ego's speed drops below CRAWL_MPS are
@@ -92,70 +96,16 @@ def episode(seed: int) -> Episode:
                           calm_policy=CALM_POLICY)
 
 
-def check_signals(fast: dict[str, torch.Tensor], row: int, expected: dict, where, crawled: bool = False) -> None:
-    """test_road_sim's check, with the crawl tolerances once the row has crawled."""
-    assert set(fast) == set(expected), where
-    for name, value in expected.items():
-        got = fast[name][row].item()
-        if isinstance(value, bool):
-            assert bool(got) == value, (where, name)
-        elif isinstance(value, int):
-            assert int(got) == value, (where, name)
-        elif math.isinf(value):
-            assert got == value, (where, name, got)
-        elif crawled:
-            assert got == pytest.approx(value, abs=CRAWL_TOLERANCE, rel=CRAWL_RELATIVE), (where, name, got, value)
-        else:
-            assert got == pytest.approx(value, abs=EXACT), (where, name, got, value)
-
-
 @pytest.fixture(scope="module")
-def replay():
-    """All seeds' episodes replayed as rows of one FastRoad; per row, the fast frames it drew."""
-    sim = simulator(len(SEEDS), True)
-    episodes = [episode(seed) for seed in SEEDS]
-    rows = torch.arange(len(SEEDS))
-    sim.load(rows, stack([e.start for e in episodes]), torch.tensor(SEEDS))
-    reset_stacks = sim.observation().clone()
-    frames = [[sim.clean_frames[b].permute(1, 2, 0).numpy().copy()] for b in range(len(SEEDS))]
-    for b, e in enumerate(episodes):
-        check_signals(sim.reset_signals, b, e.signals[0], (SEEDS[b], "reset"))
-    longest = max(len(e.actions) for e in episodes)
-    crawled = [False] * len(SEEDS)
-    for k in range(longest):
-        for b, e in enumerate(episodes):
-            if k < len(e.actions):
-                assert tuple(sim.available_actions(b)) == e.available[k], (SEEDS[b], k)
-        before = sim.state.vehicles.speed[:, 0].clone()
-        actions = torch.tensor([e.actions[k] if k < len(e.actions) else 1 for e in episodes])
-        result = sim.step(actions)
-        v = sim.state.vehicles
-        fast = torch.stack([v.x, v.y, v.heading, v.speed], dim=-1)  # (B, N, 4)
-        for b, e in enumerate(episodes):
-            if k >= len(e.actions):
-                continue
-            where = (SEEDS[b], k)
-            error = np.abs(fast[b].numpy() - e.states[k]).max()
-            crawl = min(float(before[b]), e.states[k][0, 3]) < CRAWL_MPS  # the speed is monotonic within a step
-            crawled[b] |= crawl
-            assert error <= (CRAWL_TOLERANCE if crawl else EXACT), (where, error)
-            if crawl:  # re-synchronise
-                for i, name in enumerate(("x", "y", "heading", "speed")):
-                    getattr(v, name)[b] = torch.as_tensor(e.states[k][:, i])
-            assert float(result.reward[b]) == pytest.approx(e.rewards[k], abs=EXACT), where
-            assert set(result.rewards) == set(e.terms[k]), where
-            for name, value in e.terms[k].items():
-                assert float(result.rewards[name][b]) == pytest.approx(value, abs=EXACT), (where, name)
-            assert bool(result.terminated[b]) == e.terminated[k], where
-            assert bool(result.truncated[b]) == e.truncated[k], where
-            check_signals(result.signals, b, e.signals[k + 1], where, crawled[b])
-            frames[b].append(sim.clean_frames[b].permute(1, 2, 0).numpy().copy())
-    assert any(crawled) and not all(crawled)  # (SEEDS cover both)
-    return episodes, reset_stacks, frames
+def replay() -> Replay:
+    replay = replay_episodes(simulator(len(SEEDS), True), [episode(seed) for seed in SEEDS], SEEDS,
+                             Crawl(CRAWL_MPS, CRAWL_TOLERANCE, CRAWL_RELATIVE))
+    assert any(replay.crawled) and not all(replay.crawled), replay.crawled  # (SEEDS cover both)
+    return replay
 
 
 def test_a_copied_roundabout_steps_as_highway_env(replay):
-    episodes, _, _ = replay
+    episodes = replay.episodes
     ends = {"crash": 0, "time": 0}
     for e in episodes:
         assert e.terminated[-1] != e.truncated[-1] or e.terminated[-1]
@@ -171,22 +121,7 @@ def test_a_copied_roundabout_steps_as_highway_env(replay):
 
 
 def test_frames_look_like_the_reference_camera(replay):
-    episodes, reset_stacks, fast_frames = replay
-    sim = simulator(len(SEEDS), True)
-    height, width = scenario().camera.size
-    assert reset_stacks.dtype == torch.uint8
-    assert reset_stacks.shape == (len(SEEDS), 3 * sim.stack, height, width)
-    first = reset_stacks[:, :3]
-    assert all(torch.equal(reset_stacks[:, 3 * i: 3 * i + 3], first) for i in range(sim.stack))
-    fast = np.concatenate([np.stack(f) for f in fast_frames]).astype(int)
-    reference = np.concatenate([np.stack(e.frames) for e in episodes]).astype(int)
-    per_frame = np.abs(fast - reference).mean(axis=(1, 2, 3))
-    assert per_frame.max() <= MAX_FRAME_MEAN_ABS_DIFF, per_frame.max()
-    assert per_frame.mean() <= MAX_MEAN_ABS_DIFF, per_frame.mean()
-    for colour, least in ((palette.EGO_VEHICLE, MIN_REAL_EGO_IOU), (palette.OTHER_VEHICLE, MIN_VEHICLE_IOU)):
-        mask = colour_mask(reference, colour)
-        assert mask.sum() > 50
-        assert iou(colour_mask(fast, colour), mask) >= least, colour
+    check_frames_look_like_the_reference_camera(replay, simulator(1, True).stack, scenario().camera.size)
 
 
 def test_episodes_are_truncated_at_the_duration_or_the_scenarios_step_limit():
@@ -261,16 +196,7 @@ def test_spawn_is_roundabout_make_vehicles_given_its_draws():
             assert replayed.uniform(*IDM_DELTA_RANGE) - IDM_DELTA_RANGE[0] == pytest.approx(delta_u, abs=1e-12)
         copied = copy_road(sim, u)
         spawned = spawn_roundabout(torch.tensor(draws)[None], sim.road)
-        for mine, theirs in [(spawned.vehicles, copied.vehicles), (spawned, copied)]:
-            for f in dataclasses.fields(mine):
-                if f.name == "vehicles":
-                    continue
-                a, b = getattr(mine, f.name), getattr(theirs, f.name)
-                assert a.shape == b.shape and a.dtype == b.dtype, (seed, f.name)
-                if a.dtype.is_floating_point:
-                    assert torch.allclose(a, b, atol=1e-9, rtol=0), (seed, f.name, a, b)
-                else:
-                    assert torch.equal(a, b), (seed, f.name, a, b)
+        check_same_traffic(spawned, copied, seed)
 
 
 def test_spawn_has_highway_envs_distributions():

@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 import torch
 
-from envs import palette
 from envs.driving_env import DrivingEnv
 from envs.fast.road_merge import MERGE_TRAFFIC, spawn_merge
 from envs.fast.road_sim import FastRoad
@@ -32,16 +31,19 @@ from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
 from envs.fast.simulator import UnsupportedScenario
 from scenarios import load_scenario
-from tests.envs.fast.road_episodes import Episode, objects, record_episode
-from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
-from tests.envs.test_fast_camera import MAX_FRAME_MEAN_ABS_DIFF, MAX_MEAN_ABS_DIFF, MIN_VEHICLE_IOU, colour_mask, iou
+from tests.envs.fast.road_episodes import (
+    Episode,
+    Replay,
+    check_frames_look_like_the_reference_camera,
+    objects,
+    record_episode,
+    replay_episodes,
+)
 
 SEEDS = tuple(range(12))
 CALM_FROM = 6  # seeds from here drive mostly IDLE / FASTER (random actions crash early: few reach 370 m)
 CALM_POLICY = (0.04, 0.6, 0.04, 0.3, 0.02)  # LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER
 COLUMNS = 6  # ego, three IDM vehicles, the merging vehicle, the obstacle
-EXACT = 1e-6
-SIGNAL_TOLERANCE = 1e-6
 SPAWN_SEEDS = 500
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -74,64 +76,13 @@ def episode(seed: int) -> Episode:
                           calm_policy=CALM_POLICY)
 
 
-def stack(parts: list[RoadTraffic]) -> RoadTraffic:
-    first = parts[0]
-    vehicles = type(first.vehicles)(**{
-        f.name: torch.cat([getattr(p.vehicles, f.name) for p in parts]) for f in dataclasses.fields(first.vehicles)})
-    return RoadTraffic(vehicles=vehicles, **{
-        f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(first) if f.name != "vehicles"})
-
-
-def check_signals(fast: dict[str, torch.Tensor], row: int, expected: dict, where) -> None:
-    assert set(fast) == set(expected), where
-    for name, value in expected.items():
-        got = fast[name][row].item()
-        if isinstance(value, bool):
-            assert bool(got) == value, (where, name)
-        elif isinstance(value, int):
-            assert int(got) == value, (where, name)
-        elif math.isinf(value):
-            assert got == value, (where, name, got)
-        else:
-            assert got == pytest.approx(value, abs=SIGNAL_TOLERANCE), (where, name, got, value)
-
-
 @pytest.fixture(scope="module")
-def replay():
-    """All seeds' episodes replayed as rows of one FastRoad; per row, the fast frames it drew."""
-    sim = simulator(len(SEEDS), True)
-    episodes = [episode(seed) for seed in SEEDS]
-    rows = torch.arange(len(SEEDS))
-    sim.load(rows, stack([e.start for e in episodes]), torch.tensor(SEEDS))
-    reset_stacks = sim.observation().clone()
-    frames = [[sim.clean_frames[b].permute(1, 2, 0).numpy().copy()] for b in range(len(SEEDS))]
-    for b, e in enumerate(episodes):
-        check_signals(sim.reset_signals, b, e.signals[0], (SEEDS[b], "reset"))
-    longest = max(len(e.actions) for e in episodes)
-    for k in range(longest):
-        actions = torch.tensor([e.actions[k] if k < len(e.actions) else 1 for e in episodes])
-        result = sim.step(actions)
-        v = sim.state.vehicles
-        fast = torch.stack([v.x, v.y, v.heading, v.speed], dim=-1)  # (B, N, 4)
-        for b, e in enumerate(episodes):
-            if k >= len(e.actions):
-                continue
-            where = (SEEDS[b], k)
-            error = np.abs(fast[b].numpy() - e.states[k]).max()
-            assert error <= EXACT, (where, error)
-            assert float(result.reward[b]) == pytest.approx(e.rewards[k], abs=EXACT), where
-            assert set(result.rewards) == set(e.terms[k]), where
-            for name, value in e.terms[k].items():
-                assert float(result.rewards[name][b]) == pytest.approx(value, abs=EXACT), (where, name)
-            assert bool(result.terminated[b]) == e.terminated[k], where
-            assert bool(result.truncated[b]) == e.truncated[k], where
-            check_signals(result.signals, b, e.signals[k + 1], where)
-            frames[b].append(sim.clean_frames[b].permute(1, 2, 0).numpy().copy())
-    return episodes, reset_stacks, frames
+def replay() -> Replay:
+    return replay_episodes(simulator(len(SEEDS), True), [episode(seed) for seed in SEEDS], SEEDS)
 
 
 def test_a_copied_road_steps_as_highway_env(replay):
-    episodes, _, _ = replay
+    episodes = replay.episodes
     ends = {"crash": 0, "past 370 m": 0, "time": 0}
     for e in episodes:
         ends["crash" if e.terms[-1]["collision_reward"] else "past 370 m" if e.terminated[-1] else "time"] += 1
@@ -143,22 +94,7 @@ def test_a_copied_road_steps_as_highway_env(replay):
 
 
 def test_frames_look_like_the_reference_camera(replay):
-    episodes, reset_stacks, fast_frames = replay
-    sim = simulator(len(SEEDS), True)
-    height, width = scenario().camera.size
-    assert reset_stacks.dtype == torch.uint8
-    assert reset_stacks.shape == (len(SEEDS), 3 * sim.stack, height, width)
-    first = reset_stacks[:, :3]
-    assert all(torch.equal(reset_stacks[:, 3 * i: 3 * i + 3], first) for i in range(sim.stack))
-    fast = np.concatenate([np.stack(f) for f in fast_frames]).astype(int)
-    reference = np.concatenate([np.stack(e.frames) for e in episodes]).astype(int)
-    per_frame = np.abs(fast - reference).mean(axis=(1, 2, 3))
-    assert per_frame.max() <= MAX_FRAME_MEAN_ABS_DIFF, per_frame.max()
-    assert per_frame.mean() <= MAX_MEAN_ABS_DIFF, per_frame.mean()
-    for colour, least in ((palette.EGO_VEHICLE, MIN_REAL_EGO_IOU), (palette.OTHER_VEHICLE, MIN_VEHICLE_IOU)):
-        mask = colour_mask(reference, colour)
-        assert mask.sum() > 50
-        assert iou(colour_mask(fast, colour), mask) >= least, colour
+    check_frames_look_like_the_reference_camera(replay, simulator(1, True).stack, scenario().camera.size)
 
 
 def test_the_reset_frame_is_the_cameras_render_of_the_state():

@@ -30,12 +30,11 @@ import numpy as np
 import pytest
 import torch
 
-from envs import palette
 from envs.driving_env import DrivingEnv
+from envs.fast.road_scenario import IDM_DELTA_RANGE
 from envs.fast.road_sim import FastRoad
 from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
-from envs.fast.road_scenario import IDM_DELTA_RANGE
 from envs.fast.road_u_turn import (
     U_TURN_POSITION_DEVIATION_M,
     U_TURN_SPEED_DEVIATION_MPS,
@@ -47,16 +46,21 @@ from envs.fast.simulators import make_simulator, simulator_class
 from envs.fast.vec_env import FastVecEnv
 from envs.registration import make_env
 from scenarios import load_scenario
-from tests.envs.fast.road_episodes import Episode, record_episode
-from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
-from tests.envs.fast.test_road_sim import stack
-from tests.envs.test_fast_camera import MAX_FRAME_MEAN_ABS_DIFF, MAX_MEAN_ABS_DIFF, MIN_VEHICLE_IOU, colour_mask, iou
+from tests.envs.fast.road_episodes import (
+    EXACT,
+    Crawl,
+    Episode,
+    Replay,
+    check_frames_look_like_the_reference_camera,
+    check_same_traffic,
+    record_episode,
+    replay_episodes,
+)
 
 SEEDS = tuple(range(12))
 CALM_FROM = 6  # seeds from here drive mostly IDLE / SLOWER (so that some episodes run to the duration)
 CALM_POLICY = (0.05, 0.5, 0.05, 0.0, 0.4)  # LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER
 COLUMNS = 7  # the ego, six IDM vehicles
-EXACT = 1e-6
 # Below about 0.5 m/s highway-env's lateral loop (heading command arcsin(lateral speed / speed))
 # amplifies round-off about 100x per policy step (a 2e-12 m difference after the first step of a
 # vehicle spawned at 0.45 m/s is 2e-5 m four steps later, 3e-3 m six steps later). As in
@@ -96,70 +100,16 @@ def episode(seed: int) -> Episode:
                           calm_policy=CALM_POLICY)
 
 
-def check_signals(fast: dict[str, torch.Tensor], row: int, expected: dict, where) -> None:
-    """test_road_sim's check: booleans and counts exactly, infinities as such, the rest to 1e-6."""
-    assert set(fast) == set(expected), where
-    for name, value in expected.items():
-        got = fast[name][row].item()
-        if isinstance(value, bool):
-            assert bool(got) == value, (where, name)
-        elif isinstance(value, int):
-            assert int(got) == value, (where, name)
-        elif math.isinf(value):
-            assert got == value, (where, name, got)
-        else:
-            assert got == pytest.approx(value, abs=EXACT), (where, name, got, value)
-
-
 @pytest.fixture(scope="module")
-def replay():
-    """All seeds' episodes replayed as rows of one FastRoad; per row, the fast frames it drew."""
-    sim = simulator(len(SEEDS), True)
-    episodes = [episode(seed) for seed in SEEDS]
-    rows = torch.arange(len(SEEDS))
-    sim.load(rows, stack([e.start for e in episodes]), torch.tensor(SEEDS))
-    reset_stacks = sim.observation().clone()
-    frames = [[sim.clean_frames[b].permute(1, 2, 0).numpy().copy()] for b in range(len(SEEDS))]
-    for b, e in enumerate(episodes):
-        check_signals(sim.reset_signals, b, e.signals[0], (SEEDS[b], "reset"))
-    longest = max(len(e.actions) for e in episodes)
-    crawled = [False] * len(SEEDS)
-    for k in range(longest):
-        for b, e in enumerate(episodes):
-            if k < len(e.actions):
-                assert tuple(sim.available_actions(b)) == e.available[k], (SEEDS[b], k)
-        before = sim.state.vehicles.speed.abs().min(dim=1).values.clone()
-        actions = torch.tensor([e.actions[k] if k < len(e.actions) else 1 for e in episodes])
-        result = sim.step(actions)
-        goal = sim.goal_reached()
-        v = sim.state.vehicles
-        fast = torch.stack([v.x, v.y, v.heading, v.speed], dim=-1)  # (B, N, 4)
-        for b, e in enumerate(episodes):
-            if k >= len(e.actions):
-                continue
-            where = (SEEDS[b], k)
-            error = np.abs(fast[b].numpy() - e.states[k]).max()
-            crawl = min(float(before[b]), np.abs(e.states[k][:, 3]).min()) < CRAWL_MPS
-            crawled[b] |= crawl
-            assert error <= EXACT, (where, error)
-            if crawl:  # re-synchronise
-                for i, name in enumerate(("x", "y", "heading", "speed")):
-                    getattr(v, name)[b] = torch.as_tensor(e.states[k][:, i])
-            assert float(result.reward[b]) == pytest.approx(e.rewards[k], abs=EXACT), where
-            assert set(result.rewards) == set(e.terms[k]), where
-            for name, value in e.terms[k].items():
-                assert float(result.rewards[name][b]) == pytest.approx(value, abs=EXACT), (where, name)
-            assert bool(result.terminated[b]) == e.terminated[k], where
-            assert bool(result.truncated[b]) == e.truncated[k], where
-            check_signals(result.signals, b, e.signals[k + 1], where)
-            assert bool(goal[b]) == e.goals[k], where
-            frames[b].append(sim.clean_frames[b].permute(1, 2, 0).numpy().copy())
-    assert any(crawled) and not all(crawled), crawled  # (SEEDS cover both)
-    return episodes, reset_stacks, frames
+def replay() -> Replay:
+    replay = replay_episodes(simulator(len(SEEDS), True), [episode(seed) for seed in SEEDS], SEEDS,
+                             Crawl(CRAWL_MPS, any_vehicle=True))
+    assert any(replay.crawled) and not all(replay.crawled), replay.crawled  # (SEEDS cover both)
+    return replay
 
 
 def test_a_copied_u_turn_road_steps_as_highway_env(replay):
-    episodes, _, _ = replay
+    episodes = replay.episodes
     ends = {"crash": 0, "time": 0}
     for e in episodes:
         assert e.terminated[-1] != e.truncated[-1] or e.terminated[-1]
@@ -175,22 +125,7 @@ def test_a_copied_u_turn_road_steps_as_highway_env(replay):
 
 
 def test_frames_look_like_the_reference_camera(replay):
-    episodes, reset_stacks, fast_frames = replay
-    sim = simulator(len(SEEDS), True)
-    height, width = scenario().camera.size
-    assert reset_stacks.dtype == torch.uint8
-    assert reset_stacks.shape == (len(SEEDS), 3 * sim.stack, height, width)
-    first = reset_stacks[:, :3]
-    assert all(torch.equal(reset_stacks[:, 3 * i: 3 * i + 3], first) for i in range(sim.stack))
-    fast = np.concatenate([np.stack(f) for f in fast_frames]).astype(int)
-    reference = np.concatenate([np.stack(e.frames) for e in episodes]).astype(int)
-    per_frame = np.abs(fast - reference).mean(axis=(1, 2, 3))
-    assert per_frame.max() <= MAX_FRAME_MEAN_ABS_DIFF, per_frame.max()
-    assert per_frame.mean() <= MAX_MEAN_ABS_DIFF, per_frame.mean()
-    for colour, least in ((palette.EGO_VEHICLE, MIN_REAL_EGO_IOU), (palette.OTHER_VEHICLE, MIN_VEHICLE_IOU)):
-        mask = colour_mask(reference, colour)
-        assert mask.sum() > 50
-        assert iou(colour_mask(fast, colour), mask) >= least, colour
+    check_frames_look_like_the_reference_camera(replay, simulator(1, True).stack, scenario().camera.size)
 
 
 def test_episodes_are_truncated_at_the_duration_or_the_scenarios_step_limit():
@@ -287,16 +222,7 @@ def test_spawn_is_u_turn_make_vehicles_given_its_draws():
         assert replayed.bit_generator.state == u.np_random.bit_generator.state
         copied = copy_road(sim, u)
         spawned = spawn_u_turn(torch.tensor(draws)[None], sim.road)
-        for mine, theirs in [(spawned.vehicles, copied.vehicles), (spawned, copied)]:
-            for f in dataclasses.fields(mine):
-                if f.name == "vehicles":
-                    continue
-                a, b = getattr(mine, f.name), getattr(theirs, f.name)
-                assert a.shape == b.shape and a.dtype == b.dtype, (seed, f.name)
-                if a.dtype.is_floating_point:
-                    assert torch.allclose(a, b, atol=1e-9, rtol=0), (seed, f.name, a, b)
-                else:
-                    assert torch.equal(a, b), (seed, f.name, a, b)
+        check_same_traffic(spawned, copied, seed)
 
 
 def test_spawn_has_highway_envs_distributions():
