@@ -57,6 +57,13 @@ def action_indexes(env: gym.Env) -> dict[str, int]:
     return dict(indexes)
 
 
+def action_names(env: gym.Env) -> tuple[str, ...]:
+    """The env's action names by index: highway-env's DiscreteMetaAction (LANE_LEFT, IDLE, LANE_RIGHT,
+    FASTER, SLOWER; intersection: SLOWER, IDLE, FASTER)."""
+    indexes = action_indexes(env)
+    return tuple(sorted(indexes, key=indexes.__getitem__))
+
+
 class RandomPolicy:
     """Uniformly random actions: the widest spread of states for perception data."""
 

@@ -286,8 +286,9 @@ def draw_curves(data: Collected, path: Path) -> Path:
     return atomic_write(path, lambda tmp: imageio.imwrite(tmp, image, format="PNG"))
 
 
-def draw_grid(keyframes: list[tuple], path: Path, count: int = 6) -> Path:
-    """Typical keyframes (evenly spread), each: camera | attention | SHAP, enlarged x3, as one PNG."""
+def draw_grid(keyframes: list[tuple], path: Path, action_names: tuple[str, ...], count: int = 6) -> Path:
+    """Typical keyframes (evenly spread), each: camera | attention | SHAP, enlarged x3, as one PNG;
+    `action_names`: the env's actions by index."""
     import imageio.v2 as imageio
 
     from agents.explain.overlays import attention_overlay, shap_overlay, shap_pixel_map
@@ -303,7 +304,7 @@ def draw_grid(keyframes: list[tuple], path: Path, count: int = 6) -> Path:
         tile = np.concatenate([np.pad(p, ((0, 0), (0, 2), (0, 0)), constant_values=255) for p in parts], axis=1)
         tile = cv2.resize(tile, (tile.shape[1] * 3, tile.shape[0] * 3), interpolation=cv2.INTER_NEAREST)
         band = np.full((24, tile.shape[1], 3), 255, np.uint8)
-        cv2.putText(band, f"step {record.step}: {action_name(keyframe.output_index)} "
+        cv2.putText(band, f"step {record.step}: {action_name(keyframe.output_index, action_names)} "
                           f"p={record.decision.probabilities[keyframe.output_index]:.2f}",
                     (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         tiles.append(np.pad(np.concatenate([band, tile]), ((0, 8), (0, 8), (0, 0)), constant_values=255))
@@ -328,6 +329,7 @@ def write_report(run: str, episodes: int, every: int, backend: str, out: Path, i
     from agents.explain.overlays import benchmark_attention_overlay
     from agents.explain.replay import prepare, shap_tools
     from envs.files import atomic_write
+    from envs.policies import action_names
 
     start = time.perf_counter()
     env, loaded, scenario_name = prepare(run, None, backend, "cpu", logdir)
@@ -335,6 +337,7 @@ def write_report(run: str, episodes: int, every: int, backend: str, out: Path, i
         explainer, cache = shap_tools(env, loaded, backend, nsamples)
         seeds = evaluation_seeds(env.unwrapped.scenario, episodes)
         data = collect(env, loaded, explainer, cache, seeds, every, np.random.default_rng(0))
+        names = action_names(env)
     finally:
         env.close()
     # SHAP speed measured afresh on 20 keyframes (the cache may have answered above)
@@ -343,7 +346,7 @@ def write_report(run: str, episodes: int, every: int, backend: str, out: Path, i
     spread = data.keyframes[:: max(1, len(data.keyframes) // randomised_keyframes)][:randomised_keyframes]
     cascade = randomisation(loaded, explainer, spread, nsamples)
     curves_png = draw_curves(data, images / "explain_curves.png")
-    grid_png = draw_grid(data.keyframes, images / "explain_grid.png")
+    grid_png = draw_grid(data.keyframes, images / "explain_grid.png", names)
     seconds = time.perf_counter() - start
 
     def rel(path: Path) -> str:

@@ -40,12 +40,21 @@ TEXT = (235, 235, 235)
 DIM = (150, 150, 150)
 ALERT = (255, 80, 80)
 WARN = (255, 170, 40)
-ACTION_NAMES = {0: "LANE_LEFT", 1: "IDLE", 2: "LANE_RIGHT", 3: "FASTER", 4: "SLOWER"}  # highway-env's meta-actions
-ACTION_COLOURS = {0: (110, 200, 255), 1: (200, 200, 200), 2: (70, 110, 255), 3: (90, 220, 120), 4: (200, 110, 255)}  # hard brakes: WARN
+# highway-env's DiscreteMetaAction by index; intersection's is longitudinal only (SLOWER, IDLE, FASTER):
+# envs.policies.action_names(env) gives an env's own.
+META_ACTIONS = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")
+ACTION_COLOURS = {"LANE_LEFT": (110, 200, 255), "IDLE": (200, 200, 200), "LANE_RIGHT": (70, 110, 255),
+                  "FASTER": (90, 220, 120), "SLOWER": (200, 110, 255)}  # hard brakes: WARN
 
 
-def action_name(index: int) -> str:
-    return ACTION_NAMES.get(int(index), f"action {index}")
+def action_name(index: int, names: tuple[str, ...] = META_ACTIONS) -> str:
+    """The name of action `index` among the env's `names`."""
+    return names[int(index)] if 0 <= int(index) < len(names) else f"action {index}"
+
+
+def action_colour(index: int, names: tuple[str, ...] = META_ACTIONS) -> tuple[int, int, int]:
+    """The colour of action `index` (by its name, so that FASTER is green on every scenario)."""
+    return ACTION_COLOURS.get(action_name(index, names), TEXT)
 
 
 @dataclass
@@ -53,14 +62,16 @@ class Timeline:
     """What the strip shows: one entry per step so far (or of the whole episode, for replays)."""
 
     total_steps: int  # the strip's length: the scenario's episode steps
+    action_names: tuple[str, ...] = META_ACTIONS  # the env's actions by index (envs.policies.action_names)
     actions: list[int] = field(default_factory=list)  # action taken at step i
     crashes: list[int] = field(default_factory=list)  # steps where the ego crashed
     hard_brakes: list[int] = field(default_factory=list)
     keyframes: list[int] = field(default_factory=list)
 
     @classmethod
-    def of_records(cls, records: list[StepRecord], total_steps: int, keyframes: list[int]) -> "Timeline":
-        timeline = cls(max(total_steps, len(records) - 1), keyframes=list(keyframes))
+    def of_records(cls, records: list[StepRecord], total_steps: int, keyframes: list[int],
+                   action_names: tuple[str, ...] = META_ACTIONS) -> "Timeline":
+        timeline = cls(max(total_steps, len(records) - 1), action_names, keyframes=list(keyframes))
         for record in records:
             timeline.add(record)
         return timeline
@@ -115,8 +126,8 @@ def _vehicle_labels(panel: np.ndarray, reasons: VehicleReasons, texts: list[str]
         _label(panel, text, left, y + 4)
 
 
-def camera_panels(record: StepRecord, overlay: str, shap: ShapView | None,
-                  reasons: VehicleReasons | None) -> list[tuple[str, np.ndarray]]:
+def camera_panels(record: StepRecord, overlay: str, shap: ShapView | None, reasons: VehicleReasons | None,
+                  action_names: tuple[str, ...] = META_ACTIONS) -> list[tuple[str, np.ndarray]]:
     """(caption, enlarged panel) for each camera panel the overlay asks for."""
     panels = []
     if overlay in ("attention", "both"):
@@ -133,7 +144,7 @@ def camera_panels(record: StepRecord, overlay: str, shap: ShapView | None,
             age = record.step - shap.step
             pixel_map = shap_pixel_map(shap.keyframe.values)
             panel = _enlarge(shap_overlay(record.frame if age == 0 else shap.frame, pixel_map))
-            what = action_name(shap.keyframe.output_index) if shap.keyframe.output == "action" else "value"
+            what = action_name(shap.keyframe.output_index, action_names) if shap.keyframe.output == "action" else "value"
             caption = f"SHAP of {what}" + ("" if age == 0 else f" (step {shap.step})")
             if age > 0:
                 panel = (panel.astype(np.float32) * 0.6).astype(np.uint8)
@@ -147,15 +158,15 @@ def camera_panels(record: StepRecord, overlay: str, shap: ShapView | None,
     return panels
 
 
-def _bars(panel: np.ndarray, record: StepRecord, top: int) -> int:
+def _bars(panel: np.ndarray, record: StepRecord, top: int, action_names: tuple[str, ...]) -> int:
     """Action probability bars from row `top`; returns the row below them."""
     probabilities = record.decision.probabilities
     bar_left, bar_width = 120, RIGHT_WIDTH - 200
     for index, probability in enumerate(probabilities):
         y = top + 20 * index
         chosen = index == record.decision.action
-        colour = ACTION_COLOURS.get(index, TEXT)  # the timeline's colour of this action
-        _put(panel, action_name(index), 8, y + 13, colour, 0.45, 2 if chosen else 1)
+        colour = action_colour(index, action_names)  # the timeline's colour of this action
+        _put(panel, action_name(index, action_names), 8, y + 13, colour, 0.45, 2 if chosen else 1)
         cv2.rectangle(panel, (bar_left, y + 3), (bar_left + bar_width, y + 15), (55, 55, 55), -1)
         cv2.rectangle(panel, (bar_left, y + 3), (bar_left + int(round(bar_width * probability)), y + 15),
                       colour if chosen else tuple(c // 2 for c in colour), -1)
@@ -163,7 +174,8 @@ def _bars(panel: np.ndarray, record: StepRecord, top: int) -> int:
     return top + 20 * len(probabilities)
 
 
-def info_panel(record: StepRecord, height: int, episode_return: float, title: str) -> np.ndarray:
+def info_panel(record: StepRecord, height: int, episode_return: float, title: str,
+               action_names: tuple[str, ...] = META_ACTIONS) -> np.ndarray:
     """Top-down view, action probabilities, value and signals; (height, RIGHT_WIDTH, 3)."""
     panel = np.empty((height, RIGHT_WIDTH, 3), np.uint8)
     panel[:] = BACKGROUND
@@ -178,7 +190,7 @@ def info_panel(record: StepRecord, height: int, episode_return: float, title: st
         y = view.shape[0]
     y += 18
     _put(panel, "action probabilities", 8, y, DIM)
-    y = _bars(panel, record, y + 6) + 20
+    y = _bars(panel, record, y + 6, action_names) + 20
     _put(panel, f"value {record.decision.value:+.2f}", 8, y)
     _put(panel, f"return {episode_return:.2f}", 200, y)
     _put(panel, f"reward {record.reward:.2f}", 380, y)
@@ -220,7 +232,7 @@ def timeline_strip(timeline: Timeline, step: int, width: int) -> np.ndarray:
     cv2.rectangle(strip, (left, top), (right, bottom), (45, 45, 45), -1)
     for index, action in enumerate(timeline.actions):
         cv2.rectangle(strip, (x_of(index), top + 6), (max(x_of(index + 1) - 1, x_of(index)), bottom - 6),
-                      ACTION_COLOURS.get(action, TEXT), -1)
+                      action_colour(action, timeline.action_names), -1)
     for s in timeline.keyframes:
         cv2.line(strip, (x_of(s), top), (x_of(s), top + 3), TEXT, 1)
     for s in timeline.hard_brakes:
@@ -236,7 +248,7 @@ def timeline_strip(timeline: Timeline, step: int, width: int) -> np.ndarray:
 def compose(record: StepRecord, overlay: str, timeline: Timeline, episode_return: float, title: str,
             shap: ShapView | None = None, reasons: VehicleReasons | None = None) -> np.ndarray:
     """The whole frame (h, w, 3) uint8 RGB, even-sized (H.264's yuv420p needs it)."""
-    cameras = camera_panels(record, overlay, shap, reasons)
+    cameras = camera_panels(record, overlay, shap, reasons, timeline.action_names)
     camera_height = cameras[0][1].shape[0]
     left_width = sum(panel.shape[1] for _, panel in cameras) + GAP * (len(cameras) - 1)
     width = left_width + GAP + RIGHT_WIDTH
@@ -249,6 +261,7 @@ def compose(record: StepRecord, overlay: str, timeline: Timeline, episode_return
         _put(frame, caption, x + 4, BAND - 7)
         x += panel.shape[1] + GAP
     _put(frame, f"step {record.step}/{timeline.total_steps}", left_width + GAP + 4, BAND - 7)
-    frame[BAND : BAND + camera_height, left_width + GAP :] = info_panel(record, camera_height, episode_return, title)
+    frame[BAND : BAND + camera_height, left_width + GAP :] = info_panel(record, camera_height, episode_return, title,
+                                                                     timeline.action_names)
     frame[BAND + camera_height :] = timeline_strip(timeline, record.step, width)
     return frame[: height - height % 2, : width - width % 2]

@@ -34,6 +34,7 @@ from agents.explain.shapley import (NSAMPLES, KeyframeCache, ShapExplainer, file
                                     load_or_record_background)
 from agents.explain.vehicles import vehicle_reasons
 from envs.files import atomic_write
+from envs.policies import action_names
 from envs.progress import progress_bar
 from envs.video import write_video
 
@@ -109,7 +110,7 @@ def episode_frames(env, decision: DecisionModel, episode: Episode, overlay: str,
     scenario = env.unwrapped.scenario
     renderer = FrameRenderer(env)
     keyframes = keyframe_steps(episode.length, every) if explainer is not None else []
-    timeline = Timeline.of_records(episode.records, scenario.episode_steps, keyframes)
+    timeline = Timeline.of_records(episode.records, scenario.episode_steps, keyframes, action_names(env))
     frames, shap_view, episode_return = [], None, 0.0
     for record in episode.records:
         episode_return += record.reward

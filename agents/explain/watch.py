@@ -32,6 +32,7 @@ from agents.explain.session import FrameRenderer, StepRecord, iterate_episode
 from agents.explain.shapley import NSAMPLES, keyframe_steps
 from agents.explain.vehicles import vehicle_reasons
 from envs.files import atomic_write
+from envs.policies import action_names
 
 DRAW_FPS = 30  # window refresh [Hz]; the agent steps at the scenario's policy frequency
 
@@ -121,7 +122,7 @@ def watch(run: str | Path, episodes: int = 10, overlay: str = "both", every: int
         clock = pygame.time.Clock()
         for episode_index, episode_seed in enumerate(seeds):
             records = iterate_episode(env, loaded.decision, episode_seed)
-            timeline = Timeline(scenario_obj.episode_steps, keyframes=[])
+            timeline = Timeline(scenario_obj.episode_steps, action_names(env), keyframes=[])
             record: StepRecord | None = None
             shap_view, shap_reasons, episode_return = None, None, 0.0
             next_step_at, step_once, finished, dirty = 0.0, True, False, True

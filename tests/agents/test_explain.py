@@ -57,6 +57,17 @@ def test_attention_overlay_keeps_shape_and_heats_the_attended_cell():
     assert np.array_equal(attention_overlay(frame, np.zeros((12, 6))), frame)
 
 
+def test_actions_are_named_and_coloured_as_the_env_names_them():
+    from agents.explain.panels import META_ACTIONS, action_colour, action_name
+
+    intersection = ("SLOWER", "IDLE", "FASTER")  # DiscreteMetaAction, longitudinal only
+    assert [action_name(i, intersection) for i in range(3)] == list(intersection)
+    assert [action_name(i) for i in range(5)] == list(META_ACTIONS)
+    assert action_colour(2, intersection) == action_colour(META_ACTIONS.index("FASTER"))  # FASTER is FASTER's colour
+    assert action_colour(0, intersection) != action_colour(0)
+    assert action_name(7, intersection) == "action 7"
+
+
 def test_shap_overlay_is_red_for_positive_blue_for_negative():
     frame = np.full((4, 4, 3), 90, np.uint8)
     values = np.zeros((9, 4, 4), np.float32)

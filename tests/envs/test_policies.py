@@ -14,6 +14,7 @@ from envs.policies import (
     LaneChangingPolicy,
     RandomPolicy,
     action_indexes,
+    action_names,
     make_policy,
 )
 
@@ -47,6 +48,10 @@ def test_action_indexes_come_from_the_env(env):
     assert len(indexes) == env.action_space.n
     expected = LONGI if env.scenario.name == "intersection" else ALL
     assert indexes == expected
+    names = action_names(env)
+    assert len(names) == env.action_space.n and all(indexes[name] == i for i, name in enumerate(names))
+    assert names == (("SLOWER", "IDLE", "FASTER") if env.scenario.name == "intersection"
+                     else ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER"))
 
 
 @pytest.mark.parametrize("name", POLICY_NAMES)
