@@ -91,6 +91,9 @@ def road_unsupported_reasons(scenario: Scenario) -> list[str]:
     action = config.get("action", {"type": "DiscreteMetaAction"})
     if action.get("type") != "DiscreteMetaAction":
         reasons.append(f"its action type is {action.get('type')} (only DiscreteMetaAction)")
+    task = ROAD_TASKS[env_id]
+    if task.unsupported is not None:
+        reasons += task.unsupported(config)
     return reasons
 
 
