@@ -6,12 +6,13 @@ copied states instead). What can be compared over many episodes is how they end:
 policy, here one fixed action per step drawn from (episode seed, step) so that both simulators
 get the same sequences, plays N episodes on each, and the outcomes (collision rate, return,
 length, the ego's final x, the distance it drove) are set side by side with 95 % intervals (issue
-21, deliverable 1). Any scenario FastRoad supports (merge, roundabout, two-way, u-turn).
+21, deliverable 1). Any scenario FastRoad supports (merge, roundabout, two-way, u-turn, exit).
 
     python -m envs.fast.road_agreement --scenario merge --episodes 1000
     python -m envs.fast.road_agreement --scenario roundabout --episodes 300
     python -m envs.fast.road_agreement --scenario two-way --episodes 300
     python -m envs.fast.road_agreement --scenario u-turn --episodes 300
+    python -m envs.fast.road_agreement --scenario exit --episodes 300
 """
 
 from __future__ import annotations

@@ -5,13 +5,14 @@ where it applies: `FastRoad(scenario, batch_size, device, dtype, render, corrupt
 `reset(rows, seeds)`, `load(rows, traffic, seeds)`, `step(actions) -> StepResult`, `observation()`,
 `observations_of(rows)`, `clean_frames`, `reset_signals`, `episode_seeds`, `steps`.
 
-Supported: highway-env's merge-v1, roundabout-v1, two-way-v0 and u-turn-v1 (clearlane's
-scenarios/merge.yaml, roundabout.yaml, two-way.yaml and u-turn.yaml). What differs between them is
-one `RoadTask` each in `road_tasks.ROAD_TASKS` (its spawn's draws, the spawn, reward, termination,
-whether it truncates at its duration, its goal if any: road_merge.py, road_roundabout.py,
-road_two_way.py, road_u_turn.py, where their spawns and rewards are described); the stepping, the
-signals and the frames are shared here. One `step(actions)` is one policy step of highway-env's
-ConnectedLaneMergeEnv (ConnectedLaneRoundaboutEnv, TwoWayEnv, ConnectedLaneUTurnEnv) for every env
+Supported: highway-env's merge-v1, roundabout-v1, two-way-v0, u-turn-v1 and exit-v1 (clearlane's
+scenarios/merge.yaml, roundabout.yaml, two-way.yaml, u-turn.yaml and exit.yaml). What differs
+between them is one `RoadTask` each in `road_tasks.ROAD_TASKS` (its spawn's draws, the spawn,
+reward, termination, whether it truncates at its duration, its goal if any, the configs its spawn
+cannot reproduce: road_merge.py, road_roundabout.py, road_two_way.py, road_u_turn.py, road_exit.py,
+where their spawns and rewards are described); the stepping, the signals and the frames are shared
+here. One `step(actions)` is one policy step of highway-env's ConnectedLaneMergeEnv
+(ConnectedLaneRoundaboutEnv, TwoWayEnv, ConnectedLaneUTurnEnv, ConnectedLaneExitEnv) for every env
 (merge's terms below; the others' in their modules):
 
     road_traffic.policy_step     the ego's DiscreteMetaAction (index -> road_motion code), then
@@ -36,7 +37,7 @@ ConnectedLaneMergeEnv (ConnectedLaneRoundaboutEnv, TwoWayEnv, ConnectedLaneUTurn
                                  FastHighway stacks them (simulator.FrameStack), sensor corruptions too
 
 Exactness: in float64, equal to highway-env / DrivingEnv to rounding (tests/envs/fast/test_road_sim.py,
-test_road_roundabout.py, test_road_two_way.py, test_road_u_turn.py: positions ~1e-14 m over whole episodes, rewards, terms, terminated,
+test_road_roundabout.py, test_road_two_way.py, test_road_u_turn.py, test_road_exit.py: positions ~1e-14 m over whole episodes, rewards, terms, terminated,
 truncated and signals; on the roundabout, policy steps where the ego crawls below 0.5 m/s to 1e-3,
 where highway-env's own lateral loop amplifies round-off, and on the u-turn, where IDM vehicles
 crawl, with rows re-synchronised after such steps: within a step ~1e-12); each spawn is its env's given the same draws, but its draws are our RNG's, not numpy's (same
@@ -91,6 +92,9 @@ def road_unsupported_reasons(scenario: Scenario) -> list[str]:
     action = config.get("action", {"type": "DiscreteMetaAction"})
     if action.get("type") != "DiscreteMetaAction":
         reasons.append(f"its action type is {action.get('type')} (only DiscreteMetaAction)")
+    task = ROAD_TASKS[env_id]
+    if task.unsupported is not None:
+        reasons += task.unsupported(config)
     return reasons
 
 
@@ -182,7 +186,8 @@ class RoadSignalTracker(SignalTracker):
 
 
 class FastRoad(FrameStack):
-    """B copies of a road-network scenario (ROAD_TASKS: merge-v1, roundabout-v1, two-way-v0, u-turn-v1), on the CPU or a GPU."""
+    """B copies of a road-network scenario (ROAD_TASKS: merge-v1, roundabout-v1, two-way-v0, u-turn-v1, exit-v1), on
+    the CPU or a GPU."""
 
     def __init__(
         self,

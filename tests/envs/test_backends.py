@@ -49,10 +49,12 @@ def test_supports_gives_the_reason_when_it_does_not():
     assert FAST.unsupported_reason(load_scenario("roundabout")) is None  # FastRoad
     assert FAST.unsupported_reason(load_scenario("two-way")) is None  # FastRoad
     assert FAST.unsupported_reason(load_scenario("u-turn")) is None  # FastRoad
+    assert FAST.unsupported_reason(load_scenario("exit")) is None  # FastRoad
     intersection = FAST.unsupported_reason(load_scenario("intersection"))
     assert intersection is not None and "intersection-v" in intersection and "highway_env.id" in intersection
     assert not FAST.supports(load_scenario("intersection"))
-    assert set(FAST.supported_scenarios()) >= {"highway", "highway-dense", "highway-noisy", "merge", "roundabout", "two-way", "u-turn"}
+    assert set(FAST.supported_scenarios()) >= {"highway", "highway-dense", "highway-noisy", "merge", "roundabout", "two-way",
+                                               "u-turn", "exit"}
     with pytest.raises(ValueError, match="Supported scenarios: .*highway"):
         FAST.check_supported(load_scenario("intersection"))
 
@@ -69,6 +71,7 @@ def test_the_default_backend_is_fast_where_it_reproduces_the_scenario():
     assert default_backend_for(load_scenario("roundabout")) is FAST
     assert default_backend_for(load_scenario("two-way")) is FAST
     assert default_backend_for(load_scenario("u-turn")) is FAST
+    assert default_backend_for(load_scenario("exit")) is FAST
     assert default_backend_for(load_scenario("intersection")) is HIGHWAY_ENV
     assert default_backend_for(load_scenario("highway-noisy")) is FAST  # corruptions are batched too
 

@@ -1,4 +1,4 @@
-"""envs/fast/road_agreement.py: outcome statistics of merge, roundabout, two-way and u-turn on highway-env and on FastRoad."""
+"""envs/fast/road_agreement.py: outcome statistics of merge, roundabout, two-way, u-turn and exit on highway-env and on FastRoad."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from scenarios import load_scenario
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
 
-@pytest.mark.parametrize("name", ["merge", "roundabout", "two-way", "u-turn"])
+@pytest.mark.parametrize("name", ["merge", "roundabout", "two-way", "u-turn", "exit"])
 def test_both_simulators_give_one_outcome_row_per_episode_under_the_same_action_sequences(name):
     np.testing.assert_array_equal(policy_actions(7, 40, 5), policy_actions(7, 40, 5))
     assert not np.array_equal(policy_actions(7, 40, 5), policy_actions(8, 40, 5))

@@ -207,7 +207,7 @@ def test_an_episode_depends_on_its_seed_only():
 # Unsupported scenarios.
 
 
-@pytest.mark.parametrize("name", ["highway", "intersection", "exit"])
+@pytest.mark.parametrize("name", ["highway", "intersection"])
 def test_other_scenarios_are_refused_naming_the_supported_ids(name):
     with pytest.raises(ValueError, match="Supported highway-env ids: " + ", ".join(SUPPORTED_ROAD_ENV_IDS)) as error:
         FastRoad(load_scenario(name), 1, render=False)

@@ -1,0 +1,380 @@
+"""FastRoad (envs/fast/road_sim.py) on exit-v1 against highway-env and clearlane's DrivingEnv.
+
+1. Fidelity: DrivingEnv("exit") reset with a seed, its road (routes included) copied into a
+   FastRoad row (float64), both stepped with the same seeded actions until the episode ends (the
+   ego crashes, or the 18 s duration): every vehicle's position, heading and speed (1e-6), the
+   reward and each reward term (1e-6), terminated and truncated exactly, the safety signals, and
+   at every state the actions DiscreteMetaAction offers, and envs.goals' goal (info["goal_reached"],
+   FastRoad.goal_reached); all seeds as rows of one batch, under random, calm and rightward actions
+   (the last reach the exit lane). The goal and its clipped reward also from placed egos.
+2. Spawn: spawn_exit reproduces ExitEnv._create_vehicles exactly given highway-env's draws (its
+   generator replayed: the draws come in the order spawn_exit reads them, and it draws nothing
+   else); its own draws (envs.fast.rng) give highway-env's distributions over 500 seeds (lanes,
+   positions, speeds); an episode depends on its seed only; other vehicles_count are refused.
+3. Frames: uint8 of the scenario's shape, like the reference camera's.
+4. The fast backend: FastDrivingEnv and FastVecEnv play exit episodes (make_env("exit",
+   backend="fast")); the teacher plans on FastRoad copies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import gymnasium as gym
+import highway_env  # noqa: F401
+import numpy as np
+import pytest
+import torch
+
+from envs import palette
+from envs.driving_env import DrivingEnv
+from envs.fast.road_exit import EXIT_GAP_RANGE, EXIT_VEHICLES_COUNT, exit_draws, lane_choice_cdf, spawn_exit
+from envs.fast.road_sim import FastRoad
+from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
+from envs.fast.road_traffic import RoadTraffic
+from envs.fast.simulator import UnsupportedScenario
+from envs.fast.simulators import make_simulator, simulator_class
+from envs.fast.vec_env import FastVecEnv
+from envs.registration import make_env
+from scenarios import load_scenario
+from tests.envs.fast.road_episodes import Episode, record_episode
+from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
+from tests.envs.fast.test_road_sim import stack
+from tests.envs.fast.test_road_u_turn import check_signals
+from tests.envs.test_fast_camera import MAX_FRAME_MEAN_ABS_DIFF, MAX_MEAN_ABS_DIFF, MIN_VEHICLE_IOU, colour_mask, iou
+
+SEEDS = tuple(range(14))
+# (LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER) per seed: uniform (None), calm (episodes that run to
+# the duration), rightward (towards the exit lane, six lanes to the right of the ego's start, slowing
+# down behind the slower right lanes: seeds 10 and 13 get there, 13 then crashes)
+CALM_POLICY = (0.05, 0.5, 0.05, 0.0, 0.4)
+RIGHTWARD_POLICY = (0.0, 0.3, 0.4, 0.0, 0.3)
+POLICIES = (None,) * 4 + (CALM_POLICY,) * 4 + (RIGHTWARD_POLICY,) * 6
+COLUMNS = 1 + EXIT_VEHICLES_COUNT  # the ego, twenty IDM vehicles
+DRAWS = 1 + 2 * EXIT_VEHICLES_COUNT  # the ego's gap, each vehicle's lane and gap
+EXACT = 1e-6
+SPAWN_SEEDS = 500
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+
+
+@functools.lru_cache(maxsize=None)
+def scenario():
+    return load_scenario("exit")
+
+
+@functools.lru_cache(maxsize=None)
+def simulator(batch: int, render: bool) -> FastRoad:
+    return FastRoad(scenario(), batch, dtype=torch.float64, render=render)
+
+
+@functools.lru_cache(maxsize=None)
+def driving_env() -> DrivingEnv:
+    return DrivingEnv("exit")
+
+
+def copy_road(sim: FastRoad, u) -> RoadTraffic:
+    return RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], sim.columns, sim.route_slots)
+
+
+@functools.lru_cache(maxsize=None)
+def episode(seed: int) -> Episode:
+    sim, policy = simulator(len(SEEDS), True), POLICIES[seed]
+    return record_episode(driving_env(), seed, lambda u: copy_road(sim, u), calm=policy is not None,
+                          calm_policy=policy)
+
+
+@pytest.fixture(scope="module")
+def replay():
+    """All seeds' episodes replayed as rows of one FastRoad; per row, the fast frames it drew."""
+    sim = simulator(len(SEEDS), True)
+    episodes = [episode(seed) for seed in SEEDS]
+    rows = torch.arange(len(SEEDS))
+    sim.load(rows, stack([e.start for e in episodes]), torch.tensor(SEEDS))
+    reset_stacks = sim.observation().clone()
+    frames = [[sim.clean_frames[b].permute(1, 2, 0).numpy().copy()] for b in range(len(SEEDS))]
+    for b, e in enumerate(episodes):
+        check_signals(sim.reset_signals, b, e.signals[0], (SEEDS[b], "reset"))
+    longest = max(len(e.actions) for e in episodes)
+    for k in range(longest):
+        for b, e in enumerate(episodes):
+            if k < len(e.actions):
+                assert tuple(sim.available_actions(b)) == e.available[k], (SEEDS[b], k)
+        actions = torch.tensor([e.actions[k] if k < len(e.actions) else 1 for e in episodes])
+        result = sim.step(actions)
+        goal = sim.goal_reached()
+        v = sim.state.vehicles
+        fast = torch.stack([v.x, v.y, v.heading, v.speed], dim=-1)  # (B, N, 4)
+        for b, e in enumerate(episodes):
+            if k >= len(e.actions):
+                continue
+            where = (SEEDS[b], k)
+            error = np.abs(fast[b].numpy() - e.states[k]).max()
+            assert error <= EXACT, (where, error)
+            assert float(result.reward[b]) == pytest.approx(e.rewards[k], abs=EXACT), where
+            assert set(result.rewards) == set(e.terms[k]), where
+            for name, value in e.terms[k].items():
+                assert float(result.rewards[name][b]) == pytest.approx(value, abs=EXACT), (where, name)
+            assert bool(result.terminated[b]) == e.terminated[k], where
+            assert bool(result.truncated[b]) == e.truncated[k], where
+            check_signals(result.signals, b, e.signals[k + 1], where)
+            assert bool(goal[b]) == e.goals[k], where
+            frames[b].append(sim.clean_frames[b].permute(1, 2, 0).numpy().copy())
+    return episodes, reset_stacks, frames
+
+
+def test_a_copied_exit_road_steps_as_highway_env(replay):
+    episodes, _, _ = replay
+    ends = {"crash": 0, "time": 0}
+    for e in episodes:
+        assert e.terminated[-1] != e.truncated[-1] or e.terminated[-1]
+        ends["crash" if e.terminated[-1] else "time"] += 1
+        if e.truncated[-1] and not e.terminated[-1]:
+            assert len(e.actions) == scenario().episode_steps == 18  # duration 18 s at 1 Hz
+    # the seeds end both ways, reach the exit lane, use many lanes and several speeds
+    assert ends["crash"] > 0 and ends["time"] > 0, ends
+    assert [SEEDS[b] for b, e in enumerate(episodes) if any(e.goals)] == [10, 13]
+    assert {t["goal_reward"] for e in episodes for t in e.terms} == {0.0, 1.0}
+    assert len({t["right_lane_reward"] for e in episodes for t in e.terms}) >= 4
+    assert len({t["high_speed_reward"] for e in episodes for t in e.terms}) > 10
+    offered = {a for e in episodes for available in e.available for a in available}
+    assert {0, 2, 3, 4} <= offered
+
+
+def test_frames_look_like_the_reference_camera(replay):
+    episodes, reset_stacks, fast_frames = replay
+    sim = simulator(len(SEEDS), True)
+    height, width = scenario().camera.size
+    assert reset_stacks.dtype == torch.uint8
+    assert reset_stacks.shape == (len(SEEDS), 3 * sim.stack, height, width)
+    first = reset_stacks[:, :3]
+    assert all(torch.equal(reset_stacks[:, 3 * i: 3 * i + 3], first) for i in range(sim.stack))
+    fast = np.concatenate([np.stack(f) for f in fast_frames]).astype(int)
+    reference = np.concatenate([np.stack(e.frames) for e in episodes]).astype(int)
+    per_frame = np.abs(fast - reference).mean(axis=(1, 2, 3))
+    assert per_frame.max() <= MAX_FRAME_MEAN_ABS_DIFF, per_frame.max()
+    assert per_frame.mean() <= MAX_MEAN_ABS_DIFF, per_frame.mean()
+    for colour, least in ((palette.EGO_VEHICLE, MIN_REAL_EGO_IOU), (palette.OTHER_VEHICLE, MIN_VEHICLE_IOU)):
+        mask = colour_mask(reference, colour)
+        assert mask.sum() > 50
+        assert iou(colour_mask(fast, colour), mask) >= least, colour
+
+
+def test_episodes_are_truncated_at_the_duration_or_the_scenarios_step_limit():
+    assert "exit-v1" in SUPPORTED_ROAD_ENV_IDS
+    sim = simulator(2, False)
+    assert sim.max_steps == 18
+    short = dataclasses.replace(scenario(), max_episode_steps=3)
+    sim = FastRoad(short, 2, dtype=torch.float64, render=False)
+    sim.reset(torch.arange(2), torch.tensor([3, 4]))
+    sim.state.vehicles.x[:, 1:] += 1000.0  # no one to crash into
+    for step in range(1, 5):
+        result = sim.step(torch.ones(2, dtype=torch.long))
+        assert result.truncated.tolist() == [step >= 3] * 2
+        assert not result.terminated.any()
+
+
+@pytest.mark.parametrize("lane_index, s, reached", [
+    (("1", "2", 6), 50.0, True),  # the exit lane beside the highway
+    (("2", "exit", 0), 30.0, True),  # the ramp
+    (("1", "2", 5), 50.0, False),  # the rightmost through lane
+    (("2", "3", 5), 20.0, False),  # past the exit
+])
+def test_the_goal_is_the_exit_lane(lane_index, s, reached):
+    """envs.goals' exit goal (ExitEnv._is_success: the ego's target lane) as DrivingEnv reports it,
+    with the goal_reward term and the normalised reward clipped to 1, from an ego placed on a lane
+    (traffic out of the way) and stepped on both."""
+    env = DrivingEnv("exit")
+    sim = FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    env.reset(seed=1)
+    u = env.sim
+    for other in u.road.vehicles[1:]:
+        other.position[0] += 1000.0  # out of the way
+    lane = u.road.network.get_lane(lane_index)
+    ego = u.vehicle
+    ego.position, ego.heading = lane.position(s, 0.0), lane.heading_at(s)
+    ego.lane_index = ego.target_lane_index = lane_index
+    ego.lane = lane
+    sim.load(torch.zeros(1, dtype=torch.long), copy_road(sim, u))
+    _, reward, _, _, info = env.step(1)
+    result = sim.step(torch.ones(1, dtype=torch.long))
+    assert info["goal_reached"] is reached
+    assert sim.goal_reached().tolist() == [reached]
+    assert info["rewards"]["goal_reward"] == float(reached) == float(result.rewards["goal_reward"][0])
+    assert reward == (1.0 if reached else pytest.approx(0.1 * info["rewards"]["high_speed_reward"], abs=1e-12))
+    assert float(result.reward[0]) == pytest.approx(reward, abs=EXACT)
+    for name, value in info["rewards"].items():
+        assert float(result.rewards[name][0]) == pytest.approx(float(value), abs=EXACT), name
+    env.close()
+
+
+def test_other_vehicle_counts_are_refused():
+    """exit_draws draws for ExitEnv's default twenty vehicles; other counts are refused by name."""
+    other = dataclasses.replace(scenario(), traffic={**scenario().traffic, "vehicles_count": 10})
+    for make in (lambda: FastRoad(other, 1, render=False), lambda: simulator_class(other)):
+        with pytest.raises(UnsupportedScenario, match="vehicles_count is 10"):
+            make()
+
+
+# Spawn.
+
+
+@functools.lru_cache(maxsize=None)
+def highway_env_exit():
+    return gym.make("exit-v1", config=scenario().highway_env_config(), disable_env_checker=True)
+
+
+def replayed_draws(seed: int) -> tuple[np.ndarray, np.random.Generator]:
+    """The DRAWS doubles highway-env's generator gives after reset(seed=seed), and the generator."""
+    generator = gym.utils.seeding.np_random(seed)[0]
+    return np.array([generator.random() for _ in range(DRAWS)]), generator
+
+
+def test_numpys_draws_are_one_double_each():
+    """create_random's uniform(0.9, 1.1) and ExitEnv's choice(lanes, size=1, p) each take one double
+    of the generator: low + (high - low) u, and searchsorted(cumsum(p) / its last, u, "right")."""
+    lanes = np.arange(scenario().traffic["lanes_count"])
+    for seed in range(50):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        low, high = EXIT_GAP_RANGE
+        assert a.uniform(low, high) == low + (high - low) * b.random()
+        u = b.random()
+        picked = np.searchsorted(lane_choice_cdf(len(lanes)), u, "right")
+        assert a.choice(lanes, size=1, p=lanes / lanes.sum())[0] == picked
+        assert a.bit_generator.state == b.bit_generator.state
+
+
+def test_spawn_is_exit_create_vehicles_given_its_draws():
+    sim, env = simulator(1, False), highway_env_exit()
+    for seed in range(10):
+        env.reset(seed=seed)
+        u = env.unwrapped
+        assert len(u.road.vehicles) == COLUMNS and not u.road.objects
+        assert not any(v.enable_lane_change for v in u.road.vehicles[1:])
+        assert {v.DELTA for v in u.road.vehicles[1:]} == {4.0} and u.vehicle.route is None
+        draws, replayed = replayed_draws(seed)
+        # highway-env's own generator, replayed: these draws and nothing else
+        assert replayed.bit_generator.state == u.np_random.bit_generator.state
+        copied = copy_road(sim, u)
+        spawned = spawn_exit(torch.tensor(draws)[None], sim.road)
+        for mine, theirs in [(spawned.vehicles, copied.vehicles), (spawned, copied)]:
+            for f in dataclasses.fields(mine):
+                if f.name == "vehicles":
+                    continue
+                a, b = getattr(mine, f.name), getattr(theirs, f.name)
+                assert a.shape == b.shape and a.dtype == b.dtype, (seed, f.name)
+                if a.dtype.is_floating_point:
+                    assert torch.allclose(a, b, atol=1e-9, rtol=0), (seed, f.name, a, b)
+                else:
+                    assert torch.equal(a, b), (seed, f.name, a, b)
+
+
+def test_spawn_has_highway_envs_distributions():
+    sim, env = simulator(1, False), highway_env_exit()
+    lanes = scenario().traffic["lanes_count"]
+    reference = []
+    for seed in range(SPAWN_SEEDS):
+        env.reset(seed=seed)
+        u = env.unwrapped
+        reference.append([[o.position[0], o.lane_index[2], o.speed, len(o.route or [])] for o in u.road.vehicles])
+    reference = np.array(reference, dtype=float)  # (S, N, 4)
+    seeds = torch.arange(10**6, 10**6 + SPAWN_SEEDS)
+    draws = exit_draws(seeds).numpy()
+    assert draws.shape == (SPAWN_SEEDS, DRAWS) and draws.min() >= 0 and draws.max() < 1
+    fast = sim.spawn(seeds)
+    v = fast.vehicles
+    routes = (v.route_edge >= 0).sum(-1).double()
+    mine = torch.stack([v.x, sim.graph.lane_number[v.lane].double(), v.speed, routes], dim=-1).numpy()
+    # the lanes: never lane 0 (p = 0), lane L with p = L / 15, pooled over the twenty vehicles
+    p = np.arange(lanes) / np.arange(lanes).sum()
+    count = SPAWN_SEEDS * EXIT_VEHICLES_COUNT
+    for ours in (mine, reference):
+        assert (ours[:, 0, 1] == 0).all() and (ours[:, 1:, 1] >= 1).all()
+        assert (ours[:, 0, 2] == 25).all() and (ours[:, 0, 3] == 0).all() and (ours[:, 1:, 3] == 3).all()
+        frequency = np.bincount(ours[:, 1:, 1].astype(int).ravel(), minlength=lanes) / count
+        assert np.all(np.abs(frequency - p) < 4.5 * np.sqrt(p * (1 - p) / count) + 1e-12), frequency
+        assert np.allclose(ours[:, 1:, 2], 26 - 3.4 * ours[:, 1:, 1], atol=1e-12)  # the lane's speed limit
+        assert (np.diff(ours[:, :, 0], axis=1) > 0).all()  # each ahead of the one before
+    # positions: the ego's (U(0.9, 1.1) x 34.9 m after 3 offsets), the gaps between vehicles, the last one's
+    for a, b, what in ((mine[:, 0, 0], reference[:, 0, 0], "ego"),
+                       (np.diff(mine[:, :, 0], axis=1).ravel(), np.diff(reference[:, :, 0], axis=1).ravel(), "gaps"),
+                       (mine[:, -1, 0], reference[:, -1, 0], "last")):
+        se = math.sqrt(a.var() / len(a) + b.var() / len(b))
+        assert abs(a.mean() - b.mean()) < 4.5 * se, (what, a.mean(), b.mean())
+        assert abs(a.std() - b.std()) < 0.15 * b.std(), (what, a.std(), b.std())
+        assert a.min() >= b.min() - 0.1 * b.std() and a.max() <= b.max() + 0.1 * b.std() or what == "last", what
+    assert (fast.delta == 4).all() and not fast.lane_change.any()
+
+
+def test_an_episode_depends_on_its_seed_only():
+    big, small = simulator(4, False), FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    big.reset(torch.arange(4), torch.tensor([5, 6, 7, 8]))
+    big.reset(torch.tensor([2, 0]), torch.tensor([42, 7]))
+    small.reset(torch.tensor([0]), torch.tensor([42]))
+    for a in [3, 2, 1, 2, 4, 1]:
+        r_big = big.step(torch.full((4,), a))
+        r_small = small.step(torch.tensor([a]))
+        assert torch.equal(big.state.vehicles.x[2], small.state.vehicles.x[0])
+        assert torch.equal(big.state.vehicles.route_cursor[2], small.state.vehicles.route_cursor[0])
+        assert torch.equal(r_big.reward[2:3], r_small.reward)
+    assert not torch.equal(big.state.vehicles.x[0], big.state.vehicles.x[2])
+
+
+def test_a_float32_spawn_is_the_float64_spawn_rounded():
+    seeds = torch.arange(20)
+    wide, narrow = simulator(1, False).spawn(seeds), FastRoad(scenario(), 1, render=False).spawn(seeds)
+    assert torch.equal(wide.vehicles.lane, narrow.vehicles.lane)
+    assert torch.equal(wide.vehicles.route_edge, narrow.vehicles.route_edge)
+    assert torch.allclose(wide.vehicles.x.float(), narrow.vehicles.x) and narrow.vehicles.x.dtype == torch.float32
+
+
+# The fast backend.
+
+
+def test_fast_driving_env_plays_exit_episodes():
+    assert simulator_class(scenario()) is FastRoad
+    assert isinstance(make_simulator(scenario(), 2, render=False), FastRoad)
+    env = make_env("exit", backend="fast")
+    assert isinstance(env.sim, FastRoad)
+    observation, info = env.reset(seed=0)
+    assert observation.shape == env.observation_space.shape == (3 * env.sim.stack, *scenario().camera.size)
+    assert set(info) >= {"safety", "ground_truth", "episode_seed"} and info["episode_seed"] == 0
+    assert len(env.scene().speeds) == COLUMNS
+    steps = 0
+    for steps in range(1, scenario().episode_steps + 1):
+        _, reward, terminated, truncated, info = env.step(4)  # SLOWER: behind the traffic
+        assert set(info["rewards"]) == {"collision_reward", "goal_reward", "high_speed_reward", "right_lane_reward"}
+        assert isinstance(info["goal_reached"], bool) and 0 <= reward <= 1
+        if terminated or truncated:
+            break
+    assert terminated or (truncated and steps == 18)
+
+
+def test_fast_vec_env_on_exit_resets_finished_envs():
+    env = FastVecEnv(scenario(), 4)
+    env.seed(100)
+    first = env.reset()
+    shape = (3 * env.sim.stack, *scenario().camera.size)
+    assert first.shape == (4, *shape) and [info["episode_seed"] for info in env.reset_infos] == [100, 101, 102, 103]
+    ended = []
+    for _ in range(2 * scenario().episode_steps):
+        observations, rewards, dones, infos = env.step(np.full(4, 2, dtype=np.int64))  # LANE_RIGHT
+        for i in np.flatnonzero(dones):
+            assert infos[i]["terminal_observation"].shape == shape
+            ended.append(infos[i]["TimeLimit.truncated"])
+        assert all(isinstance(info["goal_reached"], bool) for info in infos)
+    assert observations.shape == (4, *shape) and rewards.dtype == np.float32
+    assert len(ended) >= 4
+
+
+def test_the_teacher_plans_on_fast_exit_copies():
+    from agents.teacher import LookaheadTeacher, best_actions
+
+    env = FastVecEnv(scenario(), 2, render=False)
+    env.reset()
+    teacher = LookaheadTeacher(env.sim)
+    values = teacher.action_values()
+    assert values.shape == (2, 5) and torch.isfinite(values).all()
+    assert torch.equal(teacher.act(), best_actions(values))
