@@ -28,9 +28,14 @@ import numpy as np
 import pytest
 import torch
 
-from envs import palette
 from envs.driving_env import DrivingEnv
-from envs.fast.road_exit import EXIT_GAP_RANGE, EXIT_VEHICLES_COUNT, exit_draws, lane_choice_cdf, spawn_exit
+from envs.fast.road_exit import (
+    EXIT_GAP_RANGE,
+    EXIT_VEHICLES_COUNT,
+    exit_draws,
+    lane_choice_cdf,
+    spawn_exit,
+)
 from envs.fast.road_sim import FastRoad
 from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
@@ -39,11 +44,15 @@ from envs.fast.simulators import make_simulator, simulator_class
 from envs.fast.vec_env import FastVecEnv
 from envs.registration import make_env
 from scenarios import load_scenario
-from tests.envs.fast.road_episodes import Episode, record_episode
-from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
-from tests.envs.fast.test_road_sim import stack
-from tests.envs.fast.test_road_u_turn import check_signals
-from tests.envs.test_fast_camera import MAX_FRAME_MEAN_ABS_DIFF, MAX_MEAN_ABS_DIFF, MIN_VEHICLE_IOU, colour_mask, iou
+from tests.envs.fast.road_episodes import (
+    EXACT,
+    Episode,
+    Replay,
+    check_frames_look_like_the_reference_camera,
+    check_same_traffic,
+    record_episode,
+    replay_episodes,
+)
 
 SEEDS = tuple(range(14))
 # (LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER) per seed: uniform (None), calm (episodes that run to
@@ -54,7 +63,6 @@ RIGHTWARD_POLICY = (0.0, 0.3, 0.4, 0.0, 0.3)
 POLICIES = (None,) * 4 + (CALM_POLICY,) * 4 + (RIGHTWARD_POLICY,) * 6
 COLUMNS = 1 + EXIT_VEHICLES_COUNT  # the ego, twenty IDM vehicles
 DRAWS = 1 + 2 * EXIT_VEHICLES_COUNT  # the ego's gap, each vehicle's lane and gap
-EXACT = 1e-6
 SPAWN_SEEDS = 500
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -87,46 +95,12 @@ def episode(seed: int) -> Episode:
 
 
 @pytest.fixture(scope="module")
-def replay():
-    """All seeds' episodes replayed as rows of one FastRoad; per row, the fast frames it drew."""
-    sim = simulator(len(SEEDS), True)
-    episodes = [episode(seed) for seed in SEEDS]
-    rows = torch.arange(len(SEEDS))
-    sim.load(rows, stack([e.start for e in episodes]), torch.tensor(SEEDS))
-    reset_stacks = sim.observation().clone()
-    frames = [[sim.clean_frames[b].permute(1, 2, 0).numpy().copy()] for b in range(len(SEEDS))]
-    for b, e in enumerate(episodes):
-        check_signals(sim.reset_signals, b, e.signals[0], (SEEDS[b], "reset"))
-    longest = max(len(e.actions) for e in episodes)
-    for k in range(longest):
-        for b, e in enumerate(episodes):
-            if k < len(e.actions):
-                assert tuple(sim.available_actions(b)) == e.available[k], (SEEDS[b], k)
-        actions = torch.tensor([e.actions[k] if k < len(e.actions) else 1 for e in episodes])
-        result = sim.step(actions)
-        goal = sim.goal_reached()
-        v = sim.state.vehicles
-        fast = torch.stack([v.x, v.y, v.heading, v.speed], dim=-1)  # (B, N, 4)
-        for b, e in enumerate(episodes):
-            if k >= len(e.actions):
-                continue
-            where = (SEEDS[b], k)
-            error = np.abs(fast[b].numpy() - e.states[k]).max()
-            assert error <= EXACT, (where, error)
-            assert float(result.reward[b]) == pytest.approx(e.rewards[k], abs=EXACT), where
-            assert set(result.rewards) == set(e.terms[k]), where
-            for name, value in e.terms[k].items():
-                assert float(result.rewards[name][b]) == pytest.approx(value, abs=EXACT), (where, name)
-            assert bool(result.terminated[b]) == e.terminated[k], where
-            assert bool(result.truncated[b]) == e.truncated[k], where
-            check_signals(result.signals, b, e.signals[k + 1], where)
-            assert bool(goal[b]) == e.goals[k], where
-            frames[b].append(sim.clean_frames[b].permute(1, 2, 0).numpy().copy())
-    return episodes, reset_stacks, frames
+def replay() -> Replay:
+    return replay_episodes(simulator(len(SEEDS), True), [episode(seed) for seed in SEEDS], SEEDS)
 
 
 def test_a_copied_exit_road_steps_as_highway_env(replay):
-    episodes, _, _ = replay
+    episodes = replay.episodes
     ends = {"crash": 0, "time": 0}
     for e in episodes:
         assert e.terminated[-1] != e.truncated[-1] or e.terminated[-1]
@@ -144,22 +118,7 @@ def test_a_copied_exit_road_steps_as_highway_env(replay):
 
 
 def test_frames_look_like_the_reference_camera(replay):
-    episodes, reset_stacks, fast_frames = replay
-    sim = simulator(len(SEEDS), True)
-    height, width = scenario().camera.size
-    assert reset_stacks.dtype == torch.uint8
-    assert reset_stacks.shape == (len(SEEDS), 3 * sim.stack, height, width)
-    first = reset_stacks[:, :3]
-    assert all(torch.equal(reset_stacks[:, 3 * i: 3 * i + 3], first) for i in range(sim.stack))
-    fast = np.concatenate([np.stack(f) for f in fast_frames]).astype(int)
-    reference = np.concatenate([np.stack(e.frames) for e in episodes]).astype(int)
-    per_frame = np.abs(fast - reference).mean(axis=(1, 2, 3))
-    assert per_frame.max() <= MAX_FRAME_MEAN_ABS_DIFF, per_frame.max()
-    assert per_frame.mean() <= MAX_MEAN_ABS_DIFF, per_frame.mean()
-    for colour, least in ((palette.EGO_VEHICLE, MIN_REAL_EGO_IOU), (palette.OTHER_VEHICLE, MIN_VEHICLE_IOU)):
-        mask = colour_mask(reference, colour)
-        assert mask.sum() > 50
-        assert iou(colour_mask(fast, colour), mask) >= least, colour
+    check_frames_look_like_the_reference_camera(replay, simulator(1, True).stack, scenario().camera.size)
 
 
 def test_episodes_are_truncated_at_the_duration_or_the_scenarios_step_limit():
@@ -259,16 +218,7 @@ def test_spawn_is_exit_create_vehicles_given_its_draws():
         assert replayed.bit_generator.state == u.np_random.bit_generator.state
         copied = copy_road(sim, u)
         spawned = spawn_exit(torch.tensor(draws)[None], sim.road)
-        for mine, theirs in [(spawned.vehicles, copied.vehicles), (spawned, copied)]:
-            for f in dataclasses.fields(mine):
-                if f.name == "vehicles":
-                    continue
-                a, b = getattr(mine, f.name), getattr(theirs, f.name)
-                assert a.shape == b.shape and a.dtype == b.dtype, (seed, f.name)
-                if a.dtype.is_floating_point:
-                    assert torch.allclose(a, b, atol=1e-9, rtol=0), (seed, f.name, a, b)
-                else:
-                    assert torch.equal(a, b), (seed, f.name, a, b)
+        check_same_traffic(spawned, copied, seed)
 
 
 def test_spawn_has_highway_envs_distributions():
