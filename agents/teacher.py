@@ -20,6 +20,12 @@ traffic until only one escape was left). That is the "learning by cheating" reci
 CoRL 2019): a privileged agent that sees the true state teaches the camera agent, which sees only
 frames (agents/imitation.py).
 
+Where a scenario's reward waits at the end of a manoeuvre beyond the horizon (exit: the exit lane,
+hundreds of metres and six lane changes away), the simulator estimates the policy steps each plan
+still needs to get there (`steps_to_goal`), and a plan that survives its horizon is worth
+`goal_value` per step from then on, discounted by those steps, on top of its survival value: a
+search with a heuristic at its leaves.
+
 The defaults (depth 2, horizon 3, 0.5 s headway and 3 s TTC margins) and the variants measured are
 in docs/BENCHMARKS.md ("The teacher"); `python run.py bench teacher` plays them.
 """
@@ -52,12 +58,14 @@ def best_actions(values: torch.Tensor) -> torch.Tensor:
 class LookaheadTeacher:
     def __init__(self, sim: BatchedSimulator, depth: int = 2, horizon: int = 3, gamma: float = 0.95,
                  survival_value: float = 0.8, min_headway_s: float = 0.5, headway_penalty: float = 0.5,
-                 min_ttc_s: float = 3.0, ttc_penalty: float = 0.5, chunk: int | None = None) -> None:
+                 min_ttc_s: float = 3.0, ttc_penalty: float = 0.5, goal_value: float = 1.0,
+                 chunk: int | None = None) -> None:
         """sim: the simulator whose envs it advises. depth: actions searched exhaustively; horizon:
         policy steps simulated per sequence (IDLE after `depth`); gamma: discount of the plan;
         survival_value: the reward per step assumed after the horizon for a sequence that did not
         crash; min_ttc_s, ttc_penalty: the cost of a step closing in on the car ahead with a time
-        to collision below min_ttc_s [s] (as min_headway_s, headway_penalty for the gap); chunk:
+        to collision below min_ttc_s [s] (as min_headway_s, headway_penalty for the gap); goal_value:
+        the reward per step at the goal, where the simulator estimates the steps to it; chunk:
         envs planned at once (the planning batch is chunk * 5^depth rows); by default
         CPU_CHUNK_ENVS on a CPU, where a cache-sized batch is fastest, and all of them on a GPU,
         where each simulator call costs thousands of kernel launches whatever its size."""
@@ -65,9 +73,10 @@ class LookaheadTeacher:
             raise ValueError(f"need 1 <= depth <= horizon, got depth {depth} and horizon {horizon}")
         if not 0.0 < gamma < 1.0:
             raise ValueError(f"gamma must be in (0, 1), got {gamma}")
-        if min(min_headway_s, headway_penalty, min_ttc_s, ttc_penalty) < 0:
-            raise ValueError(f"margins and penalties must be >= 0, got min_headway_s {min_headway_s}, headway_penalty "
-                             f"{headway_penalty}, min_ttc_s {min_ttc_s}, ttc_penalty {ttc_penalty}")
+        if min(min_headway_s, headway_penalty, min_ttc_s, ttc_penalty, goal_value) < 0:
+            raise ValueError(f"margins, penalties and the goal's value must be >= 0, got min_headway_s {min_headway_s}, "
+                             f"headway_penalty {headway_penalty}, min_ttc_s {min_ttc_s}, ttc_penalty {ttc_penalty}, "
+                             f"goal_value {goal_value}")
         self.sim = sim
         self.depth, self.horizon, self.gamma = depth, horizon, gamma
         self.min_headway_s, self.headway_penalty = min_headway_s, headway_penalty
@@ -77,6 +86,7 @@ class LookaheadTeacher:
         # A sequence that survives the horizon is worth this much more than its rewards so far:
         # survival_value per step for ever after, discounted.
         self.tail_value = gamma**horizon * survival_value / (1.0 - gamma)
+        self.goal_value = goal_value
         self._planners: dict[str, BatchedSimulator] = {}
 
     def act(self, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -116,9 +126,18 @@ class LookaheadTeacher:
             value += ~ended * reward  # an ended episode (crash, or merge's end of road) earns nothing more
             alive &= survived | ended
             ended |= ends
-        value += alive * self.tail_value
+        value += alive * (self.tail_value + self._goal_tail(rest))
         # (E, 5): the best sequence that starts with each action
         return value.view(count, ACTIONS, options // ACTIONS).amax(dim=2)
+
+    def _goal_tail(self, planner: BatchedSimulator) -> torch.Tensor | float:
+        """(rows,) the value of the goal beyond the horizon from each plan's last state: goal_value
+        per step once there, discounted by the steps still needed (0 where it cannot be reached)."""
+        steps = planner.steps_to_goal()
+        if steps is None or not self.goal_value:
+            return 0.0
+        gamma = self.gamma
+        return gamma**self.horizon * self.goal_value * torch.pow(gamma, steps).to(planner.dtype) / (1.0 - gamma)
 
     def _score(self, result: StepResult, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(discounted reward, not crashed, episode over) of one planning step, each (rows,).

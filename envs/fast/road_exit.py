@@ -128,6 +128,33 @@ def exit_goal(road: RoadScenario, traffic: RoadTraffic) -> torch.Tensor:
     return (target == slip) | (target == graph.lane_id(EXIT_RAMP_LANE))
 
 
+def exit_steps_to_goal(road: RoadScenario, traffic: RoadTraffic) -> torch.Tensor:
+    """(B,) float: a lower bound on the policy steps each ego needs to reach the exit (0 there, inf
+    where it cannot any more), the planner's estimate beyond its horizon (agents/teacher.py).
+
+    The exit lane ("1", "2", lanes_count) exists only between the slip road's start and end (x 400
+    to 500 m), and a lane change is offered only within a road, so an ego k lanes to its left needs
+    k changes (one policy step each) of which the last starts on the slip road: max(k, the steps to
+    the slip road's start + 1). It misses the exit when it cannot start its last change before the
+    slip road ends at its speed, or once it is past the slip road."""
+    graph, v = road.graph, traffic.vehicles
+    dtype = v.x.dtype
+    lanes = int(road.config["lanes_count"])
+    slip = graph.lane_id((*EXIT_SLIP_ROAD, lanes))
+    slip_start, slip_end = graph.start[slip, 0].to(dtype), graph.end[slip, 0].to(dtype)  # [m] along x
+    step_s = 1.0 / road.config["policy_frequency"]
+    target = v.target_lane[:, 0]
+    x, speed = v.x[:, 0], v.speed[:, 0].clamp(min=1.0)  # [m], [m/s]
+    edge = graph.edge[target]
+    before_exit = (edge == graph.edge[graph.lane_id((*EXIT_SPAWN_ROAD, 0))]) | (edge == graph.edge[slip])
+    changes = (lanes - graph.lane_number[target]).to(dtype)  # lane changes to the exit lane
+    to_slip = torch.ceil(((slip_start - x) / (speed * step_s)).clamp(min=0)) + 1  # [steps] the last change's earliest
+    steps = torch.maximum(changes, to_slip)
+    in_time = x + (changes - 1).clamp(min=0) * speed * step_s < slip_end
+    steps = torch.where(before_exit & in_time, steps, torch.full_like(steps, torch.inf))
+    return torch.where(exit_goal(road, traffic), torch.zeros_like(steps), steps)
+
+
 def exit_reward(road: RoadScenario, traffic: RoadTraffic, actions: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """ExitEnv._rewards and _reward: collision_reward = crashed, goal_reward = _is_success,
     high_speed_reward = clip(lmap(speed, reward_speed_range, [0, 1]), 0, 1), right_lane_reward = the

@@ -307,6 +307,11 @@ class FastRoad(FrameStack):
         info["goal_reached"]); None where the scenario has no goal."""
         return None if self.task.goal is None else self.task.goal(self.road, self.state)
 
+    def steps_to_goal(self) -> torch.Tensor | None:
+        """(B,) float: a lower bound on the policy steps each env's ego needs to reach the goal its
+        reward pays for (RoadTask.steps_to_goal; inf where it cannot); None where there is none."""
+        return None if self.task.steps_to_goal is None else self.task.steps_to_goal(self.road, self.state)
+
     def available_actions(self, row: int) -> list[int]:
         """DiscreteMetaAction.get_available_actions of env `row`: a lane change only to a lane of the
         same road that is reachable from the ego's position, no speed change past the last or first

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-from envs.fast.road_exit import exit_draws, exit_goal, exit_reward, exit_unsupported, spawn_exit
+from envs.fast.road_exit import (
+    exit_draws,
+    exit_goal,
+    exit_reward,
+    exit_steps_to_goal,
+    exit_unsupported,
+    spawn_exit,
+)
 from envs.fast.road_merge import merge_draws, merge_reward, merge_terminated, spawn_merge
 from envs.fast.road_roundabout import crashed_terminated, roundabout_draws, roundabout_reward, spawn_roundabout
 from envs.fast.road_scenario import RoadScenario
@@ -26,8 +33,11 @@ class RoadTask:
     (its _reward and _rewards, after the step); terminated(road, traffic) -> (B,) bool (its
     _is_terminated); truncates_at_duration: its _is_truncated is time >= config["duration"]; goal(road,
     traffic) -> (B,) bool: envs.goals' check of the scenario (DrivingEnv's info["goal_reached"]), None
-    where the scenario has no goal; unsupported(config) -> why the spawn cannot reproduce this
-    config (the scenario's highway_env config; empty when it can), None where any config is fine."""
+    where the scenario has no goal; steps_to_goal(road, traffic) -> (B,) float: a lower bound on the
+    policy steps each ego still needs to reach a goal its reward pays for (inf where it cannot), the
+    teacher's estimate beyond its horizon, None where no reward waits at the end of a manoeuvre;
+    unsupported(config) -> why the spawn cannot reproduce this config (the scenario's highway_env
+    config; empty when it can), None where any config is fine."""
 
     draws: Callable[[torch.Tensor], torch.Tensor]
     spawn: Callable[[torch.Tensor, RoadScenario], RoadTraffic]
@@ -36,6 +46,7 @@ class RoadTask:
     truncates_at_duration: bool
     goal: Callable[[RoadScenario, RoadTraffic], torch.Tensor] | None = None
     unsupported: Callable[[dict], list[str]] | None = None
+    steps_to_goal: Callable[[RoadScenario, RoadTraffic], torch.Tensor] | None = None
 
 
 ROAD_TASKS: dict[str, RoadTask] = {
@@ -47,7 +58,7 @@ ROAD_TASKS: dict[str, RoadTask] = {
     "u-turn-v1": RoadTask(u_turn_draws, spawn_u_turn, u_turn_reward, crashed_terminated, truncates_at_duration=True,
                           goal=u_turn_goal),
     "exit-v1": RoadTask(exit_draws, spawn_exit, exit_reward, crashed_terminated, truncates_at_duration=True,
-                        goal=exit_goal, unsupported=exit_unsupported),
+                        goal=exit_goal, unsupported=exit_unsupported, steps_to_goal=exit_steps_to_goal),
 }
 SUPPORTED_ROAD_ENV_IDS = tuple(ROAD_TASKS)
 

@@ -267,6 +267,10 @@ class FastHighway(FrameStack):
         """None: highway-fast has no goal (FastRoad's answers per env where its scenario has one)."""
         return None
 
+    def steps_to_goal(self) -> None:
+        """None: no reward waits at the end of a manoeuvre on a straight highway."""
+        return None
+
     def ego_lane_numbers(self, rows: list[int]) -> list[int]:
         """The ego's lane _id (0 = leftmost) in envs `rows`."""
         return self.state.lane[rows, 0].tolist()

@@ -103,7 +103,7 @@ def test_it_drives_faster_than_idling_without_crashing():
 
 @pytest.mark.parametrize(
     "kwargs", [{"depth": 3, "horizon": 2}, {"depth": 0}, {"gamma": 1.0}, {"min_headway_s": -0.5}, {"headway_penalty": -1.0},
-               {"min_ttc_s": -1.0}, {"ttc_penalty": -0.5}]
+               {"min_ttc_s": -1.0}, {"ttc_penalty": -0.5}, {"goal_value": -1.0}]
 )
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
