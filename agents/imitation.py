@@ -13,7 +13,7 @@ actor is fitted to all samples so far.
 
 The loss is regret-weighted, not plain cross-entropy, because the teacher's choice is often one of
 several near-equal actions (IDLE or FASTER a car length earlier matters little) while a few wrong
-choices crash. For each sample the teacher gives the value of every action (an (E, 5) table), and
+choices crash. For each sample the teacher gives the value of every action (an (E, A) table), and
 the loss is the policy's expected regret, sum_a pi(a|s) * (max_a' Q(s, a') - Q(s, a)), plus a small
 cross-entropy to the teacher's best action as a tie-breaker. Measured: cross-entropy alone crashed
 in 40-98 % of the evaluation episodes, the regret loss in 6-12 % (docs/BENCHMARKS.md, "Imitation").
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from agents.teacher import LookaheadTeacher, best_actions
+from envs.fast.simulator import META_ACTIONS
 from envs.backends import privileged_simulator
 
 TIE_BREAK_WEIGHT = 0.05  # weight of the cross-entropy to the teacher's best action in the loss
@@ -62,15 +63,16 @@ class ImitationProgress:
 
 
 def actor_logits(policy: ActorCriticPolicy, features: torch.Tensor) -> torch.Tensor:
-    """(N, F) features -> (N, 5) action logits of the policy's actor."""
+    """(N, F) features -> (N, A) action logits of the policy's actor (A = 5 meta-actions, 3 on intersection)."""
     return policy.action_net(policy.mlp_extractor.forward_actor(features))
 
 
-def regret_loss(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Expected regret of the policy (N, 5 logits) under the teacher's action values (N, 5), plus the tie-breaker."""
-    regret = values.amax(dim=1, keepdim=True) - values  # (N, 5) >= 0
+def regret_loss(logits: torch.Tensor, values: torch.Tensor, action_names: tuple[str, ...] = META_ACTIONS) -> torch.Tensor:
+    """Expected regret of the policy (N, A logits) under the teacher's action values (N, A), plus the
+    tie-breaker (`action_names`: the actions by index, for the teacher's order among equals)."""
+    regret = values.amax(dim=1, keepdim=True) - values  # (N, A) >= 0
     expected = (F.softmax(logits, dim=1) * regret).sum(dim=1).mean()
-    return expected + TIE_BREAK_WEIGHT * F.cross_entropy(logits, best_actions(values))
+    return expected + TIE_BREAK_WEIGHT * F.cross_entropy(logits, best_actions(values, action_names))
 
 
 def imitate_teacher(
@@ -99,7 +101,8 @@ def imitate_teacher(
     # concatenated after each iteration, which held it twice (the default's 122,880 x 2,416 features are 1.2 GB)
     capacity = iterations * steps * env.num_envs
     features = torch.empty((capacity, policy.features_dim), device=policy.device)  # (N, F)
-    values = torch.empty((capacity, int(env.action_space.n)), device=policy.device)  # (N, 5)
+    values = torch.empty((capacity, int(env.action_space.n)), device=policy.device)  # (N, A)
+    names = teacher.action_names
     filled = 0
     samples = None if smoothing is None else _SmoothingSamples(smoothing, policy, steps, env)
     began = time.perf_counter()
@@ -118,7 +121,7 @@ def imitate_teacher(
                 samples.add(step, observations, eps)
             values[filled : filled + len(step_values)] = step_values
             filled += len(step_features)
-            driver = best_actions(step_values) if iteration == 0 else greedy
+            driver = best_actions(step_values, names) if iteration == 0 else greedy
             observations, _, dones, infos = env.step(driver.cpu().numpy())
             if on_transition is not None:
                 on_transition(infos, dones, iteration > 0)
@@ -126,8 +129,8 @@ def imitate_teacher(
                 on_step()
         all_features, all_values = features[:filled], values[:filled]
         sa = None if samples is None else samples.smoothness(eps)
-        _fit(policy, optimizer, all_features, all_values, sa)
-        progress = _progress(policy, iteration + 1, all_features, all_values, time.perf_counter() - began)
+        _fit(policy, optimizer, all_features, all_values, names, sa)
+        progress = _progress(policy, iteration + 1, all_features, all_values, names, time.perf_counter() - began)
         if sa is not None:
             progress = dataclasses.replace(progress, sa_kl=float(np.mean(sa.values)) if sa.values else 0.0,
                                            sa_eps=sa.eps)
@@ -173,14 +176,14 @@ class _SmoothingSamples:
 
 
 def _fit(policy: ActorCriticPolicy, optimizer: torch.optim.Optimizer, features: torch.Tensor,
-         values: torch.Tensor, smoothing=None) -> None:
+         values: torch.Tensor, action_names: tuple[str, ...], smoothing=None) -> None:
     """EPOCHS passes of minibatch Adam on the actor over all samples (+ kappa * R with `smoothing`)."""
     policy.set_training_mode(True)
     for _ in range(EPOCHS):
         order = torch.randperm(len(features), device=features.device)
         for start in range(0, len(order), BATCH_SIZE):
             batch = order[start : start + BATCH_SIZE]
-            loss = regret_loss(actor_logits(policy, features[batch]), values[batch])
+            loss = regret_loss(actor_logits(policy, features[batch]), values[batch], action_names)
             if smoothing is not None:
                 loss = loss + smoothing.term(policy)
             optimizer.zero_grad()
@@ -191,9 +194,9 @@ def _fit(policy: ActorCriticPolicy, optimizer: torch.optim.Optimizer, features: 
 
 @torch.no_grad()
 def _progress(policy: ActorCriticPolicy, iteration: int, features: torch.Tensor, values: torch.Tensor,
-              seconds: float) -> ImitationProgress:
+              action_names: tuple[str, ...], seconds: float) -> ImitationProgress:
     greedy = actor_logits(policy, features).argmax(dim=1, keepdim=True)  # (N, 1)
     regret = values.amax(dim=1) - values.gather(1, greedy)[:, 0]
-    agreement = (greedy[:, 0] == best_actions(values)).float().mean()
+    agreement = (greedy[:, 0] == best_actions(values, action_names)).float().mean()
     return ImitationProgress(iteration, len(features), float(regret.mean()), float(agreement), seconds)
 

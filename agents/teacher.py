@@ -6,7 +6,8 @@ with the simulator as its model does not have that problem. highway-env's traffi
 once spawned (IDM and MOBIL, no noise), so a copy of an env's state predicts its future
 exactly, for every action sequence the ego could choose.
 
-For each env the teacher tries every sequence of `depth` actions (5^depth of them), each followed by
+For each env the teacher tries every sequence of `depth` actions (A^depth of them, A = 5 meta-actions,
+3 on intersection), each followed by
 IDLE up to `horizon` policy steps, as rows of batched simulators without frames of the advised
 one's class (`FastHighway` or `FastRoad`; one row per first action for the first step, then one
 per sequence), and scores each first action by the best discounted return of the sequences that
@@ -36,23 +37,26 @@ import itertools
 
 import torch
 
-from envs.fast.simulator import StepResult
+from envs.fast.simulator import META_ACTIONS, StepResult
 from envs.fast.simulators import BatchedSimulator
 
-IDLE = 1  # DiscreteMetaAction: LANE_LEFT 0, IDLE 1, LANE_RIGHT 2, FASTER 3, SLOWER 4
-ACTIONS = 5
-TIE_ORDER = (IDLE, 3, 4, 2, 0)  # IDLE, FASTER, SLOWER, LANE_RIGHT, LANE_LEFT: the first of equals wins
-# Smaller than any real difference between plans (a speed step changes a reward by >= 0.01), larger
-# than float32 rounding of returns below ~40.
-TIE_BREAK = torch.zeros(ACTIONS).index_put_((torch.tensor(TIE_ORDER),), torch.linspace(4e-4, 0, ACTIONS))
+TIE_ORDER = ("IDLE", "FASTER", "SLOWER", "LANE_RIGHT", "LANE_LEFT")  # the first of equals wins
+TIE_BREAK_SPAN = 4e-4  # smaller than any real difference between plans (a speed step changes a reward by
+# >= 0.01), larger than float32 rounding of returns below ~40
 
 
 CPU_CHUNK_ENVS = 64  # envs planned at once on a CPU: 64 x 25 = 1,600 planning rows, a cache-sized batch
 
 
-def best_actions(values: torch.Tensor) -> torch.Tensor:
-    """(E, 5) action values -> (E,) int64 best actions, equal values resolved by TIE_ORDER."""
-    return (values + TIE_BREAK.to(values)).argmax(dim=1)
+def tie_break(action_names: tuple[str, ...]) -> torch.Tensor:
+    """(A,) small bonuses, largest first in TIE_ORDER, for the actions `action_names` (by index)."""
+    ranks = torch.tensor([TIE_ORDER.index(name) for name in action_names], dtype=torch.float64)
+    return TIE_BREAK_SPAN * (1 - ranks / (len(TIE_ORDER) - 1))
+
+
+def best_actions(values: torch.Tensor, action_names: tuple[str, ...] = META_ACTIONS) -> torch.Tensor:
+    """(E, A) action values -> (E,) int64 best actions, equal values resolved by TIE_ORDER."""
+    return (values + tie_break(action_names).to(values)).argmax(dim=1)
 
 
 class LookaheadTeacher:
@@ -82,7 +86,11 @@ class LookaheadTeacher:
         self.min_headway_s, self.headway_penalty = min_headway_s, headway_penalty
         self.min_ttc_s, self.ttc_penalty = min_ttc_s, ttc_penalty
         self.chunk = chunk or (CPU_CHUNK_ENVS if sim.device.type == "cpu" else None)
-        self.sequences = torch.tensor(list(itertools.product(range(ACTIONS), repeat=depth)), device=sim.device)  # (S, depth)
+        self.action_names = sim.action_names
+        self.actions = len(self.action_names)  # A
+        self.idle = self.action_names.index("IDLE")
+        self.sequences = torch.tensor(list(itertools.product(range(self.actions), repeat=depth)),
+                                      device=sim.device)  # (S, depth)
         # A sequence that survives the horizon is worth this much more than its rewards so far:
         # survival_value per step for ever after, discounted.
         self.tail_value = gamma**horizon * survival_value / (1.0 - gamma)
@@ -94,32 +102,32 @@ class LookaheadTeacher:
 
         Actions with the same value (FASTER at the top speed, LANE_LEFT in the leftmost lane, ... do
         the same as IDLE) go to the first in TIE_ORDER, so that equal situations get equal labels."""
-        return best_actions(self.action_values(rows))
+        return best_actions(self.action_values(rows), self.action_names)
 
     def action_values(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(E, 5): for each env `rows` and each first action, the best plan's discounted return."""
+        """(E, A): for each env `rows` and each first action, the best plan's discounted return."""
         sim = self.sim
         rows = torch.arange(sim.batch_size, device=sim.device) if rows is None else rows.to(sim.device)
         chunk = self.chunk or max(len(rows), 1)
         return torch.cat([self._plan(rows[start : start + chunk]) for start in range(0, len(rows), chunk)])
 
     def _plan(self, rows: torch.Tensor) -> torch.Tensor:
-        """(E, 5) action values of the envs `rows`.
+        """(E, A) action values of the envs `rows`.
 
         The first step depends only on the first action, so it is simulated once per env and
-        action (E * 5 rows); its outcome is then copied into one row per sequence (E * 5^depth)
+        action (E * A rows); its outcome is then copied into one row per sequence (E * A^depth)
         for the remaining steps. At depth 2 that saves a fifth of the simulation.
         """
-        count, options = len(rows), len(self.sequences)
-        first = self._planner_for("first", count * ACTIONS)
-        first.load(torch.arange(count * ACTIONS, device=first.device), self.sim.state.select(rows.repeat_interleave(ACTIONS)))
-        value, alive, ended = self._score(first.step(torch.arange(ACTIONS, device=first.device).repeat(count)), step=0)
-        # sequences are ordered by their first action: sequence s starts with s // (options / 5)
-        parent = torch.arange(count * options, device=first.device) // (options // ACTIONS)  # (E * S,) row of `first`
+        count, options, choices = len(rows), len(self.sequences), self.actions
+        first = self._planner_for("first", count * choices)
+        first.load(torch.arange(count * choices, device=first.device), self.sim.state.select(rows.repeat_interleave(choices)))
+        value, alive, ended = self._score(first.step(torch.arange(choices, device=first.device).repeat(count)), step=0)
+        # sequences are ordered by their first action: sequence s starts with s // (options / A)
+        parent = torch.arange(count * options, device=first.device) // (options // choices)  # (E * S,) row of `first`
         rest = self._planner_for("rest", count * options)
         rest.load(torch.arange(count * options, device=rest.device), first.state.select(parent))
         value, alive, ended = value[parent], alive[parent], ended[parent]
-        idle = torch.full((count * options,), IDLE, dtype=torch.long, device=rest.device)
+        idle = torch.full((count * options,), self.idle, dtype=torch.long, device=rest.device)
         for step in range(1, self.horizon):
             actions = self.sequences[:, step].repeat(count) if step < self.depth else idle
             reward, survived, ends = self._score(rest.step(actions), step)
@@ -127,8 +135,8 @@ class LookaheadTeacher:
             alive &= survived | ended
             ended |= ends
         value += alive * (self.tail_value + self._goal_tail(rest))
-        # (E, 5): the best sequence that starts with each action
-        return value.view(count, ACTIONS, options // ACTIONS).amax(dim=2)
+        # (E, A): the best sequence that starts with each action
+        return value.view(count, choices, options // choices).amax(dim=2)
 
     def _goal_tail(self, planner: BatchedSimulator) -> torch.Tensor | float:
         """(rows,) the value of the goal beyond the horizon from each plan's last state: goal_value

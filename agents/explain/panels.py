@@ -28,6 +28,7 @@ from agents.explain.overlays import attention_overlay, shap_overlay, shap_pixel_
 from agents.explain.session import StepRecord
 from agents.explain.shapley import Keyframe
 from agents.explain.vehicles import VehicleReasons
+from envs.fast.simulator import META_ACTIONS
 
 SCALE = 5  # camera pixels -> panel pixels (nearest neighbour)
 RIGHT_WIDTH = 600  # [px] the top-down view's width (highway-env's default screen)
@@ -40,9 +41,8 @@ TEXT = (235, 235, 235)
 DIM = (150, 150, 150)
 ALERT = (255, 80, 80)
 WARN = (255, 170, 40)
-# highway-env's DiscreteMetaAction by index; intersection's is longitudinal only (SLOWER, IDLE, FASTER):
-# envs.policies.action_names(env) gives an env's own.
-META_ACTIONS = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")
+# META_ACTIONS: highway-env's DiscreteMetaAction by index; intersection's is longitudinal only (SLOWER,
+# IDLE, FASTER): envs.policies.action_names(env) gives an env's own.
 ACTION_COLOURS = {"LANE_LEFT": (110, 200, 255), "IDLE": (200, 200, 200), "LANE_RIGHT": (70, 110, 255),
                   "FASTER": (90, 220, 120), "SLOWER": (200, 110, 255)}  # hard brakes: WARN
 

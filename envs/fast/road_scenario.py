@@ -36,6 +36,7 @@ class RoadScenario:
     rules: RoadRules
     target_speeds: torch.Tensor  # (S,) MDPVehicle.target_speeds [m/s] (the ego's, from the action config)
     action_table: torch.Tensor  # (A,) DiscreteMetaAction index -> road_motion code
+    action_names: tuple[str, ...]  # (A,) DiscreteMetaAction's names by index (intersection: SLOWER, IDLE, FASTER)
     config: dict  # the env's full config after reset
     graph64: LaneGraph  # the same graph in float64 (spawns are computed in float64, as highway-env)
     default_target_speeds: torch.Tensor  # (S0,) float64 MDPVehicle.DEFAULT_TARGET_SPEEDS (IDM vehicles'
@@ -63,6 +64,7 @@ class RoadScenario:
                 rules=_with_idm_defaults(RoadRules.of(road), IDM_CLASS_DEFAULTS),
                 target_speeds=torch.as_tensor([float(s) for s in u.vehicle.target_speeds], dtype=dtype, device=device),
                 action_table=action_codes(u.action_type.actions, device),
+                action_names=tuple(u.action_type.actions[i] for i in range(len(u.action_type.actions))),
                 config=dict(u.config),
                 graph64=graph if dtype == torch.float64 else LaneGraph.from_network(
                     road.network, device=device, dtype=torch.float64),

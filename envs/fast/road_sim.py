@@ -307,6 +307,11 @@ class FastRoad(FrameStack):
         info["goal_reached"]); None where the scenario has no goal."""
         return None if self.task.goal is None else self.task.goal(self.road, self.state)
 
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        """DiscreteMetaAction's names by index, as the scenario configures it (envs.policies.action_names)."""
+        return self.road.action_names
+
     def steps_to_goal(self) -> torch.Tensor | None:
         """(B,) float: a lower bound on the policy steps each env's ego needs to reach the goal its
         reward pays for (RoadTask.steps_to_goal; inf where it cannot); None where there is none."""

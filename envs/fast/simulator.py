@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 SUPPORTED_ENV_IDS = ("highway-fast-v0",)
 LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER = range(5)  # DiscreteMetaAction's indices
+META_ACTIONS = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")  # its names, by index
 
 
 class UnsupportedScenario(ValueError):
@@ -266,6 +267,11 @@ class FastHighway(FrameStack):
     def goal_reached(self) -> None:
         """None: highway-fast has no goal (FastRoad's answers per env where its scenario has one)."""
         return None
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        """DiscreteMetaAction's names by index: all five on a highway."""
+        return META_ACTIONS
 
     def steps_to_goal(self) -> None:
         """None: no reward waits at the end of a manoeuvre on a straight highway."""

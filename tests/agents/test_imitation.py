@@ -8,6 +8,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 
+from envs.fast.simulator import META_ACTIONS
 from agents.imitation import LEARNING_RATE, TIE_BREAK_WEIGHT, _fit, actor_logits, regret_loss
 
 FASTER = 3
@@ -31,7 +32,7 @@ def test_fitting_learns_to_avoid_the_action_that_crashes():
     actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
     optimizer = torch.optim.Adam(actor, lr=LEARNING_RATE)
     for _ in range(3):
-        _fit(policy, optimizer, features, values)
+        _fit(policy, optimizer, features, values, META_ACTIONS)
     with torch.no_grad():
         greedy = actor_logits(policy, features).argmax(dim=1)
     assert (greedy[crash] != FASTER).float().mean() > 0.97

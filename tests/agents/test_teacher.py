@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.teacher import IDLE, LookaheadTeacher, best_actions
+from agents.teacher import LookaheadTeacher, best_actions
 from envs.fast.params import LANE_WIDTH_M
-from envs.fast.simulator import FastHighway
+from envs.fast.simulator import IDLE, FastHighway
 from scenarios import load_scenario
 
 LANE_LEFT, LANE_RIGHT, FASTER, SLOWER = 0, 2, 3, 4
@@ -78,6 +78,8 @@ def test_it_avoids_a_slow_car_it_would_hit():
 def test_equal_plans_resolve_to_idle_first():
     values = torch.tensor([[5.0, 5.0, 4.0, 5.0, 1.0], [2.0, 1.0, 3.0, 3.0, 0.0]])
     assert best_actions(values).tolist() == [IDLE, FASTER]  # IDLE beats equal FASTER and LANE_LEFT; FASTER beats LANE_RIGHT
+    longitudinal = ("SLOWER", "IDLE", "FASTER")  # intersection's actions: the order goes by name, not index
+    assert best_actions(torch.tensor([[2.0, 2.0, 2.0], [3.0, 1.0, 3.0]]), longitudinal).tolist() == [1, 2]
 
 
 def test_it_drives_faster_than_idling_without_crashing():
