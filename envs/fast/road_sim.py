@@ -59,7 +59,7 @@ import torch
 
 from envs.fast.lanes import LaneGraph
 from envs.fast.road_motion import is_reachable_from
-from envs.fast.road_scenario import FASTER, IDLE, LEFT, RIGHT, SLOWER, RoadScenario
+from envs.fast.road_scenario import RoadScenario
 from envs.fast.road_tasks import ROAD_TASKS, SUPPORTED_ROAD_ENV_IDS, duration_steps
 from envs.fast.road_traffic import RoadTraffic, neighbour_vehicles, policy_step
 from envs.fast.scenes import scenes_of_columns
@@ -202,7 +202,7 @@ class FastRoad(FrameStack):
         self.device = torch.device(device)
         self.dtype = dtype
         self.task = ROAD_TASKS[scenario.highway_env.id]
-        self.road = RoadScenario.of(scenario, self.device, dtype)
+        self.road = RoadScenario.of(scenario, self.device, dtype, self.task.idm_constants)
         self.graph = self.road.graph
         self.config = self.road.config
         policy_hz, sim_hz = self.config["policy_frequency"], self.config["simulation_frequency"]
@@ -227,7 +227,7 @@ class FastRoad(FrameStack):
     # -- episodes ------------------------------------------------------------------------------
     def spawn(self, seeds: torch.Tensor) -> RoadTraffic:
         """The initial traffic of episodes `seeds` ((E,) int64), as `reset` draws it."""
-        return self.task.spawn(self.task.draws(seeds.to(self.device, torch.long)), self.road)
+        return self.task.spawn(self.task.draws(seeds.to(self.device, torch.long), self.road), self.road)
 
     @property
     def columns(self) -> int:
@@ -262,14 +262,21 @@ class FastRoad(FrameStack):
             self._start_stacks(rows)
 
     # -- stepping ------------------------------------------------------------------------------
-    def step(self, actions: torch.Tensor) -> StepResult:
-        """One policy step of every env for (B,) int64 DiscreteMetaAction indices."""
+    def step(self, actions: torch.Tensor, step_draws: torch.Tensor | None = None) -> StepResult:
+        """One policy step of every env for (B,) int64 DiscreteMetaAction indices. Where the scenario
+        changes its road after a step (intersection's clears and spawns: RoadTask.after_step), that
+        happens after the reward and the end, before the signals and the frame, as in highway-env
+        and DrivingEnv; its draws come from (episode seed, step) unless `step_draws` gives them."""
         actions = actions.to(self.device, torch.long)
         codes = self.road.action_table[actions]
         policy_step(self.graph, self.state, codes, self.road.target_speeds, self.substeps, self.dt, self.road.rules)
         self.steps += 1
         reward, terms = self.task.reward(self.road, self.state, actions)
         terminated = self.task.terminated(self.road, self.state)
+        if self.task.after_step is not None:
+            if step_draws is None:
+                step_draws = self.task.step_draws(self.episode_seeds, self.steps)
+            self.task.after_step(self.road, self.state, step_draws.to(self.device))
         truncated = self.steps >= self.max_steps
         signals = self.tracker.step(self.state)
         if self.camera is not None:
@@ -302,23 +309,29 @@ class FastRoad(FrameStack):
         info["goal_reached"]); None where the scenario has no goal."""
         return None if self.task.goal is None else self.task.goal(self.road, self.state)
 
+    @property
+    def action_indexes(self) -> dict[str, int]:
+        """DiscreteMetaAction.actions_indexes of the scenario (intersection: SLOWER, IDLE, FASTER)."""
+        return self.road.action_indexes
+
     def available_actions(self, row: int) -> list[int]:
-        """DiscreteMetaAction.get_available_actions of env `row`: a lane change only to a lane of the
-        same road that is reachable from the ego's position, no speed change past the last or first
-        target speed."""
-        v, graph = self.state.vehicles, self.graph
+        """DiscreteMetaAction.get_available_actions of env `row`: a lane change (where the action type
+        has them) only to a lane of the same road that is reachable from the ego's position, no speed
+        change past the last or first target speed."""
+        v, graph, indexes = self.state.vehicles, self.graph, self.road.action_indexes
         a, b, number = graph.indices[int(v.lane[row, 0])]
         x, y = v.x[row, 0], v.y[row, 0]
-        actions = [IDLE]
-        for side_number, action in ((number - 1, LEFT), (number + 1, RIGHT)):
+        actions = [indexes["IDLE"]]
+        for side_number, name in ((number - 1, "LANE_LEFT"), (number + 1, "LANE_RIGHT")):
             side = graph.lane_ids.get((a, b, side_number))
-            if side is not None and bool(is_reachable_from(graph, torch.tensor(side, device=self.device), x, y)):
-                actions.append(action)
+            if name in indexes and side is not None and bool(
+                    is_reachable_from(graph, torch.tensor(side, device=self.device), x, y)):
+                actions.append(indexes[name])
         speed_index = int(v.speed_index[row, 0])
-        if speed_index < len(self.road.target_speeds) - 1:
-            actions.append(FASTER)
-        if speed_index > 0:
-            actions.append(SLOWER)
+        if "FASTER" in indexes and speed_index < len(self.road.target_speeds) - 1:
+            actions.append(indexes["FASTER"])
+        if "SLOWER" in indexes and speed_index > 0:
+            actions.append(indexes["SLOWER"])
         return actions
 
     def ego_lane_numbers(self, rows: list[int]) -> list[int]:
