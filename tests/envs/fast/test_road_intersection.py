@@ -295,7 +295,8 @@ def test_a_copied_intersection_steps_as_highway_env(replay):
             assert e.truncated[-1] and len(e.actions) == scenario().episode_steps == 13  # 13 s at 1 Hz
             ends["time"] += 1
     assert all(ends.values()), ends  # the seeds end all three ways
-    assert sum(e.spawns for e in episodes) >= 20 and sum(e.clears for e in episodes) >= 1
+    # vehicles need ~13 s from their spawn to the last 20 m of an exit: test_leaving_vehicles_are_cleared
+    assert sum(e.spawns for e in episodes) >= 20
     assert any(crawled) and sum(crawled) < sum(len(e.actions) for e in episodes) / 2, crawled
     assert {a for e in episodes for available in e.available for a in available} == {0, 1, 2}
 
@@ -325,6 +326,40 @@ def test_episodes_are_truncated_at_the_duration_and_the_reward_is_zero_off_the_r
     result = sim.step(torch.ones(1, dtype=torch.long))
     assert info["rewards"]["on_road_reward"] == 0 and reward == 0.0
     assert float(result.rewards["on_road_reward"][0]) == 0.0 and float(result.reward[0]) == 0.0
+
+
+def test_leaving_vehicles_are_cleared_as_highway_env_clears_them():
+    """_clear_vehicles: two vehicles placed on exit lanes (s = 75 m and 50 m of 100 m), one step: the
+    first passes s = 80 m and is cleared, the second is not; a spawn takes the first free column
+    (the freed one), as in the replay above."""
+    env, sim = driving_env(), FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    for seed in (3, 4):
+        recorder = recorded_reset(env, seed)
+        u = env.sim
+        others = [o for o in u.road.vehicles if o is not u.vehicle]
+        for vehicle, lane_index, s in zip(others, [("il2", "o2", 0), ("il3", "o3", 0)], [75.0, 50.0]):
+            lane = u.road.network.get_lane(lane_index)
+            vehicle.position, vehicle.heading = lane.position(s, 0.0), lane.heading_at(s)
+            vehicle.lane_index, vehicle.lane = lane_index, lane
+            vehicle.target_lane_index, vehicle.route = lane_index, [lane_index]
+        leaving, staying = others[0], others[1]
+        columns = [u.vehicle] + others + [None] * (sim.columns - 1 - len(others))
+        sim.load(torch.zeros(1, dtype=torch.long), copy_road(sim, u))
+        recorder.log.clear()
+        env.step(1)
+        draws = parse_attempt(recorder.log, u.config["spawn_probability"])
+        sim.step(torch.ones(1, dtype=torch.long), step_draws=torch.tensor([draws]))
+        assert leaving not in u.road.vehicles and staying in u.road.vehicles
+        columns = [o if o in u.road.vehicles else None for o in columns]
+        for o in u.road.vehicles:
+            if o not in columns:
+                columns[columns.index(None)] = o
+        assert sim.state.present[0].tolist() == [o is not None for o in columns], seed
+        v = sim.state.vehicles
+        for n, o in enumerate(columns):
+            if o is not None:
+                assert [float(v.x[0, n]), float(v.y[0, n]), float(v.speed[0, n])] == pytest.approx(
+                    [o.position[0], o.position[1], o.speed], abs=EXACT), (seed, n)
 
 
 # IDM constants.
