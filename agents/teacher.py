@@ -36,17 +36,30 @@ from envs.fast.simulators import BatchedSimulator
 IDLE = 1  # DiscreteMetaAction: LANE_LEFT 0, IDLE 1, LANE_RIGHT 2, FASTER 3, SLOWER 4
 ACTIONS = 5
 TIE_ORDER = (IDLE, 3, 4, 2, 0)  # IDLE, FASTER, SLOWER, LANE_RIGHT, LANE_LEFT: the first of equals wins
-# Smaller than any real difference between plans (a speed step changes a reward by >= 0.01), larger
-# than float32 rounding of returns below ~40.
-TIE_BREAK = torch.zeros(ACTIONS).index_put_((torch.tensor(TIE_ORDER),), torch.linspace(4e-4, 0, ACTIONS))
+TIE_ORDER_NAMES = ("IDLE", "FASTER", "SLOWER", "LANE_RIGHT", "LANE_LEFT")
+# DiscreteMetaAction's layouts by their number of actions: ACTIONS_ALL, and ACTIONS_LONGI (intersection)
+ACTION_NAMES = {5: ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER"), 3: ("SLOWER", "IDLE", "FASTER")}
+
+
+def tie_break(names: tuple[str, ...]) -> torch.Tensor:
+    """(A,) bonuses that make the first of equal values in TIE_ORDER_NAMES win: smaller than any real
+    difference between plans (a speed step changes a reward by >= 0.01), larger than float32 rounding
+    of returns below ~40."""
+    order = [name for name in TIE_ORDER_NAMES if name in names]
+    bonus = torch.linspace(4e-4, 0, len(names))
+    return torch.stack([bonus[order.index(name)] for name in names])
+
+
+TIE_BREAK = tie_break(ACTION_NAMES[ACTIONS])
 
 
 CPU_CHUNK_ENVS = 64  # envs planned at once on a CPU: 64 x 25 = 1,600 planning rows, a cache-sized batch
 
 
 def best_actions(values: torch.Tensor) -> torch.Tensor:
-    """(E, 5) action values -> (E,) int64 best actions, equal values resolved by TIE_ORDER."""
-    return (values + TIE_BREAK.to(values)).argmax(dim=1)
+    """(E, A) action values -> (E,) int64 best actions, equal values resolved by TIE_ORDER_NAMES
+    (A = 5: DiscreteMetaAction's ACTIONS_ALL, A = 3: its longitudinal ACTIONS_LONGI)."""
+    return (values + tie_break(ACTION_NAMES[values.shape[1]]).to(values)).argmax(dim=1)
 
 
 class LookaheadTeacher:
@@ -73,7 +86,10 @@ class LookaheadTeacher:
         self.min_headway_s, self.headway_penalty = min_headway_s, headway_penalty
         self.min_ttc_s, self.ttc_penalty = min_ttc_s, ttc_penalty
         self.chunk = chunk or (CPU_CHUNK_ENVS if sim.device.type == "cpu" else None)
-        self.sequences = torch.tensor(list(itertools.product(range(ACTIONS), repeat=depth)), device=sim.device)  # (S, depth)
+        self.actions = len(sim.action_indexes)  # A: 5, or 3 where the ego only changes speed (intersection)
+        self.idle = sim.action_indexes["IDLE"]
+        self.sequences = torch.tensor(list(itertools.product(range(self.actions), repeat=depth)),
+                                      device=sim.device)  # (S, depth)
         # A sequence that survives the horizon is worth this much more than its rewards so far:
         # survival_value per step for ever after, discounted.
         self.tail_value = gamma**horizon * survival_value / (1.0 - gamma)
@@ -87,29 +103,29 @@ class LookaheadTeacher:
         return best_actions(self.action_values(rows))
 
     def action_values(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(E, 5): for each env `rows` and each first action, the best plan's discounted return."""
+        """(E, A): for each env `rows` and each first action, the best plan's discounted return."""
         sim = self.sim
         rows = torch.arange(sim.batch_size, device=sim.device) if rows is None else rows.to(sim.device)
         chunk = self.chunk or max(len(rows), 1)
         return torch.cat([self._plan(rows[start : start + chunk]) for start in range(0, len(rows), chunk)])
 
     def _plan(self, rows: torch.Tensor) -> torch.Tensor:
-        """(E, 5) action values of the envs `rows`.
+        """(E, A) action values of the envs `rows`.
 
         The first step depends only on the first action, so it is simulated once per env and
         action (E * 5 rows); its outcome is then copied into one row per sequence (E * 5^depth)
         for the remaining steps. At depth 2 that saves a fifth of the simulation.
         """
         count, options = len(rows), len(self.sequences)
-        first = self._planner_for("first", count * ACTIONS)
-        first.load(torch.arange(count * ACTIONS, device=first.device), self.sim.state.select(rows.repeat_interleave(ACTIONS)))
-        value, alive, ended = self._score(first.step(torch.arange(ACTIONS, device=first.device).repeat(count)), step=0)
+        first = self._planner_for("first", count * self.actions)
+        first.load(torch.arange(count * self.actions, device=first.device), self.sim.state.select(rows.repeat_interleave(self.actions)))
+        value, alive, ended = self._score(first.step(torch.arange(self.actions, device=first.device).repeat(count)), step=0)
         # sequences are ordered by their first action: sequence s starts with s // (options / 5)
-        parent = torch.arange(count * options, device=first.device) // (options // ACTIONS)  # (E * S,) row of `first`
+        parent = torch.arange(count * options, device=first.device) // (options // self.actions)  # (E * S,) row of `first`
         rest = self._planner_for("rest", count * options)
         rest.load(torch.arange(count * options, device=rest.device), first.state.select(parent))
         value, alive, ended = value[parent], alive[parent], ended[parent]
-        idle = torch.full((count * options,), IDLE, dtype=torch.long, device=rest.device)
+        idle = torch.full((count * options,), self.idle, dtype=torch.long, device=rest.device)
         for step in range(1, self.horizon):
             actions = self.sequences[:, step].repeat(count) if step < self.depth else idle
             reward, survived, ends = self._score(rest.step(actions), step)
@@ -117,8 +133,8 @@ class LookaheadTeacher:
             alive &= survived | ended
             ended |= ends
         value += alive * self.tail_value
-        # (E, 5): the best sequence that starts with each action
-        return value.view(count, ACTIONS, options // ACTIONS).amax(dim=2)
+        # (E, A): the best sequence that starts with each action
+        return value.view(count, self.actions, options // self.actions).amax(dim=2)
 
     def _score(self, result: StepResult, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(discounted reward, not crashed, episode over) of one planning step, each (rows,).

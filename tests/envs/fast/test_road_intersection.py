@@ -68,7 +68,7 @@ CALM_POLICY = (0.1, 0.5, 0.4)  # SLOWER, IDLE, FASTER
 EXACT = 1e-6
 CRAWL_MPS = 0.5
 CRAWL_TOLERANCE = 1e-3  # [m], [rad], [m/s], reward: a crawling row's difference within one step
-SPAWN_SEEDS = 150  # highway-env resets (78 ms each: 3 s of warm-up traffic)
+SPAWN_SEEDS = 80  # highway-env resets (78 ms each: 3 s of warm-up traffic)
 STEP_EPISODES = 1000
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -438,16 +438,18 @@ def test_spawn_has_highway_envs_distributions():
     approaching = (present & torch.tensor([i[0].startswith("o") for i in sim.graph.indices])[v.lane]).sum(1)
     mine = np.stack([present.sum(1).numpy(), (torch.where(present, v.speed, 0).sum(1) / present.sum(1)).numpy(),
                      v.y[:, 0].numpy(), approaching.numpy()], axis=1)
-    se = 1 / math.sqrt(SPAWN_SEEDS)
     # the draws: the ego's normal, the spawn uniforms, the position normals
-    for a, b in ((draws[:, -1, 3], reference_draws[:, -1, 3]), (draws[:, :-2, 3].ravel(), reference_draws[:, :-2, 3].ravel())):
-        assert abs(a.mean() - b.mean()) < 4.5 * math.sqrt(2) * se and abs(a.std() - b.std()) < 0.15
+    used = reference_draws[:, :-2, 0] <= 0.6  # highway-env draws the normals of spawned vehicles only
+    for a, b in ((draws[:, -1, 3], reference_draws[:, -1, 3]), (draws[:, :-2, 3].ravel(), reference_draws[:, :-2, 3][used])):
+        se = math.sqrt(1 / len(a) + 1 / len(b))  # of the difference of the means (and ~ of the standard deviations x 1.4)
+        assert abs(a.mean() - b.mean()) < 4.5 * se and abs(a.std() - b.std()) < 4.5 * se / math.sqrt(2), (a.std(), b.std())
     assert abs((draws[:, :-2, 0] <= 0.6).mean() - 0.6) < 0.05 and abs((reference_draws[:, :-2, 0] <= 0.6).mean() - 0.6) < 0.05
     # what they make: vehicles kept, their mean speed, the ego's position, vehicles still approaching
-    for n, (name, tolerance) in enumerate((("vehicles", 0.6), ("speed", 0.5), ("ego y", 1.5), ("approaching", 0.6))):
+    for n, name in enumerate(("vehicles", "speed", "ego y", "approaching")):
         a, b = mine[:, n], reference[:, n]
         a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-        assert abs(a.mean() - b.mean()) < tolerance, (name, a.mean(), b.mean())
+        tolerance = 4.5 * math.sqrt(a.var() / len(a) + b.var() / len(b))  # 4.5 standard errors
+        assert abs(a.mean() - b.mean()) < tolerance, (name, a.mean(), b.mean(), tolerance)
 
 
 def test_step_spawns_have_highway_envs_rate_and_routes():
@@ -528,7 +530,7 @@ def test_fast_vec_env_on_intersection_resets_finished_envs():
     env.seed(100)
     env.reset()
     ended = []
-    for _ in range(2 * scenario().episode_steps):
+    for _ in range(scenario().episode_steps + 1):
         _, rewards, dones, infos = env.step(np.full(4, 2, dtype=np.int64))  # FASTER
         ended += [infos[i]["TimeLimit.truncated"] for i in np.flatnonzero(dones)]
     assert len(ended) >= 4 and rewards.dtype == np.float32
@@ -542,4 +544,4 @@ def test_the_teacher_plans_on_fast_intersection_copies():
     teacher = LookaheadTeacher(env.sim)
     values = teacher.action_values()
     assert values.shape == (2, 3) and torch.isfinite(values).all()
-    assert torch.equal(teacher.act(), best_actions(values, env.sim.action_indexes))
+    assert torch.equal(teacher.act(), best_actions(values))
