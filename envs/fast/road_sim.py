@@ -5,14 +5,18 @@ where it applies: `FastRoad(scenario, batch_size, device, dtype, render, corrupt
 `reset(rows, seeds)`, `load(rows, traffic, seeds)`, `step(actions) -> StepResult`, `observation()`,
 `observations_of(rows)`, `clean_frames`, `reset_signals`, `episode_seeds`, `steps`.
 
-Supported: highway-env's merge-v1, roundabout-v1, two-way-v0 and u-turn-v1 (clearlane's
-scenarios/merge.yaml, roundabout.yaml, two-way.yaml and u-turn.yaml). What differs between them is
-one `RoadTask` each in `road_tasks.ROAD_TASKS` (its spawn's draws, the spawn, reward, termination,
-whether it truncates at its duration, its goal if any: road_merge.py, road_roundabout.py,
-road_two_way.py, road_u_turn.py, where their spawns and rewards are described); the stepping, the
-signals and the frames are shared here. One `step(actions)` is one policy step of highway-env's
-ConnectedLaneMergeEnv (ConnectedLaneRoundaboutEnv, TwoWayEnv, ConnectedLaneUTurnEnv) for every env
-(merge's terms below; the others' in their modules):
+Supported: highway-env's merge-v1, roundabout-v1, two-way-v0, u-turn-v1 and intersection-v2
+(clearlane's scenarios/merge.yaml, roundabout.yaml, two-way.yaml, u-turn.yaml and intersection.yaml).
+What differs between them is one `RoadTask` each in `road_tasks.ROAD_TASKS` (its spawn's draws, the
+spawn, reward, termination, whether it truncates at its duration, its goal if any, its changes to
+the road after each step and its IDM constants where it has them: road_merge.py, road_roundabout.py,
+road_two_way.py, road_u_turn.py, road_intersection.py, where their spawns and rewards are
+described); the stepping, the signals and the frames are shared here. One `step(actions)` is one
+policy step of highway-env's ConnectedLaneMergeEnv (ConnectedLaneRoundaboutEnv, TwoWayEnv,
+ConnectedLaneUTurnEnv, ConnectedLaneIntersectionEnv) for every env (merge's terms below; the others'
+in their modules; intersection then clears and spawns vehicles, before the signals and the frame).
+The actions are the scenario's DiscreteMetaAction's (`action_indexes`: intersection's ego only
+changes speed, SLOWER / IDLE / FASTER):
 
     road_traffic.policy_step     the ego's DiscreteMetaAction (index -> road_motion code), then
                                  simulation_frequency / policy_frequency sub-steps of Road.act()
@@ -36,12 +40,13 @@ ConnectedLaneMergeEnv (ConnectedLaneRoundaboutEnv, TwoWayEnv, ConnectedLaneUTurn
                                  FastHighway stacks them (simulator.FrameStack), sensor corruptions too
 
 Exactness: in float64, equal to highway-env / DrivingEnv to rounding (tests/envs/fast/test_road_sim.py,
-test_road_roundabout.py, test_road_two_way.py, test_road_u_turn.py: positions ~1e-14 m over whole episodes, rewards, terms, terminated,
+test_road_roundabout.py, test_road_two_way.py, test_road_u_turn.py, test_road_intersection.py: positions ~1e-14 m over whole episodes, rewards, terms, terminated,
 truncated and signals; on the roundabout, policy steps where the ego crawls below 0.5 m/s to 1e-3,
 where highway-env's own lateral loop amplifies round-off, and on the u-turn, where IDM vehicles
-crawl, with rows re-synchronised after such steps: within a step ~1e-12); each spawn is its env's given the same draws, but its draws are our RNG's, not numpy's (same
+crawl, and on the intersection, where they stop to yield (to 1e-3 within such a step), with rows re-synchronised after such steps: within a step ~1e-12); each spawn is its env's given the same draws (intersection's per-step spawns too), but its draws are our RNG's, not numpy's (same
 distributions, not the same episodes per seed). IDM constants are highway-env's defaults, read
-without touching IDMVehicle's class (IntersectionEnv rewrites them; DrivingEnv restores them).
+without touching IDMVehicle's class (IntersectionEnv rewrites them; DrivingEnv restores them);
+intersection's are the ones its reset writes (RoadTask.idm_constants).
 Cost (`python run.py --threads 1 bench env --backend fast --scenarios merge roundabout`, one thread,
 a training job on the other core): at B = 1,024 with camera frames merge 3,342 and roundabout 2,060
 env steps/s (41x and 51x highway-env through DrivingEnv), 4,251 and 2,520 without frames: the road
@@ -182,7 +187,8 @@ class RoadSignalTracker(SignalTracker):
 
 
 class FastRoad(FrameStack):
-    """B copies of a road-network scenario (ROAD_TASKS: merge-v1, roundabout-v1, two-way-v0, u-turn-v1), on the CPU or a GPU."""
+    """B copies of a road-network scenario (ROAD_TASKS: merge-v1, roundabout-v1, two-way-v0, u-turn-v1,
+    intersection-v2), on the CPU or a GPU."""
 
     def __init__(
         self,
