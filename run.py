@@ -624,8 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="parallel envs (default: the number of cores on highway-env, 256 on fast)")
     train.add_argument("--seed", type=non_negative_int, default=None, help="seed of the run (default: 0)")
     train.add_argument("--backend", choices=BACKEND_NAMES, default=None,
-                       help="simulator (default: fast for the scenarios it reproduces, i.e. highway, "
-                            "highway-dense, highway-noisy, merge, roundabout, two-way, u-turn and exit; highway-env for the others)")
+                       help="simulator (default: fast for the scenarios it reproduces: every shipped one; "
+                            "highway-env for scenario files it cannot reproduce)")
     train.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: cuda when available)")
     train.add_argument("--logdir", type=Path, default=Path("runs"), help="where run folders go (default: runs/)")
     train.add_argument("--name", default=None, help="run folder name (default: <scenario>-<algo>-<YYYYmmdd-HHMMSS>)")

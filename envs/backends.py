@@ -8,7 +8,7 @@
 - `HIGHWAY_ENV` ("highway-env"): highway-env itself simulates; every scenario; one env per worker
   process in training (`SubprocVecEnv`). It is the *reference*: quality numbers are judged on it.
 - `FAST` ("fast"): the batched PyTorch simulator of `envs/fast/` (straight highways, merge, roundabout,
-  two-way, u-turn and exit, a clear error otherwise); B envs per call in one process; its exact state is open to a privileged
+  two-way, u-turn, exit and intersection, a clear error otherwise); B envs per call in one process; its exact state is open to a privileged
   teacher (agents/teacher.py).
 
 Code elsewhere asks a backend about a capability (`reference`, `batched`, `uses_worker_processes`,
@@ -255,7 +255,7 @@ HIGHWAY_ENV = HighwayEnvBackend(
     batched=False, uses_worker_processes=True, has_privileged_state=False, top_down_caption="highway-env top-down",
 )
 FAST = FastBackend(
-    name="fast", description="the batched PyTorch simulator (straight highways, merge, roundabout, two-way, u-turn and exit; envs/fast)",
+    name="fast", description="the batched PyTorch simulator (straight highways, merge, roundabout, two-way, u-turn, exit, intersection; envs/fast)",
     reference=False,
     batched=True, uses_worker_processes=False, has_privileged_state=True,
     top_down_caption="fast backend top-down (our camera, zoomed out)",

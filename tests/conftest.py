@@ -51,3 +51,14 @@ def write_scenario(tmp_path: Path):
 
 
 DELETE = object()
+
+# A highway-env id the fast backend does not simulate (the tests' example of an unsupported scenario:
+# every shipped scenario but exit has a fast version, and exit is being added).
+UNSUPPORTED_FAST_ENV_ID = "racetrack-v1"
+
+
+@pytest.fixture
+def unsupported_scenario(write_scenario) -> Path:
+    """A scenario file the fast backend refuses: intersection's settings on highway-env's racetrack."""
+    return write_scenario({"highway_env.id": UNSUPPORTED_FAST_ENV_ID, "traffic": DELETE, "description": "racetrack",
+                           "reward": {"collision_reward": -1}}, base="intersection", name="racetrack")

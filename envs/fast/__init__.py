@@ -1,7 +1,7 @@
 """The batched "fast" backend: highway-env's rules stepped as PyTorch tensors.
 
 `FastHighway` simulates B straight highways at once, `FastRoad` B copies of a road-network
-scenario (merge, roundabout, two-way, u-turn, exit) (CPU or CUDA; `simulators.make_simulator` picks the one for a scenario); `FastVecEnv`
+scenario (merge, roundabout, two-way, u-turn, exit, intersection) (CPU or CUDA; `simulators.make_simulator` picks the one for a scenario); `FastVecEnv`
 exposes either to stable-baselines3; `FastDrivingEnv` is one env with DrivingEnv's API
 (evaluation, previews, perception data). See docs/ARCHITECTURE.md for how it maps onto highway-env.
 """

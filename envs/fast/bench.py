@@ -30,7 +30,7 @@ def highway_env_steps_per_s(scenario, steps: int, seed: int) -> float:
     env.reset(seed=seed)
     began = time.perf_counter()
     for _ in range(steps):
-        _, _, terminated, truncated, _ = env.step(int(rng.integers(5)))
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
         if terminated or truncated:
             env.reset(seed=int(rng.integers(1 << 30)))
     elapsed = time.perf_counter() - began
@@ -48,7 +48,7 @@ def fast_steps_per_s(scenario, batch: int, steps: int, seed: int, device: str, r
 
     def one_step() -> None:
         nonlocal next_seed
-        result = sim.step(torch.randint(5, (batch,), generator=generator))
+        result = sim.step(torch.randint(len(sim.action_indexes), (batch,), generator=generator))
         finished = (result.terminated | result.truncated).nonzero(as_tuple=True)[0]
         if finished.numel():
             sim.reset(finished, torch.arange(next_seed, next_seed + finished.numel()))

@@ -14,12 +14,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from highway_env.envs.common.action import DiscreteMetaAction
 
 from envs.fast.camera import BatchedBevCamera
 from envs.fast.episodes import EpisodeSeeds
 from envs.fast.simulators import BatchedSimulator, make_simulator
-from envs.fast.vec_env import ACTIONS, signal_rows
+from envs.fast.vec_env import signal_rows
 from envs.ground_truth import privileged_state
 from envs.scene import Scene
 from scenarios import Scenario, load_scenario
@@ -35,10 +34,9 @@ class FastMetaActions:
     """The parts of highway-env's `DiscreteMetaAction` that rule-based ego policies read
     (envs.policies: perception data collection, previews), for the one env of a FastDrivingEnv."""
 
-    actions_indexes = {name: index for index, name in DiscreteMetaAction.ACTIONS_ALL.items()}
-
     def __init__(self, sim: BatchedSimulator) -> None:
         self.sim = sim
+        self.actions_indexes = dict(sim.action_indexes)  # ACTIONS_ALL's, or intersection's ACTIONS_LONGI
 
     def get_available_actions(self) -> list[int]:
         """As DiscreteMetaAction.get_available_actions: no lane change off the road's edge lanes (or
@@ -58,7 +56,7 @@ class FastDrivingEnv(gym.Env[np.ndarray, int]):
         self.render_mode = render_mode
         height, width = self.scenario.camera.size
         self.observation_space = gym.spaces.Box(0, 255, (3 * self.sim.stack, height, width), np.uint8)
-        self.action_space = gym.spaces.Discrete(ACTIONS)
+        self.action_space = gym.spaces.Discrete(len(self.sim.action_indexes))
         self.metadata = {**self.metadata, "render_fps": self.sim.config["policy_frequency"]}
         self.seeds = EpisodeSeeds(1, self.sim.device)
         self.episode_seed: int | None = None

@@ -80,3 +80,12 @@ def integers(seeds: torch.Tensor, stream: int, index: torch.Tensor, high: int) -
     upper = _hash32(key ^ ((2 * index * _GOLDEN) & _MASK32)) >> 8  # 24 bits
     lower = _hash32(key ^ (((2 * index + 1) * _GOLDEN) & _MASK32)) >> 8
     return ((upper << 24) | lower) % high
+
+
+def uniform_at(seeds: torch.Tensor, stream: int, first: torch.Tensor, count: int,
+               dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(E,) int64 seeds and (E,) int64 first counters -> (E, count) uniforms in [0, 1): the numbers
+    `uniform(seeds, stream, first + count)[:, first:]` would give, without drawing those before
+    (e.g. the draws of an episode's step k, first = k * count)."""
+    counters = (first.to(torch.int64)[:, None] + torch.arange(count, device=seeds.device)) * _GOLDEN & _MASK32
+    return (_hash32_(_key(seeds, stream)[:, None] ^ counters) >> 8).to(dtype) / float(1 << 24)

@@ -5,14 +5,16 @@ give highway-env's episode (tests/envs/fast/test_road_sim.py checks the step rul
 copied states instead). What can be compared over many episodes is how they end: the same
 policy, here one fixed action per step drawn from (episode seed, step) so that both simulators
 get the same sequences, plays N episodes on each, and the outcomes (collision rate, return,
-length, the ego's final x, the distance it drove) are set side by side with 95 % intervals (issue
-21, deliverable 1). Any scenario FastRoad supports (merge, roundabout, two-way, u-turn, exit).
+length, the ego's final x, the distance it drove, whether it reached the scenario's goal: 0 where
+there is none) are set side by side with 95 % intervals (issue 21, deliverable 1). Any scenario
+FastRoad supports (merge, roundabout, two-way, u-turn, exit, intersection).
 
     python -m envs.fast.road_agreement --scenario merge --episodes 1000
     python -m envs.fast.road_agreement --scenario roundabout --episodes 300
     python -m envs.fast.road_agreement --scenario two-way --episodes 300
     python -m envs.fast.road_agreement --scenario u-turn --episodes 300
     python -m envs.fast.road_agreement --scenario exit --episodes 300
+    python -m envs.fast.road_agreement --scenario intersection --episodes 1000
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from envs.progress import track
 from scenarios import Scenario, load_scenario
 
 FIRST_SEED = 2_000_000_000  # away from training and evaluation seeds
-OUTCOMES = ("collided", "return", "length", "final_x", "distance")  # per episode; distance: the safety signal [m]
+OUTCOMES = ("collided", "return", "length", "final_x", "distance", "goal")  # per episode; distance: the safety
+# signal [m]; goal: envs.goals' goal reached at the end (info["goal_reached"]; 0 without one)
 
 
 def policy_actions(seed: int, steps: int, actions: int) -> np.ndarray:
@@ -54,7 +57,8 @@ def highway_env_outcomes(scenario: Scenario, seeds: list[int]) -> dict[str, np.n
             crashed |= bool(info["safety"]["crashed"])
             done = terminated or truncated
         ego = env.sim.vehicle
-        rows.append((float(crashed), total, steps, float(ego.position[0]), float(info["safety"]["distance"])))
+        rows.append((float(crashed), total, steps, float(ego.position[0]), float(info["safety"]["distance"]),
+                     float(bool(info.get("goal_reached")))))
     return dict(zip(OUTCOMES, np.array(rows).T))
 
 
@@ -74,6 +78,7 @@ def fast_outcomes(scenario: Scenario, seeds: list[int], batch: int = 256, frames
         crashed = torch.zeros(len(chunk), dtype=torch.bool)
         final_x = torch.zeros(len(chunk), dtype=torch.float64)
         distance = torch.zeros(len(chunk), dtype=torch.float64)
+        goal = torch.zeros(len(chunk), dtype=torch.float64)
         for step in range(scenario.episode_steps):
             result = sim.step(actions[:, step])
             total += torch.where(playing, result.reward.double(), 0.0)
@@ -82,11 +87,14 @@ def fast_outcomes(scenario: Scenario, seeds: list[int], batch: int = 256, frames
             done = playing & (result.terminated | result.truncated)
             final_x = torch.where(done, sim.state.vehicles.x[:, 0].double(), final_x)
             distance = torch.where(done, result.signals["distance"].double(), distance)
+            reached = sim.goal_reached()
+            if reached is not None:
+                goal = torch.where(done, reached.double(), goal)
             playing &= ~done
             if not playing.any():
                 break
         rows += list(zip(crashed.double().tolist(), total.tolist(), length.tolist(), final_x.tolist(),
-                         distance.tolist()))
+                         distance.tolist(), goal.tolist()))
     return dict(zip(OUTCOMES, np.array(rows).T))
 
 

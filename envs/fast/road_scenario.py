@@ -36,22 +36,33 @@ class RoadScenario:
     rules: RoadRules
     target_speeds: torch.Tensor  # (S,) MDPVehicle.target_speeds [m/s] (the ego's, from the action config)
     action_table: torch.Tensor  # (A,) DiscreteMetaAction index -> road_motion code
-    action_names: tuple[str, ...]  # (A,) DiscreteMetaAction's names by index (intersection: SLOWER, IDLE, FASTER)
     config: dict  # the env's full config after reset
     graph64: LaneGraph  # the same graph in float64 (spawns are computed in float64, as highway-env)
     default_target_speeds: torch.Tensor  # (S0,) float64 MDPVehicle.DEFAULT_TARGET_SPEEDS (IDM vehicles'
     # get_speed_index, roundabout's high_speed_reward)
+    action_names: tuple[str, ...] = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")  # index -> name
+    # (DiscreteMetaAction.actions: ACTIONS_ALL, or ACTIONS_LONGI where the env is longitudinal only)
+
+    @property
+    def action_indexes(self) -> dict[str, int]:
+        """DiscreteMetaAction.actions_indexes: name -> index."""
+        return {name: index for index, name in enumerate(self.action_names)}
 
     @classmethod
-    def of(cls, scenario: Scenario, device: torch.device, dtype: torch.dtype) -> RoadScenario:
-        """gymnasium.make(scenario's id, config=its config), reset once: its network and rules."""
+    def of(cls, scenario: Scenario, device: torch.device, dtype: torch.dtype,
+           idm_constants: dict[str, float] | None = None) -> RoadScenario:
+        """gymnasium.make(scenario's id, config=its config), reset once: its network and rules.
+        idm_constants: the IDMVehicle class constants the env's reset writes (IntersectionEnv's),
+        used instead of highway-env's defaults; IDMVehicle's class is left as it was found."""
         import gymnasium as gym
         import highway_env  # noqa: F401  (registers the ids)
 
+        from highway_env.vehicle.behavior import IDMVehicle
         from highway_env.vehicle.controller import MDPVehicle
 
         from envs.driving_env import IDM_CLASS_DEFAULTS
 
+        found = {name: getattr(IDMVehicle, name) for name in IDM_CLASS_DEFAULTS}
         env = gym.make(scenario.highway_env.id, config=scenario.highway_env_config(), disable_env_checker=True)
         try:
             env.reset(seed=0)
@@ -61,24 +72,26 @@ class RoadScenario:
             return cls(
                 graph=graph,
                 network=road.network,
-                rules=_with_idm_defaults(RoadRules.of(road), IDM_CLASS_DEFAULTS),
+                rules=_with_idm_defaults(RoadRules.of(road), {**IDM_CLASS_DEFAULTS, **(idm_constants or {})}),
                 target_speeds=torch.as_tensor([float(s) for s in u.vehicle.target_speeds], dtype=dtype, device=device),
                 action_table=action_codes(u.action_type.actions, device),
-                action_names=tuple(u.action_type.actions[i] for i in range(len(u.action_type.actions))),
                 config=dict(u.config),
                 graph64=graph if dtype == torch.float64 else LaneGraph.from_network(
                     road.network, device=device, dtype=torch.float64),
                 default_target_speeds=torch.as_tensor(MDPVehicle.DEFAULT_TARGET_SPEEDS, dtype=torch.float64,
                                                       device=device),
+                action_names=tuple(u.action_type.actions[i] for i in range(len(u.action_type.actions))),
             )
         finally:
             env.close()
+            for name, value in found.items():  # an IntersectionEnv reset rewrote them: put them back
+                setattr(IDMVehicle, name, value)
 
 
 def _with_idm_defaults(rules: RoadRules, defaults: dict[str, float]) -> RoadRules:
-    """The rules with highway-env's own IDM constants where an IntersectionEnv reset may have
-    rewritten IDMVehicle's (DrivingEnv restores them at every reset; MergeEnv never sets them).
-    Read, not written back: IDMVehicle's class is left as it is."""
+    """The rules with the given IDM class constants (highway-env's own, or those the scenario's reset
+    writes: IntersectionEnv's) whatever an IntersectionEnv reset left in IDMVehicle's class
+    (DrivingEnv restores them at every reset; MergeEnv never sets them)."""
     idm = dataclasses.replace(
         rules.idm,
         distance_wanted=float(defaults["DISTANCE_WANTED"]),
@@ -146,3 +159,16 @@ def spawned_traffic(road: RoadScenario, x: torch.Tensor, y: torch.Tensor, headin
         yield_timer=torch.zeros((envs, columns), dtype=torch.int64, device=device),
         road_steps=torch.zeros(envs, dtype=torch.int64, device=device),
     )
+
+
+def duration_steps(config: dict) -> int | None:
+    """The first policy step at which AbstractEnv's time (+= 1 / policy_frequency per step, in
+    floating point) reaches config["duration"]; None without a duration."""
+    duration = config.get("duration")
+    if duration is None:
+        return None
+    time, steps = 0.0, 0
+    while time < duration:
+        time += 1 / config["policy_frequency"]
+        steps += 1
+    return steps

@@ -5,15 +5,19 @@ where it applies: `FastRoad(scenario, batch_size, device, dtype, render, corrupt
 `reset(rows, seeds)`, `load(rows, traffic, seeds)`, `step(actions) -> StepResult`, `observation()`,
 `observations_of(rows)`, `clean_frames`, `reset_signals`, `episode_seeds`, `steps`.
 
-Supported: highway-env's merge-v1, roundabout-v1, two-way-v0, u-turn-v1 and exit-v1 (clearlane's
-scenarios/merge.yaml, roundabout.yaml, two-way.yaml, u-turn.yaml and exit.yaml). What differs
-between them is one `RoadTask` each in `road_tasks.ROAD_TASKS` (its spawn's draws, the spawn,
-reward, termination, whether it truncates at its duration, its goal if any, the configs its spawn
-cannot reproduce: road_merge.py, road_roundabout.py, road_two_way.py, road_u_turn.py, road_exit.py,
-where their spawns and rewards are described); the stepping, the signals and the frames are shared
-here. One `step(actions)` is one policy step of highway-env's ConnectedLaneMergeEnv
-(ConnectedLaneRoundaboutEnv, TwoWayEnv, ConnectedLaneUTurnEnv, ConnectedLaneExitEnv) for every env
-(merge's terms below; the others' in their modules):
+Supported: highway-env's merge-v1, roundabout-v1, two-way-v0, u-turn-v1, exit-v1 and intersection-v2
+(clearlane's scenarios/merge.yaml, roundabout.yaml, two-way.yaml, u-turn.yaml, exit.yaml and
+intersection.yaml). What differs between them is one `RoadTask` each in `road_tasks.ROAD_TASKS` (its
+spawn's draws, the spawn, reward, termination, whether it truncates at its duration, its goal if any,
+its changes to the road after each step and its IDM constants where it has them, the configs its
+spawn cannot reproduce: road_merge.py, road_roundabout.py, road_two_way.py, road_u_turn.py,
+road_exit.py, road_intersection.py, where their spawns and rewards are described); the stepping, the
+signals and the frames are shared here. One `step(actions)` is one policy step of highway-env's
+ConnectedLaneMergeEnv (ConnectedLaneRoundaboutEnv, TwoWayEnv, ConnectedLaneUTurnEnv,
+ConnectedLaneExitEnv, ConnectedLaneIntersectionEnv) for every env (merge's terms below; the others'
+in their modules; intersection then clears and spawns vehicles, before the signals and the frame).
+The actions are the scenario's DiscreteMetaAction's (`action_indexes`: intersection's ego only
+changes speed, SLOWER / IDLE / FASTER):
 
     road_traffic.policy_step     the ego's DiscreteMetaAction (index -> road_motion code), then
                                  simulation_frequency / policy_frequency sub-steps of Road.act()
@@ -37,12 +41,14 @@ here. One `step(actions)` is one policy step of highway-env's ConnectedLaneMerge
                                  FastHighway stacks them (simulator.FrameStack), sensor corruptions too
 
 Exactness: in float64, equal to highway-env / DrivingEnv to rounding (tests/envs/fast/test_road_sim.py,
-test_road_roundabout.py, test_road_two_way.py, test_road_u_turn.py, test_road_exit.py: positions ~1e-14 m over whole episodes, rewards, terms, terminated,
+test_road_roundabout.py, test_road_two_way.py, test_road_u_turn.py, test_road_exit.py, test_road_intersection.py:
+positions ~1e-14 m over whole episodes, rewards, terms, terminated,
 truncated and signals; on the roundabout, policy steps where the ego crawls below 0.5 m/s to 1e-3,
 where highway-env's own lateral loop amplifies round-off, and on the u-turn, where IDM vehicles
-crawl, with rows re-synchronised after such steps: within a step ~1e-12); each spawn is its env's given the same draws, but its draws are our RNG's, not numpy's (same
+crawl, and on the intersection, where they stop to yield (to 1e-3 within such a step), with rows re-synchronised after such steps: within a step ~1e-12); each spawn is its env's given the same draws (intersection's per-step spawns too), but its draws are our RNG's, not numpy's (same
 distributions, not the same episodes per seed). IDM constants are highway-env's defaults, read
-without touching IDMVehicle's class (IntersectionEnv rewrites them; DrivingEnv restores them).
+without touching IDMVehicle's class (IntersectionEnv rewrites them; DrivingEnv restores them);
+intersection's are the ones its reset writes (RoadTask.idm_constants).
 Cost (`python run.py --threads 1 bench env --backend fast --scenarios merge roundabout`, one thread,
 a training job on the other core): at B = 1,024 with camera frames merge 3,342 and roundabout 2,060
 env steps/s (41x and 51x highway-env through DrivingEnv), 4,251 and 2,520 without frames: the road
@@ -60,7 +66,7 @@ import torch
 
 from envs.fast.lanes import LaneGraph
 from envs.fast.road_motion import is_reachable_from
-from envs.fast.road_scenario import FASTER, IDLE, LEFT, RIGHT, SLOWER, RoadScenario
+from envs.fast.road_scenario import RoadScenario
 from envs.fast.road_tasks import ROAD_TASKS, SUPPORTED_ROAD_ENV_IDS, duration_steps
 from envs.fast.road_traffic import RoadTraffic, neighbour_vehicles, policy_step
 from envs.fast.scenes import scenes_of_columns
@@ -186,8 +192,8 @@ class RoadSignalTracker(SignalTracker):
 
 
 class FastRoad(FrameStack):
-    """B copies of a road-network scenario (ROAD_TASKS: merge-v1, roundabout-v1, two-way-v0, u-turn-v1, exit-v1), on
-    the CPU or a GPU."""
+    """B copies of a road-network scenario (ROAD_TASKS: merge-v1, roundabout-v1, two-way-v0, u-turn-v1,
+    exit-v1, intersection-v2), on the CPU or a GPU."""
 
     def __init__(
         self,
@@ -207,7 +213,7 @@ class FastRoad(FrameStack):
         self.device = torch.device(device)
         self.dtype = dtype
         self.task = ROAD_TASKS[scenario.highway_env.id]
-        self.road = RoadScenario.of(scenario, self.device, dtype)
+        self.road = RoadScenario.of(scenario, self.device, dtype, self.task.idm_constants)
         self.graph = self.road.graph
         self.config = self.road.config
         policy_hz, sim_hz = self.config["policy_frequency"], self.config["simulation_frequency"]
@@ -232,7 +238,7 @@ class FastRoad(FrameStack):
     # -- episodes ------------------------------------------------------------------------------
     def spawn(self, seeds: torch.Tensor) -> RoadTraffic:
         """The initial traffic of episodes `seeds` ((E,) int64), as `reset` draws it."""
-        return self.task.spawn(self.task.draws(seeds.to(self.device, torch.long)), self.road)
+        return self.task.spawn(self.task.draws(seeds.to(self.device, torch.long), self.road), self.road)
 
     @property
     def columns(self) -> int:
@@ -267,14 +273,21 @@ class FastRoad(FrameStack):
             self._start_stacks(rows)
 
     # -- stepping ------------------------------------------------------------------------------
-    def step(self, actions: torch.Tensor) -> StepResult:
-        """One policy step of every env for (B,) int64 DiscreteMetaAction indices."""
+    def step(self, actions: torch.Tensor, step_draws: torch.Tensor | None = None) -> StepResult:
+        """One policy step of every env for (B,) int64 DiscreteMetaAction indices. Where the scenario
+        changes its road after a step (intersection's clears and spawns: RoadTask.after_step), that
+        happens after the reward and the end, before the signals and the frame, as in highway-env
+        and DrivingEnv; its draws come from (episode seed, step) unless `step_draws` gives them."""
         actions = actions.to(self.device, torch.long)
         codes = self.road.action_table[actions]
         policy_step(self.graph, self.state, codes, self.road.target_speeds, self.substeps, self.dt, self.road.rules)
         self.steps += 1
         reward, terms = self.task.reward(self.road, self.state, actions)
         terminated = self.task.terminated(self.road, self.state)
+        if self.task.after_step is not None:
+            if step_draws is None:
+                step_draws = self.task.step_draws(self.episode_seeds, self.steps)
+            self.task.after_step(self.road, self.state, step_draws.to(self.device))
         truncated = self.steps >= self.max_steps
         signals = self.tracker.step(self.state)
         if self.camera is not None:
@@ -308,6 +321,11 @@ class FastRoad(FrameStack):
         return None if self.task.goal is None else self.task.goal(self.road, self.state)
 
     @property
+    def action_indexes(self) -> dict[str, int]:
+        """DiscreteMetaAction.actions_indexes of the scenario (intersection: SLOWER, IDLE, FASTER)."""
+        return self.road.action_indexes
+
+    @property
     def action_names(self) -> tuple[str, ...]:
         """DiscreteMetaAction's names by index, as the scenario configures it (envs.policies.action_names)."""
         return self.road.action_names
@@ -318,22 +336,23 @@ class FastRoad(FrameStack):
         return None if self.task.steps_to_goal is None else self.task.steps_to_goal(self.road, self.state)
 
     def available_actions(self, row: int) -> list[int]:
-        """DiscreteMetaAction.get_available_actions of env `row`: a lane change only to a lane of the
-        same road that is reachable from the ego's position, no speed change past the last or first
-        target speed."""
-        v, graph = self.state.vehicles, self.graph
+        """DiscreteMetaAction.get_available_actions of env `row`: a lane change (where the action type
+        has them) only to a lane of the same road that is reachable from the ego's position, no speed
+        change past the last or first target speed."""
+        v, graph, indexes = self.state.vehicles, self.graph, self.road.action_indexes
         a, b, number = graph.indices[int(v.lane[row, 0])]
         x, y = v.x[row, 0], v.y[row, 0]
-        actions = [IDLE]
-        for side_number, action in ((number - 1, LEFT), (number + 1, RIGHT)):
+        actions = [indexes["IDLE"]]
+        for side_number, name in ((number - 1, "LANE_LEFT"), (number + 1, "LANE_RIGHT")):
             side = graph.lane_ids.get((a, b, side_number))
-            if side is not None and bool(is_reachable_from(graph, torch.tensor(side, device=self.device), x, y)):
-                actions.append(action)
+            if name in indexes and side is not None and bool(
+                    is_reachable_from(graph, torch.tensor(side, device=self.device), x, y)):
+                actions.append(indexes[name])
         speed_index = int(v.speed_index[row, 0])
-        if speed_index < len(self.road.target_speeds) - 1:
-            actions.append(FASTER)
-        if speed_index > 0:
-            actions.append(SLOWER)
+        if "FASTER" in indexes and speed_index < len(self.road.target_speeds) - 1:
+            actions.append(indexes["FASTER"])
+        if "SLOWER" in indexes and speed_index > 0:
+            actions.append(indexes["SLOWER"])
         return actions
 
     def ego_lane_numbers(self, rows: list[int]) -> list[int]:

@@ -878,23 +878,30 @@ def _rect_points(cx, cy, length, width, angle) -> tuple[torch.Tensor, torch.Tens
     return c * ux + -s * uy + cx[..., None], s * ux + c * uy + cy[..., None]
 
 
-def conflicts(graph: LaneGraph, traffic: RoadTraffic) -> torch.Tensor:
+def conflicts(graph: LaneGraph, traffic: RoadTraffic, candidates: torch.Tensor | None = None) -> torch.Tensor:
     """RegulatedRoad.is_conflict_possible for every pair (B, N, N) bool (symmetric in effect; the
-    pre-check uses the first vehicle's length, all vehicles here are as long)."""
+    pre-check uses the first vehicle's length, all vehicles here are as long); only the pairs
+    `candidates` ((B, N, N) bool; all when None) are checked, the others are False. The rectangle
+    test runs only on the (pair, time) points that pass the sphere pre-check, as highway-env's loop
+    `continue`s past the others (few are near: most of the cost otherwise)."""
     v = traffic.vehicles
     times = torch.tensor(PREDICTION_TIMES_S, dtype=v.x.dtype, device=v.x.device)
     x, y, h = predict_along_route(graph, traffic, times)  # (B, N, T)
-    x1, y1, h1 = x[:, :, None], y[:, :, None], h[:, :, None]  # (B, N, 1, T)
-    x2, y2, h2 = x[:, None], y[:, None], h[:, None]  # (B, 1, N, T)
-    l1, w1 = (1.5 * traffic.length)[:, :, None, None], (0.9 * traffic.width)[:, :, None, None]
-    l2, w2 = (1.5 * traffic.length)[:, None, :, None], (0.9 * traffic.width)[:, None, :, None]
-    x1, y1, h1, x2, y2, h2 = torch.broadcast_tensors(x1, y1, h1, x2, y2, h2)
-    l1, w1, l2, w2 = (t.expand_as(x1) for t in (l1, w1, l2, w2))
-    near = torch.sqrt((x2 - x1) ** 2 + (y2 - y1) ** 2) <= traffic.length[:, :, None, None]
-    p1 = _rect_points(x1, y1, l1, w1, h1)
-    p2 = _rect_points(x2, y2, l2, w2, h2)
-    overlap = _corners_inside(*p1, x2, y2, l2, w2, h2) | _corners_inside(*p2, x1, y1, l1, w1, h1)
-    return (near & overlap).any(dim=-1)
+    near = torch.sqrt((x[:, None] - x[:, :, None]) ** 2 + (y[:, None] - y[:, :, None]) ** 2) <= traffic.length[
+        :, :, None, None]  # (B, N, N, T): |p_j - p_i| <= v_i.LENGTH
+    if candidates is not None:
+        near &= candidates[..., None]
+    b, i, j, t = near.nonzero(as_tuple=True)
+    found = torch.zeros_like(near)
+    if b.numel():
+        l1, w1 = 1.5 * traffic.length[b, i], 0.9 * traffic.width[b, i]
+        l2, w2 = 1.5 * traffic.length[b, j], 0.9 * traffic.width[b, j]
+        x1, y1, h1 = x[b, i, t], y[b, i, t], h[b, i, t]
+        x2, y2, h2 = x[b, j, t], y[b, j, t], h[b, j, t]
+        p1 = _rect_points(x1, y1, l1, w1, h1)
+        p2 = _rect_points(x2, y2, l2, w2, h2)
+        found[b, i, j, t] = _corners_inside(*p1, x2, y2, l2, w2, h2) | _corners_inside(*p2, x1, y1, l1, w1, h1)
+    return found.any(dim=-1)
 
 
 def enforce_road_rules(graph: LaneGraph, traffic: RoadTraffic, due: torch.Tensor) -> None:
@@ -911,7 +918,8 @@ def enforce_road_rules(graph: LaneGraph, traffic: RoadTraffic, due: torch.Tensor
     traffic.yielding = traffic.yielding & ~done
     vehicles = traffic.present & ~traffic.is_object
     pair = (traffic.rank[..., None] < traffic.rank[:, None, :]) & vehicles[..., None] & vehicles[:, None, :]
-    conflict = pair & conflicts(graph, traffic) & due[:, None, None]
+    candidates = pair & due[:, None, None]
+    conflict = candidates & conflicts(graph, traffic, candidates)
     # respect_priorities(v1 = i, v2 = j): the lower priority yields; equal: v1 if it is behind
     p1, p2 = graph.priority[v.lane][..., None], graph.priority[v.lane][:, None, :]
     cos, sin = torch.cos(v.heading), torch.sin(v.heading)

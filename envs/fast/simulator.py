@@ -249,6 +249,11 @@ class FastHighway(FrameStack):
         """(E, 3, H, W) uint8 frames of a state of E envs through a camera of `make_camera`."""
         return render_traffic(camera, state)
 
+    @property
+    def action_indexes(self) -> dict[str, int]:
+        """DiscreteMetaAction.actions_indexes (ACTIONS_ALL: every highway scenario changes lanes and speed)."""
+        return {name: index for index, name in enumerate(META_ACTIONS)}
+
     def available_actions(self, row: int) -> list[int]:
         """DiscreteMetaAction.get_available_actions of env `row` on a straight road: no lane change off
         the road's edge lanes, no speed change past the first or last target speed."""

@@ -27,7 +27,8 @@ from envs.fast.episodes import EpisodeSeeds
 from envs.fast.simulators import make_simulator
 from scenarios import Scenario
 
-ACTIONS = 5  # DiscreteMetaAction: LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER
+ACTIONS = 5  # DiscreteMetaAction: LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER (a simulator's action_indexes
+# may have fewer: intersection's SLOWER, IDLE, FASTER)
 
 
 def host_columns(columns: dict[str, torch.Tensor], packed: bool | None = None) -> dict[str, list]:
@@ -89,7 +90,7 @@ class FastVecEnv(VecEnv):
         height, width = scenario.camera.size
         observation_space = gym.spaces.Box(0, 255, (3 * self.sim.stack, height, width), np.uint8)
         self.render_mode = None
-        super().__init__(num_envs, observation_space, gym.spaces.Discrete(ACTIONS))
+        super().__init__(num_envs, observation_space, gym.spaces.Discrete(len(self.sim.action_indexes)))
         self.seeds = EpisodeSeeds(num_envs, self.sim.device)
         self._actions = torch.zeros(num_envs, dtype=torch.long)
         self._on_device = False  # the next step_wait returns device observations (step_async_on_device)

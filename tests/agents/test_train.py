@@ -328,11 +328,11 @@ def test_training_on_the_fast_backend_and_evaluating_on_both(tiny, monkeypatch):
     assert reference.backend == "highway-env" and reference.episodes == 2 and path.name == "evaluation-short.json"
 
 
-def test_fast_backend_refuses_an_unsupported_scenario_before_making_a_run(tiny):
+def test_fast_backend_refuses_an_unsupported_scenario_before_making_a_run(tiny, unsupported_scenario):
     from envs.fast.simulator import UnsupportedScenario
 
     with pytest.raises(UnsupportedScenario, match="Supported scenarios"):
-        train(options(tiny, backend="fast", scenario="intersection", name="never"))
+        train(options(tiny, backend="fast", scenario=str(unsupported_scenario), name="never"))
     assert not (tiny.root / "runs" / "never").exists()
 
 

@@ -41,7 +41,7 @@ def test_capabilities_replace_name_checks():
     assert (FAST.batched, FAST.uses_worker_processes, FAST.has_privileged_state) == (True, False, True)
 
 
-def test_supports_gives_the_reason_when_it_does_not():
+def test_supports_gives_the_reason_when_it_does_not(unsupported_scenario):
     for name in available_scenarios():
         assert HIGHWAY_ENV.supports(load_scenario(name)) and HIGHWAY_ENV.unsupported_reason(load_scenario(name)) is None
     assert FAST.unsupported_reason(load_scenario("highway")) is None
@@ -50,13 +50,14 @@ def test_supports_gives_the_reason_when_it_does_not():
     assert FAST.unsupported_reason(load_scenario("two-way")) is None  # FastRoad
     assert FAST.unsupported_reason(load_scenario("u-turn")) is None  # FastRoad
     assert FAST.unsupported_reason(load_scenario("exit")) is None  # FastRoad
-    intersection = FAST.unsupported_reason(load_scenario("intersection"))
-    assert intersection is not None and "intersection-v" in intersection and "highway_env.id" in intersection
-    assert not FAST.supports(load_scenario("intersection"))
-    assert set(FAST.supported_scenarios()) >= {"highway", "highway-dense", "highway-noisy", "merge", "roundabout", "two-way",
-                                               "u-turn", "exit"}
+    assert FAST.unsupported_reason(load_scenario("intersection")) is None
+    racetrack = FAST.unsupported_reason(load_scenario(unsupported_scenario))
+    assert racetrack is not None and "racetrack-v" in racetrack and "highway_env.id" in racetrack
+    assert not FAST.supports(load_scenario(unsupported_scenario))
+    assert set(FAST.supported_scenarios()) >= {"exit", "highway", "highway-dense", "highway-noisy", "intersection", "merge",
+                                               "roundabout", "two-way", "u-turn"}
     with pytest.raises(ValueError, match="Supported scenarios: .*highway"):
-        FAST.check_supported(load_scenario("intersection"))
+        FAST.check_supported(load_scenario(unsupported_scenario))
 
 
 def test_a_front_camera_is_not_batched(write_scenario):
@@ -65,14 +66,15 @@ def test_a_front_camera_is_not_batched(write_scenario):
     assert default_backend_for(front) is HIGHWAY_ENV
 
 
-def test_the_default_backend_is_fast_where_it_reproduces_the_scenario():
+def test_the_default_backend_is_fast_where_it_reproduces_the_scenario(unsupported_scenario):
     assert default_backend_for(load_scenario("highway")) is FAST
     assert default_backend_for(load_scenario("merge")) is FAST
     assert default_backend_for(load_scenario("roundabout")) is FAST
     assert default_backend_for(load_scenario("two-way")) is FAST
     assert default_backend_for(load_scenario("u-turn")) is FAST
     assert default_backend_for(load_scenario("exit")) is FAST
-    assert default_backend_for(load_scenario("intersection")) is HIGHWAY_ENV
+    assert default_backend_for(load_scenario("intersection")) is FAST
+    assert default_backend_for(load_scenario(unsupported_scenario)) is HIGHWAY_ENV
     assert default_backend_for(load_scenario("highway-noisy")) is FAST  # corruptions are batched too
 
 
@@ -125,7 +127,7 @@ def test_vec_env_types():
         single.close()
 
 
-def test_periodic_evaluation_always_runs_on_the_reference():
+def test_periodic_evaluation_always_runs_on_the_reference(unsupported_scenario):
     from envs.driving_env import DrivingEnv
     from envs.fast.simulator import UnsupportedScenario
 
@@ -135,8 +137,8 @@ def test_periodic_evaluation_always_runs_on_the_reference():
     finally:
         env.close()
     with pytest.raises(UnsupportedScenario):
-        evaluation_env("intersection", FAST)
-    evaluation_env("intersection", HIGHWAY_ENV).close()
+        evaluation_env(unsupported_scenario, FAST)
+    evaluation_env(unsupported_scenario, HIGHWAY_ENV).close()
 
 
 def test_the_registration_api_hands_over_to_the_backends():

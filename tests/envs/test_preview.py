@@ -42,7 +42,7 @@ def test_write_preview_writes_a_readable_video(tmp_path, suffix):
     assert red[:, : first.shape[1] // 3].any()
 
 
-def test_write_preview_on_the_fast_backend(tmp_path):
+def test_write_preview_on_the_fast_backend(tmp_path, unsupported_scenario):
     from envs.fast.gym_env import FastDrivingEnv
     from envs.fast.simulator import UnsupportedScenario
 
@@ -57,7 +57,7 @@ def test_write_preview_on_the_fast_backend(tmp_path):
     assert abs(cols.mean() - 300) < 3 and abs(rows.mean() - 75) < 20  # at the centre, road left to right
     assert np.ptp(cols) > np.ptp(rows)  # longer along the road than across it
     with pytest.raises(UnsupportedScenario, match="Supported scenarios"):
-        write_preview("intersection", out=tmp_path / "intersection.gif", steps=1, backend="fast")
+        write_preview(unsupported_scenario, out=tmp_path / "racetrack.gif", steps=1, backend="fast")
 
 
 def test_write_preview_front_camera_is_even_sized(tmp_path):

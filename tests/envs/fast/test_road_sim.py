@@ -207,10 +207,11 @@ def test_an_episode_depends_on_its_seed_only():
 # Unsupported scenarios.
 
 
-@pytest.mark.parametrize("name", ["highway", "intersection"])
-def test_other_scenarios_are_refused_naming_the_supported_ids(name):
+@pytest.mark.parametrize("name", ["highway", "racetrack"])
+def test_other_scenarios_are_refused_naming_the_supported_ids(name, unsupported_scenario):
+    scenario = load_scenario(unsupported_scenario if name == "racetrack" else name)
     with pytest.raises(ValueError, match="Supported highway-env ids: " + ", ".join(SUPPORTED_ROAD_ENV_IDS)) as error:
-        FastRoad(load_scenario(name), 1, render=False)
+        FastRoad(scenario, 1, render=False)
     assert isinstance(error.value, UnsupportedScenario)
 
 

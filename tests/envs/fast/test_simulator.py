@@ -159,12 +159,12 @@ def test_single_env_matches_driving_env_api():
     assert set(info["rewards"]) == {"collision_reward", "right_lane_reward", "high_speed_reward", "on_road_reward"}
 
 
-def test_unsupported_scenarios_are_refused_with_the_supported_list():
-    with pytest.raises(UnsupportedScenario,
-                       match="Supported scenarios: exit, highway, highway-dense, highway-noisy, merge, roundabout, two-way, u-turn$"):
-        make_env("intersection", backend="fast")
-    assert supported_scenarios() == ["exit", "highway", "highway-dense", "highway-noisy", "merge", "roundabout", "two-way",
-                                     "u-turn"]
+def test_unsupported_scenarios_are_refused_with_the_supported_list(unsupported_scenario):
+    supported = ["exit", "highway", "highway-dense", "highway-noisy", "intersection", "merge", "roundabout", "two-way",
+                 "u-turn"]
+    with pytest.raises(UnsupportedScenario, match=f"Supported scenarios: {', '.join(supported)}$"):
+        make_env(unsupported_scenario, backend="fast")
+    assert supported_scenarios() == supported
 
 
 def test_fast_highway_refuses_merge_naming_its_own_scenarios():
@@ -191,7 +191,7 @@ def test_cpu_and_cuda_give_the_same_episodes():
     assert (frames_cpu.int() - frames_gpu.int()).abs().float().mean() < 0.5
 
 
-def test_bench_rows_are_consistent_measurements():
+def test_bench_rows_are_consistent_measurements(unsupported_scenario):
     from envs.fast.bench import bench_fast
 
     rows = bench_fast(["highway"], batch_sizes=[2, 8], steps=1, reference_steps=3)
@@ -201,7 +201,7 @@ def test_bench_rows_are_consistent_measurements():
         assert row["speedup"] == pytest.approx(row["fast_sps"] / row["highway_env_sps"])
         assert row["highway_env_sps"] == rows[0]["highway_env_sps"]  # one reference per scenario
     with pytest.raises(UnsupportedScenario):
-        bench_fast(["intersection"], batch_sizes=[2], steps=1, reference_steps=1)
+        bench_fast([str(unsupported_scenario)], batch_sizes=[2], steps=1, reference_steps=1)
 
 
 def test_rule_based_policies_see_highway_envs_available_actions():
