@@ -17,12 +17,12 @@ by `Recorder`, which logs every call: what is drawn, in which order, and that no
 2. Spawn: spawn_intersection given highway-env's reset draws is IntersectionEnv._make_vehicles
    (warm-up spawns, 3 s of traffic, challenger, ego, early-collision removal) to 1e-6; the draws'
    order as the generator gave them; its own draws have highway-env's distributions (SPAWN_SEEDS
-   resets each); per-step spawns: the rate and the route pairs over 1,000 episodes' draws; an
-   episode depends on its seed only; float32 is float64 rounded; the columns never fill up.
+   resets each); per-step spawns: the rate and the route pairs over 1,000 episodes' draws; the
+   columns never fill up.
 3. IDM constants: IntersectionEnv's (DISTANCE_WANTED 7, COMFORT_ACC_MAX 6, COMFORT_ACC_MIN -3) in
    FastRoad's rules, IDMVehicle's class left as found.
-4. Frames, and the fast backend: FastDrivingEnv / FastVecEnv play intersection episodes with
-   Discrete(3), the teacher plans on FastRoad copies.
+4. Frames. (Seeds, float32, FastDrivingEnv / FastVecEnv with Discrete(3), the teacher:
+   test_road_scenarios.py.)
 """
 
 from __future__ import annotations
@@ -53,9 +53,6 @@ from envs.fast.road_scenario import IDM_DELTA_RANGE
 from envs.fast.road_sim import FastRoad
 from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
-from envs.fast.simulators import make_simulator, simulator_class
-from envs.fast.vec_env import FastVecEnv
-from envs.registration import make_env
 from scenarios import load_scenario
 from tests.envs.fast.road_episodes import check_signals, stack
 from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
@@ -482,71 +479,8 @@ def test_step_spawns_have_highway_envs_rate_and_routes():
     assert counts_theirs[[0, 5, 10, 15]].sum() == 0 and ((counts_theirs[counts_theirs > 0] - expected) ** 2 / expected).sum() < 35
 
 
-def test_an_episode_depends_on_its_seed_only_and_the_columns_never_fill():
-    big, small = simulator(4, False), FastRoad(scenario(), 1, dtype=torch.float64, render=False)
-    big.reset(torch.arange(4), torch.tensor([5, 6, 7, 8]))
-    big.reset(torch.tensor([2, 0]), torch.tensor([42, 7]))
-    small.reset(torch.tensor([0]), torch.tensor([42]))
-    for a in [2, 0, 1, 2, 2, 1]:
-        r_big = big.step(torch.full((4,), a))
-        r_small = small.step(torch.tensor([a]))
-        assert torch.equal(big.state.vehicles.x[2], small.state.vehicles.x[0])
-        assert torch.equal(big.state.present[2], small.state.present[0])
-        assert torch.equal(r_big.reward[2:3], r_small.reward)
-    assert not torch.equal(big.state.vehicles.x[0], big.state.vehicles.x[2])
+def test_the_columns_never_fill():
+    """(An episode depends on its seed only: test_road_scenarios.py.)"""
+    big = simulator(4, False)
     # room for the reset's vehicles and one spawn per step of the longest episode
     assert intersection_columns(big.road) == big.columns == 1 + 10 + big.max_steps == 24
-
-
-def test_a_float32_spawn_is_the_float64_spawn_rounded():
-    seeds = torch.arange(20)
-    wide, narrow = simulator(1, False).spawn(seeds), FastRoad(scenario(), 1, render=False).spawn(seeds)
-    assert torch.equal(wide.present, narrow.present) and torch.equal(wide.vehicles.lane, narrow.vehicles.lane)
-    assert torch.equal(wide.vehicles.route_edge, narrow.vehicles.route_edge)
-    assert torch.allclose(wide.vehicles.x.float(), narrow.vehicles.x) and narrow.vehicles.x.dtype == torch.float32
-
-
-# The fast backend.
-
-
-def test_fast_driving_env_plays_intersection_episodes():
-    assert simulator_class(scenario()) is FastRoad
-    assert isinstance(make_simulator(scenario(), 2, render=False), FastRoad)
-    env = make_env("intersection", backend="fast")
-    assert isinstance(env.sim, FastRoad)
-    assert env.action_space == driving_env().action_space == gym.spaces.Discrete(3)
-    assert env.action_type.actions_indexes == {"SLOWER": 0, "IDLE": 1, "FASTER": 2}
-    observation, info = env.reset(seed=0)
-    assert observation.shape == env.observation_space.shape == (3 * env.sim.stack, *scenario().camera.size)
-    assert info["episode_seed"] == 0
-    for steps in range(1, scenario().episode_steps + 1):
-        _, reward, terminated, truncated, info = env.step(2)
-        assert set(info["rewards"]) == {"collision_reward", "high_speed_reward", "arrived_reward", "on_road_reward"}
-        assert isinstance(info["goal_reached"], bool)
-        assert len(env.scene().speeds) == int(env.sim.state.present[0].sum())
-        if terminated or truncated:
-            break
-    assert terminated or (truncated and steps == 13)
-
-
-def test_fast_vec_env_on_intersection_resets_finished_envs():
-    env = FastVecEnv(scenario(), 4)
-    assert env.action_space == gym.spaces.Discrete(3)
-    env.seed(100)
-    env.reset()
-    ended = []
-    for _ in range(scenario().episode_steps + 1):
-        _, rewards, dones, infos = env.step(np.full(4, 2, dtype=np.int64))  # FASTER
-        ended += [infos[i]["TimeLimit.truncated"] for i in np.flatnonzero(dones)]
-    assert len(ended) >= 4 and rewards.dtype == np.float32
-
-
-def test_the_teacher_plans_on_fast_intersection_copies():
-    from agents.teacher import LookaheadTeacher, best_actions
-
-    env = FastVecEnv(scenario(), 2, render=False)
-    env.reset()
-    teacher = LookaheadTeacher(env.sim)
-    values = teacher.action_values()
-    assert values.shape == (2, 3) and torch.isfinite(values).all()
-    assert torch.equal(teacher.act(), best_actions(values, teacher.action_names))

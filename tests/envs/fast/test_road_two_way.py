@@ -9,10 +9,10 @@
 2. Spawn: spawn_two_way reproduces TwoWayEnv._make_vehicles exactly given highway-env's draws
    (recovered from its vehicles; the order of its draws checked against its generator, and that
    it draws nothing else); its own draws (envs.fast.rng) have highway-env's distributions over 500
-   seeds; an episode depends on its seed only.
+   seeds.
 3. Frames: uint8 of the scenario's shape, like the reference camera's.
-4. The fast backend: FastDrivingEnv and FastVecEnv play two-way episodes (make_env("two-way",
-   backend="fast")); the teacher plans on FastRoad copies.
+4. What every road scenario must do on the fast backend (seeds, float32, FastDrivingEnv, FastVecEnv,
+   the teacher): test_road_scenarios.py.
 """
 
 from __future__ import annotations
@@ -32,9 +32,6 @@ from envs.fast.road_sim import FastRoad
 from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
 from envs.fast.road_two_way import TWO_WAY_TRAFFIC, spawn_two_way, two_way_draws
-from envs.fast.simulators import make_simulator, simulator_class
-from envs.fast.vec_env import FastVecEnv
-from envs.registration import make_env
 from scenarios import load_scenario
 from tests.envs.fast.road_episodes import (
     EXACT,
@@ -205,72 +202,3 @@ def test_spawn_has_highway_envs_distributions():
             assert abs(a.std() - b.std()) < 0.12 * spread, (n, column)
         assert np.array_equal(mine[:, n + 1, 1], reference[:, n + 1, 1])
     assert (fast.delta == 4).all() and not fast.lane_change.any()
-
-
-def test_an_episode_depends_on_its_seed_only():
-    big, small = simulator(4, False), FastRoad(scenario(), 1, dtype=torch.float64, render=False)
-    big.reset(torch.arange(4), torch.tensor([5, 6, 7, 8]))
-    big.reset(torch.tensor([2, 0]), torch.tensor([42, 7]))
-    small.reset(torch.tensor([0]), torch.tensor([42]))
-    for a in [3, 0, 1, 2, 4, 1]:
-        r_big = big.step(torch.full((4,), a))
-        r_small = small.step(torch.tensor([a]))
-        assert torch.equal(big.state.vehicles.x[2], small.state.vehicles.x[0])
-        assert torch.equal(r_big.reward[2:3], r_small.reward)
-    assert not torch.equal(big.state.vehicles.x[0], big.state.vehicles.x[2])
-
-
-def test_a_float32_spawn_is_the_float64_spawn_rounded():
-    seeds = torch.arange(20)
-    wide, narrow = simulator(1, False).spawn(seeds), FastRoad(scenario(), 1, render=False).spawn(seeds)
-    assert torch.equal(wide.vehicles.lane, narrow.vehicles.lane)
-    assert torch.equal(wide.vehicles.target_lane, narrow.vehicles.target_lane)
-    assert torch.allclose(wide.vehicles.x.float(), narrow.vehicles.x) and narrow.vehicles.x.dtype == torch.float32
-
-
-# The fast backend.
-
-
-def test_fast_driving_env_plays_two_way_episodes():
-    assert simulator_class(scenario()) is FastRoad
-    assert isinstance(make_simulator(scenario(), 2, render=False), FastRoad)
-    env = make_env("two-way", backend="fast")
-    assert isinstance(env.sim, FastRoad)
-    observation, info = env.reset(seed=0)
-    assert observation.shape == env.observation_space.shape == (3 * env.sim.stack, *scenario().camera.size)
-    assert set(info) >= {"safety", "ground_truth", "episode_seed"} and info["episode_seed"] == 0
-    assert len(env.scene().speeds) == COLUMNS
-    steps = 0
-    for steps in range(1, scenario().episode_steps + 1):
-        _, reward, terminated, truncated, info = env.step(1)
-        assert set(info["rewards"]) == {"high_speed_reward", "left_lane_reward"}
-        if terminated or truncated:
-            break
-    assert terminated or (truncated and steps == 20)
-
-
-def test_fast_vec_env_on_two_way_resets_finished_envs():
-    env = FastVecEnv(scenario(), 4)
-    env.seed(100)
-    first = env.reset()
-    shape = (3 * env.sim.stack, *scenario().camera.size)
-    assert first.shape == (4, *shape) and [info["episode_seed"] for info in env.reset_infos] == [100, 101, 102, 103]
-    ended = []
-    for _ in range(2 * scenario().episode_steps):
-        observations, rewards, dones, infos = env.step(np.full(4, 3, dtype=np.int64))  # FASTER
-        for i in np.flatnonzero(dones):
-            assert infos[i]["terminal_observation"].shape == shape
-            ended.append(infos[i]["TimeLimit.truncated"])
-    assert observations.shape == (4, *shape) and rewards.dtype == np.float32
-    assert len(ended) >= 4
-
-
-def test_the_teacher_plans_on_fast_two_way_copies():
-    from agents.teacher import LookaheadTeacher, best_actions
-
-    env = FastVecEnv(scenario(), 2, render=False)
-    env.reset()
-    teacher = LookaheadTeacher(env.sim)
-    values = teacher.action_values()
-    assert values.shape == (2, 5) and torch.isfinite(values).all()
-    assert torch.equal(teacher.act(), best_actions(values))
