@@ -43,6 +43,11 @@ class Episode:
     goals: tuple[bool | None, ...]  # info.get("goal_reached") after each step (None: no goal)
 
 
+def copy_road(sim: FastRoad, u) -> RoadTraffic:
+    """The road of an unwrapped highway-env env `u` as one row of `sim`'s state (its columns and route slots)."""
+    return RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], sim.columns, sim.route_slots)
+
+
 def objects(u) -> list:
     """An unwrapped highway-env env's road objects in FastRoad's column order (the ego, the other
     vehicles, then the objects)."""

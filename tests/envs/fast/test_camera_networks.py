@@ -22,7 +22,13 @@ from envs.fast.camera import BatchedBevCamera
 from envs.scene import Scene
 from scenarios import load_scenario
 from tests.envs.test_fast_camera import (
-    MAX_FRAME_MEAN_ABS_DIFF, MAX_MEAN_ABS_DIFF, MIN_VEHICLE_IOU, States, colour_mask, fast_frames, iou,
+    MAX_FRAME_MEAN_ABS_DIFF,
+    MAX_MEAN_ABS_DIFF,
+    MIN_VEHICLE_IOU,
+    States,
+    colour_mask,
+    fast_frames,
+    iou,
 )
 
 NETWORKS = ["merge", "roundabout", "intersection", "exit", "two-way", "u-turn"]

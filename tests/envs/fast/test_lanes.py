@@ -13,7 +13,13 @@ import highway_env  # noqa: F401
 import numpy as np
 import pytest
 import torch
-from highway_env.road.lane import AbstractLane, CircularLane, PolyLaneFixedWidth, SineLane, StraightLane
+from highway_env.road.lane import (
+    AbstractLane,
+    CircularLane,
+    PolyLaneFixedWidth,
+    SineLane,
+    StraightLane,
+)
 from highway_env.road.road import RoadNetwork
 
 from envs.fast.lanes import CIRCULAR, NO_LANE, SINE, STRAIGHT, LaneGraph

@@ -38,7 +38,6 @@ from envs.fast.road_exit import (
 )
 from envs.fast.road_sim import FastRoad
 from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
-from envs.fast.road_traffic import RoadTraffic
 from envs.fast.simulator import UnsupportedScenario
 from envs.fast.simulators import simulator_class
 from scenarios import load_scenario
@@ -48,6 +47,7 @@ from tests.envs.fast.road_episodes import (
     Replay,
     check_frames_look_like_the_reference_camera,
     check_same_traffic,
+    copy_road,
     record_episode,
     replay_episodes,
 )
@@ -79,10 +79,6 @@ def simulator(batch: int, render: bool) -> FastRoad:
 @functools.lru_cache(maxsize=None)
 def driving_env() -> DrivingEnv:
     return DrivingEnv("exit")
-
-
-def copy_road(sim: FastRoad, u) -> RoadTraffic:
-    return RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], sim.columns, sim.route_slots)
 
 
 @functools.lru_cache(maxsize=None)

@@ -54,7 +54,7 @@ from envs.fast.road_sim import FastRoad
 from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
 from scenarios import load_scenario
-from tests.envs.fast.road_episodes import check_signals, stack
+from tests.envs.fast.road_episodes import check_signals, copy_road, stack
 from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
 from tests.envs.test_fast_camera import (
     MAX_FRAME_MEAN_ABS_DIFF,
@@ -84,10 +84,6 @@ def scenario():
 @functools.lru_cache(maxsize=None)
 def simulator(batch: int, render: bool) -> FastRoad:
     return FastRoad(scenario(), batch, dtype=torch.float64, render=render)
-
-
-def copy_road(sim: FastRoad, u) -> RoadTraffic:
-    return RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], sim.columns, sim.route_slots)
 
 
 # highway-env's draws.

@@ -30,7 +30,6 @@ import torch
 from envs.driving_env import DrivingEnv
 from envs.fast.road_sim import FastRoad
 from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
-from envs.fast.road_traffic import RoadTraffic
 from envs.fast.road_two_way import TWO_WAY_TRAFFIC, spawn_two_way, two_way_draws
 from scenarios import load_scenario
 from tests.envs.fast.road_episodes import (
@@ -39,6 +38,7 @@ from tests.envs.fast.road_episodes import (
     Replay,
     check_frames_look_like_the_reference_camera,
     check_same_traffic,
+    copy_road,
     record_episode,
     replay_episodes,
 )
@@ -67,10 +67,6 @@ def simulator(batch: int, render: bool) -> FastRoad:
 @functools.lru_cache(maxsize=None)
 def driving_env() -> DrivingEnv:
     return DrivingEnv("two-way")
-
-
-def copy_road(sim: FastRoad, u) -> RoadTraffic:
-    return RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], sim.columns, sim.route_slots)
 
 
 @functools.lru_cache(maxsize=None)

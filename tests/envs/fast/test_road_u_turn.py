@@ -34,7 +34,6 @@ from envs.driving_env import DrivingEnv
 from envs.fast.road_scenario import IDM_DELTA_RANGE
 from envs.fast.road_sim import FastRoad
 from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
-from envs.fast.road_traffic import RoadTraffic
 from envs.fast.road_u_turn import (
     U_TURN_POSITION_DEVIATION_M,
     U_TURN_SPEED_DEVIATION_MPS,
@@ -50,6 +49,7 @@ from tests.envs.fast.road_episodes import (
     Replay,
     check_frames_look_like_the_reference_camera,
     check_same_traffic,
+    copy_road,
     record_episode,
     replay_episodes,
 )
@@ -84,10 +84,6 @@ def simulator(batch: int, render: bool) -> FastRoad:
 @functools.lru_cache(maxsize=None)
 def driving_env() -> DrivingEnv:
     return DrivingEnv("u-turn")
-
-
-def copy_road(sim: FastRoad, u) -> RoadTraffic:
-    return RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], sim.columns, sim.route_slots)
 
 
 @functools.lru_cache(maxsize=None)
