@@ -27,9 +27,6 @@ from envs.fast.episodes import EpisodeSeeds
 from envs.fast.simulators import make_simulator
 from scenarios import Scenario
 
-ACTIONS = 5  # DiscreteMetaAction: LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER (a simulator's action_indexes
-# may have fewer: intersection's SLOWER, IDLE, FASTER)
-
 
 def host_columns(columns: dict[str, torch.Tensor], packed: bool | None = None) -> dict[str, list]:
     """{name: (B,) tensor} -> {name: B Python scalars of the tensor's kind (bool, int or float)}.
