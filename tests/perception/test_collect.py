@@ -45,7 +45,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         collect(["merge"], frames=5, out=tmp_path, shard_frames=5, seed=0)
 
 
-def test_collect_on_the_fast_backend(tmp_path):
+def test_collect_on_the_fast_backend(tmp_path, unsupported_scenario):
     from envs.fast.simulator import UnsupportedScenario
 
     manifest = collect(["highway"], frames=40, out=tmp_path / "fast", shard_frames=20, seed=1, backend="fast")
@@ -57,7 +57,7 @@ def test_collect_on_the_fast_backend(tmp_path):
     with pytest.raises(ValueError, match="other settings"):  # same folder, other simulator
         collect(["highway"], frames=40, out=tmp_path / "fast", shard_frames=20, seed=1)
     with pytest.raises(UnsupportedScenario, match="Supported scenarios"):
-        collect(["intersection"], frames=5, out=tmp_path / "intersection", backend="fast")
+        collect([str(unsupported_scenario)], frames=5, out=tmp_path / "racetrack", backend="fast")
 
 
 def test_scenario_mix_and_holdout_split(tmp_path):
