@@ -203,14 +203,21 @@ def replay_episodes(sim: FastRoad, episodes: list[Episode], seeds: tuple[int, ..
 
 def check_frames_look_like_the_reference_camera(replay: Replay, stack_size: int, size: tuple[int, int]) -> None:
     """The replay's frames: uint8 stacks of the scenario's `size` (H, W), the first frame `stack_size`
-    times at reset, and each fast frame like highway-env's (tests/envs/test_fast_camera.py's tolerances)."""
+    times at reset, and each fast frame like highway-env's (`check_frames_match`)."""
     height, width = size
     stacks = replay.reset_stacks
     assert stacks.dtype == torch.uint8
     assert stacks.shape == (len(replay.episodes), 3 * stack_size, height, width)
     assert all(torch.equal(stacks[:, 3 * i: 3 * i + 3], stacks[:, :3]) for i in range(stack_size))
-    fast = np.concatenate([np.stack(f) for f in replay.frames]).astype(int)
-    reference = np.concatenate([np.stack(e.frames) for e in replay.episodes]).astype(int)
+    check_frames_match(replay.frames, [e.frames for e in replay.episodes], size)
+
+
+def check_frames_match(fast_frames: list, reference_frames: list, size: tuple[int, int]) -> None:
+    """Per episode, the fast frames against highway-env's ((H, W, 3) uint8 each, `size` = (H, W)):
+    tests/envs/test_fast_camera.py's tolerances on the mean difference and the vehicles' overlap."""
+    fast = np.concatenate([np.stack(f) for f in fast_frames]).astype(int)
+    reference = np.concatenate([np.stack(f) for f in reference_frames]).astype(int)
+    assert fast.shape == reference.shape and fast.shape[1:3] == tuple(size)
     per_frame = np.abs(fast - reference).mean(axis=(1, 2, 3))
     assert per_frame.max() <= MAX_FRAME_MEAN_ABS_DIFF, per_frame.max()
     assert per_frame.mean() <= MAX_MEAN_ABS_DIFF, per_frame.mean()

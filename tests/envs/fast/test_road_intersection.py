@@ -40,7 +40,6 @@ import pytest
 import torch
 from gymnasium.utils import seeding
 
-from envs import palette
 from envs.driving_env import IDM_CLASS_DEFAULTS, DrivingEnv, restore_idm_class_defaults
 from envs.fast.road_intersection import (
     INTERSECTION_IDM_CONSTANTS,
@@ -54,14 +53,11 @@ from envs.fast.road_sim import FastRoad
 from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
 from scenarios import load_scenario
-from tests.envs.fast.road_episodes import check_signals, copy_road, stack
-from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
-from tests.envs.test_fast_camera import (
-    MAX_FRAME_MEAN_ABS_DIFF,
-    MAX_MEAN_ABS_DIFF,
-    MIN_VEHICLE_IOU,
-    colour_mask,
-    iou,
+from tests.envs.fast.road_episodes import (
+    check_frames_match,
+    check_signals,
+    copy_road,
+    stack,
 )
 
 SEEDS = tuple(range(12))
@@ -301,16 +297,7 @@ def test_a_copied_intersection_steps_as_highway_env(replay):
 
 def test_frames_look_like_the_reference_camera(replay):
     episodes, fast_frames, _ = replay
-    fast = np.concatenate([np.stack(f) for f in fast_frames]).astype(int)
-    reference = np.concatenate([np.stack(e.frames) for e in episodes]).astype(int)
-    assert fast.shape == reference.shape and fast.shape[1:3] == scenario().camera.size
-    per_frame = np.abs(fast - reference).mean(axis=(1, 2, 3))
-    assert per_frame.max() <= MAX_FRAME_MEAN_ABS_DIFF, per_frame.max()
-    assert per_frame.mean() <= MAX_MEAN_ABS_DIFF, per_frame.mean()
-    for colour, least in ((palette.EGO_VEHICLE, MIN_REAL_EGO_IOU), (palette.OTHER_VEHICLE, MIN_VEHICLE_IOU)):
-        mask = colour_mask(reference, colour)
-        assert mask.sum() > 50
-        assert iou(colour_mask(fast, colour), mask) >= least, colour
+    check_frames_match(fast_frames, [e.frames for e in episodes], scenario().camera.size)
 
 
 def test_episodes_are_truncated_at_the_duration_and_the_reward_is_zero_off_the_road():
