@@ -37,7 +37,6 @@ from envs.fast.road_exit import (
     spawn_exit,
 )
 from envs.fast.road_sim import FastRoad
-from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.simulator import UnsupportedScenario
 from envs.fast.simulators import simulator_class
 from scenarios import load_scenario
@@ -113,20 +112,6 @@ def test_a_copied_exit_road_steps_as_highway_env(replay):
 
 def test_frames_look_like_the_reference_camera(replay):
     check_frames_look_like_the_reference_camera(replay, simulator(1, True).stack, scenario().camera.size)
-
-
-def test_episodes_are_truncated_at_the_duration_or_the_scenarios_step_limit():
-    assert "exit-v1" in SUPPORTED_ROAD_ENV_IDS
-    sim = simulator(2, False)
-    assert sim.max_steps == 18
-    short = dataclasses.replace(scenario(), max_episode_steps=3)
-    sim = FastRoad(short, 2, dtype=torch.float64, render=False)
-    sim.reset(torch.arange(2), torch.tensor([3, 4]))
-    sim.state.vehicles.x[:, 1:] += 1000.0  # no one to crash into
-    for step in range(1, 5):
-        result = sim.step(torch.ones(2, dtype=torch.long))
-        assert result.truncated.tolist() == [step >= 3] * 2
-        assert not result.terminated.any()
 
 
 @pytest.mark.parametrize("lane_index, s, reached", [

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -35,7 +34,6 @@ from envs.fast.road_roundabout import (
     spawn_roundabout,
 )
 from envs.fast.road_sim import FastRoad
-from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from scenarios import load_scenario
 from tests.envs.fast.road_episodes import (
     EXACT,
@@ -115,20 +113,6 @@ def test_a_copied_roundabout_steps_as_highway_env(replay):
 
 def test_frames_look_like_the_reference_camera(replay):
     check_frames_look_like_the_reference_camera(replay, simulator(1, True).stack, scenario().camera.size)
-
-
-def test_episodes_are_truncated_at_the_duration_or_the_scenarios_step_limit():
-    assert "roundabout-v1" in SUPPORTED_ROAD_ENV_IDS
-    sim = simulator(2, False)
-    assert sim.max_steps == 11
-    short = dataclasses.replace(scenario(), max_episode_steps=3)
-    sim = FastRoad(short, 2, dtype=torch.float64, render=False)
-    sim.reset(torch.arange(2), torch.tensor([3, 4]))
-    sim.state.vehicles.x[:, 1:] += 1000.0  # no one to crash into
-    for step in range(1, 5):
-        result = sim.step(torch.ones(2, dtype=torch.long))
-        assert result.truncated.tolist() == [step >= 3] * 2
-        assert not result.terminated.any()
 
 
 def test_the_reward_is_zero_off_the_road():

@@ -4,12 +4,14 @@ parametrised over the scenarios (their fidelity to highway-env is in test_road_<
 - an episode depends on its seed only (not on the row, the batch or other rows' resets);
 - a float32 spawn is the float64 spawn rounded;
 - FastDrivingEnv plays whole episodes with DrivingEnv's action space and reward terms;
+- episodes are truncated at the scenario's step limit (its own duration where its env has one), only;
 - FastVecEnv resets finished envs from consecutive seeds;
 - the teacher plans on FastRoad copies over the scenario's own actions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import highway_env  # noqa: F401
@@ -26,6 +28,7 @@ from envs.registration import make_env
 from scenarios import load_scenario
 
 ROAD_SCENARIOS = ["merge", "roundabout", "two-way", "u-turn", "exit", "intersection"]
+STEP_LIMITS = {"merge": 40, "roundabout": 11, "two-way": 20, "u-turn": 10, "exit": 18, "intersection": 13}  # policy steps
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
               pytest.mark.parametrize("name", ROAD_SCENARIOS)]
@@ -99,6 +102,19 @@ def test_fast_driving_env_plays_whole_episodes(name):
         if terminated or truncated:
             break
     assert terminated or (truncated and steps == env.sim.max_steps)
+
+
+def test_episodes_are_truncated_at_the_step_limit_only(name):
+    scenario = load_scenario(name)
+    assert FastRoad(scenario, 1, render=False).max_steps == STEP_LIMITS[name]
+    sim = FastRoad(dataclasses.replace(scenario, max_episode_steps=3), 2, dtype=torch.float64, render=False)
+    sim.reset(torch.arange(2), torch.tensor([3, 4]))
+    sim.state.vehicles.x[:, 1:] += 2000.0  # no one to crash into
+    idle = torch.full((2,), sim.action_indexes["IDLE"])
+    for step in range(1, 5):
+        result = sim.step(idle)
+        assert result.truncated.tolist() == [step >= 3] * 2
+        assert not result.terminated.any()
 
 
 def test_fast_vec_env_resets_finished_envs(name):

@@ -113,16 +113,6 @@ def test_the_reset_frame_is_the_cameras_render_of_the_state():
     assert torch.equal(sim.observations_of(torch.tensor([2, 0])), after[[2, 0]])
 
 
-def test_episodes_are_truncated_at_the_scenarios_step_limit():
-    short = dataclasses.replace(scenario(), max_episode_steps=3)
-    sim = FastRoad(short, 2, dtype=torch.float64, render=False)
-    sim.reset(torch.arange(2), torch.tensor([3, 4]))
-    for step in range(1, 5):
-        result = sim.step(torch.ones(2, dtype=torch.long))
-        assert result.truncated.tolist() == [step >= 3] * 2
-        assert not result.terminated.any()
-
-
 # Spawn.
 
 

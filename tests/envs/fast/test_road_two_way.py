@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -29,7 +28,6 @@ import torch
 
 from envs.driving_env import DrivingEnv
 from envs.fast.road_sim import FastRoad
-from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_two_way import TWO_WAY_TRAFFIC, spawn_two_way, two_way_draws
 from scenarios import load_scenario
 from tests.envs.fast.road_episodes import (
@@ -99,20 +97,6 @@ def test_a_copied_two_way_road_steps_as_highway_env(replay):
 
 def test_frames_look_like_the_reference_camera(replay):
     check_frames_look_like_the_reference_camera(replay, simulator(1, True).stack, scenario().camera.size)
-
-
-def test_episodes_are_truncated_at_the_scenarios_step_limit_only():
-    assert "two-way-v0" in SUPPORTED_ROAD_ENV_IDS
-    sim = simulator(2, False)
-    assert sim.max_steps == 20
-    short = dataclasses.replace(scenario(), max_episode_steps=3)
-    sim = FastRoad(short, 2, dtype=torch.float64, render=False)
-    sim.reset(torch.arange(2), torch.tensor([3, 4]))
-    sim.state.vehicles.x[:, 1:] += 2000.0  # no one to crash into
-    for step in range(1, 5):
-        result = sim.step(torch.ones(2, dtype=torch.long))
-        assert result.truncated.tolist() == [step >= 3] * 2
-        assert not result.terminated.any()
 
 
 def test_the_reward_is_not_zeroed_off_the_road():
