@@ -33,6 +33,7 @@ in docs/BENCHMARKS.md ("The teacher"); `python run.py bench teacher` plays them.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -48,8 +49,10 @@ TIE_BREAK_SPAN = 4e-4  # smaller than any real difference between plans (a speed
 CPU_CHUNK_ENVS = 64  # envs planned at once on a CPU: 64 x 25 = 1,600 planning rows, a cache-sized batch
 
 
+@functools.lru_cache(maxsize=None)
 def tie_break(action_names: tuple[str, ...]) -> torch.Tensor:
-    """(A,) small bonuses, largest first in TIE_ORDER, for the actions `action_names` (by index)."""
+    """(A,) small bonuses, largest first in TIE_ORDER, for the actions `action_names` (by index);
+    computed once per action set (the imitation's fit asks for it every minibatch)."""
     ranks = torch.tensor([TIE_ORDER.index(name) for name in action_names], dtype=torch.float64)
     return TIE_BREAK_SPAN * (1 - ranks / (len(TIE_ORDER) - 1))
 

@@ -40,7 +40,7 @@ class RoadScenario:
     graph64: LaneGraph  # the same graph in float64 (spawns are computed in float64, as highway-env)
     default_target_speeds: torch.Tensor  # (S0,) float64 MDPVehicle.DEFAULT_TARGET_SPEEDS (IDM vehicles'
     # get_speed_index, roundabout's high_speed_reward)
-    action_names: tuple[str, ...] = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")  # index -> name
+    action_names: tuple[str, ...]  # index -> name
     # (DiscreteMetaAction.actions: ACTIONS_ALL, or ACTIONS_LONGI where the env is longitudinal only)
 
     @property
