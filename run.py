@@ -200,7 +200,8 @@ def cmd_bench_teacher(args: argparse.Namespace) -> None:
     from agents.ceiling import teacher_ceiling
     from agents.evaluate import print_report
 
-    settings = {name: getattr(args, name) for name in ("depth", "horizon", "min_headway_s", "min_ttc_s", "ttc_penalty")}
+    settings = {name: getattr(args, name) for name in ("depth", "horizon", "min_headway_s", "min_ttc_s", "ttc_penalty",
+                                                       "sight")}
     given = {name: value for name, value in settings.items() if value is not None}  # the rest: the teacher's defaults
     report = teacher_ceiling(scenario=args.scenario, episodes=args.episodes, **given)
     print_report(report)
@@ -481,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_teacher.add_argument("--min-ttc-s", type=float,
                                help="time to collision with the car ahead [s] below which a step costs --ttc-penalty")
     bench_teacher.add_argument("--ttc-penalty", type=float, help="cost of such a step; 0 = none")
+    bench_teacher.add_argument("--sight", choices=("all", "camera"),  # agents.teacher.SIGHTS (not imported: --help stays light)
+                               help="plan with every vehicle (all, the default) or only those the top-down camera frame shows")
     bench_teacher.set_defaults(func=cmd_bench_teacher)
     bench_explain = bench_kinds.add_parser(
         "explain", help="what explanations cost: a replay (cold and cached), watch's step and redraw, a TensorBoard replay"

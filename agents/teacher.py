@@ -27,6 +27,11 @@ still needs to get there (`steps_to_goal`), and a plan that survives its horizon
 `goal_value` per step from then on, discounted by those steps, on top of its survival value: a
 search with a heuristic at its leaves.
 
+With `sight="camera"` the teacher plans as if the world held only the vehicles inside the
+scenario's top-down camera frame (`hide_unseen`): what a camera agent could at best do with that
+frame, and so a measure of whether the camera shows enough (intersection's crossing traffic did not
+at 1.5 px/m: docs/BENCHMARKS.md, "intersection's camera"). The default, "all", sees everything.
+
 The defaults (depth 2, horizon 3, 0.5 s headway and 3 s TTC margins) and the variants measured are
 in docs/BENCHMARKS.md ("The teacher"); `python run.py bench teacher` plays them.
 """
@@ -35,11 +40,14 @@ from __future__ import annotations
 
 import functools
 import itertools
+from dataclasses import dataclass
 
 import torch
 
 from envs.fast.simulator import META_ACTIONS, StepResult
 from envs.fast.simulators import BatchedSimulator
+from envs.fast.state import TrafficState
+from scenarios.schema import BevCameraConfig
 
 TIE_ORDER = ("IDLE", "FASTER", "SLOWER", "LANE_RIGHT", "LANE_LEFT")  # the first of equals wins
 TIE_BREAK_SPAN = 4e-4  # smaller than any real difference between plans (a speed step changes a reward by
@@ -62,11 +70,39 @@ def best_actions(values: torch.Tensor, action_names: tuple[str, ...] = META_ACTI
     return (values + tie_break(action_names).to(values)).argmax(dim=1)
 
 
+SIGHTS = ("all", "camera")  # what the teacher plans with: every vehicle, or those inside the camera frame
+
+
+@dataclass(frozen=True)
+class CameraSight:
+    """The ground a top-down camera frame covers around the ego, in the ego's frame [m]."""
+
+    ahead_m: float
+    behind_m: float
+    half_width_m: float
+
+    @classmethod
+    def of(cls, camera: BevCameraConfig) -> CameraSight:
+        return cls(ahead_m=camera.meters_ahead, behind_m=(1 - camera.ego_row) * camera.height / camera.pixels_per_meter,
+                   half_width_m=camera.width / 2 / camera.pixels_per_meter)
+
+    def hide_unseen(self, state) -> None:
+        """Mark absent, in place, every vehicle whose centre lies outside the frame (a TrafficState or
+        a FastRoad RoadTraffic, (B, N)); the ego (column 0) stays."""
+        kinematics = state if isinstance(state, TrafficState) else state.vehicles
+        dx, dy = kinematics.x - kinematics.x[:, :1], kinematics.y - kinematics.y[:, :1]  # (B, N) [m]
+        cos, sin = torch.cos(kinematics.heading[:, :1]), torch.sin(kinematics.heading[:, :1])
+        along, across = dx * cos + dy * sin, dy * cos - dx * sin  # (B, N) [m] in the ego's frame
+        seen = (along < self.ahead_m) & (along > -self.behind_m) & (across.abs() < self.half_width_m)
+        seen[:, 0] = True
+        state.present &= seen
+
+
 class LookaheadTeacher:
     def __init__(self, sim: BatchedSimulator, depth: int = 2, horizon: int = 3, gamma: float = 0.95,
                  survival_value: float = 0.8, min_headway_s: float = 0.5, headway_penalty: float = 0.5,
                  min_ttc_s: float = 3.0, ttc_penalty: float = 0.5, goal_value: float = 1.0,
-                 chunk: int | None = None) -> None:
+                 chunk: int | None = None, sight: str = "all") -> None:
         """sim: the simulator whose envs it advises. depth: actions searched exhaustively; horizon:
         policy steps simulated per sequence (IDLE after `depth`); gamma: discount of the plan;
         survival_value: the reward per step assumed after the horizon for a sequence that did not
@@ -75,7 +111,8 @@ class LookaheadTeacher:
         the reward per step at the goal, where the simulator estimates the steps to it; chunk:
         envs planned at once (the planning batch is chunk * 5^depth rows); by default
         CPU_CHUNK_ENVS on a CPU, where a cache-sized batch is fastest, and all of them on a GPU,
-        where each simulator call costs thousands of kernel launches whatever its size."""
+        where each simulator call costs thousands of kernel launches whatever its size; sight: "all"
+        (plan with every vehicle) or "camera" (only those inside the scenario's top-down camera frame)."""
         if not 1 <= depth <= horizon:
             raise ValueError(f"need 1 <= depth <= horizon, got depth {depth} and horizon {horizon}")
         if not 0.0 < gamma < 1.0:
@@ -84,6 +121,10 @@ class LookaheadTeacher:
             raise ValueError(f"margins, penalties and the goal's value must be >= 0, got min_headway_s {min_headway_s}, "
                              f"headway_penalty {headway_penalty}, min_ttc_s {min_ttc_s}, ttc_penalty {ttc_penalty}, "
                              f"goal_value {goal_value}")
+        if sight not in SIGHTS:
+            raise ValueError(f"sight must be one of {', '.join(SIGHTS)}, got {sight!r}")
+        # (the fast simulators take only the top-down camera)
+        self.sight = CameraSight.of(sim.scenario.camera.bev) if sight == "camera" else None
         self.sim = sim
         self.depth, self.horizon, self.gamma = depth, horizon, gamma
         self.min_headway_s, self.headway_penalty = min_headway_s, headway_penalty
@@ -123,7 +164,10 @@ class LookaheadTeacher:
         """
         count, options, choices = len(rows), len(self.sequences), self.actions
         first = self._planner_for("first", count * choices)
-        first.load(torch.arange(count * choices, device=first.device), self.sim.state.select(rows.repeat_interleave(choices)))
+        start = self.sim.state.select(rows.repeat_interleave(choices))  # a copy
+        if self.sight is not None:
+            self.sight.hide_unseen(start)
+        first.load(torch.arange(count * choices, device=first.device), start)
         value, alive, ended = self._score(first.step(torch.arange(choices, device=first.device).repeat(count)), step=0)
         # sequences are ordered by their first action: sequence s starts with s // (options / A)
         parent = torch.arange(count * options, device=first.device) // (options // choices)  # (E * S,) row of `first`

@@ -83,6 +83,7 @@ def test_misspelled_key_and_too_small_camera_in_a_user_file(write_scenario):
 @pytest.mark.parametrize("flags, passed", [
     ([], {}),  # the teacher's own defaults, not copies of them in argparse
     (["--horizon", "4", "--min-ttc-s", "0"], {"horizon": 4, "min_ttc_s": 0.0}),
+    (["--sight", "camera"], {"sight": "camera"}),
 ])
 def test_bench_teacher_passes_only_the_flags_given(monkeypatch, capsys, flags, passed):
     import agents.ceiling

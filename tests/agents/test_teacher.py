@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.teacher import LookaheadTeacher, best_actions
+from agents.teacher import CameraSight, LookaheadTeacher, best_actions
 from envs.fast.params import LANE_WIDTH_M
 from envs.fast.simulator import IDLE, FastHighway
 from scenarios import load_scenario
@@ -105,11 +105,31 @@ def test_it_drives_faster_than_idling_without_crashing():
 
 @pytest.mark.parametrize(
     "kwargs", [{"depth": 3, "horizon": 2}, {"depth": 0}, {"gamma": 1.0}, {"min_headway_s": -0.5}, {"headway_penalty": -1.0},
-               {"min_ttc_s": -1.0}, {"ttc_penalty": -0.5}, {"goal_value": -1.0}]
+               {"min_ttc_s": -1.0}, {"ttc_penalty": -0.5}, {"goal_value": -1.0}, {"sight": "lidar"}]
 )
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         LookaheadTeacher(highway(1), **kwargs)
+
+
+def test_the_camera_sight_is_the_frame_around_the_ego():
+    sight = CameraSight.of(load_scenario("highway").camera.bev)  # 48 x 96 px at 1.5 px/m, the ego at 0.7 from the top
+    assert (sight.ahead_m, sight.behind_m, sight.half_width_m) == pytest.approx((44.8, 19.2, 16.0))
+    assert CameraSight.of(load_scenario("intersection").camera.bev).half_width_m == pytest.approx(32.0)  # 0.75 px/m
+
+
+@pytest.mark.parametrize("gap_m, seen", [(60.0, False), (30.0, True)])
+def test_a_camera_sighted_teacher_plans_without_the_vehicles_outside_the_frame(gap_m, seen):
+    """A slow car 60 m ahead lies beyond the frame's 44.8 m: planning with the camera's sight equals
+    planning on a road without it, and differs from seeing it. At 30 m it is seen: sight changes nothing."""
+    sim = highway(1)
+    only_a_slow_car_ahead(sim, gap_m)
+    camera = LookaheadTeacher(sim, sight="camera").action_values()
+    everything = LookaheadTeacher(sim).action_values()
+    sim.state.present[0, 1] = False
+    empty_road = LookaheadTeacher(sim).action_values()
+    assert not torch.equal(everything, empty_road)  # the car matters to the plan
+    assert torch.equal(camera, everything if seen else empty_road)
 
 
 def test_the_teacher_bench_reports_one_evaluation_episode():
