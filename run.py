@@ -208,6 +208,15 @@ def cmd_bench_teacher(args: argparse.Namespace) -> None:
     print(f"{args.episodes} episodes in {report.seconds:.0f} s")
 
 
+def cmd_bench_constant(args: argparse.Namespace) -> None:
+    from agents.ceiling import constant_baseline
+    from agents.evaluate import print_report
+
+    report = constant_baseline(scenario=args.scenario, action=args.action, episodes=args.episodes)
+    print_report(report)
+    print(f"{args.episodes} episodes in {report.seconds:.0f} s")
+
+
 def cmd_bench_robustness(args: argparse.Namespace) -> None:
     from agents.robust.corruptions import parse_corruptions
     from agents.robust.evaluate import parse_attacks, parse_counts, parse_eps_list
@@ -485,6 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_teacher.add_argument("--sight", choices=("all", "camera"),  # agents.teacher.SIGHTS (not imported: --help stays light)
                                help="plan with every vehicle (all, the default) or only those the top-down camera frame shows")
     bench_teacher.set_defaults(func=cmd_bench_teacher)
+
+    bench_constant = bench_kinds.add_parser(
+        "constant", help="a policy that always takes one action (fast backend): the floor any agent must beat"
+    )
+    bench_constant.add_argument("--scenario", default="highway", help="a scenario the fast backend supports")
+    bench_constant.add_argument("--action", default="IDLE", help="the action's name, e.g. IDLE, FASTER, SLOWER")
+    bench_constant.add_argument("--episodes", type=positive_int, default=50, help="evaluation episodes")
+    bench_constant.set_defaults(func=cmd_bench_constant)
     bench_explain = bench_kinds.add_parser(
         "explain", help="what explanations cost: a replay (cold and cached), watch's step and redraw, a TensorBoard replay"
     )

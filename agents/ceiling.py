@@ -15,6 +15,10 @@ so the table has the same metrics as `run.py evaluate`.
 agents/teacher.py on the same seeds and metrics, all episodes side by side
 (`agents.evaluate.run_batched_episodes`, one planner for the batch): what the imitation warm start
 of `run.py train` copies from.
+
+`python run.py bench constant --action IDLE` plays a policy that always takes one action, on the same
+seeds and metrics: the floor any agent must beat. On `intersection` always driving on (IDLE) arrives
+in more than half of the episodes and earns more than a cautious agent, while crashing in ~43 %.
 """
 
 from __future__ import annotations
@@ -140,6 +144,13 @@ def teacher_ceiling(scenario: str = "highway", episodes: int = 50, **teacher_set
     """The privileged teacher (agents.teacher, with `teacher_settings` for LookaheadTeacher) on the
     scenario's evaluation seeds, all episodes side by side (one teacher plans for the whole batch);
     a report for print_report."""
+    return _batched_report(scenario, episodes, TeacherDriver(**teacher_settings), algo="lookahead teacher",
+                           model="privileged planner, fast backend")
+
+
+def _batched_report(scenario: str, episodes: int, driver: Any, algo: str, model: str) -> EvaluationReport:
+    """`driver` (a predict/bind policy) on the scenario's first `episodes` evaluation seeds, all side
+    by side on the fast backend (refusing a scenario it does not simulate); a report for print_report."""
     from agents.evaluate import EvaluationReport, evaluation_seeds, run_batched_episodes, summarize
     from envs.fast.simulators import check_supported
 
@@ -149,9 +160,36 @@ def teacher_ceiling(scenario: str = "highway", episodes: int = 50, **teacher_set
     check_supported(loaded)  # refuses unsupported scenarios, naming the supported ones
     seeds = evaluation_seeds(loaded, episodes)
     began = time.perf_counter()
-    per_episode = run_batched_episodes(TeacherDriver(**teacher_settings), loaded, seeds)
+    per_episode = run_batched_episodes(driver, loaded, seeds)
     return EvaluationReport(
-        scenario=loaded.name, episodes=episodes, first_seed=seeds[0], last_seed=seeds[-1], algo="lookahead teacher",
-        num_timesteps=0, model="privileged planner, fast backend", metrics=summarize(per_episode),
-        per_episode=per_episode, seconds=time.perf_counter() - began,
+        scenario=loaded.name, episodes=episodes, first_seed=seeds[0], last_seed=seeds[-1], algo=algo,
+        num_timesteps=0, model=model, metrics=summarize(per_episode), per_episode=per_episode,
+        seconds=time.perf_counter() - began,
     )
+
+
+class ConstantDriver:
+    """SB3's `predict` for a policy that takes the action named `action` in every env and step;
+    `bind` (run_batched_episodes calls it) finds its index among the scenario's actions."""
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+        self.index: int | None = None
+
+    def bind(self, env: Any) -> None:
+        from envs.backends import privileged_simulator
+
+        names = privileged_simulator(env).action_names
+        if self.action not in names:
+            raise ValueError(f"--action {self.action}: {env.scenario.name} has the actions {', '.join(names)}")
+        self.index = names.index(self.action)
+
+    def predict(self, observation: Any, deterministic: bool = True) -> tuple[np.ndarray, None]:
+        return np.full(len(observation), self.index), None
+
+
+def constant_baseline(scenario: str = "highway", action: str = "IDLE", episodes: int = 50) -> EvaluationReport:
+    """A policy that always takes `action` on the scenario's evaluation seeds, all episodes side by
+    side on the fast backend; a report for print_report."""
+    return _batched_report(scenario, episodes, ConstantDriver(action), algo=f"always {action}",
+                           model="constant action, fast backend")

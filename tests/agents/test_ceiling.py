@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from agents.ceiling import PrivilegedObservation, PrivilegedVecEnv, ppo_ceiling
@@ -44,3 +45,22 @@ def test_a_tiny_ceiling_run_reports_every_metric():
     assert report.num_timesteps >= 256 and report.episodes == 2 and report.train_seconds > 0
     assert all(math.isfinite(estimate.mean) for estimate in report.metrics.values())
     assert 0.0 <= report.metrics["collision_rate"].mean <= 1.0
+
+
+def test_a_constant_policy_plays_its_one_action_in_every_episode():
+    """Braking all the time at the intersection never reaches the 7-9 m/s the reward pays for, never
+    arrives and never crashes: every metric says it stood still."""
+    from agents.ceiling import constant_baseline
+
+    report = constant_baseline("intersection", action="SLOWER", episodes=2)
+    metrics = report.metrics
+    assert report.episodes == 2 and report.algo == "always SLOWER"
+    assert metrics["return"].mean == 0.0 and metrics["collision_rate"].mean == 0.0
+    assert metrics["success_rate"].mean == 0.0 and metrics["mean_speed"].mean < 1.0  # [m/s]
+
+
+def test_a_constant_policy_needs_an_action_of_the_scenario():
+    from agents.ceiling import constant_baseline
+
+    with pytest.raises(ValueError, match="SLOWER, IDLE, FASTER"):
+        constant_baseline("intersection", action="LANE_LEFT", episodes=1)
