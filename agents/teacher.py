@@ -28,9 +28,11 @@ still needs to get there (`steps_to_goal`), and a plan that survives its horizon
 search with a heuristic at its leaves.
 
 With `sight="camera"` the teacher plans as if the world held only the vehicles inside the
-scenario's top-down camera frame (`hide_unseen`): what a camera agent could at best do with that
-frame, and so a measure of whether the camera shows enough (intersection's crossing traffic did not
-at 1.5 px/m: docs/BENCHMARKS.md, "intersection's camera"). The default, "all", sees everything.
+scenario's top-down camera frame (`hide_unseen`), replanning from that every step: whether the
+vehicles a plan depends on are in the frame at all, which a camera agent needs in order to imitate it
+(intersection's crossing traffic and two-way's oncoming traffic were not at 1.5 px/m: docs/BENCHMARKS.md,
+"What the camera shows"). It is memoryless and takes the unseen road for empty, so it bounds a camera
+agent neither above nor below. The default, "all", sees everything.
 
 The defaults (depth 2, horizon 3, 0.5 s headway and 3 s TTC margins) and the variants measured are
 in docs/BENCHMARKS.md ("The teacher"); `python run.py bench teacher` plays them.
@@ -40,7 +42,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import dataclass
 
 import torch
 
@@ -57,7 +58,7 @@ TIE_BREAK_SPAN = 4e-4  # smaller than any real difference between plans (a speed
 CPU_CHUNK_ENVS = 64  # envs planned at once on a CPU: 64 x 25 = 1,600 planning rows, a cache-sized batch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tie_break(action_names: tuple[str, ...]) -> torch.Tensor:
     """(A,) small bonuses, largest first in TIE_ORDER, for the actions `action_names` (by index);
     computed once per action set (the imitation's fit asks for it every minibatch)."""
@@ -73,29 +74,16 @@ def best_actions(values: torch.Tensor, action_names: tuple[str, ...] = META_ACTI
 SIGHTS = ("all", "camera")  # what the teacher plans with: every vehicle, or those inside the camera frame
 
 
-@dataclass(frozen=True)
-class CameraSight:
-    """The ground a top-down camera frame covers around the ego, in the ego's frame [m]."""
-
-    ahead_m: float
-    behind_m: float
-    half_width_m: float
-
-    @classmethod
-    def of(cls, camera: BevCameraConfig) -> CameraSight:
-        return cls(ahead_m=camera.meters_ahead, behind_m=(1 - camera.ego_row) * camera.height / camera.pixels_per_meter,
-                   half_width_m=camera.width / 2 / camera.pixels_per_meter)
-
-    def hide_unseen(self, state) -> None:
-        """Mark absent, in place, every vehicle whose centre lies outside the frame (a TrafficState or
-        a FastRoad RoadTraffic, (B, N)); the ego (column 0) stays."""
-        kinematics = state if isinstance(state, TrafficState) else state.vehicles
-        dx, dy = kinematics.x - kinematics.x[:, :1], kinematics.y - kinematics.y[:, :1]  # (B, N) [m]
-        cos, sin = torch.cos(kinematics.heading[:, :1]), torch.sin(kinematics.heading[:, :1])
-        along, across = dx * cos + dy * sin, dy * cos - dx * sin  # (B, N) [m] in the ego's frame
-        seen = (along < self.ahead_m) & (along > -self.behind_m) & (across.abs() < self.half_width_m)
-        seen[:, 0] = True
-        state.present &= seen
+def hide_unseen(state, camera: BevCameraConfig) -> None:
+    """Mark absent, in place, every vehicle whose centre lies outside the top-down `camera`'s frame
+    around its env's ego (a TrafficState or a FastRoad RoadTraffic, (B, N)); the ego (column 0) stays."""
+    kinematics = state if isinstance(state, TrafficState) else state.vehicles
+    dx, dy = kinematics.x - kinematics.x[:, :1], kinematics.y - kinematics.y[:, :1]  # (B, N) [m]
+    cos, sin = torch.cos(kinematics.heading[:, :1]), torch.sin(kinematics.heading[:, :1])
+    along, across = dx * cos + dy * sin, dy * cos - dx * sin  # (B, N) [m] in the ego's frame
+    seen = (along < camera.meters_ahead) & (along > -camera.meters_behind) & (across.abs() < camera.meters_to_each_side)
+    seen[:, 0] = True
+    state.present &= seen
 
 
 class LookaheadTeacher:
@@ -123,8 +111,8 @@ class LookaheadTeacher:
                              f"goal_value {goal_value}")
         if sight not in SIGHTS:
             raise ValueError(f"sight must be one of {', '.join(SIGHTS)}, got {sight!r}")
-        # (the fast simulators take only the top-down camera)
-        self.sight = CameraSight.of(sim.scenario.camera.bev) if sight == "camera" else None
+        # the frame it plans within, if any (the fast simulators take only the top-down camera)
+        self.sight = sim.scenario.camera.bev if sight == "camera" else None
         self.sim = sim
         self.depth, self.horizon, self.gamma = depth, horizon, gamma
         self.min_headway_s, self.headway_penalty = min_headway_s, headway_penalty
@@ -166,7 +154,7 @@ class LookaheadTeacher:
         first = self._planner_for("first", count * choices)
         start = self.sim.state.select(rows.repeat_interleave(choices))  # a copy
         if self.sight is not None:
-            self.sight.hide_unseen(start)
+            hide_unseen(start, self.sight)
         first.load(torch.arange(count * choices, device=first.device), start)
         value, alive, ended = self._score(first.step(torch.arange(choices, device=first.device).repeat(count)), step=0)
         # sequences are ordered by their first action: sequence s starts with s // (options / A)

@@ -40,6 +40,16 @@ class BevCameraConfig:
         """How far ahead of the ego centre the frame reaches [m]."""
         return self.ego_row * self.height / self.pixels_per_meter
 
+    @property
+    def meters_behind(self) -> float:
+        """How far behind the ego centre the frame reaches [m]."""
+        return (1 - self.ego_row) * self.height / self.pixels_per_meter
+
+    @property
+    def meters_to_each_side(self) -> float:
+        """How far to the ego's left and to its right the frame reaches [m]."""
+        return self.width / 2 / self.pixels_per_meter
+
 
 @dataclass(frozen=True, config=_STRICT)
 class FrontCameraConfig:

@@ -10,6 +10,7 @@ import torch
 
 from agents.ceiling import PrivilegedObservation, PrivilegedVecEnv, ppo_ceiling
 from envs.fast.gym_env import FastDrivingEnv
+from envs.fast.vec_env import FastVecEnv
 from perception.labels import GROUP, LABEL_DIM
 from scenarios import load_scenario
 
@@ -57,6 +58,18 @@ def test_a_constant_policy_plays_its_one_action_in_every_episode():
     assert report.episodes == 2 and report.algo == "always SLOWER"
     assert metrics["return"].mean == 0.0 and metrics["collision_rate"].mean == 0.0
     assert metrics["success_rate"].mean == 0.0 and metrics["mean_speed"].mean < 1.0  # [m/s]
+
+
+@pytest.mark.parametrize("scenario, action, index", [("intersection", "FASTER", 2), ("highway", "LANE_RIGHT", 2),
+                                                     ("highway", "SLOWER", 4)])
+def test_a_constant_policy_plays_the_named_action_of_the_scenario(scenario, action, index):
+    from agents.ceiling import ConstantDriver
+
+    env = FastVecEnv(load_scenario(scenario), 3)
+    driver = ConstantDriver(action)
+    driver.bind(env)
+    actions, _ = driver.predict(env.reset())
+    assert actions.tolist() == [index] * 3
 
 
 def test_a_constant_policy_needs_an_action_of_the_scenario():

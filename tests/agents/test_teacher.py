@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from agents.teacher import CameraSight, LookaheadTeacher, best_actions
+from agents.teacher import LookaheadTeacher, best_actions, hide_unseen
 from envs.fast.params import LANE_WIDTH_M
 from envs.fast.simulator import IDLE, FastHighway
 from scenarios import load_scenario
@@ -112,10 +114,33 @@ def test_bad_settings_are_refused(kwargs):
         LookaheadTeacher(highway(1), **kwargs)
 
 
-def test_the_camera_sight_is_the_frame_around_the_ego():
-    sight = CameraSight.of(load_scenario("highway").camera.bev)  # 48 x 96 px at 1.5 px/m, the ego at 0.7 from the top
-    assert (sight.ahead_m, sight.behind_m, sight.half_width_m) == pytest.approx((44.8, 19.2, 16.0))
-    assert CameraSight.of(load_scenario("intersection").camera.bev).half_width_m == pytest.approx(32.0)  # 0.75 px/m
+def test_the_camera_frames_extent_in_meters():
+    highway_camera = load_scenario("highway").camera.bev  # 48 x 96 px at 1.5 px/m, the ego at 0.7 from the top
+    assert (highway_camera.meters_ahead, highway_camera.meters_behind, highway_camera.meters_to_each_side) == \
+        pytest.approx((44.8, 19.2, 16.0))
+    two_way_camera = load_scenario("two-way").camera.bev  # 0.75 px/m, the ego at 0.85
+    assert (two_way_camera.meters_ahead, two_way_camera.meters_behind, two_way_camera.meters_to_each_side) == \
+        pytest.approx((108.8, 19.2, 32.0))
+
+
+@pytest.mark.parametrize("heading", [0.0, 2.0])  # [rad] the ego's; the frame turns with it
+def test_hide_unseen_keeps_the_vehicles_inside_the_frame(heading):
+    """Vehicles just inside and just outside each edge of highway's frame (44.8 m ahead, 19.2 m behind,
+    16 m to each side), placed in the ego's frame and then turned with its heading."""
+    state = highway(1).state
+    offsets = [(44.0, 0.0), (45.6, 0.0), (-18.4, 0.0), (-20.0, 0.0), (0.0, 15.2), (0.0, -15.2), (0.0, 16.8),
+               (10.0, -16.8)]  # [m] (along, across) the ego's heading
+    expected = [True, False, True, False, True, True, False, False]
+    cos, sin = math.cos(heading), math.sin(heading)
+    state.present[0, :] = False
+    state.present[0, : len(offsets) + 1] = True
+    state.heading[0, 0] = heading
+    for column, (along, across) in enumerate(offsets, start=1):
+        state.x[0, column] = state.x[0, 0] + along * cos - across * sin
+        state.y[0, column] = state.y[0, 0] + along * sin + across * cos
+    hide_unseen(state, load_scenario("highway").camera.bev)
+    assert state.present[0, 1 : len(offsets) + 1].tolist() == expected
+    assert state.present[0, 0]  # the ego
 
 
 @pytest.mark.parametrize("gap_m, seen", [(60.0, False), (30.0, True)])
