@@ -94,12 +94,7 @@ def ppo_ceiling(scenario: str = "highway", timesteps: int | None = None, episode
     from torch import nn
 
     from agents.config import load_agent_config
-    from agents.evaluate import (
-        EvaluationReport,
-        evaluation_seeds,
-        run_episodes,
-        summarize,
-    )
+    from agents.evaluate import EvaluationReport, evaluation_seeds, run_episodes, summarize
     from agents.train import progress_bar
 
     loaded = load_scenario(scenario)
@@ -156,12 +151,7 @@ def teacher_ceiling(scenario: str = "highway", episodes: int = 50, **teacher_set
 def _batched_report(scenario: str, episodes: int, driver: Any, algo: str, model: str) -> EvaluationReport:
     """`driver` (a predict/bind policy) on the scenario's first `episodes` evaluation seeds, all side
     by side on the fast backend (refusing a scenario it does not simulate); a report for print_report."""
-    from agents.evaluate import (
-        EvaluationReport,
-        evaluation_seeds,
-        run_batched_episodes,
-        summarize,
-    )
+    from agents.evaluate import EvaluationReport, evaluation_seeds, run_batched_episodes, summarize
     from envs.fast.simulators import check_supported
 
     loaded = load_scenario(scenario)
