@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ def collect(
     if frames <= 0:
         raise ValueError(f"--frames must be positive, got {frames}")
     scenarios = [load_scenario(name).source if name.endswith((".yaml", ".yml")) else name for name in scenarios]
+    check_same_camera(scenarios, camera)
     shapes = set()
     for name in scenarios:
         env = make_env(name, backend, camera=camera)
@@ -80,6 +81,19 @@ def collect(
             save_manifest(out, manifest)  # only now does the shard count as done
             bar.advance(shard_frames)
     return manifest
+
+
+def check_same_camera(scenarios: list[str], view: str) -> None:
+    """Refuse to mix scenarios whose `view` cameras differ (scale, framing, size): the same pixels
+    would mean different metres, and the student would learn contradictory labels."""
+    optics = {name: getattr(load_scenario(name).camera, view) for name in scenarios}
+    first_name, first = next(iter(optics.items()))
+    for name, other in optics.items():
+        differ = [f"{f.name} {getattr(first, f.name)} vs {getattr(other, f.name)}"
+                  for f in fields(first) if getattr(first, f.name) != getattr(other, f.name)]
+        if differ:
+            raise ValueError(f"scenarios {first_name} and {name} have different {view} cameras ({', '.join(differ)}): "
+                             f"their frames would teach the student contradictory labels; collect them into separate --out folders")
 
 
 def _start_or_resume(out: Path, scenarios, frames, camera, seed, policies, shape, backend) -> Manifest:

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from envs.fast.simulators import check_supported, make_simulator
+from envs.fast.spawn_reserve import episodes_ahead
 from scenarios import load_scenario
 
 WARMUP_STEPS = 2
@@ -45,13 +46,15 @@ def fast_steps_per_s(scenario, batch: int, steps: int, seed: int, device: str, r
     generator = torch.Generator().manual_seed(seed)
     sim.reset(seeds=torch.arange(batch) + seed * batch)
     next_seed = seed * batch + batch
+    ahead = batch * episodes_ahead(batch)
 
     def one_step() -> None:
         nonlocal next_seed
         result = sim.step(torch.randint(len(sim.action_indexes), (batch,), generator=generator))
         finished = (result.terminated | result.truncated).nonzero(as_tuple=True)[0]
-        if finished.numel():
-            sim.reset(finished, torch.arange(next_seed, next_seed + finished.numel()))
+        if finished.numel():  # seeds in order, the next ones spawned ahead as FastVecEnv's are
+            upcoming = torch.arange(next_seed + finished.numel(), next_seed + finished.numel() + ahead)
+            sim.reset(finished, torch.arange(next_seed, next_seed + finished.numel()), upcoming=upcoming)
             next_seed += finished.numel()
 
     for _ in range(WARMUP_STEPS):

@@ -27,6 +27,14 @@ class EpisodeSeeds:
         self.streams[rows] = seeds
         self.drawn[rows] = 0
 
+    def upcoming(self, episodes: int) -> torch.Tensor:
+        """The seeds of the next `episodes` episodes of every slot, without drawing them:
+        (slots * episodes,) int64, slot by slot."""
+        ahead = torch.arange(episodes, device=self.drawn.device)
+        index = (self.drawn[:, None] + ahead).reshape(-1)
+        streams = self.streams[:, None].expand(-1, episodes).reshape(-1)
+        return rng.integers(streams, SEED_STREAM, index, TRAINING_SEED_LIMIT)
+
     def next(self, rows: torch.Tensor) -> torch.Tensor:
         """The next episode seed of each slot in `rows`, (E,) int64."""
         seeds = rng.integers(self.streams[rows], SEED_STREAM, self.drawn[rows], TRAINING_SEED_LIMIT)

@@ -25,6 +25,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
 from envs.fast.episodes import EpisodeSeeds
 from envs.fast.simulators import make_simulator
+from envs.fast.spawn_reserve import episodes_ahead
 from scenarios import Scenario
 
 
@@ -143,7 +144,8 @@ class FastVecEnv(VecEnv):
         terminal = None
         if finished.numel():
             terminal = (terminal_observations or self.observe_rows_tensor)(finished)  # a copy, kept by SB3
-            self.sim.reset(finished, self.seeds.next(finished))
+            seeds = self.seeds.next(finished)
+            self.sim.reset(finished, seeds, upcoming=self.seeds.upcoming(episodes_ahead(self.num_envs)))
         return FastStep(
             rewards=result.reward.to(torch.float32), dones=done, time_limit=result.truncated & ~result.terminated,
             signals=result.signals, episode_seeds=episode_seeds, finished=finished, terminal=terminal, goal=goal,

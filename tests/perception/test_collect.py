@@ -68,6 +68,14 @@ def test_scenario_mix_and_holdout_split(tmp_path):
     assert len(FrameDataset(tmp_path, held_out)) == manifest.shards[4]["frames"]
 
 
+def test_scenarios_with_different_cameras_are_not_mixed(tmp_path):
+    # two-way's camera is zoomed out (0.75 px/m, ego at 0.85): same frame shape, other metres per pixel
+    with pytest.raises(ValueError, match=r"highway and two-way have different bev cameras "
+                                         r"\(pixels_per_meter 1.5 vs 0.75, ego_row 0.7 vs 0.85\)"):
+        collect(["highway", "two-way"], frames=5, out=tmp_path, shard_frames=5)
+    assert not (tmp_path / "manifest.json").exists()
+
+
 def test_bad_dataset_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no perception dataset"):
         load_manifest(tmp_path)
