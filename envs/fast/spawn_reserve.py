@@ -11,7 +11,7 @@ is missing, pays that overhead once per batch. A spawn is a function of its seed
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
