@@ -63,6 +63,7 @@ def collect(
     out.mkdir(parents=True, exist_ok=True)
     manifest = _start_or_resume(out, scenarios, frames, camera, seed, list(policies), list(shapes.pop()), backend)
     done = {shard["index"] for shard in manifest.shards}
+    shard_frames = min(shard_frames, frames)  # --frames 10 records ~10 frames, not one default-sized shard
     shard_count = -(-frames // shard_frames)  # ceil
     jobs = [
         ShardJob(i, shard_frames, tuple(scenarios), camera, seed, tuple(policies), backend)

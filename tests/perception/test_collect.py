@@ -26,6 +26,12 @@ def test_collect_writes_labelled_shards(tmp_path):
     assert data.frames.std() > 10  # not blank
 
 
+def test_a_small_collection_is_one_small_shard(tmp_path):
+    manifest = collect(["highway"], frames=5, out=tmp_path, shard_frames=1000, seed=2)
+    assert len(manifest.shards) == 1
+    assert 5 <= manifest.frames < 100  # whole episodes: at least 5 frames, far fewer than a 1,000-frame shard
+
+
 def test_killed_collection_resumes_with_identical_shards(tmp_path):
     full, partial = tmp_path / "full", tmp_path / "partial"
     collect(["highway"], frames=30, out=full, shard_frames=10, seed=3)
