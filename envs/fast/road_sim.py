@@ -233,7 +233,10 @@ class FastRoad(FrameStack):
                                          self.device, dtype)
         self.steps = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.episode_seeds = torch.zeros(batch_size, dtype=torch.long, device=self.device)
-        self.state = self.spawn(torch.zeros(batch_size, dtype=torch.long, device=self.device))
+        # episode 0 in every row until reset or load: spawned once and copied, as a spawn of many
+        # (intersection's: 45 warm-up sub-steps) costs many times one; planners are built often
+        self.state = self.spawn(torch.zeros(1, dtype=torch.long, device=self.device)).select(
+            torch.zeros(batch_size, dtype=torch.long, device=self.device))
         self.reserve = SpawnReserve(self.spawn)  # starts spawned ahead for `reset(..., upcoming=)`
         self.reset_signals: dict[str, torch.Tensor] = {}
 
