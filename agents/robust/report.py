@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from agents.robust.attacks import ATTACKS, GRADIENT, AttackSpec
+from agents.runs import FINAL_MODEL
 from agents.robust.corruptions import KINDS as CORRUPTION_KINDS, CorruptionSpec
 from envs.files import atomic_write
 from perception.attacks import format_eps
@@ -51,6 +52,10 @@ def parse_agents(items: Sequence[str]) -> dict[str, list[Path]]:
         runs = sorted(Path(path) for path in glob.glob(pattern) if (Path(path) / "config.yaml").is_file())
         if not runs:
             raise ValueError(f"--agent {name}: no run folder (with a config.yaml) matches {pattern!r}")
+        unfinished = [str(run) for run in runs if not (run / FINAL_MODEL).is_file()]
+        if unfinished:  # a killed run still has checkpoints, but it is not the agent its recipe makes
+            raise ValueError(f"--agent {name}: {', '.join(unfinished)} has no {FINAL_MODEL} (its training did not "
+                             f"finish): finish it with `python run.py train --resume RUN` or narrow {pattern!r}")
         agents[name] = runs
     if not agents:
         raise ValueError("give at least one --agent NAME=GLOB")

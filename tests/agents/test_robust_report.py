@@ -83,8 +83,14 @@ def test_agent_globs_are_checked(tmp_path):
     for seed in (1, 0):
         (tmp_path / f"b-seed{seed}").mkdir()
         (tmp_path / f"b-seed{seed}" / "config.yaml").write_text("x: 1\n")
+        (tmp_path / f"b-seed{seed}" / "model.zip").write_bytes(b"")
     (tmp_path / "b-empty").mkdir()  # no config.yaml: not a run
     assert parse_agents([f"b={tmp_path}/b-*"]) == {"b": [tmp_path / "b-seed0", tmp_path / "b-seed1"]}
+    (tmp_path / "b-seed2" / "checkpoints").mkdir(parents=True)  # killed while training: checkpoints, no model.zip
+    (tmp_path / "b-seed2" / "config.yaml").write_text("x: 1\n")
+    with pytest.raises(ValueError, match=r"b-seed2 has no model.zip \(its training did not finish\)"):
+        parse_agents([f"b={tmp_path}/b-*"])
+    (tmp_path / "b-seed2" / "config.yaml").unlink()
     for items, fragment in ([["b"], "NAME=GLOB"], [["=x"], "NAME=GLOB"], [[f"b={tmp_path}/nothing*"], "no run folder"],
                             [[f"b={tmp_path}/b-*", f"b={tmp_path}/b-*"], "given twice"]):
         with pytest.raises(ValueError, match=fragment):
