@@ -28,8 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from agents.robust.attacks import ATTACKS, GRADIENT, AttackSpec
-from agents.runs import FINAL_MODEL
 from agents.robust.corruptions import KINDS as CORRUPTION_KINDS, CorruptionSpec
+from agents.runs import FINAL_MODEL
 from envs.files import atomic_write
 from perception.attacks import format_eps
 

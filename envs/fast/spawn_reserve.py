@@ -1,10 +1,10 @@
 """Episode starts spawned ahead, in one batch, for the envs that will reset soon.
 
 A VecEnv resets a few envs per step (those whose episode just ended), and a road-network spawn
-costs the same handful of tensor operations whether it makes 3 episodes or 3,000: intersection's
-spawn simulates 45 warm-up sub-steps of traffic, so resetting ~13 of 256 envs per step spent a
-third of the step in per-call overhead. Spawning the next episodes of every env at once, when one
-is missing, pays that overhead once per batch. A spawn is a function of its seed alone, row by row
+runs the same tensor operations whether it makes 3 episodes or 300: intersection's spawn simulates
+45 warm-up sub-steps of traffic, 19 ms a start in a batch of 16 against 7.5 ms in one of 256 (one
+thread), and resetting ~13 of 256 envs per step took about a third of the time. Spawning the next
+episodes of every env at once, when one is missing, pays the per-call cost once per batch. A spawn is a function of its seed alone, row by row
 (the same bits alone as in any batch), so a start taken from the reserve is the one `spawn` makes.
 """
 
