@@ -67,6 +67,8 @@ class TrainingConfig:
     imitation_steps: Annotated[StrictInt, Field(ge=1)] = 40  # [policy steps per env] per iteration
     # actions the teacher searches exhaustively (agents.teacher.LookaheadTeacher's depth; its horizon is 3)
     teacher_depth: Annotated[StrictInt, Field(ge=1, le=3)] = 2
+    # the vehicles the teacher plans with: all, or only those inside the camera frame (agents.teacher.SIGHTS)
+    teacher_sight: Literal["all", "camera"] = "all"
     # PPO on the fast backend: rollouts, features and minibatches stay on the policy's device
     # (agents/device_rollout.py; the same updates as SB3's). Off by default until measured on a GPU.
     device_rollout: StrictBool = False
