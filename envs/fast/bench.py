@@ -53,8 +53,9 @@ def fast_steps_per_s(scenario, batch: int, steps: int, seed: int, device: str, r
         result = sim.step(torch.randint(len(sim.action_indexes), (batch,), generator=generator))
         finished = (result.terminated | result.truncated).nonzero(as_tuple=True)[0]
         if finished.numel():  # seeds in order, the next ones spawned ahead as FastVecEnv's are
-            upcoming = torch.arange(next_seed + finished.numel(), next_seed + finished.numel() + ahead)
-            sim.reset(finished, torch.arange(next_seed, next_seed + finished.numel()), upcoming=upcoming)
+            following = next_seed + finished.numel()
+            sim.reset(finished, torch.arange(next_seed, following),
+                      upcoming=lambda: torch.arange(following, following + ahead))
             next_seed += finished.numel()
 
     for _ in range(WARMUP_STEPS):

@@ -59,6 +59,7 @@ dominate, the camera is 10-20 %.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
@@ -256,21 +257,19 @@ class FastRoad(FrameStack):
         return self.state.vehicles.route_edge.shape[-1]
 
     def reset(self, rows: torch.Tensor | None = None, seeds: torch.Tensor | None = None,
-              upcoming: torch.Tensor | None = None) -> None:
+              upcoming: Callable[[], torch.Tensor] | None = None) -> None:
         """Respawn the envs `rows` ((E,) int64; all when None) from episode `seeds` ((E,) int64).
 
-        upcoming: seeds the next resets will ask for ((U,) int64), if the caller knows them. When
-        one of `seeds` was not spawned ahead, they and `upcoming` are spawned now in one batch
-        (envs.fast.spawn_reserve: the same starts, a fraction of the per-call cost)."""
+        upcoming: -> the seeds the next resets will ask for ((U,) int64), if the caller knows them;
+        called only when one of `seeds` was not spawned ahead: they and `seeds` are then spawned in
+        one batch (envs.fast.spawn_reserve: the same starts, a fraction of the per-call cost)."""
         rows = torch.arange(self.batch_size, device=self.device) if rows is None else rows.to(self.device)
         if seeds is None:
             raise ValueError("reset needs one episode seed per env")
         seeds = seeds.to(self.device, torch.long)
         if seeds.shape != rows.shape:
             raise ValueError(f"{rows.shape[0]} envs to reset but {seeds.shape[0]} seeds")
-        if upcoming is not None and not self.reserve.holds(seeds):
-            self.reserve.fill(torch.cat([seeds, upcoming.to(self.device, torch.long)]))
-        self.load(rows, self.reserve.take(seeds), seeds)
+        self.load(rows, self.reserve.take(seeds, upcoming), seeds)
 
     def load(self, rows: torch.Tensor, traffic: RoadTraffic, seeds: torch.Tensor | None = None) -> None:
         """Start the envs `rows` from a given state (used by reset, and to copy highway-env states:

@@ -9,6 +9,7 @@ their final state until `reset(rows, seeds)` respawns them; the VecEnv does that
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -194,9 +195,9 @@ class FastHighway(FrameStack):
 
     # -- episodes ------------------------------------------------------------------------------
     def reset(self, rows: torch.Tensor | None = None, seeds: torch.Tensor | None = None,
-              upcoming: torch.Tensor | None = None) -> None:
+              upcoming: Callable[[], torch.Tensor] | None = None) -> None:
         """Respawn the envs `rows` ((E,) int64; all when None) from episode `seeds` ((E,) int64).
-        `upcoming` (FastRoad's hint of the next resets' seeds) is not needed here: a highway spawn
+        `upcoming` (FastRoad's source of the next resets' seeds) is never called here: a highway spawn
         is one batched draw, as cheap per env for 3 envs as for 3,000."""
         rows = torch.arange(self.batch_size, device=self.device) if rows is None else rows.to(self.device)
         if seeds is None:

@@ -63,12 +63,15 @@ class SpawnReserve:
         self._seeds = all_seeds[order]
         self._held = _concat(parts).select(order.to(self._device_of(parts[0])))
 
-    def take(self, seeds: torch.Tensor) -> RoadTraffic:
-        """The starts of `seeds` ((E,) int64): from the reserve where held (each then dropped, as an
-        episode is played once), spawned now where not."""
+    def take(self, seeds: torch.Tensor, upcoming: Callable[[], torch.Tensor] | None = None) -> RoadTraffic:
+        """The starts of `seeds` ((E,) int64), each then dropped (an episode is played once). When one
+        is not held: with `upcoming` (-> the seeds the next resets will ask for), they and `seeds` are
+        spawned now in one batch and held; without it, `seeds` are spawned now and not held."""
         cpu_seeds = seeds.cpu()
-        if self._held is None or not self.holds(cpu_seeds):
-            return self._spawn(seeds)
+        if not self.holds(cpu_seeds):
+            if upcoming is None:
+                return self._spawn(seeds)
+            self.fill(torch.cat([cpu_seeds, upcoming().cpu()]))
         where = torch.searchsorted(self._seeds, cpu_seeds)  # (E,) positions of the seeds among the held
         start = self._held.select(where.to(self._device))
         left = torch.ones(len(self), dtype=torch.bool)

@@ -144,8 +144,8 @@ class FastVecEnv(VecEnv):
         terminal = None
         if finished.numel():
             terminal = (terminal_observations or self.observe_rows_tensor)(finished)  # a copy, kept by SB3
-            seeds = self.seeds.next(finished)
-            self.sim.reset(finished, seeds, upcoming=self.seeds.upcoming(episodes_ahead(self.num_envs)))
+            self.sim.reset(finished, self.seeds.next(finished),
+                           upcoming=lambda: self.seeds.upcoming(episodes_ahead(self.num_envs)))
         return FastStep(
             rewards=result.reward.to(torch.float32), dones=done, time_limit=result.truncated & ~result.terminated,
             signals=result.signals, episode_seeds=episode_seeds, finished=finished, terminal=terminal, goal=goal,

@@ -67,10 +67,10 @@ def test_reset_with_upcoming_seeds_plays_the_same_episodes():
     scenario = load_scenario("merge")
     ahead = FastRoad(scenario, 3, dtype=torch.float64, render=False)
     now = FastRoad(scenario, 3, dtype=torch.float64, render=False)
-    for sim, upcoming in ((ahead, torch.tensor([20, 21, 22])), (now, None)):
+    for sim, upcoming in ((ahead, lambda: torch.tensor([20, 21, 22])), (now, None)):
         sim.reset(torch.arange(3), torch.tensor([10, 11, 12]), upcoming=upcoming)
     assert len(ahead.reserve) == 3  # 20, 21, 22 held; 10, 11, 12 taken
-    ahead.reset(torch.tensor([1]), torch.tensor([21]), upcoming=torch.tensor([30]))  # held: nothing spawned
+    ahead.reset(torch.tensor([1]), torch.tensor([21]), upcoming=lambda: 1 / 0)  # held: not even asked for
     now.reset(torch.tensor([1]), torch.tensor([21]))
     assert len(ahead.reserve) == 2
     for _ in range(3):
