@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import (ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError,
+                      model_validator)
 from pydantic.dataclasses import dataclass
 
 from envs.backends import BACKEND_NAMES, BACKENDS, REFERENCE
@@ -65,8 +66,13 @@ class TrainingConfig:
     # (Defaults here keep run folders written before these keys existed readable.)
     imitation_iterations: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
     imitation_steps: Annotated[StrictInt, Field(ge=1)] = 40  # [policy steps per env] per iteration
-    # actions the teacher searches exhaustively (agents.teacher.LookaheadTeacher's depth; its horizon is 3)
+    # actions the teacher searches exhaustively (agents.teacher.LookaheadTeacher's depth), then IDLE up to
+    # teacher_horizon policy steps per plan (depth <= horizon)
     teacher_depth: Annotated[StrictInt, Field(ge=1, le=3)] = 2
+    teacher_horizon: Annotated[StrictInt, Field(ge=1, le=8)] = 3
+    # [s] the teacher's margin: a planned step closing in on the car ahead with a time to collision below
+    # this costs a penalty (LookaheadTeacher's min_ttc_s); 0 = none
+    teacher_min_ttc_s: Annotated[Number, Field(ge=0.0, le=30.0)] = 3.0
     # the vehicles the teacher plans with: all, or only those inside the camera frame (agents.teacher.SIGHTS)
     teacher_sight: Literal["all", "camera"] = "all"
     # PPO on the fast backend: rollouts, features and minibatches stay on the policy's device
@@ -94,6 +100,13 @@ class TrainingConfig:
     # actor (MLP and 1x1 map conv); "minibatch": afresh for every minibatch through the whole network,
     # SA-PPO's own way, which costs x29-82 per PPO update on the CPU (docs/ROBUSTNESS.md).
     robust_refresh: Literal["rollout", "minibatch"] = "rollout"
+
+    @model_validator(mode="after")
+    def _teacher_plans_within_its_horizon(self) -> TrainingConfig:
+        if self.teacher_depth > self.teacher_horizon:
+            raise ValueError(f"teacher_depth ({self.teacher_depth}) must be <= teacher_horizon ({self.teacher_horizon}): "
+                             "the teacher searches that many actions within its horizon")
+        return self
 
     @property
     def imitates(self) -> bool:

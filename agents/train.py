@@ -565,6 +565,7 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board
     total = training.imitation_iterations * steps_per_iteration
     with _progress_bar(total, "imitating the teacher", unit="env steps", disable=not show_progress) as bar:
         teacher = LookaheadTeacher(privileged_simulator(vec_env), depth=training.teacher_depth,
+                                   horizon=training.teacher_horizon, min_ttc_s=training.teacher_min_ttc_s,
                                    sight=training.teacher_sight)
         imitate_teacher(model.policy, vec_env, training.imitation_iterations, training.imitation_steps,
                         teacher=teacher, on_iteration=record, on_step=lambda: bar.advance(vec_env.num_envs), on_transition=transition,

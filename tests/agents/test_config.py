@@ -111,6 +111,8 @@ def test_a_run_config_saved_before_map_channels_existed_reads_as_zero(tmp_path):
         ("ppo: {learning_rate: 5e-4}\n", ["ppo.learning_rate:", "5.0e-4"]),  # YAML 1.1 reads 5e-4 as text
         ("policy: {activation: elu}\n", ["policy.activation:", "'tanh' or 'relu'"]),
         ("training: {timesteps: 0}\n", ["training.timesteps:", "greater than or equal to 1"]),
+        ("training: {teacher_depth: 3, teacher_horizon: 2}\n", ["training:", "teacher_depth (3) must be <= teacher_horizon (2)"]),
+        ("training: {teacher_min_ttc_s: -1}\n", ["training.teacher_min_ttc_s:", "greater than or equal to 0"]),
         ("ppo: 3\n", ["ppo: expected a mapping"]),
         ("[1, 2]\n", ["expected a mapping of keys at the top level"]),
     ],

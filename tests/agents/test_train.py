@@ -354,17 +354,18 @@ def test_imitation_warm_start_counts_its_steps_and_logs_to_tensorboard(tiny, tmp
 
     config = tmp_path / "imitate.yaml"
     settings = yaml.safe_load(tiny.config.read_text())
-    settings["training"].update(imitation_iterations=2, imitation_steps=3, teacher_depth=1, teacher_sight="camera")
+    settings["training"].update(imitation_iterations=2, imitation_steps=3, teacher_depth=1, teacher_horizon=2,
+                                teacher_min_ttc_s=4.5, teacher_sight="camera")
     config.write_text(yaml.safe_dump(settings))
     original, depths = agents.imitation.imitate_teacher, []
 
     def recording(*args, teacher, **kwargs):
-        depths.append((teacher.depth, teacher.sight is not None))
+        depths.append((teacher.depth, teacher.horizon, teacher.min_ttc_s, teacher.sight is not None))
         return original(*args, teacher=teacher, **kwargs)
 
     monkeypatch.setattr(agents.imitation, "imitate_teacher", recording)
     result = train(options(tiny, backend="fast", n_envs=4, timesteps=64, name="imitating", config=config))
-    assert depths == [(1, True)]  # training.teacher_depth and teacher_sight reached the teacher
+    assert depths == [(1, 2, 4.5, True)]  # training.teacher_depth, _horizon, _min_ttc_s and _sight reached the teacher
     scalars = read_scalars(result.run_dir)
     # two DAgger iterations of 3 steps of 4 envs: 12 and 24 labelled states, logged at those env steps
     assert [step for step, _ in scalars["imitation/samples"]] == [12, 24]
