@@ -168,6 +168,10 @@ def test_masking_checks_warn_when_random_or_transfer_beats_the_white_box_attack(
     masked = {**honest, "random": entry("random-eps3", "random", 15.0)}
     warnings = masking_checks(masked)[1]
     assert len(warnings) == 1 and "random-eps3" in warnings[0] and "not trustworthy" in warnings[0]
+    # nothing bites: random lower than the white-box attack by less than the noise is a finding, not a warning
+    nothing_bites = {**honest, "random": entry("random-eps3", "random", 19.99)}
+    findings, warnings = masking_checks(nothing_bites)
+    assert warnings == [] and any("random-eps3" in line and "noise, not a sign of masking" in line for line in findings)
     weaker_with_eps = {**honest, "big": entry("pgd10-eps8", "pgd", 24.0, eps=8 / 255)}
     assert any("grow with ε" in warning for warning in masking_checks(weaker_with_eps)[1])
     more_steps_weaker = {**honest, "long": entry("pgd50-eps3", "pgd", 24.0, steps=50)}
