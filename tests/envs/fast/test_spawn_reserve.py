@@ -61,6 +61,14 @@ def test_the_reserve_spawns_only_what_it_lacks_and_drops_what_is_not_asked_for()
     missing = torch.tensor([3, 99])  # 99 was never spawned ahead: both are spawned now, the reserve kept
     assert_same_starts(reserve.take(missing), sim.spawn(missing))
     assert len(reserve) == 2 and reserve.holds(torch.tensor([3, 5]))
+    before = spawn.spawned  # with the upcoming seeds, a missing start refills: the asked and the upcoming in one batch
+    assert_same_starts(reserve.take(torch.tensor([7]), upcoming=lambda: torch.tensor([8, 5])), sim.spawn(torch.tensor([7])))
+    assert spawn.spawned - before == 2 and len(reserve) == 2 and reserve.holds(torch.tensor([5, 8]))
+
+
+def test_an_empty_reserve_asked_for_nothing_gives_no_envs():
+    sim = FastRoad(load_scenario("merge"), 2, dtype=torch.float64, render=False)
+    assert SpawnReserve(sim.spawn).take(torch.empty(0, dtype=torch.long)).present.shape[0] == 0
 
 
 def test_reset_with_upcoming_seeds_plays_the_same_episodes():
