@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
         "--threads", type=positive_int, default=None,
-        help="CPU threads for PyTorch (default: all cores; use 1 per job when running jobs side by side)",
+        help="CPU threads for PyTorch and OpenCV (default: all cores; use 1 per job when running jobs side by side)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -727,9 +727,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if args.threads is not None:
+        import cv2
         import torch
 
         torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)  # frames' blur and resizing: keep to the same cores
     try:
         args.func(args)
     except USER_ERRORS as error:

@@ -8,7 +8,7 @@ import torch
 
 from envs.corruptions import SensorCorruption
 from envs.fast import rng
-from envs.fast.corruptions import BatchedSensorCorruption, gaussian_kernel
+from envs.fast.corruptions import MIN_BANK_OFFSETS, BatchedSensorCorruption, NoiseBank, gaussian_kernel
 from envs.fast.simulator import FastHighway
 from envs.fast.vec_env import FastVecEnv
 from envs.registration import make_env
@@ -55,10 +55,21 @@ def test_kernel_size_follows_opencv_for_float_images():
 
 @pytest.mark.parametrize("sigma", [0.5, 0.7, 1.3, 2.5])
 @pytest.mark.parametrize("shift", [0.0, -0.15, 0.2])
-def test_blur_and_brightness_match_the_reference(sigma, shift):
+def test_blur_and_brightness_match_the_reference_exactly_on_a_cpu(sigma, shift):
     config = CorruptionConfig(blur_sigma_px=sigma, brightness_shift=shift)
     for frames in (rendered_frames(), random_frames(8)):
-        difference = (corrupt(config, frames).int() - reference(config, frames).int()).abs()
+        assert torch.equal(corrupt(config, frames), reference(config, frames))  # OpenCV's own blur, per plane
+
+
+@pytest.mark.parametrize("sigma", [0.5, 0.7, 1.3, 2.5])
+def test_the_gpus_blur_matches_the_reference(sigma):
+    # The sums of shifted slices that blur on a GPU, run here on the CPU against OpenCV's numbers.
+    config = CorruptionConfig(blur_sigma_px=sigma)
+    corruption = BatchedSensorCorruption(config, 8)
+    for frames in (rendered_frames(), random_frames(8)):
+        blurred = corruption._blur_slices(frames.to(torch.float32) / 255)
+        output = blurred.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+        difference = (output.int() - reference(config, frames).int()).abs()
         # Float sums rounded in another order (OpenCV fuses multiply-adds): a handful of pixels
         # per million land on the other side of a rounding tie.
         assert int(difference.max()) <= 1
@@ -91,6 +102,30 @@ def test_normal_draws_are_standard_normal():
     assert float(draws.std()) == pytest.approx(1.0, abs=0.005)
     assert float((draws.abs() > 1.96).double().mean()) == pytest.approx(0.05, abs=0.003)
     assert float(draws.abs().max()) < 4.8  # Box–Muller on 16-bit uniforms: tails cut at 4.7 sd
+
+
+def test_a_frames_noise_is_the_sum_of_one_window_of_each_bank_array():
+    values = 3 * HEIGHT * WIDTH
+    bank = NoiseBank(values, std_grey_levels=12.75, device=torch.device("cpu"))
+    assert bank.offsets == MIN_BANK_OFFSETS and bank.arrays.shape == (2, MIN_BANK_OFFSETS + values - 1)
+    assert torch.equal(bank.arrays, NoiseBank(values, 12.75, torch.device("cpu")).arrays)  # fixed, not drawn per run
+    assert float(bank.arrays.std()) == pytest.approx(12.75 / 2**0.5, rel=0.01)
+    offsets = bank.window_offsets(torch.arange(500))
+    assert offsets.shape == (500, 2) and int(offsets.min()) >= 0 and int(offsets.max()) < bank.offsets
+    assert len(set(offsets[:, 0].tolist())) > 490  # frames start their windows at different offsets
+    images = torch.zeros(4, values)
+    bank.add_to(images, offsets[:4])
+    a, b = offsets[1].tolist()
+    assert torch.equal(images[1], bank.arrays[0, a:a + values] + bank.arrays[1, b:b + values])
+    gathered = torch.zeros(4, values)
+    bank._add_gathered(gathered, offsets[:4])  # the GPU's way, the same numbers
+    assert torch.equal(gathered, images)
+
+
+def test_a_large_cameras_bank_has_room_for_rare_overlaps():
+    bank = NoiseBank(100_000, std_grey_levels=1.0, device=torch.device("cpu"))
+    assert bank.offsets == 1 << 21  # 16 n = 1.6 M offsets, rounded up to a power of two
+    assert bank.arrays.shape == (2, (1 << 21) + 100_000 - 1)  # a window never wraps
 
 
 def test_dropped_frames_repeat_the_previous_output_at_the_configured_rate():
