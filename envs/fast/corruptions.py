@@ -123,7 +123,7 @@ class BatchedSensorCorruption:
         if config.blur_sigma_px > 0:
             self.kernel = gaussian_kernel(float(config.blur_sigma_px))
         self._taps = [] if self.kernel is None else self.kernel.tolist()  # Python floats: scalar multipliers
-        self._noise: NoiseBank | None = None  # made on the first frame, when its size is known
+        self._noise: NoiseBank | None = None  # made on the first noisy frame, when its size is known
         self._last: torch.Tensor | None = None  # (B, 3, H, W) uint8: each stream's previous output
         self._has_last = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
 
@@ -179,8 +179,8 @@ class BatchedSensorCorruption:
         return self._last
 
     def _noise_bank(self, frames: torch.Tensor) -> NoiseBank:
-        """The noise bank for frames of this size, made on first use."""
-        if self._noise is None:
+        """The noise bank for frames of this size, made on first use (again if the size changes)."""
+        if self._noise is None or self._noise.values != frames[0].numel():
             self._noise = NoiseBank(frames[0].numel(), self.noise_std * 255.0, self.device)
         return self._noise
 
@@ -203,7 +203,7 @@ class BatchedSensorCorruption:
         """The blur on a CPU, in place: the reference's own `cv2.GaussianBlur` on each (H, W) plane.
 
         (C, 3, H, W) contiguous float32. Bit for bit the reference's numbers (a separable filter
-        treats channels apart), and ~4x faster than `_blur_slices` on one thread (26 against
+        treats channels apart), and ~4x faster than `_blur_slices` on one thread (~24 against
         ~100 µs a 96 x 48 frame).
         """
         for plane in image.view(-1, *image.shape[-2:]).numpy():  # (H, W) views into `image`
