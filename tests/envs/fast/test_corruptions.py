@@ -8,7 +8,12 @@ import torch
 
 from envs.corruptions import SensorCorruption
 from envs.fast import rng
-from envs.fast.corruptions import MIN_BANK_OFFSETS, BatchedSensorCorruption, NoiseBank, gaussian_kernel
+from envs.fast.corruptions import (
+    MIN_BANK_OFFSETS,
+    BatchedSensorCorruption,
+    NoiseBank,
+    gaussian_kernel,
+)
 from envs.fast.simulator import FastHighway
 from envs.fast.vec_env import FastVecEnv
 from envs.registration import make_env
