@@ -19,7 +19,7 @@ by sqrt 2: normal, independent from pixel to pixel within a frame (each pixel it
 draws), and the same bits on every device. Two frames share one of their two terms, at shifted
 pixels, when their windows in that array overlap (a chance of about 2 n / L per array for n
 values a frame and L offsets: 10.5 % at the default 96 x 48 camera); both, with a chance of
-about 1 / L. Hashing each pixel's own draw instead cost ~90 µs a frame on one CPU thread, more
+about 1 / L. Hashing each pixel's own draw instead cost ~80 µs a frame on one CPU thread, more
 than simulating and rendering the env step together (~55 µs); the two windows cost ~12 µs.
 
 Cost. Only what the config switches on runs. On a CPU, frames are processed CPU_CHUNK_FRAMES at a

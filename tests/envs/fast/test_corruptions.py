@@ -182,6 +182,17 @@ def run_envs(seeds: list[int], actions: list[int]) -> torch.Tensor:
     return sim.observation().clone()
 
 
+def test_frames_in_later_cpu_chunks_are_corrupted_as_alone():
+    # 40 frames: three chunks of CPU_CHUNK_FRAMES; each frame's noise and blur must be its own.
+    config = load_scenario("highway-noisy").corruptions
+    frames, seeds = random_frames(40, seed=3), torch.arange(100, 140)
+    together = corrupt(config, frames, frame_index=3, seeds=seeds)
+    for row in (0, 17, 39):
+        alone = corrupt(config, frames[row:row + 1], frame_index=3, seeds=seeds[row:row + 1])
+        assert torch.equal(together[row], alone[0])
+    assert not torch.equal(together[17], corrupt(config, frames[17:18], frame_index=4, seeds=seeds[17:18])[0])
+
+
 def test_a_rows_frames_do_not_depend_on_its_batch():
     actions = [1, 3, 1, 0, 1, 2]
     batch = run_envs([10, 11, 12, 13, 14, 15], actions)
