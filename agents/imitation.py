@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from stable_baselines3.common.policies import ActorCriticPolicy
 
+from agents.device_rollout import fast_env_of
 from agents.teacher import LookaheadTeacher, best_actions
 from envs.fast.simulator import META_ACTIONS
 from envs.backends import privileged_simulator
@@ -106,7 +107,10 @@ def imitate_teacher(
     filled = 0
     samples = None if smoothing is None else _SmoothingSamples(smoothing, policy, steps, env)
     began = time.perf_counter()
-    observations = env.reset()
+    observations = env.reset()  # (B, C, H, W) uint8: NumPy, or on a FastVecEnv the device tensor below
+    fast = fast_env_of(env)  # frames and actions stay on the device (no host round trip per step)
+    if fast is not None:
+        observations = fast.observe_tensor()
     progress = None
     policy.set_training_mode(False)
     for iteration in range(iterations):
@@ -122,7 +126,11 @@ def imitate_teacher(
             values[filled : filled + len(step_values)] = step_values
             filled += len(step_features)
             driver = best_actions(step_values, names) if iteration == 0 else greedy
-            observations, _, dones, infos = env.step(driver.cpu().numpy())
+            if fast is not None:
+                fast.step_async_on_device(driver)
+                observations, _, dones, infos = env.step_wait()  # through the wrappers: host dones, infos
+            else:
+                observations, _, dones, infos = env.step(driver.cpu().numpy())
             if on_transition is not None:
                 on_transition(infos, dones, iteration > 0)
             if on_step is not None:
@@ -155,7 +163,7 @@ class _SmoothingSamples:
             self.clean = torch.empty((rows, policy.features_dim), device=policy.device)
             self.attacked = torch.empty_like(self.clean)
 
-    def add(self, step: int, observations: np.ndarray, eps: float) -> None:
+    def add(self, step: int, observations: np.ndarray | torch.Tensor, eps: float) -> None:
         """Keep step `step`'s frames (n_envs, C, H, W) uint8 of the first envs, or their features."""
         rows = slice(step * self.envs, (step + 1) * self.envs)
         if self.schedule.refresh == "minibatch":

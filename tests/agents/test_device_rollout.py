@@ -305,3 +305,33 @@ def test_cached_features_ppo_can_update_twice_on_one_rollout():
     model.train()
     assert model.rollout_buffer.observations.shape == (2 * N_STEPS, 9, 96, 48)  # frames, flat as get() left them
     assert any(not torch.equal(before[name], value) for name, value in parameters(model).items())
+
+
+def test_imitation_on_the_device_drives_and_fits_as_on_the_host(short_scenario, monkeypatch):
+    """DAgger with frames and actions kept on the device (a FastVecEnv under VecMonitor) labels the same
+    states, records the same transitions and fits the same actor as stepping through NumPy."""
+    import agents.imitation as imitation
+
+    def dagger(on_device: bool):
+        if not on_device:
+            monkeypatch.setattr(imitation, "fast_env_of", lambda env: None)
+        env = VecMonitor(FastVecEnv(short_scenario, 4))
+        env.seed(11)
+        model = make_agent(PPO, env, seed=5)
+        observed = []
+        def on_transition(infos, dones, learner_drove):
+            observed.append((np.asarray(dones).copy(), [info["episode_seed"] for info in infos], learner_drove))
+        progress = imitation.imitate_teacher(model.policy, env, iterations=2, steps=4, on_transition=on_transition)
+        monkeypatch.undo()
+        env.close()
+        return progress, observed, parameters(model)
+
+    device, host = dagger(True), dagger(False)
+    assert device[0].samples == host[0].samples == 2 * 4 * 4
+    assert (device[0].regret, device[0].agreement) == (host[0].regret, host[0].agreement)
+    assert len(device[1]) == len(host[1]) == 8
+    for (dones_d, seeds_d, drove_d), (dones_h, seeds_h, drove_h) in zip(device[1], host[1]):
+        assert np.array_equal(dones_d, dones_h) and seeds_d == seeds_h and drove_d == drove_h
+    assert any(dones.any() for dones, _, _ in device[1])  # 3-step episodes: resets inside the run
+    for name, value in device[2].items():
+        assert torch.equal(value, host[2][name]), name
