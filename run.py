@@ -154,8 +154,8 @@ def cmd_perception_distill(args: argparse.Namespace) -> None:
     config = DistillConfig(
         teacher=str(args.teacher), mode=args.mode, eps=parse_eps(args.eps), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, pgd_steps=args.pgd_steps, seed=args.seed, device=args.device,
-        resume=args.resume, init=args.init, out=str(args.out),
-        logdir=str(args.logdir or Path(args.out).with_suffix("")),
+        resume=args.resume, init=args.init, out=str(args.out), map_weight=args.map_weight,
+        feature_weight=args.feature_weight, attack_target=args.attack_target, logdir=str(args.logdir or Path(args.out).with_suffix("")),
     )
     metrics = distill(config, FrameDataset(args.data, train_shards), FrameDataset(args.data, held_out))
     print(f"wrote {args.out}: " + ", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
@@ -391,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     from agents.reference import REFERENCE_ALGOS
     from envs.backends import BACKEND_NAMES, HIGHWAY_ENV
     from perception.attacks import format_eps
+    from perception.distill import ATTACK_TARGETS, DistillConfig
     from perception.distill import MODES as DISTILL_MODES
-    from perception.distill import DistillConfig
     from perception.loop import field_default
     from perception.models import ARCHS
     from perception.training import MODES as TRAIN_MODES
@@ -593,6 +593,18 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--mode", choices=DISTILL_MODES, default=distilled("mode"), help="robust: RSLAD-style adversarial term")
     distill.add_argument("--eps", default=format_eps(distilled("eps")), help="l-inf budget of the training attack in [0, 1] pixels, e.g. 4/255")
     distill.add_argument("--pgd-steps", type=positive_int, default=distilled("pgd_steps"), help="steps of the training attack")
+    distill.add_argument(
+        "--attack-target", choices=ATTACK_TARGETS, default=distilled("attack_target"),
+        help="what the training attack pushes away from the teacher: labels (RSLAD) or features (embedding and map too)",
+    )
+    distill.add_argument(
+        "--feature-weight", type=non_negative_float, default=distilled("feature_weight"),
+        help="weight of matching the teacher's embedding (through a learned projection)",
+    )
+    distill.add_argument(
+        "--map-weight", type=non_negative_float, default=distilled("map_weight"),
+        help="weight of matching the teacher's last feature map (needs a teacher of the student's arch)",
+    )
     distill.add_argument("--epochs", type=positive_int, default=distilled("epochs"))
     distill.add_argument("--batch-size", type=positive_int, default=distilled("batch_size"))
     distill.add_argument("--lr", type=float, default=distilled("lr"))

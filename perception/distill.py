@@ -15,6 +15,7 @@ What each optimizer step minimises, per input x' (S = student, T = teacher, x = 
           + label_weight     * label_loss(S(x').labels, y, mask)          ground truth (masked MSE)
           + feature_weight   * MSE(P S(x').embedding, T(x).embedding / r) feature matching (FitNets)
           + attention_weight * KL(A_T(x) || S(x').attention)              attention transfer
+          + map_weight       * MSE(S(x').map / m, T(x).map / m)          feature-map matching
 
     P:   a learned linear projection student embedding (E_s) -> teacher embedding (E_t). It exists
          only during distillation and is not saved into the student checkpoint (it is kept in the
@@ -23,6 +24,11 @@ What each optimizer step minimises, per input x' (S = student, T = teacher, x = 
          depend on the teacher's activation scale.
     A_T: the teacher's attention map (B, h_t, w_t) resized bilinearly to the student's (h_s, w_s)
          and renormalised to sum 1 (the teacher downsamples more, so its map is usually coarser).
+    map: the last feature map (B, C', h, w) that the driving policy's actor reads
+         (agents.policy.PerceptionPolicy); matched only with map_weight > 0, which needs a teacher
+         whose map has the student's shape: in practice the shipped student as its own teacher
+         (self-distillation). m: the RMS of the teacher's map over the training set. With equal
+         embedding sizes P starts as I / r, so that self-distillation starts with every matching term 0.
 
     mode "clean":   loss = D(x)
     mode "robust":  loss = (1 - robust_weight) * D(x) + robust_weight * D(x_adv)           (RSLAD)
@@ -32,6 +38,10 @@ What each optimizer step minimises, per input x' (S = student, T = teacher, x = 
                     to give the teacher's *clean* outputs on adversarial inputs (ARD, Goldblum et
                     al. 2020; RSLAD's robust soft labels, Zi et al. 2021): the robust teacher's
                     clean predictions are the targets, never its predictions on x_adv.
+                    attack_target "features": x_adv maximises the whole weighted D(x') instead,
+                    embedding and feature map included, so the features a policy reads are held,
+                    not only the labels (docs/ROBUSTNESS.md: the label-robust student's features
+                    still let a 3/255 attack flip a driving agent's decisions).
 
 Every epoch: the student's validation label error (masked MAE vs ground truth), its gap to the
 teacher (mean |S(x).labels - T(x).labels| over all entries), a PGD probe on a fixed validation batch
@@ -56,7 +66,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from envs.progress import track
-from perception.attacks import pgd
+from perception.attacks import ascend, pgd
 from perception.checkpoint import load_model
 from perception.loop import (
     AtLeastOne,
@@ -75,6 +85,8 @@ from perception.models import PerceptionNet, build_model, label_loss
 
 Mode = Literal["robust", "clean"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
+AttackTarget = Literal["labels", "features"]
+ATTACK_TARGETS: tuple[str, ...] = typing.get_args(AttackTarget)
 
 
 class DistillConfig(LoopConfig):
@@ -100,6 +112,12 @@ class DistillConfig(LoopConfig):
     """weight of feature matching: MSE of the projected student embedding vs the teacher's (RMS-scaled)"""
     attention_weight: Weight = 0.1
     """weight of attention transfer: KL(teacher attention resized || student attention)"""
+    map_weight: Weight = 0.0
+    """weight of feature-map matching: MSE of the student's last feature map vs the teacher's (RMS-scaled);
+    > 0 needs a teacher whose map has the student's shape"""
+    attack_target: AttackTarget = "labels"
+    """mode "robust": what the training PGD pushes away from the teacher: "labels" (the soft labels, RSLAD)
+    or "features" (the whole weighted loss: labels, embedding, attention and feature map)"""
     robust_weight: Budget = 5 / 6
     """mode "robust": share of the adversarial term, loss = (1 - w) D(x) + w D(x_adv) (RSLAD: 5/6), in [0, 1]"""
     teacher_batch_size: AtLeastOne = 256
@@ -118,7 +136,8 @@ class DistillConfig(LoopConfig):
 
     @model_validator(mode="after")
     def _something_to_learn(self) -> DistillConfig:
-        if self.soft_weight + self.label_weight + self.feature_weight + self.attention_weight == 0:
+        weights = (self.soft_weight, self.label_weight, self.feature_weight, self.attention_weight, self.map_weight)
+        if sum(weights) == 0:
             raise ValueError("all loss weights are 0; nothing to learn")
         return self
 
@@ -130,23 +149,28 @@ class TeacherCache(Dataset):
     """A dataset with the teacher's clean outputs attached to every sample.
 
     Items: (frames uint8 (C, H, W), target (D,), mask (D,), teacher labels (D,),
-    teacher embedding (E_t,), teacher attention (h_t, w_t)).
+    teacher embedding (E_t,), teacher attention (h_t, w_t), teacher feature map (C', h, w) or (0,)).
     """
 
-    def __init__(self, data: Dataset, labels: torch.Tensor, embedding: torch.Tensor, attention: torch.Tensor) -> None:
-        if not len(data) == len(labels) == len(embedding) == len(attention):  # type: ignore[arg-type]
+    def __init__(self, data: Dataset, labels: torch.Tensor, embedding: torch.Tensor, attention: torch.Tensor,
+                 feature_map: torch.Tensor | None = None) -> None:
+        if feature_map is None:
+            feature_map = torch.zeros(len(labels), 0)  # (N, 0): no map to match
+        if not len(data) == len(labels) == len(embedding) == len(attention) == len(feature_map):  # type: ignore[arg-type]
             raise ValueError("TeacherCache: the dataset and the teacher outputs differ in length")
         self.data = data
         self.labels = labels  # (N, D)
         self.embedding = embedding  # (N, E_t)
         self.attention = attention  # (N, h_t, w_t)
+        self.feature_map = feature_map  # (N, C', h, w) or (N, 0)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int):
         frames, target, mask = self.data[index]
-        return frames, target, mask, self.labels[index], self.embedding[index], self.attention[index]
+        return (frames, target, mask, self.labels[index], self.embedding[index], self.attention[index],
+                self.feature_map[index])
 
 
 @torch.no_grad()
@@ -156,20 +180,25 @@ def teacher_outputs(
     device: torch.device | str = "cpu",
     batch_size: int = 256,
     progress: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with_map: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """The teacher's clean outputs for every sample of `data`, in order, on the CPU:
-    labels (N, D), embedding (N, E_t), attention (N, h_t, w_t), float32."""
+    labels (N, D), embedding (N, E_t), attention (N, h_t, w_t), float32, and with `with_map` its
+    last feature map (N, C', h, w) as well."""
     device = torch.device(device)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False)
-    labels, embedding, attention = [], [], []
+    labels, embedding, attention, maps = [], [], [], []
     skip_seed_draw()  # keeps the global RNG where the earlier progress bar left it
     for batch in track(loader, "teacher outputs", unit="batches", disable=not progress, transient=True):
         x, _, _ = to_device(batch, device)  # (B, C, H, W) in [0, 1]
-        out = teacher(x)
+        out, feature_map = teacher.forward_with_map(x)
         labels.append(out.labels.float().cpu())
         embedding.append(out.embedding.float().cpu())
         attention.append(out.attention.float().cpu())
-    return torch.cat(labels), torch.cat(embedding), torch.cat(attention)
+        if with_map:
+            maps.append(feature_map.float().cpu())
+    outputs = (torch.cat(labels), torch.cat(embedding), torch.cat(attention))
+    return (*outputs, torch.cat(maps)) if with_map else outputs
 
 
 # --------------------------------------------------------------------------- losses
@@ -207,27 +236,34 @@ def distill_terms(
     target: torch.Tensor,
     mask: torch.Tensor,
     projection: nn.Module,
+    student_map: torch.Tensor | None = None,
+    teacher_map: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The four distillation terms of one batch (unweighted scalars), see the module docstring.
+    """The distillation terms of one batch (unweighted scalars), see the module docstring.
 
     student_out: PerceptionOutput of the student; teacher_embedding already divided by its RMS;
-    teacher_attention already resized to the student's map size.
+    teacher_attention already resized to the student's map size. The "map" term is there when
+    both maps (B, C', h, w) are given, teacher_map already divided by its RMS.
     """
-    return {
+    terms = {
         "soft": soft_label_loss(student_out.labels, teacher_labels),
         "label": label_loss(student_out.labels, target, mask),
         "feature": F.mse_loss(projection(student_out.embedding), teacher_embedding),
         "attention": attention_kl(student_out.attention, teacher_attention),
     }
+    if student_map is not None and teacher_map is not None:
+        terms["map"] = F.mse_loss(student_map.float(), teacher_map.float())
+    return terms
 
 
 def _weighted(terms: dict[str, torch.Tensor], config: DistillConfig) -> torch.Tensor:
-    return (
+    total = (
         config.soft_weight * terms["soft"]
         + config.label_weight * terms["label"]
         + config.feature_weight * terms["feature"]
         + config.attention_weight * terms["attention"]
     )
+    return total + config.map_weight * terms["map"] if "map" in terms else total
 
 
 @torch.no_grad()
@@ -293,6 +329,11 @@ class _Distillation(Task):
             parameter.requires_grad_(False)
         self.teacher = teacher
         self.model = build_model(config.arch, *input_shape).to(device)
+        if config.map_weight > 0 and teacher.feature_shape != self.model.feature_shape:
+            raise ValueError(
+                f"map_weight {config.map_weight} matches feature maps, but the teacher's map {teacher.feature_shape} "
+                f"differs from the student's {self.model.feature_shape}; use a teacher of the student's arch"
+            )
         self.projection = nn.Linear(self.model.embed_dim, teacher.embed_dim).to(device)  # training only
         self.modules = nn.ModuleDict({"student": self.model, "projection": self.projection})
         self.device = device
@@ -301,35 +342,50 @@ class _Distillation(Task):
         """The teacher's clean outputs, once: (N, D), (N, E_t), (N, h_t, w_t) on the CPU."""
         config, teacher, device = self.config, self.teacher, self.device
         teacher.eval()
-        labels, embedding, attention = teacher_outputs(
-            teacher, train_set, device, config.teacher_batch_size, config.progress
+        labels, embedding, attention, *feature_map = teacher_outputs(
+            teacher, train_set, device, config.teacher_batch_size, config.progress, with_map=config.map_weight > 0
         )
         self.val_set = val_set
         self.val_teacher_labels, _, _ = teacher_outputs(
             teacher, val_set, device, config.teacher_batch_size, config.progress
         )
         feature_scale = float(embedding.pow(2).mean().sqrt().clamp_min(1e-6))  # RMS of the teacher embedding
+        if self.model.embed_dim == teacher.embed_dim:  # self-distillation: P starts at "the same embedding"
+            with torch.no_grad():
+                self.projection.weight.copy_(torch.eye(teacher.embed_dim) / feature_scale)
+                self.projection.bias.zero_()
         self.teacher_val_error = evaluate(teacher, val_set, device, batch_size=config.teacher_batch_size)
         del self.teacher  # not needed any more: everything below uses the cache
         self.student_map = tuple(self.model.feature_shape[1:])  # (h_s, w_s)
-        return TeacherCache(train_set, labels, embedding / feature_scale, attention)
+        maps, self.map_scale = None, 1.0
+        if feature_map:  # (N, C', h, w), scaled by its RMS as the embedding is (the student's map too, in `loss`)
+            self.map_scale = float(feature_map[0].pow(2).mean().sqrt().clamp_min(1e-6))
+            maps = feature_map[0] / self.map_scale
+        return TeacherCache(train_set, labels, embedding / feature_scale, attention, maps)
 
     def loss(self, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        config, student, projection = self.config, self.model, self.projection
-        frames, target, mask, tl, te, ta = batch
+        config = self.config
+        frames, target, mask, tl, te, ta, tm = batch
         x, target, mask = to_device((frames, target, mask), device)  # (B, C, H, W) in [0, 1]; (B, D) x2
         tl, te = tl.to(device), te.to(device)  # (B, D), (B, E_t)
         ta = resize_attention(ta.to(device), self.student_map)  # (B, h_s, w_s)
-        terms = distill_terms(student(x), tl, te, ta, target, mask, projection)
-        loss = _weighted(terms, config)
+        tm = tm.to(device) if tm.dim() > 2 else None  # (B, C', h, w), or no map to match
+
+        def objective(inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            out, student_map = self.model.forward_with_map(inputs)
+            terms = distill_terms(out, tl, te, ta, target, mask, self.projection, student_map / self.map_scale, tm)
+            return _weighted(terms, config), terms
+
+        loss, terms = objective(x)
         if config.mode == "robust":
-            # PGD against the student, away from the teacher's clean soft labels
-            x_adv = pgd(
-                student, x, tl, torch.ones_like(tl), eps=config.eps, alpha=config.train_alpha,
-                steps=config.pgd_steps, loss_fn=soft_label_loss,
-            )
-            adv_terms = distill_terms(student(x_adv), tl, te, ta, target, mask, projection)
-            loss = (1.0 - config.robust_weight) * loss + config.robust_weight * _weighted(adv_terms, config)
+            if config.attack_target == "features":  # away from all the teacher's clean outputs
+                x_adv = ascend(lambda inputs: objective(inputs)[0], x, config.eps, config.pgd_steps, config.train_alpha)
+            else:  # away from the teacher's clean soft labels
+                x_adv = pgd(
+                    self.model, x, tl, torch.ones_like(tl), eps=config.eps, alpha=config.train_alpha,
+                    steps=config.pgd_steps, loss_fn=soft_label_loss,
+                )
+            loss = (1.0 - config.robust_weight) * loss + config.robust_weight * objective(x_adv)[0]
         return loss, {f"loss_{key}": value for key, value in terms.items()}
 
     def validate(self, probe_batch, device: torch.device) -> dict[str, float]:

@@ -244,6 +244,71 @@ def test_teacher_outputs_are_cached_in_order(data, teacher_path) -> None:
     assert attention.shape == (128, *teacher.feature_shape[1:])
 
 
+def test_teacher_outputs_with_the_feature_map(data, teacher_path) -> None:
+    _, val_set = data
+    teacher, _ = load_model(teacher_path)
+    *_, feature_map = teacher_outputs(teacher, val_set, batch_size=50, with_map=True)
+    _, expected = teacher.forward_with_map(val_set.tensors[0].float() / 255)
+    assert feature_map.shape == (128, *teacher.feature_shape)
+    torch.testing.assert_close(feature_map, expected.detach(), atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def student_path(data, tmp_path_factory):
+    """A student distilled briefly: the teacher of self-distillation (map_weight needs its map shape)."""
+    train_set, val_set = data
+    out = tmp_path_factory.mktemp("self") / "student.safetensors"
+    teacher = tmp_path_factory.mktemp("self-teacher") / "teacher.safetensors"
+    torch.manual_seed(0)
+    save_checkpoint(teacher, build_model(TINY_TEACHER, *SHAPE))
+    distill(config(out.parent, teacher, "clean", epochs=2, out=str(out)), train_set, val_set)
+    return out
+
+
+def test_self_distillation_starts_where_the_student_is(data, student_path, tmp_path) -> None:
+    """The student as its own teacher and starting point: the projection starts as the identity and
+    the maps are scaled alike, so with a vanishing learning rate every matching term is ~0."""
+    train_set, val_set = data
+    cfg = config(tmp_path, student_path, "clean", epochs=1, lr=1e-12, init=str(student_path), map_weight=1.0)
+    metrics = distill(cfg, train_set, val_set)
+    for term in ("loss_soft", "loss_feature", "loss_attention", "loss_map"):
+        assert metrics[term] == pytest.approx(0.0, abs=1e-6), term  # (the KL clamps probabilities at 1e-8)
+    assert metrics["loss_label"] > 1e-3  # the ground truth is still what the student gets wrong
+
+
+def test_feature_attacks_push_the_whole_objective_up(data, student_path, tmp_path, monkeypatch) -> None:
+    """attack_target "features": one PGD per batch on the weighted loss (map term included), none on labels."""
+    from perception.attacks import ascend as real_ascend
+
+    train_set, val_set = boxes(64, seed=2), boxes(32, seed=3)
+    calls = []
+
+    def spy(loss_fn, x, eps, steps, step_size, **options):
+        x_adv = real_ascend(loss_fn, x, eps, steps, step_size, **options)
+        with torch.no_grad():
+            calls.append((eps, steps, float(loss_fn(x)), float(loss_fn(x_adv)), (x_adv - x).abs().max()))
+        return x_adv
+
+    def no_label_attack(*args, **kwargs):
+        raise AssertionError("attack_target 'features' ran the soft-label PGD")
+
+    monkeypatch.setattr(distill_module, "ascend", spy)
+    monkeypatch.setattr(distill_module, "pgd", no_label_attack)
+    cfg = config(tmp_path, student_path, "robust", epochs=1, probe_steps=0, init=str(student_path), map_weight=1.0,
+                 attack_target="features")
+    distill(cfg, train_set, val_set)
+    assert len(calls) == 64 // 32
+    for eps, steps, clean_loss, adversarial_loss, distance in calls:
+        assert eps == EPS and steps == 2 and distance <= EPS + 1e-6
+        assert adversarial_loss > clean_loss
+
+
+def test_map_matching_needs_a_teacher_with_the_students_map(data, teacher_path, tmp_path) -> None:
+    train_set, val_set = boxes(8, 0), boxes(8, 1)
+    with pytest.raises(ValueError, match=r"map_weight 1.0 matches feature maps, but the teacher's map \(32, 2, 1\)"):
+        distill(config(tmp_path, teacher_path, "clean", map_weight=1.0), train_set, val_set)
+
+
 def test_attention_resize_and_kl() -> None:
     attention = torch.softmax(torch.randn(4, 6), dim=1).reshape(4, 2, 3)  # (B, h, w), sums to 1
     resized = resize_attention(attention, (4, 6))
@@ -274,12 +339,13 @@ def test_teacher_with_other_input_shape_is_refused(tmp_path) -> None:
         ({"soft_weight": -1.0}, "DistillConfig: soft_weight: Input should be greater than or equal to 0 (got -1.0)"),
         ({"soft_weight": float("inf")}, "DistillConfig: soft_weight: Input should be a finite number (got inf)"),
         (
-            {"soft_weight": 0, "label_weight": 0, "feature_weight": 0, "attention_weight": 0},
+            {"soft_weight": 0, "label_weight": 0, "feature_weight": 0, "attention_weight": 0, "map_weight": 0},
             "DistillConfig: <top level>: all loss weights are 0; nothing to learn",
         ),
         ({"pgd_steps": 0}, "DistillConfig: pgd_steps: must be >= 1 for mode 'robust', got 0"),
+        ({"attack_target": "map"}, "DistillConfig: attack_target: Input should be 'labels' or 'features' (got 'map')"),
         ({"epochs": 0}, "DistillConfig: epochs: Input should be greater than or equal to 1 (got 0)"),
-        ({"fgsm_alpha": 0.1}, "DistillConfig: fgsm_alpha: unknown key; allowed keys here: amp, arch, attention_weight"),
+        ({"fgsm_alpha": 0.1}, "DistillConfig: fgsm_alpha: unknown key; allowed keys here: amp, arch, attack_target, attention_weight"),
     ],
 )
 def test_bad_configs(changes, message, tmp_path) -> None:
