@@ -38,6 +38,7 @@ from agents.callbacks import AtRolloutStart, HParamsCallback, PeriodicCheckpoint
 from agents.explain.training_replay import TrainingReplays
 from agents.config import RunConfig, check_algo, config_file_sets, load_agent_config
 from agents.evaluate import evaluation_seeds
+from agents.memory import check_n_envs_fit
 from agents.robust.sa_ppo import check_robust_training, schedule_for
 from agents.safety_board import (
     EVAL_PREFIX, REFERENCE_PREFIX, EpisodeTracker, Evaluated, EvaluationListener, EvaluationSet, Evaluator, SafetyBoard,
@@ -214,6 +215,7 @@ def _new_run(options: TrainOptions):
             policy=dataclasses.replace(agent.policy, perception=str(perception)),
             **{algo: agent.algo_config(algo)},
         )
+        check_n_envs_fit(config, resolve_device(options.device))  # before the run folder and any work
         run_dir = create_run_dir(Path(options.logdir) / (options.name or run_name(scenario.name, algo)), options.force)
         try:
             copy_file(perception, run_dir / PERCEPTION_FILE)
@@ -273,6 +275,7 @@ def _resumed_run(options: TrainOptions):
         device=options.device,
         training=dataclasses.replace(config.training, timesteps=total),
     )
+    check_n_envs_fit(config, resolve_device(options.device))
     env = evaluation_env(config.scenario, config.backend)
     try:
         check_spaces(config, run_dir, env.observation_space, env.action_space, config.scenario)

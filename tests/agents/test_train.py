@@ -263,6 +263,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["train", "--timesteps", "0"], "--timesteps"),
         (["train", "--device", "cuda", "--timesteps", "10"], "CUDA is not available"),
         (["train", "--resume", "runs/no-such-run"], "run folder not found"),
+        (["train", "--n-envs", "10000000", "--timesteps", "100000000000"], "envs fit"),  # ~86 TB
         (["evaluate", "--run", "runs/no-such-run"], "run folder not found"),
     ],
 )
