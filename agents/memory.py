@@ -18,8 +18,11 @@ A: actions; C*H*W: the camera's uint8 observation):
     robust      SA-PPO's regulariser (training.robust_reg sa, PPO): clean and attacked features of every
                 rollout sample, 2 x n_steps x F float32, on the device
 
-Fixed costs (the models, SA's 64 frame envs of the imitation, CUDA's context) are not counted: the
-parts above are what a large `--n-envs` makes large. An estimate, not a measurement: it says "about".
+The counted parts leave out transient copies (SB3 flattens its buffer by copying it; features are
+computed in chunks), the teacher's search over B x 25 branches, and the allocator's slack; the peak
+is MEASURED_PER_COUNTED times their sum (see there). Fixed costs (Python, the models, the periodic
+evaluation's envs, CUDA's context) do not grow with `--n-envs` and are not counted. An estimate,
+calibrated once: the message says "about".
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ SIMULATOR_BYTES_PER_ENV = 350_000
 intersection 326 KB. The largest, rounded up, for every scenario."""
 WORKER_BYTES = 370_000_000
 """[bytes] one highway-env worker process (torch imported, one env stepped): 364 MB peak RSS"""
+MEASURED_PER_COUNTED = 1.7
+"""peak memory per env / the counted parts, for `highway`'s recipe on the CPU: peak RSS (`/usr/bin/time -v`)
+of `train --scenario highway --n-envs N` grows by 15.1-15.4 MiB per env (N = 64, 192, 256: 1.96, 3.95,
+4.96 GB, ~0.95 GB fixed), the counted parts are 9.07 MiB (docs/BENCHMARKS.md, "Session 21")"""
 ROLLOUT_FLOATS = 7  # per sample besides the observation: action, reward, return, start, value, log-prob, advantage
 GIB = 1024**3
 
@@ -116,11 +123,11 @@ def check_n_envs_fit(config: RunConfig, device: torch.device, available=availabl
     else:
         pools = {device: ("device",), torch.device("cpu"): ("host",)}
     for pool, places in pools.items():
-        per_env, free = need.per_env(places), available(pool)
+        per_env, free = math.ceil(MEASURED_PER_COUNTED * need.per_env(places)), available(pool)  # bytes
         if free is None or per_env == 0 or config.n_envs * per_env <= free:
             continue
         raise ValueError(
             f"--n-envs {config.n_envs:,} needs about {config.n_envs * per_env / GIB:.1f} GiB on {pool} "
-            f"({per_env / 2**20:.2f} MiB per env: {need.describe(places)}), but {free / GIB:.1f} GiB are free "
-            f"there: at most {free // per_env:,} envs fit"
+            f"({per_env / 2**20:.1f} MiB per env: {MEASURED_PER_COUNTED:g} x the counted {need.describe(places)}), "
+            f"but {free / GIB:.1f} GiB are free there: at most {free // per_env:,} envs fit"
         )

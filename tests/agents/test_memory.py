@@ -10,6 +10,7 @@ import torch
 
 from agents.config import RunConfig, load_agent_config
 from agents.memory import (
+    MEASURED_PER_COUNTED,
     ROLLOUT_FLOATS,
     SIMULATOR_BYTES_PER_ENV,
     WORKER_BYTES,
@@ -62,7 +63,7 @@ def test_device_rollouts_keep_features_on_the_device_and_highway_env_pays_a_proc
 
 def test_a_run_that_does_not_fit_says_how_many_envs_do():
     config = run_config(n_envs=1000)
-    per_env = memory_need(config, features_per_sample(config)).per_env(("device", "host"))
+    per_env = math.ceil(MEASURED_PER_COUNTED * memory_need(config, features_per_sample(config)).per_env(("device", "host")))
     free = 300 * per_env + 7
     with pytest.raises(ValueError) as error:
         check_n_envs_fit(config, torch.device("cpu"), available=lambda pool: free)
@@ -77,9 +78,9 @@ def test_on_a_gpu_device_parts_and_host_parts_are_checked_apart():
     """torch.device("cuda") is only a name here: `available` answers for both pools."""
     config = run_config(n_envs=1000)
     need = memory_need(config, features_per_sample(config))
-    device_bytes, host_bytes = need.per_env(("device",)), need.per_env(("host",))
+    device_bytes, host_bytes = (math.ceil(MEASURED_PER_COUNTED * need.per_env(places)) for places in (("device",), ("host",)))
     free = {"cuda": 1000 * device_bytes, "cpu": 10 * host_bytes}
-    with pytest.raises(ValueError, match=r"on cpu \(3\.12 MiB per env: rollout 3\.12\).*at most 10 envs fit"):
+    with pytest.raises(ValueError, match=r"on cpu \(5\.3 MiB per env: 1\.7 x the counted rollout 3\.12\).*at most 10 envs fit"):
         check_n_envs_fit(config, torch.device("cuda"), available=lambda pool: free[pool.type])
     free["cpu"] = 1000 * host_bytes
     check_n_envs_fit(config, torch.device("cuda"), available=lambda pool: free[pool.type])
