@@ -739,11 +739,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if args.threads is not None:
-        import cv2
-        import torch
+        from envs.system import set_threads
 
-        torch.set_num_threads(args.threads)
-        cv2.setNumThreads(args.threads)  # frames' blur and resizing: keep to the same cores
+        set_threads(args.threads)
     try:
         args.func(args)
     except USER_ERRORS as error:

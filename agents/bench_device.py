@@ -38,7 +38,7 @@ from agents.device_rollout import DevicePPO, act
 from agents.policy import PerceptionPolicy
 from agents.runs import policy_kwargs
 from envs.fast.vec_env import FastVecEnv
-from envs.system import resolve_device
+from envs.system import resolve_device, set_threads
 from perception.extractor import DEFAULT_STUDENT
 from scenarios import load_scenario
 
@@ -164,7 +164,7 @@ def run(device_name: str, n_envs: Sequence[int], steps: int | None, n_steps: int
     device = resolve_device(device_name)
     warnings.filterwarnings("ignore", message="You have specified a mini-batch size")  # small B in dry runs
     if threads is not None:
-        torch.set_num_threads(threads)
+        set_threads(threads)
     defaults = load_agent_config("highway", None, {}, backend="fast").ppo
     n_steps = n_steps or defaults.n_steps
     steps = steps or 2 * n_steps

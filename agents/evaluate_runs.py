@@ -56,11 +56,10 @@ def evaluate_runs(pattern: str, episodes: int = 50, backend: str = "highway-env"
 
 def _evaluate_one(run: str, episodes: int, backend: str, device: str, threads: int) -> dict[str, float]:
     """In a Ray worker: `evaluate_run` on one run; its table columns' means."""
-    import torch
-
     from agents.evaluate import evaluate_run
+    from envs.system import set_threads
 
-    torch.set_num_threads(threads)
+    set_threads(threads)
     report, _ = evaluate_run(run, episodes=episodes, backend=backend, device=device, logdir=Path(run).parent,
                              command=f"evaluate --runs ({episodes} episodes on {backend})")
     return {key: report.metrics[key].mean for key, _ in COLUMNS}

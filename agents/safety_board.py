@@ -572,9 +572,9 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads")
     arguments = parser.parse_args()
     if arguments.threads:
-        import torch
+        from envs.system import set_threads
 
-        torch.set_num_threads(arguments.threads)
+        set_threads(arguments.threads)
     if arguments.what == "docs":
         update_docs(Path(__file__).resolve().parents[1] / "docs" / "SAFETY.md")
     else:

@@ -67,7 +67,7 @@ from agents.runs import (
 from envs.backends import Backend, default_backend_for, evaluation_env, get_backend, privileged_simulator
 from envs.goals import has_goal
 from envs.progress import progress_bar as _progress_bar
-from envs.system import resolve_device, usable_cores
+from envs.system import resolve_device, set_threads, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -638,7 +638,7 @@ def _set_threads(threads: int | None, n_envs: int) -> None:
         if torch.get_num_threads() <= threads:
             return
         log.info("using %d PyTorch thread(s) beside %d env workers (set --threads to change)", threads, n_envs)
-    torch.set_num_threads(threads)
+    set_threads(threads)
 
 
 def _close(vec_env) -> None:

@@ -33,6 +33,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
+def set_threads(threads: int) -> None:
+    """Let PyTorch and OpenCV (the frames' blur and resizing) each use `threads` threads: the same
+    cores for both, so jobs run side by side with `--threads 1` do not oversubscribe the machine."""
+    import cv2
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+
+
 def usable_cores() -> int:
     """The number of cores this process may run on (its CPU affinity on Linux, else all of them)."""
     try:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from envs import palette
+from envs.system import set_threads
 
 CLASSES: dict[str, tuple[int, int, int]] = {
     "vehicles": palette.OTHER_VEHICLE, "ego": palette.EGO_VEHICLE, "lane markings": palette.LANE_MARKING,
@@ -455,8 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--randomised-keyframes", type=int, default=8)
     parser.add_argument("--logdir", default="runs")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    set_threads(1)
     command = "python -m agents.explain.faithfulness " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     path = write_report(args.run, args.episodes, args.every, args.backend, args.out, args.images, args.nsamples,
                         args.logdir, args.randomised_keyframes, command)

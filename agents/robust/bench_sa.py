@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from envs.system import set_threads
+
 REFRESH = ("rollout", "minibatch")  # training.robust_refresh
 
 
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if min(args.n_envs, args.n_steps, args.batch_size, args.epochs, args.pgd_steps, args.repeats, args.threads) < 1:
         parser.error("every count must be a positive integer")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     result = measure(args.n_envs, args.n_steps, args.batch_size, args.epochs, args.pgd_steps, repeats=args.repeats,
                      device=args.device)
     print(f"PPO update on one rollout of {result['samples']} samples ({result['minibatches']} minibatches of "
