@@ -28,6 +28,7 @@ import torch
 
 from envs.fast.road_sim import FastRoad
 from envs.progress import track
+from envs.system import set_threads
 from scenarios import Scenario, load_scenario
 
 FIRST_SEED = 2_000_000_000  # away from training and evaluation seeds
@@ -113,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.episodes < 2:
         parser.error("--episodes must be at least 2")
-    torch.set_num_threads(1)
+    set_threads(1)
     scenario = load_scenario(args.scenario)
     seeds = list(range(FIRST_SEED, FIRST_SEED + args.episodes))
     began = time.perf_counter()
