@@ -65,12 +65,13 @@ class MemoryNeed:
         return ", ".join(f"{name} {size / 2**20:.2f}" for name, (size, place) in self.parts.items() if place in places)
 
 
-def features_per_sample(config: RunConfig) -> int:
-    """F: the policy's features per sample (embedding, predicted labels, the flattened feature map)."""
+def features_per_sample(config: RunConfig, perception: str | Path | None = None) -> int:
+    """F: the policy's features per sample (embedding, predicted labels, the flattened feature map), from
+    the perception checkpoint `perception` (default: the config's)."""
     from perception.checkpoint import read_metadata
     from perception.models import build_model
 
-    metadata = read_metadata(config.policy.perception)
+    metadata = read_metadata(perception or config.policy.perception)
     model = build_model(metadata["arch"], *metadata["input_shape"])  # a few k parameters: cheap
     features = model.embed_dim + (LABEL_DIM if config.policy.include_labels else 0)
     if config.policy.map_channels > 0:
@@ -114,10 +115,12 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
-def check_n_envs_fit(config: RunConfig, device: torch.device, available=available_bytes) -> None:
+def check_n_envs_fit(config: RunConfig, device: torch.device, perception: str | Path | None = None,
+                     available=available_bytes) -> None:
     """Raise ValueError (one line) when `config.n_envs` envs need more memory than `device` (and, for
-    a GPU, the host) have free; `available(pool)` gives a pool's free bytes (None: unknown, not checked)."""
-    need = memory_need(config, features_per_sample(config))
+    a GPU, the host) have free; `perception`: the checkpoint the policy reads (default: the config's; a
+    resumed run's own copy); `available(pool)` gives a pool's free bytes (None: unknown, not checked)."""
+    need = memory_need(config, features_per_sample(config, perception))
     if device.type == "cpu":  # one pool: the host holds everything
         pools = {device: ("device", "host")}
     else:

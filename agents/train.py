@@ -275,7 +275,7 @@ def _resumed_run(options: TrainOptions):
         device=options.device,
         training=dataclasses.replace(config.training, timesteps=total),
     )
-    check_n_envs_fit(config, resolve_device(options.device))
+    check_n_envs_fit(config, resolve_device(options.device), run_dir / PERCEPTION_FILE)
     env = evaluation_env(config.scenario, config.backend)
     try:
         check_spaces(config, run_dir, env.observation_space, env.action_space, config.scenario)

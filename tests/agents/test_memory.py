@@ -87,3 +87,15 @@ def test_on_a_gpu_device_parts_and_host_parts_are_checked_apart():
     free["cuda"] = 999 * device_bytes
     with pytest.raises(ValueError, match=r"on cuda .*simulator 0\.33, imitation 4\.43, robust 1\.18.*at most 999 envs"):
         check_n_envs_fit(config, torch.device("cuda"), available=lambda pool: free[pool.type])
+
+
+def test_a_resumed_run_reads_its_own_copy_of_the_student(tmp_path):
+    """The path in a run's config may be gone (a user's file moved); the run folder's copy is what counts."""
+    import shutil
+
+    copy = tmp_path / "perception.safetensors"
+    shutil.copy(DEFAULT_STUDENT, copy)
+    config = run_config()
+    moved = dataclasses.replace(config, policy=dataclasses.replace(config.policy, perception=str(tmp_path / "gone")))
+    assert features_per_sample(moved, copy) == features_per_sample(config)
+    check_n_envs_fit(moved, torch.device("cpu"), copy, available=lambda pool: 2**50)
