@@ -155,7 +155,9 @@ HIGHWAY_ENV_RANGES: dict[str, KeyRange] = {
     "lanes_count": KeyRange(1, 10, "lanes", integer=True),
     "vehicles_count": KeyRange(0, 200, "vehicles", integer=True),
     "initial_vehicle_count": KeyRange(0, 200, "vehicles", integer=True),
-    "vehicles_density": KeyRange(0, 10, "relative density", low_open=True),
+    # 1 / density spaces the spawned cars: a denormal density made it infinite and highway-env failed
+    # (tests/scenarios/test_fuzz.py found 2.2e-309); 0.01 already leaves ~3 km between cars
+    "vehicles_density": KeyRange(0.01, 10, "relative density"),
     "ego_spacing": KeyRange(0, 10, "relative spacing", low_open=True),
     "spawn_probability": KeyRange(0, 1, "probability per step"),
     # reward weights (highway-env normalises their sum when normalize_reward is set)

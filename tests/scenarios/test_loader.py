@@ -117,6 +117,10 @@ OUT_OF_RANGE_HIGHWAY_ENV = {
     # whole floats too: highway-env failed with a TypeError deep inside on both (found by tests/scenarios/test_fuzz.py)
     "vehicles_count 0.0": ({"traffic.vehicles_count": 0.0}, ["traffic.vehicles_count", "an integer", "got 0.0"]),
     "lanes_count 1.0": ({"traffic.lanes_count": 1.0}, ["traffic.lanes_count", "an integer", "got 1.0"]),
+    "vehicles_density denormal": (
+        {"traffic.vehicles_density": 2.225073858507203e-309},
+        ["traffic.vehicles_density", "number in [0.01, 10] (relative density)", "got 2.225073858507203e-309"],
+    ),
     "speed range reversed": ({"reward.reward_speed_range": [30, 20]}, ["reward.reward_speed_range", "low < high", "[30, 20]"]),
     "speed range of three": ({"reward.reward_speed_range": [1, 2, 3]}, ["reward.reward_speed_range", "two speeds"]),
     "infinite weight": ({"reward.collision_reward": float("inf")}, ["reward.collision_reward", "[-100, 100]"]),
