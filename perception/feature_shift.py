@@ -78,14 +78,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="PGD steps")
     parser.add_argument("--frames", type=int, default=512, help="held-out frames")
     args = parser.parse_args(argv)
-    models = dict(item.split("=", 1) for item in args.models)
-    frames = held_out_frames(args.data, args.frames)
+    if any("=" not in item for item in args.models) or args.steps < 1 or args.frames < 1:
+        parser.error("--models takes name=checkpoint pairs; --steps and --frames must be positive")
+    try:
+        budgets = [parse_eps(text) for text in args.eps]
+        models = {name: load_model(path, "cpu")[0] for name, path in (item.split("=", 1) for item in args.models)}
+        frames = held_out_frames(args.data, args.frames)
+    except (OSError, ValueError) as error:  # a missing dataset or checkpoint, a bad budget: one line
+        parser.error(str(error))
     print(f"{'model':<12} {'eps':>6} {'embedding':>10} {'map':>8} {'labels':>8}   ({len(frames)} frames, PGD-{args.steps})")
-    for name, path in models.items():
-        model, _ = load_model(path, "cpu")
-        for text in args.eps:
+    for name, model in models.items():
+        for text, eps in zip(args.eps, budgets):
             torch.manual_seed(0)  # the same random starts for every model
-            result = feature_shift(model, frames, parse_eps(text), args.steps)
+            result = feature_shift(model, frames, eps, args.steps)
             print(f"{name:<12} {text:>6} {result.embedding:>10.3f} {result.feature_map:>8.3f} {result.labels:>8.4f}")
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from perception.feature_shift import _relative, feature_shift
+from perception.extractor import DEFAULT_STUDENT
+from perception.feature_shift import _relative, feature_shift, main
 from perception.models import build_model
 
 
@@ -29,3 +31,15 @@ def test_the_attack_moves_features_more_than_noise_of_the_same_budget():
         noisy, noisy_map = model.forward_with_map(frames + eps * torch.sign(torch.rand_like(frames) - 0.5))
     assert attacked.feature_map > 1.5 * float(_relative(noisy_map - clean_map, clean_map).mean())
     assert attacked.embedding > float(_relative(noisy.embedding - clean.embedding, clean.embedding).mean())
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--data", "/nonexistent", "--models", f"a={DEFAULT_STUDENT}"], "no perception dataset"),
+    (["--data", "/nonexistent", "--models", "a"], "name=checkpoint pairs"),
+    (["--data", "/nonexistent", "--models", f"a={DEFAULT_STUDENT}", "--eps", "3"], "invalid epsilon '3'"),
+])
+def test_mistakes_give_one_line_and_exit_code_2(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert exit_.value.code == 2 and len(errors) == 1 and fragment in errors[0]
