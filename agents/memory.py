@@ -20,7 +20,8 @@ A: actions; C*H*W: the camera's uint8 observation):
 
 The counted parts leave out transient copies (SB3 flattens its buffer by copying it; features are
 computed in chunks), the teacher's search over B x 25 branches, and the allocator's slack; the peak
-is MEASURED_PER_COUNTED times their sum (see there). Fixed costs (Python, the models, the periodic
+is MEASURED_PER_COUNTED times their sum (see there), plus the parts that are measured peaks already
+(simulator, worker). Fixed costs (Python, the models, the periodic
 evaluation's envs, CUDA's context) do not grow with `--n-envs` and are not counted. An estimate,
 calibrated once: the message says "about".
 """
@@ -31,10 +32,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from agents.config import RunConfig
-from perception.labels import LABEL_DIM
 
 SIMULATOR_BYTES_PER_ENV = 350_000
 """[bytes] the fast simulator with frames, per env, at its peak: 40 GiB at B = 262,144 on an H100
@@ -46,7 +47,9 @@ WORKER_BYTES = 370_000_000
 MEASURED_PER_COUNTED = 1.7
 """peak memory per env / the counted parts, for `highway`'s recipe on the CPU: peak RSS (`/usr/bin/time -v`)
 of `train --scenario highway --n-envs N` grows by 15.1-15.4 MiB per env (N = 64, 192, 256: 1.96, 3.95,
-4.96 GB, ~0.95 GB fixed), the counted parts are 9.07 MiB (docs/BENCHMARKS.md, "Session 21")"""
+4.96 GB, ~0.95 GB fixed); less the simulator's measured 0.33 MiB, that is 1.70 x the 8.74 MiB of counted
+buffers (docs/BENCHMARKS.md, "Session 21")"""
+MEASURED_PARTS = ("simulator", "worker")  # peaks measured as such: the factor above is not applied to them
 ROLLOUT_FLOATS = 7  # per sample besides the observation: action, reward, return, start, value, log-prob, advantage
 GIB = 1024**3
 
@@ -58,7 +61,13 @@ class MemoryNeed:
     parts: dict[str, tuple[int, str]]  # name -> (bytes per env, "device" | "host")
 
     def per_env(self, places: tuple[str, ...]) -> int:
+        """The parts in `places` as counted (MEASURED_PER_COUNTED not applied)."""
         return sum(size for size, place in self.parts.values() if place in places)
+
+    def peak_per_env(self, places: tuple[str, ...]) -> int:
+        """The estimated peak: measured parts as they are, counted buffers times MEASURED_PER_COUNTED."""
+        measured = sum(size for name, (size, place) in self.parts.items() if place in places and name in MEASURED_PARTS)
+        return measured + math.ceil(MEASURED_PER_COUNTED * (self.per_env(places) - measured))
 
     def describe(self, places: tuple[str, ...]) -> str:
         """"simulator 0.33, imitation 4.63" (MiB per env) for the parts in `places`."""
@@ -66,17 +75,16 @@ class MemoryNeed:
 
 
 def features_per_sample(config: RunConfig, perception: str | Path | None = None) -> int:
-    """F: the policy's features per sample (embedding, predicted labels, the flattened feature map), from
-    the perception checkpoint `perception` (default: the config's)."""
-    from perception.checkpoint import read_metadata
-    from perception.models import build_model
+    """F: the policy's features per sample (embedding, predicted labels, the flattened feature map): the
+    `features_dim` of the extractor the run's policy builds (`agents.runs.policy_kwargs`), reading the
+    perception checkpoint `perception` (default: the config's). The student has a few k parameters: cheap."""
+    from gymnasium import spaces
 
-    metadata = read_metadata(perception or config.policy.perception)
-    model = build_model(metadata["arch"], *metadata["input_shape"])  # a few k parameters: cheap
-    features = model.embed_dim + (LABEL_DIM if config.policy.include_labels else 0)
-    if config.policy.map_channels > 0:
-        features += math.prod(model.feature_shape)
-    return features
+    from agents.runs import policy_kwargs
+
+    kwargs = policy_kwargs(config, Path(perception or config.policy.perception))
+    frames = spaces.Box(0, 255, config.observation_shape, np.uint8)
+    return kwargs["features_extractor_class"](frames, **kwargs["features_extractor_kwargs"]).features_dim
 
 
 def memory_need(config: RunConfig, features: int) -> MemoryNeed:
@@ -126,11 +134,11 @@ def check_n_envs_fit(config: RunConfig, device: torch.device, perception: str | 
     else:
         pools = {device: ("device",), torch.device("cpu"): ("host",)}
     for pool, places in pools.items():
-        per_env, free = math.ceil(MEASURED_PER_COUNTED * need.per_env(places)), available(pool)  # bytes
+        per_env, free = need.peak_per_env(places), available(pool)  # bytes
         if free is None or per_env == 0 or config.n_envs * per_env <= free:
             continue
         raise ValueError(
             f"--n-envs {config.n_envs:,} needs about {config.n_envs * per_env / GIB:.1f} GiB on {pool} "
-            f"({per_env / 2**20:.1f} MiB per env: {MEASURED_PER_COUNTED:g} x the counted {need.describe(places)}), "
+            f"({per_env / 2**20:.1f} MiB per env: {need.describe(places)}, buffers x {MEASURED_PER_COUNTED:g}), "
             f"but {free / GIB:.1f} GiB are free there: at most {free // per_env:,} envs fit"
         )

@@ -57,13 +57,17 @@ def test_the_highway_recipe_per_env():
 def test_device_rollouts_keep_features_on_the_device_and_highway_env_pays_a_process_per_env():
     on_device = memory_need(run_config(device_rollout=True), 100).parts
     assert on_device["rollout"] == (64 * (100 + ROLLOUT_FLOATS) * 4, "device")
-    reference = memory_need(run_config(backend="highway-env", imitation_iterations=0), 100).parts
-    assert reference["worker"] == (WORKER_BYTES, "host") and "simulator" not in reference and "imitation" not in reference
+    reference = memory_need(run_config(backend="highway-env", imitation_iterations=0), 100)
+    parts = reference.parts
+    assert parts["worker"] == (WORKER_BYTES, "host") and "simulator" not in parts and "imitation" not in parts
+    # the worker's RSS is a measured peak: only the counted buffers are scaled
+    rollout, _ = parts["rollout"]
+    assert reference.peak_per_env(("host",)) == WORKER_BYTES + math.ceil(MEASURED_PER_COUNTED * rollout)
 
 
 def test_a_run_that_does_not_fit_says_how_many_envs_do():
     config = run_config(n_envs=1000)
-    per_env = math.ceil(MEASURED_PER_COUNTED * memory_need(config, features_per_sample(config)).per_env(("device", "host")))
+    per_env = memory_need(config, features_per_sample(config)).peak_per_env(("device", "host"))
     free = 300 * per_env + 7
     with pytest.raises(ValueError) as error:
         check_n_envs_fit(config, torch.device("cpu"), available=lambda pool: free)
@@ -78,9 +82,9 @@ def test_on_a_gpu_device_parts_and_host_parts_are_checked_apart():
     """torch.device("cuda") is only a name here: `available` answers for both pools."""
     config = run_config(n_envs=1000)
     need = memory_need(config, features_per_sample(config))
-    device_bytes, host_bytes = (math.ceil(MEASURED_PER_COUNTED * need.per_env(places)) for places in (("device",), ("host",)))
+    device_bytes, host_bytes = (need.peak_per_env(places) for places in (("device",), ("host",)))
     free = {"cuda": 1000 * device_bytes, "cpu": 10 * host_bytes}
-    with pytest.raises(ValueError, match=r"on cpu \(5\.3 MiB per env: 1\.7 x the counted rollout 3\.12\).*at most 10 envs fit"):
+    with pytest.raises(ValueError, match=r"on cpu \(5\.3 MiB per env: rollout 3\.12, buffers x 1\.7\).*at most 10 envs fit"):
         check_n_envs_fit(config, torch.device("cuda"), available=lambda pool: free[pool.type])
     free["cpu"] = 1000 * host_bytes
     check_n_envs_fit(config, torch.device("cuda"), available=lambda pool: free[pool.type])
