@@ -310,9 +310,17 @@ def test_cached_features_ppo_can_update_twice_on_one_rollout():
 def test_imitation_on_the_device_drives_and_fits_as_on_the_host(short_scenario, monkeypatch):
     """DAgger with frames and actions kept on the device (a FastVecEnv under VecMonitor) labels the same
     states, records the same transitions and fits the same actor as stepping through NumPy."""
-    import agents.imitation as imitation
+    from agents import imitation
+
+    device_steps = []  # the device path must really be the one taken
+    step_async_on_device = FastVecEnv.step_async_on_device
+
+    def counted(self, actions):
+        device_steps.append(actions.shape)
+        step_async_on_device(self, actions)
 
     def dagger(on_device: bool):
+        monkeypatch.setattr(FastVecEnv, "step_async_on_device", counted)
         if not on_device:
             monkeypatch.setattr(imitation, "fast_env_of", lambda env: None)
         env = VecMonitor(FastVecEnv(short_scenario, 4))
@@ -326,7 +334,10 @@ def test_imitation_on_the_device_drives_and_fits_as_on_the_host(short_scenario, 
         env.close()
         return progress, observed, parameters(model)
 
-    device, host = dagger(True), dagger(False)
+    device = dagger(True)
+    assert device_steps == [(4,)] * 8  # every step of 2 iterations x 4 steps, (B,) actions
+    host = dagger(False)
+    assert len(device_steps) == 8  # the NumPy path does not take it
     assert device[0].samples == host[0].samples == 2 * 4 * 4
     assert (device[0].regret, device[0].agreement) == (host[0].regret, host[0].agreement)
     assert len(device[1]) == len(host[1]) == 8
