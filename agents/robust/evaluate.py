@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from agents.evaluate import METRICS, EvaluationReport, evaluate_run, evaluation_seeds, mean_ci
+from agents.evaluate import METRICS, EpisodeMetrics, EvaluationReport, evaluate_run, evaluation_seeds, mean_ci
 from agents.robust.attacks import ATTACKS, GRADIENT, ITERATIVE, AttackSpec, check_attack, perturb_observations
 from agents.robust.corruptions import CorruptionSpec, corrupted_scenario
 from envs.files import atomic_write
@@ -179,9 +179,26 @@ class AttackedAgent:
 # -- one setting -----------------------------------------------------------------------------------
 
 
+def paired_changes(rows: Sequence[EpisodeMetrics], clean: Sequence[EpisodeMetrics]) -> dict[str, dict[str, Any]]:
+    """The change from the clean evaluation, episode by episode on the same seeds, of each PAIRED_METRICS
+    key: mean, std and Student-t interval of (attacked - clean). Pairing removes what the episodes
+    themselves vary by (most crashes happen in the same few traffic situations, attacked or not), so
+    the interval of a rise is much narrower than the two unpaired intervals suggest."""
+    by_seed = {row["seed"]: row for row in clean}
+    missing = [row["seed"] for row in rows if row["seed"] not in by_seed]
+    if missing:
+        raise ValueError(f"{len(missing)} attacked episodes have no clean episode of the same seed (first: {missing[0]})")
+    return {key: mean_ci([row[key] - by_seed[row["seed"]][key] for row in rows]).to_dict() for key in PAIRED_METRICS}
+
+
+PAIRED_METRICS = ("return", "collision_rate")
+
+
 def play_setting(agent, decision, source, setting: Setting, scenario, seeds: Sequence[int], simulator,
-                 device: str, seed: int = 0) -> dict[str, Any]:
-    """Play the evaluation seeds under one setting; its numbers (the "robustness" block's entry)."""
+                 device: str, seed: int = 0, clean: Sequence[EpisodeMetrics] | None = None) -> dict[str, Any]:
+    """Play the evaluation seeds under one setting; its numbers (the "robustness" block's entry).
+    clean: the plain evaluation's episodes of the same seeds; with them the entry also holds the
+    paired change from clean ("vs_clean") and each episode's return and collision ("per_episode")."""
     from agents.evaluate import run_batched_episodes, run_episodes
 
     torch.manual_seed(seed)  # random starts and the random attack: the same numbers every time
@@ -219,6 +236,11 @@ def play_setting(agent, decision, source, setting: Setting, scenario, seeds: Seq
         "action_changed_fraction": attacked.changed_fraction,
         "attack_ms_per_step": attacked.ms_per_observation,  # crafting time per attacked observation
         "seconds": seconds,
+        **({} if clean is None else {
+            "vs_clean": paired_changes(rows, clean),
+            "per_episode": {"seed": [row["seed"] for row in rows], "return": [round(row["return"], 4) for row in rows],
+                            "collision": [int(row["collision_rate"]) for row in rows]},
+        }),
     }
 
 
@@ -389,7 +411,7 @@ def evaluate_robustness(
         if progress:
             log.info("[%d/%d] %s: %s", index, len(settings), setting.name, setting.describe())
         entry = play_setting(loaded.agent, loaded.decision, source, setting, env.scenario, seeds, simulator,
-                             device, seed=seed)
+                             device, seed=seed, clean=report.per_episode)
         if setting.transfer:
             entry["source_run"] = str(source_dir)
         entry["command"] = command
@@ -449,13 +471,24 @@ def table_rows(block: dict[str, Any]) -> list[list[str]]:
 
         changed = "–" if entry["attack"] == "none" else f"{entry['action_changed_fraction']:.1%}"
         cost = "–" if entry["attack"] == "none" else f"{entry['attack_ms_per_step']:.2f}"
-        rows.append([name, entry["description"], cell("return"), cell("collision_rate", True), cell("mean_speed"),
-                     cell("driving_score"), cell("ttc_unsafe_fraction", True), changed, cost])
+        rows.append([name, entry["description"], cell("return"), cell("collision_rate", True), rise_cell(entry),
+                     cell("mean_speed"), cell("driving_score"), cell("ttc_unsafe_fraction", True), changed, cost])
     return rows
 
 
-TABLE_HEADER = ["setting", "what", "return", "collisions", "speed [m/s]", "driving score", "TTC < 2 s",
-                "action changed", "attack ms/step"]
+def rise_cell(entry: dict[str, Any]) -> str:
+    """The paired change of the collision rate from clean [interval], in points: "+2.5 [+0.9, +4.1]";
+    "–" where the entry has none (a file written before pairing was stored)."""
+    change = entry.get("vs_clean", {}).get("collision_rate")
+    if change is None:
+        return "–"
+    if change["ci_low"] is None:
+        return f"{100 * change['mean']:+.1f}"
+    return f"{100 * change['mean']:+.1f} [{100 * change['ci_low']:+.1f}, {100 * change['ci_high']:+.1f}]"
+
+
+TABLE_HEADER = ["setting", "what", "return", "collisions", "collisions vs clean [pts]", "speed [m/s]",
+                "driving score", "TTC < 2 s", "action changed", "attack ms/step"]
 
 
 def markdown_table(block: dict[str, Any]) -> str:

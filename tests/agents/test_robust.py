@@ -14,7 +14,9 @@ import torch
 
 from agents.robust.attacks import ATTACKS, AttackSpec, kl_divergence, objective, perturb_observations, quantize
 from agents.robust.corruptions import CorruptionSpec, corrupted_scenario, parse_corruptions
-from agents.robust.evaluate import evaluate_robustness, masking_checks, parse_eps_list, plan_settings
+from agents.robust.evaluate import (
+    evaluate_robustness, masking_checks, paired_changes, parse_eps_list, plan_settings, rise_cell,
+)
 from agents.train import TrainOptions, train
 from perception.attacks import ascend, format_eps, parse_eps
 from tests.agents import make_tiny, read_scalars
@@ -194,6 +196,16 @@ def test_robustness_block_in_the_json_none_equals_the_plain_evaluation_and_tenso
     assert pgd["episodes"] == 3 and 0.0 <= pgd["action_changed_fraction"] <= 1.0 and pgd["attack_ms_per_step"] > 0
     assert set(pgd["metrics"]) >= {"return", "collision_rate", "mean_speed", "driving_score", "ttc_unsafe_fraction"}
     assert settings["none"]["action_changed_fraction"] == 0.0
+    # each setting is compared with clean episode by episode: `none` changes nothing, and pgd's paired
+    # change is its per-episode outcomes minus the plain evaluation's, on the same seeds
+    clean = data["per_episode"]
+    assert settings["none"]["per_episode"]["return"] == [round(row["return"], 4) for row in clean]
+    assert settings["none"]["vs_clean"]["collision_rate"]["mean"] == 0.0 == settings["none"]["vs_clean"]["return"]["mean"]
+    assert pgd["per_episode"]["seed"] == [row["seed"] for row in clean]
+    assert pgd["vs_clean"]["collision_rate"]["mean"] == pytest.approx(
+        np.mean(pgd["per_episode"]["collision"]) - data["metrics"]["collision_rate"]["mean"])
+    assert pgd["vs_clean"]["return"]["mean"] == pytest.approx(
+        pgd["metrics"]["return"]["mean"] - data["metrics"]["return"]["mean"])
 
     # a later command adds its settings to the same block (same model, seeds, backend)
     _, again, _ = evaluate_robustness(result.run_dir, attacks=["mad"], eps=[EPS], steps=[2], episodes=3, backend="fast",
@@ -294,3 +306,21 @@ def test_the_sa_regularizer_is_zero_at_eps_zero_positive_otherwise_and_reaches_t
     value.backward()
     gradients = [p.grad for p in decision.action_net.parameters()]
     assert all(g is not None for g in gradients) and any(g.abs().sum() > 0 for g in gradients)
+
+
+def test_paired_changes_are_per_episode_differences_on_the_same_seeds():
+    def rows(outcomes):
+        return [{"seed": seed, "return": ret, "collision_rate": crash} for seed, ret, crash in outcomes]
+
+    clean = rows([(7, 20.0, 0.0), (8, 25.0, 0.0), (9, 10.0, 1.0), (10, 24.0, 0.0)])
+    attacked = rows([(9, 10.0, 1.0), (7, 12.0, 1.0), (10, 24.0, 0.0), (8, 25.0, 0.0)])  # another order
+    changes = paired_changes(attacked, clean)
+    assert changes["collision_rate"]["mean"] == pytest.approx(0.25)  # one crash more in four episodes
+    assert changes["return"]["mean"] == pytest.approx(-2.0)
+    assert changes["collision_rate"]["n"] == 4 and changes["collision_rate"]["ci_low"] < 0.25 < changes["collision_rate"]["ci_high"]
+    # the same outcomes in every episode: the interval closes on the mean, where unpaired intervals would not
+    same = paired_changes(clean, clean)["return"]
+    assert same["mean"] == same["ci_low"] == same["ci_high"] == 0.0
+    with pytest.raises(ValueError, match="no clean episode of the same seed"):
+        paired_changes(rows([(11, 1.0, 0.0)]), clean)
+    assert rise_cell({"vs_clean": changes}).startswith("+25.0 [") and rise_cell({}) == "–"
