@@ -487,6 +487,35 @@ def rise_cell(entry: dict[str, Any]) -> str:
     return f"{100 * change['mean']:+.1f} [{100 * change['ci_low']:+.1f}, {100 * change['ci_high']:+.1f}]"
 
 
+def white_box_entries(settings: dict[str, dict[str, Any]], eps: float | None = None) -> list[dict[str, Any]]:
+    """The settings that make up a worst-of at ε (at any ε when None): the white-box attacks crafted
+    on the agent itself (not transfers, not corruptions)."""
+    return [entry for entry in settings.values()
+            if entry["attack"] in WHITE_BOX and not entry.get("transfer") and entry.get("corruption") is None
+            and (eps is None or abs(float(entry["eps"]) - eps) < 1e-9)]
+
+
+def worst_of_lines(block: dict[str, Any]) -> list[str]:
+    """Per ε with white-box attacks: the worst-of (the attack with the highest collision rate, as the
+    report counts it) with its paired change from clean, and the stricter worst case per episode (an
+    episode counts as crashed if any of those attacks crashed it: an attacker who picks the attack per
+    episode), where the entries hold their episodes."""
+    clean = block["settings"].get("none")
+    lines = []
+    for eps in sorted({float(entry["eps"]) for entry in white_box_entries(block["settings"])}):
+        entries = white_box_entries(block["settings"], eps)
+        worst = max(entries, key=lambda entry: _mean(entry, "collision_rate"))
+        line = (f"worst-of at ε = {format_eps(eps)}: {worst['setting']}, {_mean(worst, 'collision_rate'):.1%} collisions "
+                f"({rise_cell(worst)} points vs clean), return {_mean(worst):.2f}")
+        episodes = [entry.get("per_episode") for entry in entries]
+        if clean is not None and all(episodes) and all(e["seed"] == episodes[0]["seed"] for e in episodes):
+            crashed = np.max([e["collision"] for e in episodes], axis=0)  # (episodes,) any attack crashed it
+            line += (f"; any of the {len(entries)} attacks per episode: {crashed.mean():.1%} "
+                     f"({100 * (crashed.mean() - _mean(clean, 'collision_rate')):+.1f} points)")
+        lines.append(line)
+    return lines
+
+
 TABLE_HEADER = ["setting", "what", "return", "collisions", "collisions vs clean [pts]", "speed [m/s]",
                 "driving score", "TTC < 2 s", "action changed", "attack ms/step"]
 
@@ -511,6 +540,8 @@ def print_robustness(block: dict[str, Any], console=None) -> None:
     for row in table_rows(block):
         table.add_row(row[0], *row[2:])
     console.print(table)
+    for line in worst_of_lines(block):
+        console.print(line)
     for line in block["checks"]:
         console.print(f"check: {line}")
     for line in block["warnings"]:

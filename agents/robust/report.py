@@ -27,8 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agents.robust.attacks import ATTACKS, GRADIENT, AttackSpec
+from agents.robust.attacks import ATTACKS, AttackSpec
 from agents.robust.corruptions import KINDS as CORRUPTION_KINDS, CorruptionSpec
+from agents.robust.evaluate import evaluate_robustness, white_box_entries
 from agents.runs import FINAL_MODEL
 from envs.files import atomic_write
 from perception.attacks import format_eps
@@ -89,9 +90,7 @@ def worst_name(budget: float) -> str:
 def worst_of(settings: dict[str, dict[str, Any]], eps: float, metric: str) -> float | None:
     """The worst value of `metric` over one run's white-box settings at ε (None if none was measured):
     the lowest return, the highest collision rate (or other metric where higher is worse)."""
-    values = [_mean(entry, metric) for entry in settings.values()
-              if entry["attack"] in GRADIENT and not entry.get("transfer") and entry.get("corruption") is None
-              and abs(float(entry["eps"]) - eps) < 1e-9]
+    values = [_mean(entry, metric) for entry in white_box_entries(settings, eps)]
     if not values:
         return None
     return min(values) if metric == "return" else max(values)
@@ -190,8 +189,6 @@ def robustness_report(agents: dict[str, list[Path]], attacks: Sequence[str], eps
                       steps: Sequence[int], corruptions: Sequence[CorruptionSpec], episodes: int, out: Path,
                       device: str = "cpu", command: str = "") -> str:
     """Measure every run (resuming from what their evaluation files hold), then write the report; its table."""
-    from agents.robust.evaluate import evaluate_robustness
-
     out.mkdir(parents=True, exist_ok=True)
     blocks: dict[str, list[dict[str, Any]]] = {}
     total = sum(len(runs) for runs in agents.values())

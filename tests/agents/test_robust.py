@@ -15,7 +15,7 @@ import torch
 from agents.robust.attacks import ATTACKS, AttackSpec, kl_divergence, objective, perturb_observations, quantize
 from agents.robust.corruptions import CorruptionSpec, corrupted_scenario, parse_corruptions
 from agents.robust.evaluate import (
-    evaluate_robustness, masking_checks, paired_changes, parse_eps_list, plan_settings, rise_cell,
+    evaluate_robustness, masking_checks, paired_changes, parse_eps_list, plan_settings, rise_cell, worst_of_lines,
 )
 from agents.train import TrainOptions, train
 from perception.attacks import ascend, format_eps, parse_eps
@@ -324,3 +324,39 @@ def test_paired_changes_are_per_episode_differences_on_the_same_seeds():
     with pytest.raises(ValueError, match="no clean episode of the same seed"):
         paired_changes(rows([(11, 1.0, 0.0)]), clean)
     assert rise_cell({"vs_clean": changes}).startswith("+25.0 [") and rise_cell({}) == "–"
+
+
+def test_worst_of_names_the_worst_attack_and_the_per_episode_worst_case():
+    seeds = [1, 2, 3, 4]
+
+    def entry(name, attack, crashes, eps=EPS, transfer=False):
+        rows = [{"seed": seed, "return": 20.0 - 10 * crash, "collision_rate": float(crash)}
+                for seed, crash in zip(seeds, crashes)]
+        metrics = {"return": {"mean": float(np.mean([r["return"] for r in rows]))},
+                   "collision_rate": {"mean": float(np.mean(crashes))}}
+        return {"setting": name, "attack": attack, "eps": eps, "transfer": transfer, "corruption": None,
+                "metrics": metrics, "rows": rows}
+
+    clean = entry("none", "none", [0, 0, 0, 1])
+    settings = {"none": clean,
+                "fgsm-eps3": entry("fgsm-eps3", "fgsm", [1, 0, 0, 1]),
+                "pgd10-eps3": entry("pgd10-eps3", "pgd", [0, 1, 1, 1]),
+                "random-eps3": entry("random-eps3", "random", [1, 1, 1, 1]),  # not white-box: never the worst-of
+                "transfer-pgd10-eps3": entry("transfer-pgd10-eps3", "pgd", [1, 1, 1, 1], transfer=True),
+                "pgd10-eps8": entry("pgd10-eps8", "pgd", [1, 1, 0, 1], eps=8 / 255)}
+    clean_rows = clean["rows"]
+    for setting in settings.values():
+        rows = setting.pop("rows")
+        setting["vs_clean"] = paired_changes(rows, clean_rows)
+        setting["per_episode"] = {"seed": seeds, "return": [r["return"] for r in rows],
+                                  "collision": [int(r["collision_rate"]) for r in rows]}
+    lines = worst_of_lines({"settings": settings})
+    assert len(lines) == 2  # one per ε with white-box attacks
+    assert lines[0].startswith("worst-of at ε = 3/255: pgd10-eps3, 75.0% collisions (+50.0 [")
+    # fgsm crashes episode 1, pgd episodes 2 and 3: an attacker who picks per episode crashes all four
+    assert "any of the 2 attacks per episode: 100.0% (+75.0 points)" in lines[0]
+    assert lines[1].startswith("worst-of at ε = 8/255: pgd10-eps8, 75.0% collisions")
+    # files written before episodes were stored: the worst-of alone
+    for setting in settings.values():
+        del setting["per_episode"]
+    assert "per episode" not in worst_of_lines({"settings": settings})[0]
