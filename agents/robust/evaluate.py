@@ -181,9 +181,10 @@ class AttackedAgent:
 
 def paired_changes(rows: Sequence[EpisodeMetrics], clean: Sequence[EpisodeMetrics]) -> dict[str, dict[str, Any]]:
     """The change from the clean evaluation, episode by episode on the same seeds, of each PAIRED_METRICS
-    key: mean, std and Student-t interval of (attacked - clean). Pairing removes what the episodes
-    themselves vary by (most crashes happen in the same few traffic situations, attacked or not), so
-    the interval of a rise is much narrower than the two unpaired intervals suggest."""
+    key: mean, std and Student-t interval of (attacked - clean). Pairing removes what attacked and
+    clean episodes share (traffic that crashes either way); once an attack changes one decision the
+    two episodes drift apart, so on `highway` the interval of a rise is only a little narrower than
+    an unpaired one (docs/ROBUSTNESS.md)."""
     by_seed = {row["seed"]: row for row in clean}
     missing = [row["seed"] for row in rows if row["seed"] not in by_seed]
     if missing:
@@ -477,14 +478,15 @@ def table_rows(block: dict[str, Any]) -> list[list[str]]:
 
 
 def rise_cell(entry: dict[str, Any]) -> str:
-    """The paired change of the collision rate from clean [interval], in points: "+2.5 [+0.9, +4.1]";
-    "–" where the entry has none (a file written before pairing was stored)."""
+    """The paired change of the collision rate from clean ± the half-width of its 95 % interval (a
+    Student-t interval of a difference: symmetric, never clipped), in points: "+2.5 ± 1.6"; "–" where
+    the entry has none (a file written before pairing was stored)."""
     change = entry.get("vs_clean", {}).get("collision_rate")
     if change is None:
         return "–"
     if change["ci_low"] is None:
         return f"{100 * change['mean']:+.1f}"
-    return f"{100 * change['mean']:+.1f} [{100 * change['ci_low']:+.1f}, {100 * change['ci_high']:+.1f}]"
+    return f"{100 * change['mean']:+.1f} ± {100 * (change['ci_high'] - change['mean']):.1f}"
 
 
 def white_box_entries(settings: dict[str, dict[str, Any]], eps: float | None = None) -> list[dict[str, Any]]:
@@ -500,7 +502,6 @@ def worst_of_lines(block: dict[str, Any]) -> list[str]:
     report counts it) with its paired change from clean, and the stricter worst case per episode (an
     episode counts as crashed if any of those attacks crashed it: an attacker who picks the attack per
     episode), where the entries hold their episodes."""
-    clean = block["settings"].get("none")
     lines = []
     for eps in sorted({float(entry["eps"]) for entry in white_box_entries(block["settings"])}):
         entries = white_box_entries(block["settings"], eps)
@@ -508,15 +509,16 @@ def worst_of_lines(block: dict[str, Any]) -> list[str]:
         line = (f"worst-of at ε = {format_eps(eps)}: {worst['setting']}, {_mean(worst, 'collision_rate'):.1%} collisions "
                 f"({rise_cell(worst)} points vs clean), return {_mean(worst):.2f}")
         episodes = [entry.get("per_episode") for entry in entries]
-        if clean is not None and all(episodes) and all(e["seed"] == episodes[0]["seed"] for e in episodes):
+        if "vs_clean" in worst and all(episodes) and all(e["seed"] == episodes[0]["seed"] for e in episodes):
+            clean_rate = _mean(worst, "collision_rate") - worst["vs_clean"]["collision_rate"]["mean"]
             crashed = np.max([e["collision"] for e in episodes], axis=0)  # (episodes,) any attack crashed it
             line += (f"; any of the {len(entries)} attacks per episode: {crashed.mean():.1%} "
-                     f"({100 * (crashed.mean() - _mean(clean, 'collision_rate')):+.1f} points)")
+                     f"({100 * (crashed.mean() - clean_rate):+.1f} points)")
         lines.append(line)
     return lines
 
 
-TABLE_HEADER = ["setting", "what", "return", "collisions", "collisions vs clean [pts]", "speed [m/s]",
+TABLE_HEADER = ["setting", "what", "return", "collisions", "Δ collisions [pts]", "speed [m/s]",
                 "driving score", "TTC < 2 s", "action changed", "attack ms/step"]
 
 
@@ -536,7 +538,8 @@ def print_robustness(block: dict[str, Any], console=None) -> None:
                         f"(seeds {block['first_seed']}..{block['last_seed']}, {block['model']})")
     for index, header in enumerate(TABLE_HEADER):
         if index != 1:  # the description is in the JSON file and the Markdown table; too wide for a terminal
-            table.add_column(header, justify="left" if index == 0 else "right", no_wrap=index == 0)
+            # (the setting and its "+4.6 ± 2.2" stay on one line; headers shorten first)
+            table.add_column(header, justify="left" if index == 0 else "right", no_wrap=index in (0, 4))
     for row in table_rows(block):
         table.add_row(row[0], *row[2:])
     console.print(table)
