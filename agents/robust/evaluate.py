@@ -501,7 +501,7 @@ def worst_of_lines(block: dict[str, Any]) -> list[str]:
     """Per ε with white-box attacks: the worst-of (the attack with the highest collision rate, as the
     report counts it) with its paired change from clean, and the stricter worst case per episode (an
     episode counts as crashed if any of those attacks crashed it: an attacker who picks the attack per
-    episode), where the entries hold their episodes."""
+    episode), where there are several and the entries hold their episodes."""
     lines = []
     for eps in sorted({float(entry["eps"]) for entry in white_box_entries(block["settings"])}):
         entries = white_box_entries(block["settings"], eps)
@@ -509,7 +509,8 @@ def worst_of_lines(block: dict[str, Any]) -> list[str]:
         line = (f"worst-of at ε = {format_eps(eps)}: {worst['setting']}, {_mean(worst, 'collision_rate'):.1%} collisions "
                 f"({rise_cell(worst)} points vs clean), return {_mean(worst):.2f}")
         episodes = [entry.get("per_episode") for entry in entries]
-        if "vs_clean" in worst and all(episodes) and all(e["seed"] == episodes[0]["seed"] for e in episodes):
+        if (len(entries) > 1 and "vs_clean" in worst and all(episodes)
+                and all(e["seed"] == episodes[0]["seed"] for e in episodes)):
             clean_rate = _mean(worst, "collision_rate") - worst["vs_clean"]["collision_rate"]["mean"]
             crashed = np.max([e["collision"] for e in episodes], axis=0)  # (episodes,) any attack crashed it
             line += (f"; any of the {len(entries)} attacks per episode: {crashed.mean():.1%} "

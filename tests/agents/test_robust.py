@@ -356,6 +356,7 @@ def test_worst_of_names_the_worst_attack_and_the_per_episode_worst_case():
     # fgsm crashes episode 1, pgd episodes 2 and 3: an attacker who picks per episode crashes all four
     assert "any of the 2 attacks per episode: 100.0% (+75.0 points)" in lines[0]
     assert lines[1].startswith("worst-of at ε = 8/255: pgd10-eps8, 75.0% collisions")
+    assert "per episode" not in lines[1]  # one attack at 8/255: its own worst case
     # files written before episodes were stored: the worst-of alone
     for setting in settings.values():
         del setting["per_episode"]
