@@ -202,6 +202,7 @@ def test_robustness_block_in_the_json_none_equals_the_plain_evaluation_and_tenso
     assert settings["none"]["per_episode"]["return"] == [round(row["return"], 4) for row in clean]
     assert settings["none"]["vs_clean"]["collision_rate"]["mean"] == 0.0 == settings["none"]["vs_clean"]["return"]["mean"]
     assert pgd["per_episode"]["seed"] == [row["seed"] for row in clean]
+    assert np.mean(pgd["per_episode"]["return"]) == pytest.approx(pgd["metrics"]["return"]["mean"], abs=1e-3)  # its own episodes
     assert pgd["vs_clean"]["collision_rate"]["mean"] == pytest.approx(
         np.mean(pgd["per_episode"]["collision"]) - data["metrics"]["collision_rate"]["mean"])
     assert pgd["vs_clean"]["return"]["mean"] == pytest.approx(
@@ -338,13 +339,12 @@ def test_worst_of_names_the_worst_attack_and_the_per_episode_worst_case():
         return {"setting": name, "attack": attack, "eps": eps, "transfer": transfer, "corruption": None,
                 "metrics": metrics, "rows": rows}
 
-    clean = entry("none", "none", [0, 0, 0, 1])
+    clean_rows = entry("none", "none", [0, 0, 0, 1])["rows"]
     settings = {"fgsm-eps3": entry("fgsm-eps3", "fgsm", [1, 0, 0, 1]),
                 "pgd10-eps3": entry("pgd10-eps3", "pgd", [0, 1, 1, 1]),
                 "random-eps3": entry("random-eps3", "random", [1, 1, 1, 1]),  # not white-box: never the worst-of
                 "transfer-pgd10-eps3": entry("transfer-pgd10-eps3", "pgd", [1, 1, 1, 1], transfer=True),
                 "pgd10-eps8": entry("pgd10-eps8", "pgd", [1, 1, 0, 1], eps=8 / 255)}
-    clean_rows = clean["rows"]
     for setting in settings.values():
         rows = setting.pop("rows")
         setting["vs_clean"] = paired_changes(rows, clean_rows)
