@@ -100,12 +100,29 @@ class TrainingConfig:
     # actor (MLP and 1x1 map conv); "minibatch": afresh for every minibatch through the whole network,
     # SA-PPO's own way, which costs x29-82 per PPO update on the CPU (docs/ROBUSTNESS.md).
     robust_refresh: Literal["rollout", "minibatch"] = "rollout"
+    # The attack that crafts x^ with robust_refresh "rollout": "mad" (PGD on the KL, SA-PPO's) or "pgd" (PGD
+    # pushing the policy off its clean greedy action, `evaluate --attack pgd`'s objective).
+    robust_attack: Literal["mad", "pgd"] = "mad"
+    # lambda: adversarial imitation. In the imitation phase, lambda x the regret loss on the attacked frames'
+    # features, labelled with the privileged teacher's action values of the same states: the actor learns
+    # which action is right under attack, not only to change little (agents/imitation.py). 0 = off.
+    robust_imitation_weight: Annotated[Number, Field(ge=0.0)] = 0.0
 
     @model_validator(mode="after")
     def _teacher_plans_within_its_horizon(self) -> TrainingConfig:
         if self.teacher_depth > self.teacher_horizon:
             raise ValueError(f"teacher_depth ({self.teacher_depth}) must be <= teacher_horizon ({self.teacher_horizon}): "
                              "the teacher searches that many actions within its horizon")
+        return self
+
+    @model_validator(mode="after")
+    def _attacked_frames_are_cached(self) -> TrainingConfig:
+        if self.robust_refresh == "minibatch" and (self.robust_attack != "mad" or self.robust_imitation_weight > 0):
+            raise ValueError("robust_attack other than mad and robust_imitation_weight > 0 need robust_refresh: "
+                             "rollout (the attacked frames' features are cached once per rollout)")
+        if self.robust_imitation_weight > 0 and not self.robust:
+            raise ValueError("robust_imitation_weight > 0 needs robust_reg: sa (--robust-reg sa), which crafts "
+                             "the attacked frames")
         return self
 
     @property

@@ -24,6 +24,13 @@ of its first SA_FRAME_ENVS envs: the states the current policy reaches), at the 
 schedule at the iteration's last step. With `robust_refresh: rollout` (the default) their attacked
 frames are crafted once, as the iteration collects them, and R reads the cached features; with
 `minibatch` every minibatch attacks its frames afresh.
+
+Adversarial imitation (`training.robust_imitation_weight` λ > 0, with the cached attacked features):
+each minibatch's loss also gets λ times the regret loss on a minibatch of those samples' *attacked*
+features, labelled with the teacher's action values of the same states. The teacher sees the simulator,
+not the frames, so its labels hold whatever the attack does to them: the actor is taught which action
+is right under attack (Madry et al.'s adversarial training, with privileged labels), where R only asks
+that its choice change little, even towards a crashing action.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ class ImitationProgress:
     seconds: float  # since the start of the imitation
     sa_kl: float | None = None  # with `smoothing`: mean SA regulariser R over this iteration's minibatches
     sa_eps: float | None = None  # with `smoothing`: its budget ε in this iteration [0, 1] pixel units
+    attacked_regret: float | None = None  # with adversarial imitation: mean regret loss on the attacked features
 
 
 def actor_logits(policy: ActorCriticPolicy, features: torch.Tensor) -> torch.Tensor:
@@ -122,7 +130,7 @@ def imitate_teacher(
             step_values = teacher.action_values().to(policy.device)  # of the states the frames show
             features[filled : filled + len(step_features)] = step_features
             if samples is not None:
-                samples.add(step, observations, eps)
+                samples.add(step, observations, eps, step_values)
             values[filled : filled + len(step_values)] = step_values
             filled += len(step_features)
             driver = best_actions(step_values, names) if iteration == 0 else greedy
@@ -137,11 +145,14 @@ def imitate_teacher(
                 on_step()
         all_features, all_values = features[:filled], values[:filled]
         sa = None if samples is None else samples.smoothness(eps)
-        _fit(policy, optimizer, all_features, all_values, names, sa)
+        attacked = None if samples is None else samples.attacked_regret(names)
+        _fit(policy, optimizer, all_features, all_values, names, sa, attacked)
         progress = _progress(policy, iteration + 1, all_features, all_values, names, time.perf_counter() - began)
         if sa is not None:
             progress = dataclasses.replace(progress, sa_kl=float(np.mean(sa.values)) if sa.values else 0.0,
                                            sa_eps=sa.eps)
+        if attacked is not None:
+            progress = dataclasses.replace(progress, attacked_regret=float(np.mean(attacked.values)))
         if on_iteration is not None:
             on_iteration(progress)
     return progress
@@ -159,12 +170,14 @@ class _SmoothingSamples:
         rows = steps * self.envs
         if schedule.refresh == "minibatch":  # (rows, C, H, W) uint8
             self.frames = torch.empty((rows, *env.observation_space.shape), dtype=torch.uint8, device=policy.device)
-        else:  # (rows, F) each
+        else:  # (rows, F) each, and the teacher's (rows, A) action values of the same states
             self.clean = torch.empty((rows, policy.features_dim), device=policy.device)
             self.attacked = torch.empty_like(self.clean)
+            self.values = torch.empty((rows, int(env.action_space.n)), device=policy.device)
 
-    def add(self, step: int, observations: np.ndarray | torch.Tensor, eps: float) -> None:
-        """Keep step `step`'s frames (n_envs, C, H, W) uint8 of the first envs, or their features."""
+    def add(self, step: int, observations: np.ndarray | torch.Tensor, eps: float, values: torch.Tensor) -> None:
+        """Keep step `step`'s frames (n_envs, C, H, W) uint8 of the first envs, or their features and the
+        teacher's (n_envs, A) action values."""
         rows = slice(step * self.envs, (step + 1) * self.envs)
         if self.schedule.refresh == "minibatch":
             self.frames[rows] = torch.as_tensor(observations[: self.envs], device=self.policy.device)
@@ -172,7 +185,8 @@ class _SmoothingSamples:
         from agents.robust.sa_ppo import attacked_features
 
         self.clean[rows], self.attacked[rows] = attacked_features(self.policy, observations[: self.envs], eps,
-                                                                  self.schedule.steps)
+                                                                  self.schedule.steps, attack=self.schedule.attack)
+        self.values[rows] = values[: self.envs]
 
     def smoothness(self, eps: float):
         """kappa * R's minibatches (BATCH_SIZE) for the fit after this iteration: agents.robust.sa_ppo.Smoothness."""
@@ -182,10 +196,37 @@ class _SmoothingSamples:
             return fresh_attacks(self.schedule, eps, self.frames, BATCH_SIZE, self.policy)
         return cached_attacks(self.schedule, eps, self.clean, self.attacked, BATCH_SIZE)
 
+    def attacked_regret(self, action_names: tuple[str, ...]) -> _AttackedRegret | None:
+        """λ x the regret loss on the attacked features, for the fit after this iteration (None when λ = 0)."""
+        if self.schedule.imitation_weight <= 0:
+            return None
+        return _AttackedRegret(self.schedule.imitation_weight, self.attacked, self.values, action_names)
+
+
+class _AttackedRegret:
+    """Adversarial imitation's term: λ x `regret_loss` on successive minibatches (BATCH_SIZE) of attacked
+    features (N, F), each sample once per pass, under the teacher's values (N, A) of the clean states."""
+
+    def __init__(self, weight: float, attacked: torch.Tensor, values: torch.Tensor, action_names: tuple[str, ...]) -> None:
+        from agents.robust.sa_ppo import FrameBatches
+
+        self.weight, self.attacked, self.action_names = weight, attacked, action_names
+        self.labels = values
+        self.batches = FrameBatches(len(attacked), BATCH_SIZE)
+        self.values: list[float] = []  # the regret loss of each minibatch, unweighted
+
+    def term(self, policy: ActorCriticPolicy) -> torch.Tensor:
+        batch = self.batches.next().to(self.attacked.device)
+        loss = regret_loss(actor_logits(policy, self.attacked[batch]), self.labels[batch], self.action_names)
+        self.values.append(float(loss.detach()))
+        return self.weight * loss
+
 
 def _fit(policy: ActorCriticPolicy, optimizer: torch.optim.Optimizer, features: torch.Tensor,
-         values: torch.Tensor, action_names: tuple[str, ...], smoothing=None) -> None:
-    """EPOCHS passes of minibatch Adam on the actor over all samples (+ kappa * R with `smoothing`)."""
+         values: torch.Tensor, action_names: tuple[str, ...], smoothing=None,
+         attacked: _AttackedRegret | None = None) -> None:
+    """EPOCHS passes of minibatch Adam on the actor over all samples (+ kappa * R with `smoothing`,
+    + λ x the attacked samples' regret with `attacked`)."""
     policy.set_training_mode(True)
     for _ in range(EPOCHS):
         order = torch.randperm(len(features), device=features.device)
@@ -194,6 +235,8 @@ def _fit(policy: ActorCriticPolicy, optimizer: torch.optim.Optimizer, features: 
             loss = regret_loss(actor_logits(policy, features[batch]), values[batch], action_names)
             if smoothing is not None:
                 loss = loss + smoothing.term(policy)
+            if attacked is not None:
+                loss = loss + attacked.term(policy)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

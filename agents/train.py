@@ -536,7 +536,8 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board
     its finished episodes (safety_train/dagger_teacher/* in the first, where the teacher drives;
     safety_train/dagger/* after, where the learner drives) and, when due, eval/* and a replay.
     `smoothing` (an agents.robust.sa_ppo.SASchedule, `--robust-reg sa`) adds SA-PPO's regulariser to
-    the imitation loss; robust/sa_kl and robust/sa_eps then go to TensorBoard after each iteration."""
+    the imitation loss; robust/sa_kl and robust/sa_eps then go to TensorBoard after each iteration (and
+    robust/attacked_regret with adversarial imitation, `training.robust_imitation_weight`)."""
     from agents.imitation import imitate_teacher
     from agents.teacher import LookaheadTeacher
 
@@ -553,6 +554,8 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board
         if progress.sa_eps is not None:
             model.logger.record("robust/sa_eps", progress.sa_eps)
             model.logger.record("robust/sa_kl", progress.sa_kl)
+        if progress.attacked_regret is not None:
+            model.logger.record("robust/attacked_regret", progress.attacked_regret)
         model.logger.dump(model.num_timesteps)
         for phase, rows in tracker.pop().items():
             if board is not None:

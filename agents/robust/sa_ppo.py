@@ -61,6 +61,8 @@ class SASchedule:
     steps: int  # PGD steps of the MAD attack
     ramp_end: int  # [env steps of the run] where ε reaches `eps`
     refresh: str = "rollout"  # when x̂ is crafted: "rollout" (features cached) or "minibatch" (training.robust_refresh)
+    attack: str = "mad"  # what crafts x̂ with "rollout": "mad" or "pgd" (training.robust_attack)
+    imitation_weight: float = 0.0  # λ of adversarial imitation (training.robust_imitation_weight; agents/imitation.py)
 
     def eps_at(self, num_timesteps: int) -> float:
         """ε at the run's env step `num_timesteps`: linear from 0 at step 0 to `eps` at `ramp_end`."""
@@ -82,7 +84,8 @@ def schedule_for(training, n_envs: int) -> SASchedule | None:
     if ramp_end is None:
         ramp_end = imitation + max(0, training.timesteps - imitation) // 2
     return SASchedule(float(training.robust_reg_weight), float(training.robust_eps), int(training.robust_steps),
-                      ramp_end, training.robust_refresh)
+                      ramp_end, training.robust_refresh, training.robust_attack,
+                      float(training.robust_imitation_weight))
 
 
 def check_robust_training(algo: str, training) -> None:
@@ -121,12 +124,14 @@ def decision_model(policy):
     return DecisionModel(policy, "action")
 
 
-def attacked_features(policy, frames, eps: float, steps: int, batch: int = FEATURE_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+def attacked_features(policy, frames, eps: float, steps: int, batch: int = FEATURE_BATCH,
+                      attack: str = "mad") -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen student's features (N, F) of frames (N, C, H, W) (uint8 values; numpy or tensor) and of
-    their MAD-attacked versions: PGD-`steps` on KL(π(· | x) || π(· | x̂)) through the whole policy as it
-    is now, within ε, re-quantised to uint8. Under one grey level of budget nothing moves and no PGD runs."""
+    their attacked versions: PGD-`steps` through the whole policy as it is now, within ε, re-quantised to
+    uint8, on KL(π(· | x) || π(· | x̂)) (`attack` "mad") or on -log π(a₀ | x̂), a₀ the clean greedy action
+    ("pgd"). Under one grey level of budget nothing moves and no PGD runs."""
     decision = decision_model(policy)
-    spec = AttackSpec("mad", eps, steps=steps)
+    spec = AttackSpec(attack, eps, steps=steps)
     clean, attacked = [], []
     for start in range(0, len(frames), batch):
         chunk = torch.as_tensor(frames[start : start + batch], device=policy.device).to(torch.uint8)  # (b, C, H, W)
@@ -212,7 +217,8 @@ class SmoothPPO(CachedFeaturesPPO):
         frames = frames.reshape(-1, *frames.shape[-3:])  # (N, C, H, W), a view
         if self.smoothing.refresh == "minibatch":
             return fresh_attacks(self.smoothing, eps, frames, self.batch_size, self.policy)
-        clean, attacked = attacked_features(self.policy, frames, eps, self.smoothing.steps)
+        clean, attacked = attacked_features(self.policy, frames, eps, self.smoothing.steps,
+                                            attack=self.smoothing.attack)
         return cached_attacks(self.smoothing, eps, clean, attacked, self.batch_size)
 
     @contextmanager

@@ -28,7 +28,8 @@ def robust_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("robust-training")
     tiny = make_tiny(root)
     settings = yaml.safe_load(tiny.config.read_text())
-    settings["training"].update(imitation_iterations=2, imitation_steps=3, robust_steps=2, eval_every=0)
+    settings["training"].update(imitation_iterations=2, imitation_steps=3, robust_steps=2, eval_every=0,
+                                robust_imitation_weight=1.0)
     config = root / "sa.yaml"
     config.write_text(yaml.safe_dump(settings))
     result = train(TrainOptions(scenario=str(tiny.scenario), timesteps=TIMESTEPS, n_envs=4, logdir=root / "runs",
@@ -60,6 +61,9 @@ def test_a_tiny_robust_run_finishes_and_logs_the_regulariser_and_its_budget(robu
     assert budgets == sorted(budgets) and budgets[0] > 0  # the ramp only goes up
     assert budgets[-1] == pytest.approx(3 / 255)  # PPO's updates after the ramp's end: the full budget
     assert any(step > imitation_steps for step, _ in kl)  # PPO's updates log it too
+    attacked = scalars["robust/attacked_regret"]  # adversarial imitation: after each DAgger iteration only
+    assert [step for step, _ in attacked] == [imitation_steps // 2, imitation_steps]
+    assert all_finite(attacked) and all(value >= 0 for _, value in attacked)
 
 
 def test_a_tiny_run_attacking_every_minibatch_afresh_trains_too(tmp_path):
@@ -190,7 +194,7 @@ def test_the_imitation_term_reaches_the_actor(robust_run, refresh):
         env.close()
     torch.manual_seed(0)
     for step in range(2):
-        samples.add(step, frames, 8 / 255)
+        samples.add(step, frames, 8 / 255, torch.zeros(4, 5))
     smoothing = samples.smoothness(8 / 255)
     policy.optimizer.zero_grad()
     term = smoothing.term(policy)
@@ -198,6 +202,76 @@ def test_the_imitation_term_reaches_the_actor(robust_run, refresh):
     assert smoothing.values[0] > 0 and term.item() == pytest.approx(0.5 * smoothing.values[0])
     actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in actor)
+
+
+def test_adversarial_imitation_fits_the_teachers_labels_on_the_attacked_features(robust_run):
+    """λ x the regret loss on the attacked features of the cached samples, under the teacher's values of
+    the same states; off (None) at λ = 0."""
+    from agents.imitation import _SmoothingSamples, actor_logits, regret_loss
+    from envs.backends import get_backend
+    from envs.fast.simulator import META_ACTIONS
+
+    tiny, result = robust_run
+    policy = _load_trained(result.run_dir).policy
+    frames = _frames(tiny)  # (4, C, H, W)
+    values = torch.tensor([[0.0, 1.0, 0.5, 0.2, 0.1]]).repeat(4, 1)  # (4, A), in META_ACTIONS order: IDLE is best
+    env = get_backend("fast").make_vec_env(str(tiny.scenario), 4, "cpu")
+    try:
+        samples = {weight: _SmoothingSamples(SASchedule(weight=0.5, eps=8 / 255, steps=2, ramp_end=0,
+                                                        imitation_weight=weight), policy, steps=1, env=env)
+                   for weight in (0.0, 2.0)}
+    finally:
+        env.close()
+    for weight, kept in samples.items():
+        torch.manual_seed(0)
+        kept.add(0, frames, 8 / 255, values)
+    assert samples[0.0].attacked_regret(META_ACTIONS) is None
+    kept = samples[2.0]
+    assert torch.equal(kept.values, values)
+    assert not torch.equal(kept.attacked, kept.clean)  # 8 grey levels moved the features
+    term = kept.attacked_regret(META_ACTIONS)
+    policy.optimizer.zero_grad()
+    loss = term.term(policy)
+    loss.backward()
+    with torch.no_grad():
+        expected = regret_loss(actor_logits(policy, kept.attacked), values, META_ACTIONS)
+        on_clean = regret_loss(actor_logits(policy, kept.clean), values, META_ACTIONS)
+    assert term.values == [pytest.approx(float(expected))]  # one minibatch holds all 4 samples
+    assert loss.item() == pytest.approx(2.0 * float(expected))
+    assert float(expected) != pytest.approx(float(on_clean))  # it reads the attacked features, not the clean
+    actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in actor)
+
+
+def test_the_pgd_crafting_attack_pushes_the_policy_off_its_greedy_action(robust_run):
+    from agents.robust.attacks import AttackSpec, perturb_frames
+    from agents.robust.sa_ppo import attacked_features
+
+    tiny, result = robust_run
+    policy = _load_trained(result.run_dir).policy
+    frames = torch.from_numpy(_frames(tiny))  # (4, C, H, W) uint8
+    torch.manual_seed(0)
+    clean, attacked = attacked_features(policy, frames, 8 / 255, steps=3, attack="pgd")
+    torch.manual_seed(0)
+    by_hand = perturb_frames(decision_model(policy), frames, AttackSpec("pgd", 8 / 255, steps=3))
+    assert (by_hand.to(torch.int16) - frames.to(torch.int16)).abs().max() <= 8
+    with torch.no_grad():
+        assert torch.allclose(attacked, policy.extract_features(by_hand), atol=1e-5)
+        logits_clean, logits_attacked = decision_model(policy)(frames.float() / 255), decision_model(policy)(by_hand.float() / 255)
+    greedy = logits_clean.argmax(dim=1, keepdim=True)
+    probability = lambda logits: torch.softmax(logits, dim=1).gather(1, greedy)[:, 0]  # noqa: E731
+    assert bool((probability(logits_attacked) < probability(logits_clean)).all())  # the greedy action lost ground
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"robust_reg": "sa", "robust_refresh": "minibatch", "robust_imitation_weight": 1.0}, "robust_refresh: rollout"),
+    ({"robust_reg": "sa", "robust_refresh": "minibatch", "robust_attack": "pgd"}, "robust_refresh: rollout"),
+    ({"robust_reg": "none", "robust_imitation_weight": 1.0}, "needs robust_reg: sa"),
+    ({"robust_reg": "sa", "robust_attack": "critic"}, "robust_attack"),
+])
+def test_adversarial_imitation_settings_it_cannot_honour_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_agent_config("highway", None, {"training": overrides}, backend="fast")
 
 
 def _load_trained(run_dir):
