@@ -222,7 +222,7 @@ def test_adversarial_imitation_fits_the_teachers_labels_on_the_attacked_features
                    for weight in (0.0, 2.0)}
     finally:
         env.close()
-    for weight, kept in samples.items():
+    for kept in samples.values():
         torch.manual_seed(0)
         kept.add(0, frames, 8 / 255, values)
     assert samples[0.0].attacked_regret(META_ACTIONS) is None
@@ -251,7 +251,7 @@ def test_the_pgd_crafting_attack_pushes_the_policy_off_its_greedy_action(robust_
     policy = _load_trained(result.run_dir).policy
     frames = torch.from_numpy(_frames(tiny))  # (4, C, H, W) uint8
     torch.manual_seed(0)
-    clean, attacked = attacked_features(policy, frames, 8 / 255, steps=3, attack="pgd")
+    _, attacked = attacked_features(policy, frames, 8 / 255, steps=3, attack="pgd")
     torch.manual_seed(0)
     by_hand = perturb_frames(decision_model(policy), frames, AttackSpec("pgd", 8 / 255, steps=3))
     assert (by_hand.to(torch.int16) - frames.to(torch.int16)).abs().max() <= 8
@@ -259,8 +259,10 @@ def test_the_pgd_crafting_attack_pushes_the_policy_off_its_greedy_action(robust_
         assert torch.allclose(attacked, policy.extract_features(by_hand), atol=1e-5)
         logits_clean, logits_attacked = decision_model(policy)(frames.float() / 255), decision_model(policy)(by_hand.float() / 255)
     greedy = logits_clean.argmax(dim=1, keepdim=True)
-    probability = lambda logits: torch.softmax(logits, dim=1).gather(1, greedy)[:, 0]  # noqa: E731
-    assert bool((probability(logits_attacked) < probability(logits_clean)).all())  # the greedy action lost ground
+    def greedy_probability(logits: torch.Tensor) -> torch.Tensor:  # (B,)
+        return torch.softmax(logits, dim=1).gather(1, greedy)[:, 0]
+
+    assert bool((greedy_probability(logits_attacked) < greedy_probability(logits_clean)).all())  # it lost ground
 
 
 @pytest.mark.parametrize("overrides, message", [
