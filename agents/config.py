@@ -101,11 +101,13 @@ class TrainingConfig:
     # SA-PPO's own way, which costs x29-82 per PPO update on the CPU (docs/ROBUSTNESS.md).
     robust_refresh: Literal["rollout", "minibatch"] = "rollout"
     # The attack that crafts x^ with robust_refresh "rollout": "mad" (PGD on the KL, SA-PPO's) or "pgd" (PGD
-    # pushing the policy off its clean greedy action, `evaluate --attack pgd`'s objective).
+    # pushing the policy off its clean greedy action, `evaluate --attack pgd`'s objective; its PPO phase broke the
+    # agent on the one seed tried: docs/ROBUSTNESS.md, (l)).
     robust_attack: Literal["mad", "pgd"] = "mad"
     # lambda: adversarial imitation. In the imitation phase, lambda x the regret loss on the attacked frames'
     # features, labelled with the privileged teacher's action values of the same states: the actor learns
-    # which action is right under attack, not only to change little (agents/imitation.py). 0 = off.
+    # which action is right under attack, not only to change little (agents/imitation.py). 0 = off. One seed
+    # tried (docs/ROBUSTNESS.md, (k)): no more robust after the imitation, and it drove worse after PPO.
     robust_imitation_weight: Annotated[Number, Field(ge=0.0)] = 0.0
 
     @model_validator(mode="after")
