@@ -145,7 +145,7 @@ def imitate_teacher(
                 on_step()
         all_features, all_values = features[:filled], values[:filled]
         sa = None if samples is None else samples.smoothness(eps)
-        attacked = None if samples is None else samples.attacked_regret(names)
+        attacked = None if samples is None else samples.attacked_regret(eps, names)
         _fit(policy, optimizer, all_features, all_values, names, sa, attacked)
         progress = _progress(policy, iteration + 1, all_features, all_values, names, time.perf_counter() - began)
         if sa is not None:
@@ -196,37 +196,25 @@ class _SmoothingSamples:
             return fresh_attacks(self.schedule, eps, self.frames, BATCH_SIZE, self.policy)
         return cached_attacks(self.schedule, eps, self.clean, self.attacked, BATCH_SIZE)
 
-    def attacked_regret(self, action_names: tuple[str, ...]) -> _AttackedRegret | None:
-        """λ x the regret loss on the attacked features, for the fit after this iteration (None when λ = 0)."""
+    def attacked_regret(self, eps: float, action_names: tuple[str, ...]):
+        """λ x the teacher's regret loss on the attacked features (N, F) under its values (N, A) of the clean
+        states, minibatches of BATCH_SIZE for the fit after this iteration; None when λ = 0."""
         if self.schedule.imitation_weight <= 0:
             return None
-        return _AttackedRegret(self.schedule.imitation_weight, self.attacked, self.values, action_names)
+        from agents.robust.sa_ppo import Smoothness
 
+        def regret_on_attacked(policy: ActorCriticPolicy, batch: torch.Tensor) -> torch.Tensor:
+            batch = batch.to(self.attacked.device)
+            return regret_loss(actor_logits(policy, self.attacked[batch]), self.values[batch], action_names)
 
-class _AttackedRegret:
-    """Adversarial imitation's term: λ x `regret_loss` on successive minibatches (BATCH_SIZE) of attacked
-    features (N, F), each sample once per pass, under the teacher's values (N, A) of the clean states."""
-
-    def __init__(self, weight: float, attacked: torch.Tensor, values: torch.Tensor, action_names: tuple[str, ...]) -> None:
-        from agents.robust.sa_ppo import FrameBatches
-
-        self.weight, self.attacked, self.action_names = weight, attacked, action_names
-        self.labels = values
-        self.batches = FrameBatches(len(attacked), BATCH_SIZE)
-        self.values: list[float] = []  # the regret loss of each minibatch, unweighted
-
-    def term(self, policy: ActorCriticPolicy) -> torch.Tensor:
-        batch = self.batches.next().to(self.attacked.device)
-        loss = regret_loss(actor_logits(policy, self.attacked[batch]), self.labels[batch], self.action_names)
-        self.values.append(float(loss.detach()))
-        return self.weight * loss
+        return Smoothness(self.schedule.imitation_weight, eps, len(self.attacked), BATCH_SIZE, regret_on_attacked)
 
 
 def _fit(policy: ActorCriticPolicy, optimizer: torch.optim.Optimizer, features: torch.Tensor,
          values: torch.Tensor, action_names: tuple[str, ...], smoothing=None,
-         attacked: _AttackedRegret | None = None) -> None:
+         attacked=None) -> None:
     """EPOCHS passes of minibatch Adam on the actor over all samples (+ kappa * R with `smoothing`,
-    + λ x the attacked samples' regret with `attacked`)."""
+    + λ x the attacked samples' regret with `attacked`: both agents.robust.sa_ppo.Smoothness)."""
     policy.set_training_mode(True)
     for _ in range(EPOCHS):
         order = torch.randperm(len(features), device=features.device)

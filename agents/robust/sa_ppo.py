@@ -147,21 +147,22 @@ def attacked_features(policy, frames, eps: float, steps: int, batch: int = FEATU
 
 
 class Smoothness:
-    """kappa * R on successive minibatches of one rollout's (or DAgger iteration's) samples, each sample
-    once per pass (`FrameBatches`). Built by `fresh_attacks` or `cached_attacks`; `values` collects R."""
+    """weight * R on successive minibatches of one rollout's (or DAgger iteration's) samples, each sample
+    once per pass (`FrameBatches`). Built by `fresh_attacks` or `cached_attacks` (weight κ), or by the
+    imitation's adversarial term (weight λ, R its regret loss); `values` collects R."""
 
-    def __init__(self, schedule: SASchedule, eps: float, count: int, batch_size: int,
+    def __init__(self, weight: float, eps: float, count: int, batch_size: int,
                  regulariser: Callable[[object, torch.Tensor], torch.Tensor]) -> None:
-        self.schedule, self.eps = schedule, eps
+        self.weight, self.eps = weight, eps
         self.batches = FrameBatches(count, batch_size)
         self.regulariser = regulariser  # (policy, indices (b,)) -> R on those samples
         self.values: list[float] = []  # R of each minibatch
 
     def term(self, policy) -> torch.Tensor:
-        """kappa * R on the next minibatch (a scalar that carries gradients to the actor, except at ε = 0)."""
+        """weight * R on the next minibatch (a scalar that carries gradients to the actor, except at ε = 0)."""
         regulariser = self.regulariser(policy, self.batches.next())
         self.values.append(float(regulariser.detach()))
-        return self.schedule.weight * regulariser
+        return self.weight * regulariser
 
 
 def fresh_attacks(schedule: SASchedule, eps: float, frames, batch_size: int, policy) -> Smoothness:
@@ -175,7 +176,7 @@ def fresh_attacks(schedule: SASchedule, eps: float, frames, batch_size: int, pol
         chunk = torch.as_tensor(frames[batch.to(device)], device=policy.device).to(torch.uint8)
         return schedule.loss(decision, chunk, eps)
 
-    return Smoothness(schedule, eps, len(frames), batch_size, regulariser)
+    return Smoothness(schedule.weight, eps, len(frames), batch_size, regulariser)
 
 
 def cached_attacks(schedule: SASchedule, eps: float, clean: torch.Tensor, attacked: torch.Tensor,
@@ -185,7 +186,7 @@ def cached_attacks(schedule: SASchedule, eps: float, clean: torch.Tensor, attack
         batch = batch.to(clean.device)
         return feature_regularizer(policy, clean[batch], attacked[batch])
 
-    return Smoothness(schedule, eps, len(clean), batch_size, regulariser)
+    return Smoothness(schedule.weight, eps, len(clean), batch_size, regulariser)
 
 
 class SmoothPPO(CachedFeaturesPPO):

@@ -225,11 +225,11 @@ def test_adversarial_imitation_fits_the_teachers_labels_on_the_attacked_features
     for kept in samples.values():
         torch.manual_seed(0)
         kept.add(0, frames, 8 / 255, values)
-    assert samples[0.0].attacked_regret(META_ACTIONS) is None
+    assert samples[0.0].attacked_regret(8 / 255, META_ACTIONS) is None
     kept = samples[2.0]
     assert torch.equal(kept.values, values)
     assert not torch.equal(kept.attacked, kept.clean)  # 8 grey levels moved the features
-    term = kept.attacked_regret(META_ACTIONS)
+    term = kept.attacked_regret(8 / 255, META_ACTIONS)
     policy.optimizer.zero_grad()
     loss = term.term(policy)
     loss.backward()
