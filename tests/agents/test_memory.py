@@ -48,7 +48,7 @@ def test_the_highway_recipe_per_env():
     parts = memory_need(config, features).parts
     assert parts == {
         "simulator": (SIMULATOR_BYTES_PER_ENV, "device"),
-        "imitation": (12 * 40 * (features + 5) * 4, "device"),
+        "imitation": (6 * 40 * (features + 5) * 4, "device"),  # highway@fast: 6 DAgger iterations of 40 steps
         "rollout": (steps * (math.prod(FRAME) + 4 * features + 4 * ROLLOUT_FLOATS), "host"),
         "robust": (2 * steps * features * 4, "device"),
     }
@@ -73,7 +73,7 @@ def test_a_run_that_does_not_fit_says_how_many_envs_do():
         check_n_envs_fit(config, torch.device("cpu"), available=lambda pool: free)
     message = str(error.value)
     assert message.startswith("--n-envs 1,000 needs about ") and "on cpu" in message and "\n" not in message
-    assert message.endswith("at most 300 envs fit") and "imitation 4.43" in message
+    assert message.endswith("at most 300 envs fit") and "imitation 2.22" in message
     check_n_envs_fit(dataclasses.replace(config, n_envs=300), torch.device("cpu"), available=lambda pool: free)
     check_n_envs_fit(config, torch.device("cpu"), available=lambda pool: None)  # unknown: not checked
 
@@ -89,7 +89,7 @@ def test_on_a_gpu_device_parts_and_host_parts_are_checked_apart():
     free["cpu"] = 1000 * host_bytes
     check_n_envs_fit(config, torch.device("cuda"), available=lambda pool: free[pool.type])
     free["cuda"] = 999 * device_bytes
-    with pytest.raises(ValueError, match=r"on cuda .*simulator 0\.33, imitation 4\.43, robust 1\.18.*at most 999 envs"):
+    with pytest.raises(ValueError, match=r"on cuda .*simulator 0\.33, imitation 2\.22, robust 1\.18.*at most 999 envs"):
         check_n_envs_fit(config, torch.device("cuda"), available=lambda pool: free[pool.type])
 
 

@@ -299,11 +299,15 @@ def test_frame_batches_cover_every_frame_once_per_pass():
         assert sorted(torch.cat(drawn).tolist()) == list(range(10))
 
 
-@pytest.mark.parametrize("ramp_steps, expected_end", [(None, 12 * 40 * 256 + (200_000 - 12 * 40 * 256) // 2),
+HIGHWAY_IMITATION = 6 * 40 * 256  # highway@fast: 6 DAgger iterations of 40 steps in 256 envs
+
+
+@pytest.mark.parametrize("ramp_steps, expected_end", [(None, HIGHWAY_IMITATION + (200_000 - HIGHWAY_IMITATION) // 2),
                                                       (0, 0), (20_480, 20_480)])
 def test_the_ramp_ends_halfway_through_ppo_unless_robust_ramp_steps_says_where(ramp_steps, expected_end):
     overrides = {"training": {"robust_reg": "sa", "robust_ramp_steps": ramp_steps}}
     training = load_agent_config("highway", None, overrides, backend="fast").training
+    assert training.imitation_iterations * training.imitation_steps * 256 == HIGHWAY_IMITATION
     schedule = schedule_for(training, n_envs=256)
     assert schedule.ramp_end == expected_end
     assert schedule.eps_at(0) == (pytest.approx(3 / 255) if ramp_steps == 0 else 0.0)
