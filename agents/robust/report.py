@@ -12,8 +12,11 @@ the same model and seeds is read back, not played again, so a killed report goes
 Per agent and setting the cells are the **median and interquartile range over the agent's runs** of
 each run's mean over the episodes. **Worst-of** at an ε: for each run, the lowest mean return and the
 highest collision rate among its white-box attacks (fgsm, pgd, mad, critic) at that ε, then median
-and IQR over runs. Written to `--out`: report.json (every run's numbers), report.md (the table) and
-robustness-eps.png (return and collision rate against ε, per agent).
+and IQR over runs. Under the table, the **pooled paired rise** of the collision rate per agent: each
+white-box attack's per-episode change from the clean episode of the same seed, pooled over all the
+agent's runs (n runs x N episodes, so its interval is about sqrt(n) narrower than one run's). Written
+to `--out`: report.json (every run's numbers), report.md (the tables) and robustness-eps.png (return
+and collision rate against ε, per agent).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import numpy as np
 
 from agents.robust.attacks import ATTACKS, AttackSpec
 from agents.robust.corruptions import KINDS as CORRUPTION_KINDS, CorruptionSpec
-from agents.robust.evaluate import evaluate_robustness, white_box_entries
+from agents.evaluate import Estimate, mean_ci
+from agents.robust.evaluate import evaluate_robustness, rise_cell, white_box_entries
 from agents.runs import FINAL_MODEL
 from envs.files import atomic_write
 from perception.attacks import format_eps
@@ -118,6 +122,53 @@ def rows(blocks: dict[str, list[dict[str, Any]]], eps: Sequence[float]) -> list[
     return table
 
 
+def _collision_changes(entry: dict[str, Any], clean: dict[int, int]) -> list[int]:
+    """Per episode of an attacked entry: its collision (0/1) minus the clean episode's of the same seed."""
+    episodes = entry["per_episode"]
+    return [crashed - clean[seed] for seed, crashed in zip(episodes["seed"], episodes["collision"])]
+
+
+def pooled_rises(runs: Sequence[dict[str, Any]], eps: Sequence[float]) -> dict[str, Estimate]:
+    """{setting or worst-of name: the paired change of the collision rate pooled over the runs' episodes}.
+    Each run's clean episodes are its "none" setting's; a setting is pooled only where every run holds
+    its episodes. The worst-of takes each run's own worst attack (the highest collision rate), which
+    biases it upwards a little, as picking the worst of noisy numbers does."""
+    if not all("per_episode" in block["settings"].get("none", {}) for block in runs):
+        return {}
+    cleans = [dict(zip(block["settings"]["none"]["per_episode"]["seed"],
+                       block["settings"]["none"]["per_episode"]["collision"])) for block in runs]
+    pooled: dict[str, Estimate] = {}
+    for budget in eps:
+        per_run = [white_box_entries(block["settings"], budget) for block in runs]
+        if not all(entries and all("per_episode" in entry for entry in entries) for entries in per_run):
+            continue
+        for entry in sorted(per_run[0], key=_table_order):  # the attacks every run measured, in table order
+            name = entry["setting"]
+            if all(name in block["settings"] for block in runs):
+                pooled[name] = mean_ci([change for block, clean in zip(runs, cleans)
+                                        for change in _collision_changes(block["settings"][name], clean)])
+        worst = [max(entries, key=lambda entry: _mean(entry, "collision_rate")) for entries in per_run]
+        pooled[worst_name(budget)] = mean_ci([change for entry, clean in zip(worst, cleans)
+                                              for change in _collision_changes(entry, clean)])
+    return pooled
+
+
+def pooled_markdown(blocks: dict[str, list[dict[str, Any]]], eps: Sequence[float]) -> str:
+    """The pooled paired rises, one row per attack (and worst-of), one column per agent; "" if none."""
+    pooled = {agent: pooled_rises(runs, eps) for agent, runs in blocks.items()}
+    names = [name for name in next(iter(pooled.values())) if all(name in rises for rises in pooled.values())]
+    if not names:
+        return ""
+    agents = list(blocks)
+    lines = ["Collision rate's paired rise from clean, pooled over each agent's runs (points, mean ± 95 % "
+             "half-width; episodes per agent: runs x episodes):", "",
+             "| setting | " + " | ".join(agents) + " |", "| --- | " + " | ".join("---" for _ in agents) + " |"]
+    for name in names:
+        cells = [rise_cell({"vs_clean": {"collision_rate": pooled[agent][name].to_dict()}}) for agent in agents]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _table_order(entry: dict[str, Any]) -> tuple:
     """Sort key of a setting's entry (an evaluation's "robustness" settings)."""
     corruption = entry.get("corruption")
@@ -204,6 +255,9 @@ def robustness_report(agents: dict[str, list[Path]], attacks: Sequence[str], eps
             blocks[agent].append(block)
     table = rows(blocks, eps)
     text = markdown(table, agents)
+    pooled = pooled_markdown(blocks, eps)
+    if pooled:
+        text += "\n\n" + pooled
     data = {"command": command, "agents": {agent: [str(run) for run in runs] for agent, runs in agents.items()},
             "blocks": blocks}
     atomic_write(out / DATA_FILE, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.robust.report import Cell, markdown, parse_agents, rows, worst_of
+from agents.robust.report import Cell, markdown, parse_agents, pooled_markdown, pooled_rises, rows, worst_of
 from agents.train import TrainOptions, train
 from tests.agents import make_tiny
 
@@ -74,6 +74,45 @@ def test_a_setting_missing_for_one_run_is_left_out():
     assert "fgsm-eps3" not in names and "pgd10-eps3" in names
 
 
+def _with_episodes(entry: dict, name: str, collisions: list[int]) -> dict:
+    return {**entry, "setting": name, "per_episode": {"seed": list(range(100, 100 + len(collisions))),
+                                                      "collision": collisions}}
+
+
+def _run(clean: list[int], fgsm: list[int], pgd: list[int]) -> dict:
+    e = 3 / 255
+    rate = lambda crashes: sum(crashes) / len(crashes)  # noqa: E731
+    return {"settings": {
+        "none": _with_episodes(_entry("none", 0.0, 25, rate(clean)), "none", clean),
+        "fgsm-eps3": _with_episodes(_entry("fgsm", e, 24, rate(fgsm)), "fgsm-eps3", fgsm),
+        "pgd10-eps3": _with_episodes(_entry("pgd", e, 24, rate(pgd)), "pgd10-eps3", pgd),
+    }}
+
+
+def test_pooled_rises_pair_each_episode_with_its_own_runs_clean_episode_and_worst_of_takes_each_runs_worst():
+    one = _run(clean=[0, 0, 1, 0], fgsm=[1, 0, 1, 0], pgd=[1, 1, 0, 0])  # fgsm +1 (25 %), pgd +1 (25 %): a tie
+    two = _run(clean=[1, 0, 0, 0], fgsm=[1, 0, 0, 0], pgd=[1, 1, 1, 0])  # fgsm +0, pgd +2 (50 %): pgd is the worst
+    pooled = pooled_rises([one, two], [3 / 255])
+    assert list(pooled) == ["fgsm-eps3", "pgd10-eps3", "worst-eps3"]
+    assert pooled["fgsm-eps3"].n == 8 and pooled["fgsm-eps3"].mean == pytest.approx(1 / 8)
+    pgd_changes = [1, 1, -1, 0, 0, 1, 1, 0]
+    assert pooled["pgd10-eps3"].mean == pytest.approx(np.mean(pgd_changes))
+    assert pooled["pgd10-eps3"].std == pytest.approx(np.std(pgd_changes, ddof=1))
+    # worst-of: run one's fgsm (first of the tie, as max keeps it), run two's pgd
+    assert pooled["worst-eps3"].mean == pytest.approx(np.mean([1, 0, 0, 0, 0, 1, 1, 0]))
+    assert pooled_rises([one, two], [8 / 255]) == {}  # nothing measured at that ε
+    del two["settings"]["none"]["per_episode"]
+    assert pooled_rises([one, two], [3 / 255]) == {}  # a run without clean episodes: nothing to pair with
+
+
+def test_pooled_markdown_has_a_row_per_attack_and_a_column_per_agent():
+    runs = [_run([0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0])] * 2
+    text = pooled_markdown({"m": runs, "e": runs}, [3 / 255])
+    assert "| setting | m | e |" in text
+    assert "| pgd10-eps3 | +50.0 ± " in text and "| worst-eps3 | +50.0 ± " in text
+    assert pooled_markdown({"m": [_block(0.0)]}, [3 / 255]) == ""  # blocks without episodes: no table
+
+
 def test_cell_statistics_match_numpy():
     cell = Cell((1.0, 5.0, 2.0, 8.0))
     assert cell.median == np.median([1, 5, 2, 8]) and cell.iqr == (1.75, 5.75)
@@ -121,8 +160,10 @@ def test_the_report_measures_every_seed_writes_table_json_and_plot_and_resumes(t
     first = _report(two_seeds, out)
     assert first.returncode == 0, first.stderr
     table = (out / "report.md").read_text()
-    assert [line.split(" | ")[0] for line in table.splitlines()[2:]] == ["| none", "| random-eps8", "| fgsm-eps8",
-                                                                         "| worst-eps8"]
+    main, pooled = table.split("\n\n", 1)  # the median/IQR table, then the pooled rises
+    assert [line.split(" | ")[0] for line in main.splitlines()[2:]] == ["| none", "| random-eps8", "| fgsm-eps8",
+                                                                        "| worst-eps8"]
+    assert [line.split(" | ")[0] for line in pooled.splitlines()[4:]] == ["| fgsm-eps8", "| worst-eps8"]
     data = json.loads((out / "report.json").read_text())
     assert list(data["agents"]) == ["t"] and len(data["blocks"]["t"]) == 2
     played = [block["settings"]["fgsm-eps8"]["seconds"] for block in data["blocks"]["t"]]
