@@ -30,9 +30,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from agents.evaluate import Estimate, mean_ci
 from agents.robust.attacks import ATTACKS, AttackSpec
 from agents.robust.corruptions import KINDS as CORRUPTION_KINDS, CorruptionSpec
-from agents.evaluate import Estimate, mean_ci
 from agents.robust.evaluate import evaluate_robustness, rise_cell, white_box_entries
 from agents.runs import FINAL_MODEL
 from envs.files import atomic_write
@@ -160,8 +160,9 @@ def pooled_markdown(blocks: dict[str, list[dict[str, Any]]], eps: Sequence[float
     if not names:
         return ""
     agents = list(blocks)
-    lines = ["Collision rate's paired rise from clean, pooled over each agent's runs (points, mean ± 95 % "
-             "half-width; episodes per agent: runs x episodes):", "",
+    title = ("Collision rate's paired rise from clean, pooled over each agent's runs (points, mean ± 95 % "
+             "half-width; episodes per agent: runs x episodes):")
+    lines = [title, "",
              "| setting | " + " | ".join(agents) + " |", "| --- | " + " | ".join("---" for _ in agents) + " |"]
     for name in names:
         cells = [rise_cell({"vs_clean": {"collision_rate": pooled[agent][name].to_dict()}}) for agent in agents]

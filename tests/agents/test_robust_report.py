@@ -81,11 +81,10 @@ def _with_episodes(entry: dict, name: str, collisions: list[int]) -> dict:
 
 def _run(clean: list[int], fgsm: list[int], pgd: list[int]) -> dict:
     e = 3 / 255
-    rate = lambda crashes: sum(crashes) / len(crashes)  # noqa: E731
     return {"settings": {
-        "none": _with_episodes(_entry("none", 0.0, 25, rate(clean)), "none", clean),
-        "fgsm-eps3": _with_episodes(_entry("fgsm", e, 24, rate(fgsm)), "fgsm-eps3", fgsm),
-        "pgd10-eps3": _with_episodes(_entry("pgd", e, 24, rate(pgd)), "pgd10-eps3", pgd),
+        "none": _with_episodes(_entry("none", 0.0, 25, np.mean(clean)), "none", clean),
+        "fgsm-eps3": _with_episodes(_entry("fgsm", e, 24, np.mean(fgsm)), "fgsm-eps3", fgsm),
+        "pgd10-eps3": _with_episodes(_entry("pgd", e, 24, np.mean(pgd)), "pgd10-eps3", pgd),
     }}
 
 
