@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -49,6 +49,9 @@ from agents.device_rollout import fast_env_of
 from agents.teacher import LookaheadTeacher, best_actions
 from envs.fast.simulator import META_ACTIONS
 from envs.backends import privileged_simulator
+
+if TYPE_CHECKING:  # sa_ppo is imported where it is used: only robust runs need it
+    from agents.robust.sa_ppo import Smoothness
 
 TIE_BREAK_WEIGHT = 0.05  # weight of the cross-entropy to the teacher's best action in the loss
 EPOCHS = 5  # passes over all samples after each iteration (drove better than 10 with the feature map, at half
@@ -196,7 +199,7 @@ class _SmoothingSamples:
             return fresh_attacks(self.schedule, eps, self.frames, BATCH_SIZE, self.policy)
         return cached_attacks(self.schedule, eps, self.clean, self.attacked, BATCH_SIZE)
 
-    def attacked_regret(self, eps: float, action_names: tuple[str, ...]):
+    def attacked_regret(self, eps: float, action_names: tuple[str, ...]) -> Smoothness | None:
         """λ x the teacher's regret loss on the attacked features (N, F) under its values (N, A) of the clean
         states, minibatches of BATCH_SIZE for the fit after this iteration; None when λ = 0."""
         if self.schedule.imitation_weight <= 0:
@@ -211,8 +214,8 @@ class _SmoothingSamples:
 
 
 def _fit(policy: ActorCriticPolicy, optimizer: torch.optim.Optimizer, features: torch.Tensor,
-         values: torch.Tensor, action_names: tuple[str, ...], smoothing=None,
-         attacked=None) -> None:
+         values: torch.Tensor, action_names: tuple[str, ...], smoothing: Smoothness | None = None,
+         attacked: Smoothness | None = None) -> None:
     """EPOCHS passes of minibatch Adam on the actor over all samples (+ kappa * R with `smoothing`,
     + λ x the attacked samples' regret with `attacked`: both agents.robust.sa_ppo.Smoothness)."""
     policy.set_training_mode(True)
