@@ -201,7 +201,7 @@ def cmd_bench_teacher(args: argparse.Namespace) -> None:
     from agents.evaluate import print_report
 
     settings = {name: getattr(args, name) for name in ("depth", "horizon", "min_headway_s", "min_ttc_s", "ttc_penalty",
-                                                       "sight")}
+                                                       "sight", "plan_hz")}
     given = {name: value for name, value in settings.items() if value is not None}  # the rest: the teacher's defaults
     report = teacher_ceiling(scenario=args.scenario, episodes=args.episodes, **given)
     print_report(report)
@@ -493,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_teacher.add_argument("--ttc-penalty", type=float, help="cost of such a step; 0 = none")
     bench_teacher.add_argument("--sight", choices=("all", "camera"),  # agents.teacher.SIGHTS (not imported: --help stays light)
                                help="plan with every vehicle (all, the default) or only those the top-down camera frame shows")
+    bench_teacher.add_argument("--plan-hz", type=positive_int,
+                               help="physics steps per second of the plans' simulation (default: the scenario's own)")
     bench_teacher.set_defaults(func=cmd_bench_teacher)
 
     bench_constant = bench_kinds.add_parser(

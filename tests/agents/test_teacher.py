@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from agents.teacher import LookaheadTeacher, best_actions, hide_unseen
+from agents.teacher import LookaheadTeacher, best_actions, hide_unseen, planning_scenario
 from envs.fast.params import LANE_WIDTH_M
 from envs.fast.simulator import IDLE, FastHighway
 from scenarios import load_scenario
@@ -107,11 +107,35 @@ def test_it_drives_faster_than_idling_without_crashing():
 
 @pytest.mark.parametrize(
     "kwargs", [{"depth": 3, "horizon": 2}, {"depth": 0}, {"gamma": 1.0}, {"min_headway_s": -0.5}, {"headway_penalty": -1.0},
-               {"min_ttc_s": -1.0}, {"ttc_penalty": -0.5}, {"goal_value": -1.0}, {"sight": "lidar"}]
+               {"min_ttc_s": -1.0}, {"ttc_penalty": -0.5}, {"goal_value": -1.0}, {"sight": "lidar"},
+               {"plan_hz": 0}, {"plan_hz": 6}]  # highway: 1 Hz decisions, 5 Hz physics
 )
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         LookaheadTeacher(highway(1), **kwargs)
+
+
+def test_plans_at_the_scenarios_own_frequency_unless_told():
+    sim = highway(2, first_seed=5)
+    assert planning_scenario(sim.scenario, None) is sim.scenario
+    assert planning_scenario(sim.scenario, 5) == sim.scenario  # highway simulates at 5 Hz already
+    assert torch.equal(LookaheadTeacher(sim, plan_hz=5).action_values(), LookaheadTeacher(sim).action_values())
+
+
+def test_a_coarser_plan_simulates_fewer_substeps_of_a_longer_step():
+    """intersection simulates at 15 Hz; a 5 Hz planner takes 5 physics steps of 0.2 s per decision,
+    and the simulator it advises keeps its own 15."""
+    from envs.fast.road_sim import FastRoad
+
+    sim = FastRoad(load_scenario("intersection"), 2, render=False)
+    sim.reset(seeds=torch.tensor([7, 8]))
+    teacher = LookaheadTeacher(sim, depth=1, horizon=2, plan_hz=5)
+    values = teacher.action_values()
+    assert values.shape == (2, 3) and torch.isfinite(values).all()
+    planner = teacher._planners["rest"]
+    assert (planner.substeps, planner.dt) == (5, pytest.approx(0.2))
+    assert (sim.substeps, sim.dt) == (15, pytest.approx(1 / 15))
+    assert planner.config["duration"] == sim.config["duration"]
 
 
 def test_the_camera_frames_extent_in_meters():
