@@ -73,6 +73,9 @@ class TrainingConfig:
     # [s] the teacher's margin: a planned step closing in on the car ahead with a time to collision below
     # this costs a penalty (LookaheadTeacher's min_ttc_s); 0 = none
     teacher_min_ttc_s: Annotated[Number, Field(ge=0.0, le=30.0)] = 3.0
+    # [Hz] physics steps per second of the teacher's plans (LookaheadTeacher's plan_hz), between the
+    # scenario's policy and simulation frequencies; null = the scenario's own
+    teacher_plan_hz: Annotated[StrictInt, Field(ge=1)] | None = None
     # the vehicles the teacher plans with: all, or only those inside the camera frame (agents.teacher.SIGHTS)
     teacher_sight: Literal["all", "camera"] = "all"
     # PPO on the fast backend: rollouts, features and minibatches stay on the policy's device

@@ -198,7 +198,7 @@ def _new_run(options: TrainOptions):
                 f"{scenario_arg} gives {observation_shape}; use a checkpoint trained on this camera"
             )
         n_envs = options.n_envs or backend.default_n_envs()
-        _check_imitation(agent.training, backend, n_envs)
+        _check_imitation(agent.training, backend, n_envs, scenario)
         check_robust_training(algo, agent.training)
         if options.robust_eps is not None and not agent.training.robust:
             raise ValueError("--robust-eps is the budget of the robust regulariser, which is off; add --robust-reg sa")
@@ -230,8 +230,9 @@ def _new_run(options: TrainOptions):
     return run_dir, config, env
 
 
-def _check_imitation(training, backend: Backend, n_envs: int) -> None:
-    """The warm start needs a backend with privileged state (fast), and must leave steps of the budget to PPO/A2C."""
+def _check_imitation(training, backend: Backend, n_envs: int, scenario) -> None:
+    """The warm start needs a backend with privileged state (fast), a teacher frequency the scenario
+    allows, and must leave steps of the budget to PPO/A2C."""
     if not training.imitates:
         return
     if not backend.has_privileged_state:
@@ -251,6 +252,12 @@ def _check_imitation(training, backend: Backend, n_envs: int) -> None:
             f"{training.imitation_steps} x {n_envs} envs); give more --timesteps, or set "
             f"training.imitation_iterations: 0 in a --config file"
         )
+    from agents.teacher import planning_scenario
+
+    try:
+        planning_scenario(scenario, training.teacher_plan_hz)
+    except ValueError as error:
+        raise ValueError(f"training.teacher_plan_hz: {error}") from None
 
 
 def _resumed_run(options: TrainOptions):
@@ -572,7 +579,7 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board
     with _progress_bar(total, "imitating the teacher", unit="env steps", disable=not show_progress) as bar:
         teacher = LookaheadTeacher(privileged_simulator(vec_env), depth=training.teacher_depth,
                                    horizon=training.teacher_horizon, min_ttc_s=training.teacher_min_ttc_s,
-                                   sight=training.teacher_sight)
+                                   sight=training.teacher_sight, plan_hz=training.teacher_plan_hz)
         imitate_teacher(model.policy, vec_env, training.imitation_iterations, training.imitation_steps,
                         teacher=teacher, on_iteration=record, on_step=lambda: bar.advance(vec_env.num_envs), on_transition=transition,
                         smoothing=smoothing)

@@ -356,17 +356,18 @@ def test_imitation_warm_start_counts_its_steps_and_logs_to_tensorboard(tiny, tmp
     config = tmp_path / "imitate.yaml"
     settings = yaml.safe_load(tiny.config.read_text())
     settings["training"].update(imitation_iterations=2, imitation_steps=3, teacher_depth=1, teacher_horizon=2,
-                                teacher_min_ttc_s=4.5, teacher_sight="camera")
+                                teacher_min_ttc_s=4.5, teacher_sight="camera", teacher_plan_hz=2)
     config.write_text(yaml.safe_dump(settings))
     original, depths = agents.imitation.imitate_teacher, []
 
     def recording(*args, teacher, **kwargs):
-        depths.append((teacher.depth, teacher.horizon, teacher.min_ttc_s, teacher.sight is not None))
+        plan_hz = teacher.plan_scenario.highway_env_config()["simulation_frequency"]
+        depths.append((teacher.depth, teacher.horizon, teacher.min_ttc_s, teacher.sight is not None, plan_hz))
         return original(*args, teacher=teacher, **kwargs)
 
     monkeypatch.setattr(agents.imitation, "imitate_teacher", recording)
     result = train(options(tiny, backend="fast", n_envs=4, timesteps=64, name="imitating", config=config))
-    assert depths == [(1, 2, 4.5, True)]  # training.teacher_depth, _horizon, _min_ttc_s and _sight reached the teacher
+    assert depths == [(1, 2, 4.5, True, 2)]  # training.teacher_depth, _horizon, _min_ttc_s, _sight and _plan_hz reached it
     scalars = read_scalars(result.run_dir)
     # two DAgger iterations of 3 steps of 4 envs: 12 and 24 labelled states, logged at those env steps
     assert [step for step, _ in scalars["imitation/samples"]] == [12, 24]
@@ -422,6 +423,16 @@ def test_an_imitation_longer_than_the_budget_is_refused(tiny, tmp_path):
     with pytest.raises(ValueError, match="leaves nothing after the imitation"):
         train(options(tiny, backend="fast", n_envs=4, timesteps=64, name="all-imitation", config=config))
     assert not (tiny.root / "runs" / "all-imitation").exists()
+
+
+def test_a_teacher_frequency_above_the_scenarios_is_refused_before_the_run_folder(tiny, tmp_path):
+    config = tmp_path / "imitate.yaml"
+    settings = yaml.safe_load(tiny.config.read_text())
+    settings["training"].update(imitation_iterations=1, imitation_steps=2, teacher_plan_hz=1000)
+    config.write_text(yaml.safe_dump(settings))
+    with pytest.raises(ValueError, match="training.teacher_plan_hz: plan_hz must lie between"):
+        train(options(tiny, backend="fast", n_envs=4, timesteps=64, name="too-fine", config=config))
+    assert not (tiny.root / "runs" / "too-fine").exists()
 
 
 def test_the_progress_bar_counts_the_whole_last_rollout():
