@@ -33,6 +33,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agents.callbacks import AtRolloutStart, HParamsCallback, PeriodicCheckpoint, SafetyCallback
 from agents.explain.training_replay import TrainingReplays
@@ -68,6 +69,9 @@ from envs.backends import Backend, default_backend_for, evaluation_env, get_back
 from envs.goals import has_goal
 from envs.progress import progress_bar as _progress_bar
 from envs.system import resolve_device, set_threads, usable_cores
+
+if TYPE_CHECKING:
+    from scenarios.schema import Scenario
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +234,7 @@ def _new_run(options: TrainOptions):
     return run_dir, config, env
 
 
-def _check_imitation(training, backend: Backend, n_envs: int, scenario) -> None:
+def _check_imitation(training, backend: Backend, n_envs: int, scenario: Scenario) -> None:
     """The warm start needs a backend with privileged state (fast), a teacher frequency the scenario
     allows, and must leave steps of the budget to PPO/A2C."""
     if not training.imitates:
