@@ -78,6 +78,10 @@ class TrainingConfig:
     teacher_plan_hz: Annotated[StrictInt, Field(ge=1)] | None = None
     # the vehicles the teacher plans with: all, or only those inside the camera frame (agents.teacher.SIGHTS)
     teacher_sight: Literal["all", "camera"] = "all"
+    # the imitation also trains the perception student's weights with the actor, on the frames (it keeps
+    # frames instead of features: agents/imitation.py); they are frozen again for PPO/A2C. For a scenario
+    # whose frames the student was not distilled on (intersection: docs/BENCHMARKS.md)
+    imitation_tunes_perception: StrictBool = False
     # PPO on the fast backend: rollouts, features and minibatches stay on the policy's device
     # (agents/device_rollout.py; the same updates as SB3's). Off by default until measured on a GPU.
     device_rollout: StrictBool = False
@@ -128,6 +132,9 @@ class TrainingConfig:
         if self.robust_imitation_weight > 0 and not self.robust:
             raise ValueError("robust_imitation_weight > 0 needs robust_reg: sa (--robust-reg sa), which crafts "
                              "the attacked frames")
+        if self.imitation_tunes_perception and self.robust:
+            raise ValueError("imitation_tunes_perception needs robust_reg: none: the SA regulariser reads the "
+                             "student's features cached once per iteration, which tuning the student would make stale")
         return self
 
     @property

@@ -25,6 +25,14 @@ schedule at the iteration's last step. With `robust_refresh: rollout` (the defau
 frames are crafted once, as the iteration collects them, and R reads the cached features; with
 `minibatch` every minibatch attacks its frames afresh.
 
+With `tune_perception` (`training.imitation_tunes_perception`) the fit trains the perception student
+too, end to end on the frames: the run keeps every sample's frames instead of its features and extracts
+them afresh in each minibatch (the student's weights at PERCEPTION_LEARNING_RATE); afterwards the student
+is frozen again, so that PPO still caches its features. For scenarios whose frames the student was not
+distilled on (intersection's). Measured (docs/BENCHMARKS.md, "The student trained along in the imitation",
+`python -m agents.imitation_probe`): 11-14 % less regret on held-out episodes on intersection and
+highway-dense, but the same intersection agent after PPO, in 20 % more time; no recipe uses it.
+
 Adversarial imitation (`training.robust_imitation_weight` λ > 0, with the cached attacked features):
 each minibatch's loss also gets λ times the regret loss on a minibatch of those samples' *attacked*
 features, labelled with the teacher's action values of the same states. The teacher sees the simulator,
@@ -35,8 +43,10 @@ that its choice change little, even towards a crashing action.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -57,7 +67,8 @@ TIE_BREAK_WEIGHT = 0.05  # weight of the cross-entropy to the teacher's best act
 EPOCHS = 5  # passes over all samples after each iteration (drove better than 10 with the feature map, at half
 # the cost: docs/BENCHMARKS.md, "Session 8")
 BATCH_SIZE = 256  # [samples] per gradient step
-LEARNING_RATE = 1e-3  # Adam, on the actor only
+LEARNING_RATE = 1e-3  # Adam, on the actor
+PERCEPTION_LEARNING_RATE = 3e-4  # Adam, on the perception student with `tune_perception`
 SA_FRAME_ENVS = 64  # with `smoothing`: the envs whose samples of the latest iteration the regulariser reads
 # (frames: 40 steps x 64 envs x 9x96x48 bytes = 106 MB, all 256 envs' would be 425 MB; features: 2 x 25 MB)
 
@@ -97,22 +108,30 @@ def imitate_teacher(
     on_step: Callable[[], None] | None = None,
     on_transition: Callable[[list[dict], np.ndarray, bool], None] | None = None,
     smoothing=None,
+    tune_perception: bool = False,
 ) -> ImitationProgress:
     """DAgger on `env` (a FastVecEnv, or a VecEnv wrapper of one) for `iterations` x `steps` steps of
-    all its envs; fits the policy's actor (its feature extractor must be frozen). Returns the last
-    iteration's progress; `on_iteration` gets each one, `on_step` is called after each env step, and
-    `on_transition` with its (infos, dones, learner_drove) (the safety signals of the episodes driven).
+    all its envs; fits the policy's actor on the features of its frozen feature extractor, or with
+    `tune_perception` the extractor too, on the frames. Returns the last iteration's progress;
+    `on_iteration` gets each one, `on_step` is called after each env step, and `on_transition` with its
+    (infos, dones, learner_drove) (the safety signals of the episodes driven).
     `smoothing`: an agents.robust.sa_ppo.SASchedule, whose regulariser joins the loss (module docstring)."""
     if iterations < 1 or steps < 1:
         raise ValueError(f"imitation needs positive iterations and steps, got {iterations} and {steps}")
+    if tune_perception and smoothing is not None:
+        raise ValueError("tune_perception cannot go with smoothing: the regulariser caches the student's features")
     simulator = privileged_simulator(env)
     teacher = teacher or LookaheadTeacher(simulator)
-    actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
-    optimizer = torch.optim.Adam(actor, lr=LEARNING_RATE)
+    optimizer = imitation_optimizer(policy, tune_perception)
     # every sample of the run, kept on the policy's device and filled in order: one buffer, not a list
-    # concatenated after each iteration, which held it twice (the default's 122,880 x 2,416 features are 1.2 GB)
+    # concatenated after each iteration, which held it twice (the default's 122,880 x 2,416 features are 1.2 GB);
+    # with `tune_perception` the frames instead (intersection's 19,968 x 9x96x48 bytes: 0.8 GB)
     capacity = iterations * steps * env.num_envs
-    features = torch.empty((capacity, policy.features_dim), device=policy.device)  # (N, F)
+    if tune_perception:
+        inputs = torch.empty((capacity, *env.observation_space.shape), dtype=torch.uint8, device=policy.device)
+    else:
+        inputs = torch.empty((capacity, policy.features_dim), device=policy.device)  # (N, F)
+    encode = Encoder(policy, tune_perception)
     values = torch.empty((capacity, int(env.action_space.n)), device=policy.device)  # (N, A)
     names = teacher.action_names
     filled = 0
@@ -131,7 +150,8 @@ def imitate_teacher(
                 step_features = policy.extract_features(torch.as_tensor(observations, device=policy.device))
                 greedy = actor_logits(policy, step_features).argmax(dim=1)
             step_values = teacher.action_values().to(policy.device)  # of the states the frames show
-            features[filled : filled + len(step_features)] = step_features
+            inputs[filled : filled + len(step_features)] = (
+                torch.as_tensor(observations, device=policy.device) if tune_perception else step_features)
             if samples is not None:
                 samples.add(step, observations, eps, step_values)
             values[filled : filled + len(step_values)] = step_values
@@ -146,11 +166,12 @@ def imitate_teacher(
                 on_transition(infos, dones, iteration > 0)
             if on_step is not None:
                 on_step()
-        all_features, all_values = features[:filled], values[:filled]
+        all_inputs, all_values = inputs[:filled], values[:filled]
         sa = None if samples is None else samples.smoothness(eps)
         attacked = None if samples is None else samples.attacked_regret(eps, names)
-        _fit(policy, optimizer, all_features, all_values, names, sa, attacked)
-        progress = _progress(policy, iteration + 1, all_features, all_values, names, time.perf_counter() - began)
+        with encode.trainable():
+            fit_imitation(policy, optimizer, all_inputs, all_values, names, encode, sa, attacked)
+        progress = imitation_progress(policy, iteration + 1, all_inputs, all_values, names, encode, time.perf_counter() - began)
         if sa is not None:
             progress = dataclasses.replace(progress, sa_kl=float(np.mean(sa.values)) if sa.values else 0.0,
                                            sa_eps=sa.eps)
@@ -213,17 +234,52 @@ class _SmoothingSamples:
         return Smoothness(self.schedule.imitation_weight, eps, len(self.attacked), BATCH_SIZE, regret_on_attacked)
 
 
-def _fit(policy: ActorCriticPolicy, optimizer: torch.optim.Optimizer, features: torch.Tensor,
-         values: torch.Tensor, action_names: tuple[str, ...], smoothing: Smoothness | None = None,
-         attacked: Smoothness | None = None) -> None:
-    """EPOCHS passes of minibatch Adam on the actor over all samples (+ kappa * R with `smoothing`,
-    + λ x the attacked samples' regret with `attacked`: both agents.robust.sa_ppo.Smoothness)."""
+def imitation_optimizer(policy: ActorCriticPolicy, tune_perception: bool) -> torch.optim.Adam:
+    """Adam on the actor (MLP, action head, map reducer), and on the student with `tune_perception`."""
+    actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
+    groups = [{"params": actor, "lr": LEARNING_RATE}]
+    if tune_perception:
+        groups.append({"params": list(policy.features_extractor.parameters()), "lr": PERCEPTION_LEARNING_RATE})
+    return torch.optim.Adam(groups)
+
+
+class Encoder:
+    """Samples -> (N, F) features: the kept features themselves, or with `tune_perception` the policy's
+    features of the kept (N, C, H, W) uint8 frames, through a student that `trainable` unfreezes."""
+
+    def __init__(self, policy: ActorCriticPolicy, tune_perception: bool) -> None:
+        self.policy, self.tune_perception = policy, tune_perception
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.policy.extract_features(inputs) if self.tune_perception else inputs
+
+    @contextlib.contextmanager
+    def trainable(self) -> Iterator[None]:
+        """Within it, the student's parameters take gradients (with `tune_perception`); frozen again after,
+        for the rollouts and PPO's cached features. (It has no BatchNorm or dropout: eval mode is no matter.)"""
+        parameters = list(self.policy.features_extractor.parameters()) if self.tune_perception else []
+        before = [parameter.requires_grad for parameter in parameters]
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        try:
+            yield
+        finally:
+            for parameter, flag in zip(parameters, before):
+                parameter.requires_grad_(flag)
+
+
+def fit_imitation(policy: ActorCriticPolicy, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+         values: torch.Tensor, action_names: tuple[str, ...], encode: Encoder,
+         smoothing: Smoothness | None = None, attacked: Smoothness | None = None) -> None:
+    """EPOCHS passes of minibatch Adam over all samples (features, or frames that `encode` reads) on the
+    actor, and the student with `tune_perception` (+ kappa * R with `smoothing`, + λ x the attacked
+    samples' regret with `attacked`: both agents.robust.sa_ppo.Smoothness)."""
     policy.set_training_mode(True)
     for _ in range(EPOCHS):
-        order = torch.randperm(len(features), device=features.device)
+        order = torch.randperm(len(inputs), device=inputs.device)
         for start in range(0, len(order), BATCH_SIZE):
             batch = order[start : start + BATCH_SIZE]
-            loss = regret_loss(actor_logits(policy, features[batch]), values[batch], action_names)
+            loss = regret_loss(actor_logits(policy, encode(inputs[batch])), values[batch], action_names)
             if smoothing is not None:
                 loss = loss + smoothing.term(policy)
             if attacked is not None:
@@ -235,10 +291,11 @@ def _fit(policy: ActorCriticPolicy, optimizer: torch.optim.Optimizer, features: 
 
 
 @torch.no_grad()
-def _progress(policy: ActorCriticPolicy, iteration: int, features: torch.Tensor, values: torch.Tensor,
-              action_names: tuple[str, ...], seconds: float) -> ImitationProgress:
-    greedy = actor_logits(policy, features).argmax(dim=1, keepdim=True)  # (N, 1)
+def imitation_progress(policy: ActorCriticPolicy, iteration: int, inputs: torch.Tensor, values: torch.Tensor,
+              action_names: tuple[str, ...], encode: Encoder, seconds: float) -> ImitationProgress:
+    greedy = torch.cat([actor_logits(policy, encode(inputs[start : start + BATCH_SIZE])).argmax(dim=1, keepdim=True)
+                        for start in range(0, len(inputs), BATCH_SIZE)])  # (N, 1)
     regret = values.amax(dim=1) - values.gather(1, greedy)[:, 0]
     agreement = (greedy[:, 0] == best_actions(values, action_names)).float().mean()
-    return ImitationProgress(iteration, len(features), float(regret.mean()), float(agreement), seconds)
+    return ImitationProgress(iteration, len(inputs), float(regret.mean()), float(agreement), seconds)
 

@@ -10,7 +10,8 @@ A: actions; C*H*W: the camera's uint8 observation):
     simulator   the fast backend's state, frame stack and the camera's peak while it draws:
                 SIMULATOR_BYTES_PER_ENV, measured (see there); on the training device
     worker      highway-env: one Python process per env, WORKER_BYTES (measured RSS); on the host
-    imitation   DAgger's samples, imitation_iterations x imitation_steps x (F + A) float32; on the device
+    imitation   DAgger's samples, imitation_iterations x imitation_steps x (F + A) float32 (with
+                training.imitation_tunes_perception the frames, C*H*W bytes, instead of F); on the device
     rollout     PPO/A2C's buffer of n_steps samples per env: with DevicePPO (training.device_rollout on
                 the fast backend) (F + 7) float32 on the device; else SB3's buffer, the frames (C*H*W
                 bytes) on the host, plus the frozen student's features (F float32) swapped in for PPO's
@@ -98,7 +99,8 @@ def memory_need(config: RunConfig, features: int) -> MemoryNeed:
         parts["worker"] = (WORKER_BYTES, "host")
     if training.imitates:
         samples = training.imitation_iterations * training.imitation_steps
-        parts["imitation"] = (samples * (features + config.n_actions) * 4, "device")
+        kept = frame_bytes if training.imitation_tunes_perception else features * 4  # frames, or features (float32)
+        parts["imitation"] = (samples * (kept + config.n_actions * 4), "device")
     if config.algo == "ppo" and training.device_rollout and config.backend == "fast" and not config.policy.fine_tune:
         parts["rollout"] = (params.n_steps * (features + ROLLOUT_FLOATS) * 4, "device")
     else:

@@ -586,7 +586,7 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board
                                    sight=training.teacher_sight, plan_hz=training.teacher_plan_hz)
         imitate_teacher(model.policy, vec_env, training.imitation_iterations, training.imitation_steps,
                         teacher=teacher, on_iteration=record, on_step=lambda: bar.advance(vec_env.num_envs), on_transition=transition,
-                        smoothing=smoothing)
+                        smoothing=smoothing, tune_perception=training.imitation_tunes_perception)
 
 
 def _tensorboard_logger(run_dir: Path, purge_step: int | None):

@@ -113,6 +113,8 @@ def test_a_run_config_saved_before_map_channels_existed_reads_as_zero(tmp_path):
         ("training: {timesteps: 0}\n", ["training.timesteps:", "greater than or equal to 1"]),
         ("training: {teacher_depth: 3, teacher_horizon: 2}\n", ["training:", "teacher_depth (3) must be <= teacher_horizon (2)"]),
         ("training: {teacher_min_ttc_s: -1}\n", ["training.teacher_min_ttc_s:", "greater than or equal to 0"]),
+        ("training: {imitation_tunes_perception: true}\n",  # highway's recipe has the SA regulariser
+         ["training:", "imitation_tunes_perception needs robust_reg: none"]),
         ("ppo: 3\n", ["ppo: expected a mapping"]),
         ("[1, 2]\n", ["expected a mapping of keys at the top level"]),
     ],

@@ -54,6 +54,11 @@ def test_the_highway_recipe_per_env():
     }
 
 
+def test_tuning_the_student_in_the_imitation_keeps_frames_instead_of_features():
+    config = run_config(robust_reg="none", imitation_tunes_perception=True)
+    assert memory_need(config, 1000).parts["imitation"] == (6 * 40 * (math.prod(FRAME) + 5 * 4), "device")
+
+
 def test_device_rollouts_keep_features_on_the_device_and_highway_env_pays_a_process_per_env():
     on_device = memory_need(run_config(device_rollout=True), 100).parts
     assert on_device["rollout"] == (64 * (100 + ROLLOUT_FLOATS) * 4, "device")

@@ -670,3 +670,28 @@ def test_highways_recipe_has_the_sa_regulariser_which_a2c_trains_without(tiny, c
     assert "A2C trains without the recipe's SA-PPO regulariser" in caplog.text
     with pytest.raises(ValueError, match="works with PPO only, not A2C; use --algo ppo or --robust-reg none"):
         train(options(tiny, scenario="highway", algo="a2c", robust_reg="sa", timesteps=16, name="a2c-sa"))
+
+
+def test_a_run_that_tunes_the_student_in_the_imitation_keeps_and_reloads_its_tuned_weights(tiny, tmp_path):
+    """training.imitation_tunes_perception: the model holds the tuned student (not the shipped one, which the
+    run folder keeps), and loading the run gives those weights back."""
+    from agents.runs import PERCEPTION_FILE, latest_model, load_agent
+    from envs.backends import get_backend
+    from safetensors.torch import load_file
+
+    config = tmp_path / "tune.yaml"
+    settings = yaml.safe_load(tiny.config.read_text())
+    settings["training"].update(imitation_iterations=1, imitation_steps=3, teacher_depth=1, teacher_horizon=1,
+                                imitation_tunes_perception=True)
+    config.write_text(yaml.safe_dump(settings))
+    result = train(options(tiny, backend="fast", n_envs=4, timesteps=64, name="tuning", config=config))
+    run_config = read_run_config(result.run_dir)
+    assert run_config.training.imitation_tunes_perception is True
+    env = get_backend("fast").make_vec_env(run_config.scenario, 2)
+    model = load_agent(run_config, result.run_dir, env, "cpu", path=latest_model(result.run_dir))
+    env.close()
+    shipped = load_file(str(result.run_dir / PERCEPTION_FILE))
+    tuned = {name.removeprefix("model."): value for name, value in model.policy.features_extractor.state_dict().items()}
+    common = sorted(set(shipped) & set(tuned))
+    assert common and any(not torch.equal(shipped[name], tuned[name]) for name in common)
+    assert not any(parameter.requires_grad for parameter in model.policy.features_extractor.parameters())

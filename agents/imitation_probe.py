@@ -1,0 +1,166 @@
+"""How well can a policy imitate the teacher from its camera frames? A diagnostic of the imitation phase.
+
+A run's DAgger logs the fit on its own samples (imitation/agreement); this measures the fit on episodes
+it never saw, and whether the frozen perception student is what limits it. On the fast backend the
+teacher drives B envs for `iterations` x the run's `imitation_steps` (as DAgger's first iteration does)
+and labels every state; envs 0..B-held_out-1 are fitted, the last `held_out` envs' episodes measured:
+
+- always <action>: what a policy that reads nothing gets;
+- frozen student: a fresh actor of the run's architecture on the shipped student's features, fitted as
+  the imitation fits (agents/imitation.py: the same loss, minibatches and learning rate);
+- student tuned: the same with the student trained along, end to end on the frames
+  (`training.imitation_tunes_perception`).
+
+Per fit, after every EPOCHS passes: mean regret (the teacher's value units) and agreement with the teacher's
+best action, on the fitted and on the held-out envs.
+
+    python -m agents.imitation_probe --run RUN [--iterations 5] [--held-out 56] [--rounds 4] [--seed 11]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from agents.imitation import EPOCHS, Encoder, fit_imitation, imitation_optimizer, imitation_progress
+from agents.runs import build_agent, read_run_config
+from agents.teacher import LookaheadTeacher, best_actions
+from envs.backends import get_backend, privileged_simulator
+
+
+@dataclass(frozen=True)
+class ProbeSamples:
+    """Teacher-driven states, (T, B, ...) by step and env."""
+
+    frames: torch.Tensor  # (T, B, C, H, W) uint8, what the policy sees
+    features: torch.Tensor  # (T, B, F) the frozen student's features of them
+    values: torch.Tensor  # (T, B, A) the teacher's action values
+    action_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FitRow:
+    model: str  # "always IDLE", "frozen student", "student tuned"
+    epochs: int  # passes over the fitted samples so far (0 for the constant policies)
+    fitted_regret: float
+    fitted_agreement: float
+    held_out_regret: float
+    held_out_agreement: float
+
+
+def collect(run_dir: Path, iterations: int, seed: int, n_envs: int = 256) -> ProbeSamples:
+    """The run's teacher (its training.teacher_* settings) drives `n_envs` fast envs of the run's scenario
+    for `iterations` x imitation_steps steps; every state's frames, student features and action values."""
+    config = read_run_config(run_dir)
+    training = config.training
+    env = get_backend("fast").make_vec_env(config.scenario, n_envs)
+    try:
+        env.seed(seed)
+        policy = build_agent(config, run_dir, env, "cpu", seed=seed).policy
+        teacher = LookaheadTeacher(privileged_simulator(env), depth=training.teacher_depth,
+                                   horizon=training.teacher_horizon, min_ttc_s=training.teacher_min_ttc_s,
+                                   sight=training.teacher_sight, plan_hz=training.teacher_plan_hz)
+        observations = env.reset()
+        frames, features, values = [], [], []
+        for _ in range(iterations * training.imitation_steps):
+            frames.append(torch.as_tensor(observations).clone())
+            with torch.no_grad():
+                features.append(policy.extract_features(frames[-1]))
+            values.append(teacher.action_values())
+            observations, _, _, _ = env.step(best_actions(values[-1], teacher.action_names).numpy())
+    finally:
+        env.close()
+    return ProbeSamples(torch.stack(frames), torch.stack(features), torch.stack(values), teacher.action_names)
+
+
+def _split(samples: torch.Tensor, held_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, B, ...) -> the fitted envs' and the held-out envs' samples, each (N, ...)."""
+    fitted, rest = samples[:, :-held_out], samples[:, -held_out:]
+    return fitted.reshape(-1, *samples.shape[2:]), rest.reshape(-1, *samples.shape[2:])
+
+
+def _constant_rows(values: tuple[torch.Tensor, torch.Tensor], action_names: tuple[str, ...]) -> list[FitRow]:
+    rows = []
+    for action, name in enumerate(action_names):
+        scores = []
+        for part in values:
+            regret = part.amax(dim=1) - part[:, action]
+            scores += [float(regret.mean()), float((best_actions(part, action_names) == action).float().mean())]
+        rows.append(FitRow(f"always {name}", 0, *scores))
+    return rows
+
+
+def fit_rows(run_dir: Path, samples: ProbeSamples, held_out: int, rounds: int, tune_perception: bool,
+             seed: int = 0) -> list[FitRow]:
+    """A fresh actor of the run's architecture fitted on the fitted envs' samples, `rounds` x EPOCHS
+    passes (with `tune_perception` the student too, on the frames), measured after each round."""
+    config = read_run_config(run_dir)
+    env = get_backend("fast").make_vec_env(config.scenario, 1)
+    try:
+        with warnings.catch_warnings():  # SB3's note that one env's rollout is smaller than a minibatch: no rollouts here
+            warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
+            policy = build_agent(config, run_dir, env, "cpu", seed=seed).policy
+    finally:
+        env.close()
+    torch.manual_seed(seed)
+    inputs = _split(samples.frames if tune_perception else samples.features, held_out)
+    values = _split(samples.values, held_out)
+    encode, optimizer = Encoder(policy, tune_perception), imitation_optimizer(policy, tune_perception)
+    name = "student tuned" if tune_perception else "frozen student"
+    rows = []
+    for round_ in range(1, rounds + 1):
+        with encode.trainable():
+            fit_imitation(policy, optimizer, inputs[0], values[0], samples.action_names, encode)
+        scores = []
+        for part_inputs, part_values in zip(inputs, values):
+            progress = imitation_progress(policy, round_, part_inputs, part_values, samples.action_names, encode, 0.0)
+            scores += [progress.regret, progress.agreement]
+        rows.append(FitRow(name, round_ * EPOCHS, *scores))
+    return rows
+
+
+def probe(run_dir: Path, iterations: int, held_out: int, rounds: int, seed: int, n_envs: int = 256) -> list[FitRow]:
+    if not 0 < held_out < n_envs:
+        raise ValueError(f"--held-out must be between 1 and {n_envs - 1} envs, got {held_out}")
+    samples = collect(run_dir, iterations, seed, n_envs)
+    rows = _constant_rows(_split(samples.values, held_out), samples.action_names)
+    for tune in (False, True):
+        rows += fit_rows(run_dir, samples, held_out, rounds, tune)
+    return rows
+
+
+def format_rows(rows: list[FitRow]) -> str:
+    lines = ["| policy | epochs | regret (fitted) | agreement (fitted) | regret (held out) | agreement (held out) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r.model} | {r.epochs} | {r.fitted_regret:.3f} | {r.fitted_agreement:.2f} | {r.held_out_regret:.3f} "
+              f"| {r.held_out_agreement:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="a run folder (its scenario, teacher and architecture)")
+    parser.add_argument("--iterations", type=int, default=5, help="DAgger-sized iterations of teacher-driven states")
+    parser.add_argument("--envs", type=int, default=256, help="envs driven side by side")
+    parser.add_argument("--held-out", type=int, default=56, help="the last envs, whose episodes are only measured")
+    parser.add_argument("--rounds", type=int, default=4, help=f"fits of {EPOCHS} epochs, measured after each")
+    parser.add_argument("--seed", type=int, default=11, help="the envs' first episode seeds")
+    args = parser.parse_args(argv)
+    if args.iterations < 1 or args.rounds < 1:
+        parser.error("--iterations and --rounds must be >= 1")
+    began = time.perf_counter()
+    try:
+        rows = probe(args.run, args.iterations, args.held_out, args.rounds, args.seed, args.envs)
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    print(format_rows(rows))
+    print(f"\n{time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

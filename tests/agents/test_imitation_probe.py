@@ -1,0 +1,50 @@
+"""The imitation probe: teacher-labelled states split by env, constant policies and both fits measured."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from agents.imitation import EPOCHS
+from agents.imitation_probe import format_rows, main, probe
+from agents.train import TrainOptions, train
+from tests.agents import make_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tiny = make_tiny(tmp_path_factory.mktemp("probe"))
+    settings = yaml.safe_load(tiny.config.read_text())
+    settings["training"].update(imitation_steps=2, teacher_depth=1, teacher_horizon=1)
+    tiny.config.write_text(yaml.safe_dump(settings))
+    return train(TrainOptions(scenario=str(tiny.scenario), timesteps=64, n_envs=4, logdir=tiny.root / "runs",
+                              config=tiny.config, progress_bar=False, command="test", backend="fast",
+                              name="probed")).run_dir
+
+
+def test_the_probe_measures_constant_policies_and_both_fits_on_held_out_envs(tiny_run):
+    rows = probe(tiny_run, iterations=2, held_out=1, rounds=2, seed=3, n_envs=4)
+    constant = [row for row in rows if row.model.startswith("always ")]
+    assert [row.model for row in constant] == ["always LANE_LEFT", "always IDLE", "always LANE_RIGHT", "always FASTER",
+                                               "always SLOWER"]
+    # each state has one best action: the constant policies' agreements add up to 1 on either part
+    assert math.isclose(sum(row.fitted_agreement for row in constant), 1.0, abs_tol=1e-6)
+    assert math.isclose(sum(row.held_out_agreement for row in constant), 1.0, abs_tol=1e-6)
+    assert min(row.fitted_regret for row in constant) >= 0.0
+    fits = [(row.model, row.epochs) for row in rows if not row.model.startswith("always ")]
+    assert fits == [("frozen student", EPOCHS), ("frozen student", 2 * EPOCHS),
+                    ("student tuned", EPOCHS), ("student tuned", 2 * EPOCHS)]
+    for row in rows:
+        assert row.fitted_regret >= 0.0 and row.held_out_regret >= 0.0
+        assert 0.0 <= row.fitted_agreement <= 1.0 and 0.0 <= row.held_out_agreement <= 1.0
+    table = format_rows(rows).splitlines()
+    assert len(table) == 2 + len(rows) and table[2].startswith("| always LANE_LEFT | 0 |")
+
+
+def test_the_probe_refuses_a_held_out_share_that_leaves_nothing_to_fit(tiny_run, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--run", str(tiny_run), "--envs", "4", "--held-out", "4"])
+    assert exit_.value.code == 2
+    assert "--held-out must be between 1 and 3 envs, got 4" in capsys.readouterr().err
