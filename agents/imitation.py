@@ -171,7 +171,8 @@ def imitate_teacher(
         attacked = None if samples is None else samples.attacked_regret(eps, names)
         with encode.trainable():
             fit_imitation(policy, optimizer, all_inputs, all_values, names, encode, sa, attacked)
-        progress = imitation_progress(policy, iteration + 1, all_inputs, all_values, names, encode, time.perf_counter() - began)
+        progress = imitation_progress(policy, iteration + 1, all_inputs, all_values, names, encode,
+                                      time.perf_counter() - began)
         if sa is not None:
             progress = dataclasses.replace(progress, sa_kl=float(np.mean(sa.values)) if sa.values else 0.0,
                                            sa_eps=sa.eps)
@@ -256,7 +257,8 @@ class Encoder:
     @contextlib.contextmanager
     def trainable(self) -> Iterator[None]:
         """Within it, the student's parameters take gradients (with `tune_perception`); frozen again after,
-        for the rollouts and PPO's cached features. (It has no BatchNorm or dropout: eval mode is no matter.)"""
+        for the rollouts and PPO's cached features. (It has no BatchNorm or dropout: its eval mode changes
+        nothing.)"""
         parameters = list(self.policy.features_extractor.parameters()) if self.tune_perception else []
         before = [parameter.requires_grad for parameter in parameters]
         for parameter in parameters:
@@ -269,8 +271,8 @@ class Encoder:
 
 
 def fit_imitation(policy: ActorCriticPolicy, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
-         values: torch.Tensor, action_names: tuple[str, ...], encode: Encoder,
-         smoothing: Smoothness | None = None, attacked: Smoothness | None = None) -> None:
+                  values: torch.Tensor, action_names: tuple[str, ...], encode: Encoder,
+                  smoothing: Smoothness | None = None, attacked: Smoothness | None = None) -> None:
     """EPOCHS passes of minibatch Adam over all samples (features, or frames that `encode` reads) on the
     actor, and the student with `tune_perception` (+ kappa * R with `smoothing`, + λ x the attacked
     samples' regret with `attacked`: both agents.robust.sa_ppo.Smoothness)."""
@@ -292,7 +294,9 @@ def fit_imitation(policy: ActorCriticPolicy, optimizer: torch.optim.Optimizer, i
 
 @torch.no_grad()
 def imitation_progress(policy: ActorCriticPolicy, iteration: int, inputs: torch.Tensor, values: torch.Tensor,
-              action_names: tuple[str, ...], encode: Encoder, seconds: float) -> ImitationProgress:
+                       action_names: tuple[str, ...], encode: Encoder, seconds: float) -> ImitationProgress:
+    """The greedy actor's mean regret and agreement with the teacher on the samples (in minibatches: frames
+    through the student would not fit at once)."""
     greedy = torch.cat([actor_logits(policy, encode(inputs[start : start + BATCH_SIZE])).argmax(dim=1, keepdim=True)
                         for start in range(0, len(inputs), BATCH_SIZE)])  # (N, 1)
     regret = values.amax(dim=1) - values.gather(1, greedy)[:, 0]

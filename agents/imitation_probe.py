@@ -15,11 +15,13 @@ Per fit, after every EPOCHS passes: mean regret (the teacher's value units) and 
 best action, on the fitted and on the held-out envs.
 
     python -m agents.imitation_probe --run RUN [--iterations 5] [--held-out 56] [--rounds 4] [--seed 11]
+        [--frozen-only] [--samples FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -102,7 +104,7 @@ def fit_rows(run_dir: Path, samples: ProbeSamples, held_out: int, rounds: int, t
     config = read_run_config(run_dir)
     env = get_backend("fast").make_vec_env(config.scenario, 1)
     try:
-        with warnings.catch_warnings():  # SB3's note that one env's rollout is smaller than a minibatch: no rollouts here
+        with warnings.catch_warnings():  # SB3: one env's rollout is smaller than a minibatch (none runs here)
             warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
             policy = build_agent(config, run_dir, env, "cpu", seed=seed).policy
     finally:
@@ -124,12 +126,23 @@ def fit_rows(run_dir: Path, samples: ProbeSamples, held_out: int, rounds: int, t
     return rows
 
 
-def probe(run_dir: Path, iterations: int, held_out: int, rounds: int, seed: int, n_envs: int = 256) -> list[FitRow]:
+def probe(run_dir: Path, iterations: int, held_out: int, rounds: int, seed: int, n_envs: int = 256,
+          tuned: bool = True, samples_file: Path | None = None) -> list[FitRow]:
+    """The constant policies' rows, then the frozen student's fit and (with `tuned`) the tuned one's.
+    `samples_file`: where the collected states are kept (torch.save) and, if it exists, read back
+    instead of collecting, so that variants of the run's architecture (its config.yaml) share them."""
     if not 0 < held_out < n_envs:
         raise ValueError(f"--held-out must be between 1 and {n_envs - 1} envs, got {held_out}")
-    samples = collect(run_dir, iterations, seed, n_envs)
+    if samples_file is not None and samples_file.is_file():
+        samples = ProbeSamples(**torch.load(samples_file))
+        if samples.values.shape[1] != n_envs:
+            raise ValueError(f"{samples_file} holds {samples.values.shape[1]} envs' states, not --envs {n_envs}")
+    else:
+        samples = collect(run_dir, iterations, seed, n_envs)
+        if samples_file is not None:
+            torch.save(dataclasses.asdict(samples), samples_file)
     rows = _constant_rows(_split(samples.values, held_out), samples.action_names)
-    for tune in (False, True):
+    for tune in (False, True) if tuned else (False,):
         rows += fit_rows(run_dir, samples, held_out, rounds, tune)
     return rows
 
@@ -150,12 +163,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--held-out", type=int, default=56, help="the last envs, whose episodes are only measured")
     parser.add_argument("--rounds", type=int, default=4, help=f"fits of {EPOCHS} epochs, measured after each")
     parser.add_argument("--seed", type=int, default=11, help="the envs' first episode seeds")
+    parser.add_argument("--frozen-only", action="store_true", help="skip the fit that trains the student along")
+    parser.add_argument("--samples", type=Path, help="keep the collected states here, or read them if it exists")
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.rounds < 1:
         parser.error("--iterations and --rounds must be >= 1")
     began = time.perf_counter()
     try:
-        rows = probe(args.run, args.iterations, args.held_out, args.rounds, args.seed, args.envs)
+        rows = probe(args.run, args.iterations, args.held_out, args.rounds, args.seed, args.envs,
+                     tuned=not args.frozen_only, samples_file=args.samples)
     except (ValueError, FileNotFoundError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     print(format_rows(rows))

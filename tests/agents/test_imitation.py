@@ -10,7 +10,15 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from agents.imitation import LEARNING_RATE, TIE_BREAK_WEIGHT, Encoder, fit_imitation, actor_logits, imitate_teacher, regret_loss
+from agents.imitation import (
+    LEARNING_RATE,
+    TIE_BREAK_WEIGHT,
+    Encoder,
+    actor_logits,
+    fit_imitation,
+    imitate_teacher,
+    regret_loss,
+)
 from agents.policy import PerceptionPolicy
 from envs.fast.simulator import META_ACTIONS
 from envs.fast.vec_env import FastVecEnv

@@ -48,3 +48,16 @@ def test_the_probe_refuses_a_held_out_share_that_leaves_nothing_to_fit(tiny_run,
         main(["--run", str(tiny_run), "--envs", "4", "--held-out", "4"])
     assert exit_.value.code == 2
     assert "--held-out must be between 1 and 3 envs, got 4" in capsys.readouterr().err
+
+
+def test_kept_samples_are_read_back_and_the_frozen_only_probe_skips_the_tuned_fit(tiny_run, tmp_path):
+    kept = tmp_path / "samples.pt"
+    first = probe(tiny_run, iterations=1, held_out=1, rounds=1, seed=3, n_envs=4, tuned=False, samples_file=kept)
+    assert kept.is_file() and [row.model for row in first][-1] == "frozen student"
+    assert not any(row.model == "student tuned" for row in first)
+    again = probe(tiny_run, iterations=1, held_out=1, rounds=1, seed=99, n_envs=4, tuned=False, samples_file=kept)
+    # the same states (seed 99 would have driven others): the constant policies score the same
+    constant = [row for row in first if row.model.startswith("always ")]
+    assert [row for row in again if row.model.startswith("always ")] == constant
+    with pytest.raises(ValueError, match="holds 4 envs' states, not --envs 8"):
+        probe(tiny_run, iterations=1, held_out=1, rounds=1, seed=3, n_envs=8, samples_file=kept)
