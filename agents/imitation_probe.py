@@ -131,6 +131,8 @@ def probe(run_dir: Path, iterations: int, held_out: int, rounds: int, seed: int,
     """The constant policies' rows, then the frozen student's fit and (with `tuned`) the tuned one's.
     `samples_file`: where the collected states are kept (torch.save) and, if it exists, read back
     instead of collecting, so that variants of the run's architecture (its config.yaml) share them."""
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"--run {run_dir} is not a run folder (it has no config.yaml)")
     if not 0 < held_out < n_envs:
         raise ValueError(f"--held-out must be between 1 and {n_envs - 1} envs, got {held_out}")
     if samples_file is not None and samples_file.is_file():

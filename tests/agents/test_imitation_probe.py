@@ -43,11 +43,22 @@ def test_the_probe_measures_constant_policies_and_both_fits_on_held_out_envs(tin
     assert len(table) == 2 + len(rows) and table[2].startswith("| always LANE_LEFT | 0 |")
 
 
-def test_the_probe_refuses_a_held_out_share_that_leaves_nothing_to_fit(tiny_run, capsys):
+@pytest.mark.parametrize("arguments, message", [
+    (["--envs", "4", "--held-out", "4"], "--held-out must be between 1 and 3 envs, got 4"),
+    (["--rounds", "0"], "--iterations and --rounds must be >= 1"),
+])
+def test_the_probe_refuses_bad_arguments_in_one_line(tiny_run, capsys, arguments, message):
     with pytest.raises(SystemExit) as exit_:
-        main(["--run", str(tiny_run), "--envs", "4", "--held-out", "4"])
+        main(["--run", str(tiny_run), *arguments])
     assert exit_.value.code == 2
-    assert "--held-out must be between 1 and 3 envs, got 4" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+def test_the_probe_names_a_folder_that_is_not_a_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--run", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert f"--run {tmp_path} is not a run folder (it has no config.yaml)" in capsys.readouterr().err
 
 
 def test_kept_samples_are_read_back_and_the_frozen_only_probe_skips_the_tuned_fit(tiny_run, tmp_path):
