@@ -33,6 +33,7 @@ from agents.imitation import EPOCHS, Encoder, fit_imitation, imitation_optimizer
 from agents.runs import build_agent, read_run_config
 from agents.teacher import LookaheadTeacher, best_actions
 from envs.backends import get_backend, privileged_simulator
+from envs.progress import track
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ def collect(run_dir: Path, iterations: int, seed: int, n_envs: int = 256) -> Pro
                                    sight=training.teacher_sight, plan_hz=training.teacher_plan_hz)
         observations = env.reset()
         frames, features, values = [], [], []
-        for _ in range(iterations * training.imitation_steps):
+        steps = range(iterations * training.imitation_steps)
+        for _ in track(steps, "teacher labelling states", unit="steps"):  # each step: all envs
             frames.append(torch.as_tensor(observations).clone())
             with torch.no_grad():
                 features.append(policy.extract_features(frames[-1]))
@@ -115,7 +117,7 @@ def fit_rows(run_dir: Path, samples: ProbeSamples, held_out: int, rounds: int, t
     encode, optimizer = Encoder(policy, tune_perception), imitation_optimizer(policy, tune_perception)
     name = "student tuned" if tune_perception else "frozen student"
     rows = []
-    for round_ in range(1, rounds + 1):
+    for round_ in track(range(1, rounds + 1), f"fitting ({name})", unit="rounds"):
         with encode.trainable():
             fit_imitation(policy, optimizer, inputs[0], values[0], samples.action_names, encode)
         scores = []
