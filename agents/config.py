@@ -79,8 +79,9 @@ class TrainingConfig:
     # the vehicles the teacher plans with: all, or only those inside the camera frame (agents.teacher.SIGHTS)
     teacher_sight: Literal["all", "camera"] = "all"
     # the imitation also trains the perception student's weights with the actor, on the frames (it keeps
-    # frames instead of features: agents/imitation.py); they are frozen again for PPO/A2C. For a scenario
-    # whose frames the student was not distilled on (intersection: docs/BENCHMARKS.md)
+    # frames instead of features: agents/imitation.py); they are frozen again for PPO/A2C. Tried on
+    # intersection, whose frames the student was not distilled on: a slightly better fit, the same agent
+    # after PPO, so no recipe uses it (docs/BENCHMARKS.md, "The student trained along in the imitation")
     imitation_tunes_perception: StrictBool = False
     # PPO on the fast backend: rollouts, features and minibatches stay on the policy's device
     # (agents/device_rollout.py; the same updates as SB3's). Off by default until measured on a GPU.
