@@ -31,7 +31,7 @@ import torch
 
 from agents.imitation import EPOCHS, Encoder, fit_imitation, imitation_optimizer, imitation_progress
 from agents.runs import build_agent, read_run_config
-from agents.teacher import LookaheadTeacher, best_actions
+from agents.teacher import best_actions, teacher_for
 from envs.backends import get_backend, privileged_simulator
 from envs.progress import track
 
@@ -65,9 +65,7 @@ def collect(run_dir: Path, iterations: int, seed: int, n_envs: int = 256) -> Pro
     try:
         env.seed(seed)
         policy = build_agent(config, run_dir, env, "cpu", seed=seed).policy
-        teacher = LookaheadTeacher(privileged_simulator(env), depth=training.teacher_depth,
-                                   horizon=training.teacher_horizon, min_ttc_s=training.teacher_min_ttc_s,
-                                   sight=training.teacher_sight, plan_hz=training.teacher_plan_hz)
+        teacher = teacher_for(privileged_simulator(env), training)
         observations = env.reset()
         frames, features, values = [], [], []
         steps = range(iterations * training.imitation_steps)

@@ -221,3 +221,11 @@ class LookaheadTeacher:
             planner = type(self.sim)(self.plan_scenario, rows, device=self.sim.device, dtype=self.sim.dtype, render=False)
             self._planners[role] = planner
         return planner
+
+
+def teacher_for(sim: BatchedSimulator, training) -> LookaheadTeacher:
+    """The teacher a run's `training` section (agents.config.TrainingConfig: teacher_depth, _horizon,
+    _min_ttc_s, _sight, _plan_hz) asks for, advising `sim`: what the imitation imitates."""
+    return LookaheadTeacher(sim, depth=training.teacher_depth, horizon=training.teacher_horizon,
+                            min_ttc_s=training.teacher_min_ttc_s, sight=training.teacher_sight,
+                            plan_hz=training.teacher_plan_hz)

@@ -550,7 +550,7 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board
     the imitation loss; robust/sa_kl and robust/sa_eps then go to TensorBoard after each iteration (and
     robust/attacked_regret with adversarial imitation, `training.robust_imitation_weight`)."""
     from agents.imitation import imitate_teacher
-    from agents.teacher import LookaheadTeacher
+    from agents.teacher import teacher_for
 
     steps_per_iteration = training.imitation_steps * vec_env.num_envs  # env steps of all envs
     tracker = EpisodeTracker(route_length_m, vec_env.num_envs)
@@ -581,9 +581,7 @@ def _imitate(model, vec_env, training, run_dir: Path, show_progress: bool, board
 
     total = training.imitation_iterations * steps_per_iteration
     with _progress_bar(total, "imitating the teacher", unit="env steps", disable=not show_progress) as bar:
-        teacher = LookaheadTeacher(privileged_simulator(vec_env), depth=training.teacher_depth,
-                                   horizon=training.teacher_horizon, min_ttc_s=training.teacher_min_ttc_s,
-                                   sight=training.teacher_sight, plan_hz=training.teacher_plan_hz)
+        teacher = teacher_for(privileged_simulator(vec_env), training)
         imitate_teacher(model.policy, vec_env, training.imitation_iterations, training.imitation_steps,
                         teacher=teacher, on_iteration=record, on_step=lambda: bar.advance(vec_env.num_envs), on_transition=transition,
                         smoothing=smoothing, tune_perception=training.imitation_tunes_perception)

@@ -5,12 +5,22 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 import yaml
 
 from agents.imitation import EPOCHS
-from agents.imitation_probe import format_rows, main, probe
+from agents.imitation_probe import _split, format_rows, main, probe
 from agents.train import TrainOptions, train
 from tests.agents import make_tiny
+
+
+def test_the_held_out_samples_are_the_last_envs_of_every_step():
+    steps, envs = 3, 5
+    samples = torch.arange(steps * envs).reshape(steps, envs, 1)  # value = step * envs + env
+    fitted, held_out = _split(samples, held_out=2)
+    assert fitted.shape == (steps * 3, 1) and held_out.shape == (steps * 2, 1)
+    assert sorted(int(v) % envs for v in held_out[:, 0]) == [3, 3, 3, 4, 4, 4]
+    assert all(int(v) % envs < 3 for v in fitted[:, 0])
 
 
 @pytest.fixture(scope="module")
