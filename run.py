@@ -201,7 +201,7 @@ def cmd_bench_teacher(args: argparse.Namespace) -> None:
     from agents.evaluate import print_report
 
     settings = {name: getattr(args, name) for name in ("depth", "horizon", "min_headway_s", "min_ttc_s", "ttc_penalty",
-                                                       "sight", "plan_hz")}
+                                                       "sight", "plan_hz", "routes", "route_guesses")}
     given = {name: value for name, value in settings.items() if value is not None}  # the rest: the teacher's defaults
     report = teacher_ceiling(scenario=args.scenario, episodes=args.episodes, **given)
     print_report(report)
@@ -495,6 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
                                help="plan with every vehicle (all, the default) or only those the top-down camera frame shows")
     bench_teacher.add_argument("--plan-hz", type=positive_int,
                                help="physics steps per second of the plans' simulation (default: the scenario's own)")
+    bench_teacher.add_argument("--routes", choices=("known", "guessed"),  # agents.teacher.ROUTES
+                               help="the other vehicles' routes: exact (known, the default) or guessed for those "
+                                    "not yet turning, as a camera sees them (intersection)")
+    bench_teacher.add_argument("--route-guesses", type=positive_int,
+                               help="with --routes guessed: plans per decision, each with new guesses (default 4)")
     bench_teacher.set_defaults(func=cmd_bench_teacher)
 
     bench_constant = bench_kinds.add_parser(

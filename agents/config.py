@@ -78,6 +78,11 @@ class TrainingConfig:
     teacher_plan_hz: Annotated[StrictInt, Field(ge=1)] | None = None
     # the vehicles the teacher plans with: all, or only those inside the camera frame (agents.teacher.SIGHTS)
     teacher_sight: Literal["all", "camera"] = "all"
+    # the other vehicles' routes the teacher plans with: exact ("known"), or, where they choose among
+    # routes a camera cannot see (intersection), guessed teacher_route_guesses times per plan for those
+    # not yet turning and the plans' values averaged (agents.teacher.ROUTES; that many times the cost)
+    teacher_routes: Literal["known", "guessed"] = "known"
+    teacher_route_guesses: Annotated[StrictInt, Field(ge=1, le=64)] = 4
     # the imitation also trains the perception student's weights with the actor, on the frames (it keeps
     # frames instead of features: agents/imitation.py); they are frozen again for PPO/A2C. Tried on
     # intersection, whose frames the student was not distilled on: a slightly better fit, the same agent

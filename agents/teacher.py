@@ -34,6 +34,12 @@ vehicles a plan depends on are in the frame at all, which a camera agent needs i
 "What the camera shows"). It is memoryless and takes the unseen road for empty, so it bounds a camera
 agent neither above nor below. The default, "all", sees everything.
 
+With `routes="guessed"` (intersection, whose vehicles choose their exits and do not signal them) the
+teacher does not know where the other vehicles go until they turn: it plans `route_guesses` times, each
+with every undecided vehicle's destination drawn anew (FastRoad.guess_routes), and scores each action by
+its mean over the guesses, as a driver who sees them but not their intentions would. Its decisions are
+then ones the frames can explain; with exact routes ("known", the default) part of them are not.
+
 The defaults (depth 2, horizon 3, 0.5 s headway and 3 s TTC margins) and the variants measured are
 in docs/BENCHMARKS.md ("The teacher"); `python run.py bench teacher` plays them.
 """
@@ -73,6 +79,8 @@ def best_actions(values: torch.Tensor, action_names: tuple[str, ...] = META_ACTI
 
 
 SIGHTS = ("all", "camera")  # what the teacher plans with: every vehicle, or those inside the camera frame
+ROUTES = ("known", "guessed")  # the other vehicles' routes: exact, or guessed for those not yet turning
+ROUTE_GUESS_SEED = 0  # the guesses' generator: the same calls give the same labels
 
 
 def hide_unseen(state, camera: BevCameraConfig) -> None:
@@ -103,7 +111,8 @@ class LookaheadTeacher:
     def __init__(self, sim: BatchedSimulator, depth: int = 2, horizon: int = 3, gamma: float = 0.95,
                  survival_value: float = 0.8, min_headway_s: float = 0.5, headway_penalty: float = 0.5,
                  min_ttc_s: float = 3.0, ttc_penalty: float = 0.5, goal_value: float = 1.0,
-                 chunk: int | None = None, sight: str = "all", plan_hz: int | None = None) -> None:
+                 chunk: int | None = None, sight: str = "all", plan_hz: int | None = None, routes: str = "known",
+                 route_guesses: int = 4) -> None:
         """sim: the simulator whose envs it advises. depth: actions searched exhaustively; horizon:
         policy steps simulated per sequence (IDLE after `depth`); gamma: discount of the plan;
         survival_value: the reward per step assumed after the horizon for a sequence that did not
@@ -116,7 +125,9 @@ class LookaheadTeacher:
         (plan with every vehicle) or "camera" (only those inside the scenario's top-down camera frame);
         plan_hz: the physics steps per second of the plans' simulation [Hz] (None: the scenario's own);
         a coarser one plans an approximate future at a fraction of the cost (the road scenarios simulate
-        at 15 Hz, the highways at 5)."""
+        at 15 Hz, the highways at 5); routes: the other vehicles' routes, "known" (exact) or "guessed"
+        (drawn anew `route_guesses` times per plan for those not yet committed, the values averaged;
+        scenarios whose simulator has `routes_can_be_guessed`), at `route_guesses` times the cost."""
         if not 1 <= depth <= horizon:
             raise ValueError(f"need 1 <= depth <= horizon, got depth {depth} and horizon {horizon}")
         if not 0.0 < gamma < 1.0:
@@ -127,6 +138,15 @@ class LookaheadTeacher:
                              f"goal_value {goal_value}")
         if sight not in SIGHTS:
             raise ValueError(f"sight must be one of {', '.join(SIGHTS)}, got {sight!r}")
+        if routes not in ROUTES:
+            raise ValueError(f"routes must be one of {', '.join(ROUTES)}, got {routes!r}")
+        if routes == "guessed" and not getattr(sim, "routes_can_be_guessed", False):
+            raise ValueError(f"routes='guessed' needs a scenario whose other vehicles choose among routes a camera "
+                             f"cannot see (intersection); {sim.scenario.name}'s do not")
+        if route_guesses < 1:
+            raise ValueError(f"route_guesses must be >= 1, got {route_guesses}")
+        self.route_guesses = route_guesses if routes == "guessed" else None
+        self._guesses = torch.Generator().manual_seed(ROUTE_GUESS_SEED)  # on the CPU: the same draws on any device
         self.plan_scenario = planning_scenario(sim.scenario, plan_hz)
         # the frame it plans within, if any (the fast simulators take only the top-down camera)
         self.sight = sim.scenario.camera.bev if sight == "camera" else None
@@ -161,18 +181,31 @@ class LookaheadTeacher:
         return torch.cat([self._plan(rows[start : start + chunk]) for start in range(0, len(rows), chunk)])
 
     def _plan(self, rows: torch.Tensor) -> torch.Tensor:
-        """(E, A) action values of the envs `rows`.
+        """(E, A) action values of the envs `rows`: with guessed routes, the mean over the guesses."""
+        start = self.sim.state.select(rows)  # a copy
+        if self.sight is not None:
+            hide_unseen(start, self.sight)
+        if self.route_guesses is None:
+            return self._plan_from(start)
+        total = 0.0
+        for _ in range(self.route_guesses):
+            guessed = start.clone()  # a copy to write the guesses into
+            uniforms = torch.rand(guessed.present.shape, generator=self._guesses, dtype=torch.float64)
+            self.sim.guess_routes(guessed, uniforms)
+            total = total + self._plan_from(guessed)
+        return total / self.route_guesses
+
+    def _plan_from(self, start) -> torch.Tensor:
+        """(E, A) action values of E envs starting from `start` (E rows of the advised simulator's state).
 
         The first step depends only on the first action, so it is simulated once per env and
         action (E * A rows); its outcome is then copied into one row per sequence (E * A^depth)
         for the remaining steps. At depth 2 that saves a fifth of the simulation.
         """
-        count, options, choices = len(rows), len(self.sequences), self.actions
+        count, options, choices = start.present.shape[0], len(self.sequences), self.actions
         first = self._planner_for("first", count * choices)
-        start = self.sim.state.select(rows.repeat_interleave(choices))  # a copy
-        if self.sight is not None:
-            hide_unseen(start, self.sight)
-        first.load(torch.arange(count * choices, device=first.device), start)
+        first.load(torch.arange(count * choices, device=first.device),
+                   start.select(torch.arange(count, device=first.device).repeat_interleave(choices)))
         value, alive, ended = self._score(first.step(torch.arange(choices, device=first.device).repeat(count)), step=0)
         # sequences are ordered by their first action: sequence s starts with s // (options / A)
         parent = torch.arange(count * options, device=first.device) // (options // choices)  # (E * S,) row of `first`
@@ -225,7 +258,8 @@ class LookaheadTeacher:
 
 def teacher_for(sim: BatchedSimulator, training) -> LookaheadTeacher:
     """The teacher a run's `training` section (agents.config.TrainingConfig: teacher_depth, _horizon,
-    _min_ttc_s, _sight, _plan_hz) asks for, advising `sim`: what the imitation imitates."""
+    _min_ttc_s, _sight, _plan_hz, _routes, _route_guesses) asks for, advising `sim`: what the imitation imitates."""
     return LookaheadTeacher(sim, depth=training.teacher_depth, horizon=training.teacher_horizon,
                             min_ttc_s=training.teacher_min_ttc_s, sight=training.teacher_sight,
-                            plan_hz=training.teacher_plan_hz)
+                            plan_hz=training.teacher_plan_hz, routes=training.teacher_routes,
+                            route_guesses=training.teacher_route_guesses)

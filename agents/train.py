@@ -236,7 +236,7 @@ def _new_run(options: TrainOptions):
 
 def _check_imitation(training, backend: Backend, n_envs: int, scenario: Scenario) -> None:
     """The warm start needs a backend with privileged state (fast), a teacher frequency the scenario
-    allows, and must leave steps of the budget to PPO/A2C."""
+    allows, routes to guess where it guesses them, and must leave steps of the budget to PPO/A2C."""
     if not training.imitates:
         return
     if not backend.has_privileged_state:
@@ -262,6 +262,11 @@ def _check_imitation(training, backend: Backend, n_envs: int, scenario: Scenario
         planning_scenario(scenario, training.teacher_plan_hz)
     except ValueError as error:
         raise ValueError(f"training.teacher_plan_hz: {error}") from None
+    from envs.fast.simulators import routes_can_be_guessed
+
+    if training.teacher_routes == "guessed" and not routes_can_be_guessed(scenario):
+        raise ValueError(f"training.teacher_routes is 'guessed', but {scenario.name}'s other vehicles do not choose "
+                         f"among routes a camera cannot see (intersection's do); set it to 'known'")
 
 
 def _resumed_run(options: TrainOptions):

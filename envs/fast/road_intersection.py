@@ -313,6 +313,30 @@ def intersection_after_step(road: RoadScenario, traffic: RoadTraffic, draws: tor
     _absent_ranks(traffic)
 
 
+# Routes as a camera sees them.
+
+
+def guess_routes(road: RoadScenario, traffic: RoadTraffic, uniforms: torch.Tensor) -> None:
+    """Replace, in place, the route of every vehicle (not the ego) that has not yet committed to a turn
+    (on an incoming lane "o{k}" -> "ir{k}", its target that same lane) by a route to a destination
+    drawn from (B, N) `uniforms` in [0, 1): one of the three other branches, uniformly, as its spawn
+    draws it. A camera cannot tell where such a vehicle is going (highway-env's vehicles do not
+    signal); a planner that plans on such guesses (agents.teacher, routes="guessed") plans as it could."""
+    lanes, v = intersection_lanes(road), traffic.vehicles
+    if v.route_edge.shape[-1] != lanes.route_edge.shape[-1]:
+        raise ValueError(f"the traffic holds routes of {v.route_edge.shape[-1]} slots, intersection's are "
+                         f"{lanes.route_edge.shape[-1]}: it was not spawned by spawn_intersection")
+    on_branch = v.lane[..., None] == lanes.incoming  # (B, N, 4)
+    undecided = on_branch.any(dim=-1) & (v.target_lane == v.lane) & traffic.present
+    undecided[:, 0] = False
+    start = on_branch.long().argmax(dim=-1)  # (B, N) the branch it comes from (0 where none)
+    guess = torch.remainder(start + 1 + torch.floor((BRANCHES - 1) * uniforms.to(v.x.device)).long(), BRANCHES)
+    lane = v.lane.clamp(min=0)
+    v.route_edge = torch.where(undecided[..., None], lanes.route_edge[lane, guess], v.route_edge)
+    v.route_lane = torch.where(undecided[..., None], lanes.route_lane[lane, guess], v.route_lane)
+    v.route_cursor = torch.where(undecided, 0, v.route_cursor)
+
+
 # Reward and end.
 
 

@@ -346,6 +346,19 @@ class FastRoad(FrameStack):
         reward pays for (RoadTask.steps_to_goal; inf where it cannot); None where there is none."""
         return None if self.task.steps_to_goal is None else self.task.steps_to_goal(self.road, self.state)
 
+    @property
+    def routes_can_be_guessed(self) -> bool:
+        """Whether the other vehicles choose among routes a camera cannot see (RoadTask.guess_routes)."""
+        return self.task.guess_routes is not None
+
+    def guess_routes(self, traffic: RoadTraffic, uniforms: torch.Tensor) -> None:
+        """Replace, in place, the routes of `traffic`'s vehicles not yet committed to one by routes
+        drawn from (B, N) `uniforms` in [0, 1) (RoadTask.guess_routes): the world as a camera sees it."""
+        if self.task.guess_routes is None:
+            raise ValueError(f"{self.scenario.name}'s other vehicles do not choose among routes; only "
+                             f"{', '.join(i for i, t in ROAD_TASKS.items() if t.guess_routes)}'s do")
+        self.task.guess_routes(self.road, traffic, uniforms)
+
     def available_actions(self, row: int) -> list[int]:
         """DiscreteMetaAction.get_available_actions of env `row`: a lane change (where the action type
         has them) only to a lane of the same road that is reachable from the ego's position, no speed

@@ -21,6 +21,7 @@ from envs.fast.road_exit import (
 from envs.fast.road_intersection import (
     INTERSECTION_IDM_CONSTANTS,
     arrived,
+    guess_routes,
     intersection_after_step,
     intersection_draws,
     intersection_reward,
@@ -53,7 +54,9 @@ class RoadTask:
     are computed, before DrivingEnv's frame and signals): step_draws(seeds, steps) -> that step's
     draws ((B,) seeds, (B,) policy steps from 1) and after_step(road, traffic, draws), in place.
     idm_constants: IDMVehicle class constants the env's reset writes (FastRoad's rules use them; the
-    class is not written)."""
+    class is not written). guess_routes(road, traffic, uniforms): where the other vehicles choose among
+    routes that a camera cannot see, replace those not yet committed by routes drawn from (B, N) uniforms,
+    in place (the teacher's routes="guessed"); None where their routes are not a choice."""
 
     draws: Callable[[torch.Tensor, RoadScenario], torch.Tensor]
     spawn: Callable[[torch.Tensor, RoadScenario], RoadTraffic]
@@ -66,6 +69,7 @@ class RoadTask:
     step_draws: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     after_step: Callable[[RoadScenario, RoadTraffic, torch.Tensor], None] | None = None
     idm_constants: dict[str, float] | None = None
+    guess_routes: Callable[[RoadScenario, RoadTraffic, torch.Tensor], None] | None = None
 
 
 def _seeds_only(draws: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, RoadScenario], torch.Tensor]:
@@ -85,6 +89,7 @@ ROAD_TASKS: dict[str, RoadTask] = {
                         goal=exit_goal, unsupported=exit_unsupported, steps_to_goal=exit_steps_to_goal),
     "intersection-v2": RoadTask(intersection_draws, spawn_intersection, intersection_reward, intersection_terminated,
                                 truncates_at_duration=True, goal=arrived, step_draws=intersection_step_draws,
-                                after_step=intersection_after_step, idm_constants=INTERSECTION_IDM_CONSTANTS),
+                                after_step=intersection_after_step, idm_constants=INTERSECTION_IDM_CONSTANTS,
+                                guess_routes=guess_routes),
 }
 SUPPORTED_ROAD_ENV_IDS = tuple(ROAD_TASKS)

@@ -8,6 +8,7 @@ a scenario to a simulator touches only that simulator and this table.
     cls = simulator_class(scenario)              # FastHighway or FastRoad; UnsupportedScenario otherwise
     sim = make_simulator(scenario, 256, device="cpu", render=True)
     unsupported_reasons(scenario)                # [] when one of them reproduces it
+    routes_can_be_guessed(scenario)              # its other vehicles' routes are a choice (the teacher may guess them)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Union
 import torch
 
 from envs.fast.road_sim import FastRoad, road_unsupported_reasons
-from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
+from envs.fast.road_tasks import ROAD_TASKS, SUPPORTED_ROAD_ENV_IDS
 from envs.fast.simulator import SUPPORTED_ENV_IDS, FastHighway, UnsupportedScenario, unsupported_reasons as highway_reasons
 from scenarios import Scenario
 
@@ -67,6 +68,13 @@ def make_simulator(scenario: Scenario, batch_size: int, device: torch.device | s
     """B envs of `scenario` on the simulator that reproduces it."""
     return simulator_class(scenario)(scenario, batch_size, device=device, dtype=dtype, render=render,
                                      corruptions=corruptions)
+
+
+def routes_can_be_guessed(scenario: Scenario) -> bool:
+    """Whether the scenario's other vehicles choose among routes a camera cannot see, so that its
+    simulator can guess them (FastRoad.guess_routes: intersection)."""
+    task = ROAD_TASKS.get(scenario.highway_env.id)
+    return task is not None and task.guess_routes is not None
 
 
 def is_batched_simulator(value: object) -> bool:

@@ -108,7 +108,8 @@ def test_it_drives_faster_than_idling_without_crashing():
 @pytest.mark.parametrize(
     "kwargs", [{"depth": 3, "horizon": 2}, {"depth": 0}, {"gamma": 1.0}, {"min_headway_s": -0.5}, {"headway_penalty": -1.0},
                {"min_ttc_s": -1.0}, {"ttc_penalty": -0.5}, {"goal_value": -1.0}, {"sight": "lidar"},
-               {"plan_hz": 0}, {"plan_hz": 6}]  # highway: 1 Hz decisions, 5 Hz physics
+               {"plan_hz": 0}, {"plan_hz": 6},  # highway: 1 Hz decisions, 5 Hz physics
+               {"routes": "guessed"}, {"routes": "psychic"}, {"route_guesses": 0}]  # highway's routes are no choice
 )
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
@@ -136,6 +137,59 @@ def test_a_coarser_plan_simulates_fewer_substeps_of_a_longer_step():
     assert (planner.substeps, planner.dt) == (5, pytest.approx(0.2))
     assert (sim.substeps, sim.dt) == (15, pytest.approx(1 / 15))
     assert planner.config["duration"] == sim.config["duration"]
+
+
+def intersection(batch: int) -> "FastRoad":
+    """`batch` intersection envs two IDLE steps in: vehicles wait on the approaches, undecided."""
+    from envs.fast.road_sim import FastRoad
+
+    sim = FastRoad(load_scenario("intersection"), batch, render=False)
+    sim.reset(seeds=torch.arange(batch))
+    for _ in range(2):
+        sim.step(torch.ones(batch, dtype=torch.long))
+    return sim
+
+
+def test_a_route_guessing_teacher_averages_its_plans_over_the_guesses():
+    """routes="guessed": each of its `route_guesses` plans is the known-routes plan of a copy whose
+    undecided vehicles were rerouted by FastRoad.guess_routes with the teacher's generator."""
+    sim = intersection(4)
+    before = sim.state.clone()
+    guessing = LookaheadTeacher(sim, depth=1, horizon=2, plan_hz=5, routes="guessed", route_guesses=3)
+    values = guessing.action_values()
+    assert torch.equal(sim.state.vehicles.route_edge, before.vehicles.route_edge)  # the envs keep their routes
+    generator = torch.Generator().manual_seed(0)
+    plans = []
+    for _ in range(3):
+        guessed = before.clone()
+        sim.guess_routes(guessed, torch.rand(guessed.present.shape, generator=generator, dtype=torch.float64))
+        sim.state = guessed
+        plans.append(LookaheadTeacher(sim, depth=1, horizon=2, plan_hz=5).action_values())
+    assert torch.allclose(values, torch.stack(plans).mean(dim=0))
+    assert not torch.equal(plans[0], plans[1])  # the guesses matter to some plan
+
+
+def test_a_route_guessing_teacher_does_not_read_the_routes_it_cannot_see():
+    """Rerouting the undecided vehicles of the real envs changes nothing the guessing teacher says."""
+    sim = intersection(4)
+    values = LookaheadTeacher(sim, depth=1, horizon=2, plan_hz=5, routes="guessed", route_guesses=2).action_values()
+    rerouted = sim.state.clone()
+    sim.guess_routes(rerouted, torch.full(rerouted.present.shape, 0.9, dtype=torch.float64))  # all to the third branch on
+    assert not torch.equal(rerouted.vehicles.route_edge, sim.state.vehicles.route_edge)
+    sim.state = rerouted
+    assert torch.equal(LookaheadTeacher(sim, depth=1, horizon=2, plan_hz=5, routes="guessed",
+                                        route_guesses=2).action_values(), values)
+
+
+def test_a_runs_training_section_asks_for_guessed_routes():
+    from types import SimpleNamespace
+
+    from agents.teacher import teacher_for
+
+    training = SimpleNamespace(teacher_depth=1, teacher_horizon=2, teacher_min_ttc_s=3.0, teacher_sight="all",
+                               teacher_plan_hz=5, teacher_routes="guessed", teacher_route_guesses=3)
+    assert teacher_for(intersection(1), training).route_guesses == 3
+    assert teacher_for(intersection(1), SimpleNamespace(**{**vars(training), "teacher_routes": "known"})).route_guesses is None
 
 
 def test_the_camera_frames_extent_in_meters():

@@ -356,18 +356,21 @@ def test_imitation_warm_start_counts_its_steps_and_logs_to_tensorboard(tiny, tmp
     config = tmp_path / "imitate.yaml"
     settings = yaml.safe_load(tiny.config.read_text())
     settings["training"].update(imitation_iterations=2, imitation_steps=3, teacher_depth=1, teacher_horizon=2,
-                                teacher_min_ttc_s=4.5, teacher_sight="camera", teacher_plan_hz=2)
+                                teacher_min_ttc_s=4.5, teacher_sight="camera", teacher_plan_hz=2,
+                                teacher_route_guesses=3)
     config.write_text(yaml.safe_dump(settings))
     original, depths = agents.imitation.imitate_teacher, []
 
     def recording(*args, teacher, **kwargs):
         plan_hz = teacher.plan_scenario.highway_env_config()["simulation_frequency"]
-        depths.append((teacher.depth, teacher.horizon, teacher.min_ttc_s, teacher.sight is not None, plan_hz))
+        depths.append((teacher.depth, teacher.horizon, teacher.min_ttc_s, teacher.sight is not None, plan_hz,
+                       teacher.route_guesses))
         return original(*args, teacher=teacher, **kwargs)
 
     monkeypatch.setattr(agents.imitation, "imitate_teacher", recording)
     result = train(options(tiny, backend="fast", n_envs=4, timesteps=64, name="imitating", config=config))
-    assert depths == [(1, 2, 4.5, True, 2)]  # training.teacher_depth, _horizon, _min_ttc_s, _sight and _plan_hz reached it
+    # training.teacher_depth, _horizon, _min_ttc_s, _sight and _plan_hz reached it (routes known: no guesses)
+    assert depths == [(1, 2, 4.5, True, 2, None)]
     scalars = read_scalars(result.run_dir)
     # two DAgger iterations of 3 steps of 4 envs: 12 and 24 labelled states, logged at those env steps
     assert [step for step, _ in scalars["imitation/samples"]] == [12, 24]
@@ -425,14 +428,18 @@ def test_an_imitation_longer_than_the_budget_is_refused(tiny, tmp_path):
     assert not (tiny.root / "runs" / "all-imitation").exists()
 
 
-def test_a_teacher_frequency_above_the_scenarios_is_refused_before_the_run_folder(tiny, tmp_path):
+@pytest.mark.parametrize("teacher, message", [
+    ({"teacher_plan_hz": 1000}, "training.teacher_plan_hz: plan_hz must lie between"),
+    ({"teacher_routes": "guessed"}, "training.teacher_routes is 'guessed', but .* set it to 'known'"),  # a highway
+])
+def test_a_teacher_the_scenario_cannot_have_is_refused_before_the_run_folder(tiny, tmp_path, teacher, message):
     config = tmp_path / "imitate.yaml"
     settings = yaml.safe_load(tiny.config.read_text())
-    settings["training"].update(imitation_iterations=1, imitation_steps=2, teacher_plan_hz=1000)
+    settings["training"].update(imitation_iterations=1, imitation_steps=2, **teacher)
     config.write_text(yaml.safe_dump(settings))
-    with pytest.raises(ValueError, match="training.teacher_plan_hz: plan_hz must lie between"):
-        train(options(tiny, backend="fast", n_envs=4, timesteps=64, name="too-fine", config=config))
-    assert not (tiny.root / "runs" / "too-fine").exists()
+    with pytest.raises(ValueError, match=message):
+        train(options(tiny, backend="fast", n_envs=4, timesteps=64, name="refused", config=config))
+    assert not (tiny.root / "runs" / "refused").exists()
 
 
 def test_the_progress_bar_counts_the_whole_last_rollout():
