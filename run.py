@@ -203,6 +203,8 @@ def cmd_bench_teacher(args: argparse.Namespace) -> None:
     settings = {name: getattr(args, name) for name in ("depth", "horizon", "min_headway_s", "min_ttc_s", "ttc_penalty",
                                                        "sight", "plan_hz", "routes", "route_guesses")}
     given = {name: value for name, value in settings.items() if value is not None}  # the rest: the teacher's defaults
+    if args.route_guesses is not None and args.routes != "guessed":
+        raise ValueError("--route-guesses counts the plans of a teacher that guesses the routes; add --routes guessed")
     report = teacher_ceiling(scenario=args.scenario, episodes=args.episodes, **given)
     print_report(report)
     print(f"{args.episodes} episodes in {report.seconds:.0f} s")

@@ -65,6 +65,8 @@ def test_bench_env_runs_on_a_tiny_budget():
         (["train", "--scenario", "highway", "--algo", "dqn"], ["dqn"]),
         (["train", "--scenario", "highway", "--timesteps", "0"], ["--timesteps", "positive"]),
         (["perception", "eval", "--models", "no-equals-sign"], ["NAME=PATH"]),
+        (["bench", "teacher", "--scenario", "intersection", "--route-guesses", "3"], ["--route-guesses", "--routes guessed"]),
+        (["bench", "teacher", "--routes", "guessed", "--episodes", "1"], ["routes='guessed'", "highway's do not"]),
     ],
 )
 def test_user_mistakes_get_one_clear_line(args, fragments):
@@ -84,6 +86,7 @@ def test_misspelled_key_and_too_small_camera_in_a_user_file(write_scenario):
     ([], {}),  # the teacher's own defaults, not copies of them in argparse
     (["--horizon", "4", "--min-ttc-s", "0"], {"horizon": 4, "min_ttc_s": 0.0}),
     (["--sight", "camera"], {"sight": "camera"}),
+    (["--routes", "guessed", "--route-guesses", "2"], {"routes": "guessed", "route_guesses": 2}),
 ])
 def test_bench_teacher_passes_only_the_flags_given(monkeypatch, capsys, flags, passed):
     import agents.ceiling
