@@ -54,7 +54,7 @@ import itertools
 import torch
 
 from envs.fast.simulator import META_ACTIONS, StepResult
-from envs.fast.simulators import BatchedSimulator
+from envs.fast.simulators import BatchedSimulator, routes_can_be_guessed
 from envs.fast.state import TrafficState
 from scenarios.schema import BevCameraConfig, Scenario
 
@@ -128,7 +128,7 @@ class LookaheadTeacher:
         a coarser one plans an approximate future at a fraction of the cost (the road scenarios simulate
         at 15 Hz, the highways at 5); routes: the other vehicles' routes, "known" (exact) or "guessed"
         (drawn anew `route_guesses` times per plan for those not yet committed, the values averaged;
-        scenarios whose simulator has `routes_can_be_guessed`), at `route_guesses` times the cost."""
+        scenarios for which envs.fast.simulators.routes_can_be_guessed), at `route_guesses` times the cost."""
         if not 1 <= depth <= horizon:
             raise ValueError(f"need 1 <= depth <= horizon, got depth {depth} and horizon {horizon}")
         if not 0.0 < gamma < 1.0:
@@ -141,7 +141,7 @@ class LookaheadTeacher:
             raise ValueError(f"sight must be one of {', '.join(SIGHTS)}, got {sight!r}")
         if routes not in ROUTES:
             raise ValueError(f"routes must be one of {', '.join(ROUTES)}, got {routes!r}")
-        if routes == "guessed" and not getattr(sim, "routes_can_be_guessed", False):
+        if routes == "guessed" and not routes_can_be_guessed(sim.scenario):
             raise ValueError(f"routes='guessed' needs a scenario whose other vehicles choose among routes a camera "
                              f"cannot see (intersection); {sim.scenario.name}'s do not")
         if route_guesses < 1:

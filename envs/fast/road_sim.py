@@ -346,11 +346,6 @@ class FastRoad(FrameStack):
         reward pays for (RoadTask.steps_to_goal; inf where it cannot); None where there is none."""
         return None if self.task.steps_to_goal is None else self.task.steps_to_goal(self.road, self.state)
 
-    @property
-    def routes_can_be_guessed(self) -> bool:
-        """Whether the other vehicles choose among routes a camera cannot see (RoadTask.guess_routes)."""
-        return self.task.guess_routes is not None
-
     def guess_routes(self, traffic: RoadTraffic, uniforms: torch.Tensor) -> None:
         """Replace, in place, the routes of `traffic`'s vehicles not yet committed to one by routes
         drawn from (B, N) `uniforms` in [0, 1) (RoadTask.guess_routes): the world as a camera sees it."""

@@ -170,13 +170,16 @@ def test_a_route_guessing_teacher_averages_its_plans_over_the_guesses():
 
 
 def test_a_route_guessing_teacher_does_not_read_the_routes_it_cannot_see():
-    """Rerouting the undecided vehicles of the real envs changes nothing the guessing teacher says."""
+    """Rerouting the undecided vehicles of the real envs changes nothing the guessing teacher says,
+    though it changes what the teacher that knows the routes says."""
     sim = intersection(4)
     values = LookaheadTeacher(sim, depth=1, horizon=2, plan_hz=5, routes="guessed", route_guesses=2).action_values()
+    knowing = LookaheadTeacher(sim, depth=1, horizon=2, plan_hz=5).action_values()
     rerouted = sim.state.clone()
     sim.guess_routes(rerouted, torch.full(rerouted.present.shape, 0.9, dtype=torch.float64))  # all to the third branch on
     assert not torch.equal(rerouted.vehicles.route_edge, sim.state.vehicles.route_edge)
     sim.state = rerouted
+    assert not torch.equal(LookaheadTeacher(sim, depth=1, horizon=2, plan_hz=5).action_values(), knowing)
     assert torch.equal(LookaheadTeacher(sim, depth=1, horizon=2, plan_hz=5, routes="guessed",
                                         route_guesses=2).action_values(), values)
 

@@ -10,6 +10,7 @@ import torch
 
 from envs.fast.road_intersection import BRANCHES, guess_routes, intersection_lanes
 from envs.fast.road_sim import FastRoad
+from envs.fast.simulators import routes_can_be_guessed
 from scenarios import load_scenario
 
 ENVS = 32
@@ -103,6 +104,6 @@ def test_guesses_are_uniform_over_the_three_other_branches():
 def test_the_fast_road_refuses_guesses_where_routes_are_no_choice():
     sim = FastRoad(load_scenario("merge"), 1, render=False)
     sim.reset(seeds=torch.zeros(1, dtype=torch.long))
-    assert not sim.routes_can_be_guessed
+    assert not routes_can_be_guessed(sim.scenario) and routes_can_be_guessed(load_scenario("intersection"))
     with pytest.raises(ValueError, match="intersection"):
         sim.guess_routes(sim.state.clone(), torch.zeros(sim.state.present.shape))
