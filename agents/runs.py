@@ -297,8 +297,6 @@ def _nothing_valid(run_dir: Path, skipped: list[tuple[str, str]]) -> ValueError:
 def policy_kwargs(config: RunConfig, perception_path: Path) -> dict[str, Any]:
     """SB3 policy_kwargs of `PerceptionPolicy`: the perception extractor, then actor and critic MLPs of
     `net_arch` (reading the student's feature map too when `map_channels` > 0)."""
-    from torch import nn
-
     from perception.extractor import PerceptionExtractor
 
     hidden = list(config.policy.net_arch)
@@ -312,9 +310,16 @@ def policy_kwargs(config: RunConfig, perception_path: Path) -> dict[str, Any]:
         },
         "map_channels": config.policy.map_channels,  # PerceptionPolicy (agents/policy.py)
         "net_arch": {"pi": hidden, "vf": list(hidden)},
-        "activation_fn": {"tanh": nn.Tanh, "relu": nn.ReLU}[config.policy.activation],
+        "activation_fn": activation_module(config.policy.activation),
         "normalize_images": True,  # uint8 frames / 255 -> [0, 1], what the extractor reads
     }
+
+
+def activation_module(name: str) -> type:
+    """policy.activation ("tanh" or "relu") -> the torch module class of the actor's and critic's MLPs."""
+    from torch import nn
+
+    return {"tanh": nn.Tanh, "relu": nn.ReLU}[name]
 
 
 def build_agent(config: RunConfig, run_dir: Path, env, device: str, seed: int | None = None):

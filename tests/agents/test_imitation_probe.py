@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from agents.imitation import EPOCHS
-from agents.imitation_probe import _split, format_rows, main, probe
+from agents.imitation_probe import NEAREST, _split, format_rows, kinematic_features, main, probe
+from envs.scene import Scene
 from agents.train import TrainOptions, train
 from tests.agents import make_tiny
 
@@ -34,8 +36,30 @@ def tiny_run(tmp_path_factory):
                               name="probed")).run_dir
 
 
+def test_kinematic_features_put_the_others_in_the_ego_frame_nearest_first():
+    # the ego at (10, 0) heading +y (pi/2) at 8 m/s; one car 5 m ahead of it at its speed, one 20 m to its
+    # left (world +x) crossing towards its right (world -x) at 10 m/s
+    scene = Scene(positions=np.array([[10.0, 0.0], [30.0, 0.0], [10.0, 5.0]]),
+                  headings=np.array([math.pi / 2, math.pi, math.pi / 2]), speeds=np.array([8.0, 10.0, 8.0]),
+                  lengths=np.full(3, 5.0), widths=np.full(3, 2.0))
+    features = kinematic_features([scene, scene], nearest=3)
+    assert features.shape == (2, 5 + 7 * 3) and features.dtype == torch.float32
+    ego, others = features[0, :5], features[0, 5:].reshape(3, 7)
+    assert torch.allclose(ego, torch.tensor([10 / 50, 0.0, 0.0, 1.0, 8 / 10]), atol=1e-6)
+    # nearest first: the car ahead (same velocity: no closing speed, same heading)
+    assert torch.allclose(others[0], torch.tensor([1.0, 5 / 50, 0.0, 0.0, 0.0, 1.0, 0.0]), atol=1e-6)
+    # world +x is the ego's left (y to its right is world -x): 20 m to the left; its velocity (-10, 0) minus
+    # the ego's (0, 8) is -8 m/s ahead and +10 m/s to the ego's right; heading +pi/2 relative
+    assert torch.allclose(others[1], torch.tensor([1.0, 0.0, -20 / 50, -0.8, 1.0, 0.0, 1.0]), atol=1e-6)
+    assert torch.equal(others[2], torch.zeros(7))  # fewer than `nearest`: zeros, presence 0
+    assert kinematic_features([scene]).shape == (1, 5 + 7 * NEAREST)
+    far = Scene(positions=scene.positions + [5000.0, 0.0], headings=scene.headings, speeds=scene.speeds,
+                lengths=scene.lengths, widths=scene.widths)  # kilometres down a highway
+    assert float(kinematic_features([far], nearest=3)[0, 0]) == 2.0  # clipped at +-100 m, as highway-env's
+
+
 def test_the_probe_measures_constant_policies_and_both_fits_on_held_out_envs(tiny_run):
-    rows = probe(tiny_run, iterations=2, held_out=1, rounds=2, seed=3, n_envs=4)
+    rows = probe(tiny_run, iterations=2, held_out=1, rounds=2, seed=3, n_envs=4, privileged=True)
     constant = [row for row in rows if row.model.startswith("always ")]
     assert [row.model for row in constant] == ["always LANE_LEFT", "always IDLE", "always LANE_RIGHT", "always FASTER",
                                                "always SLOWER"]
@@ -45,7 +69,8 @@ def test_the_probe_measures_constant_policies_and_both_fits_on_held_out_envs(tin
     assert min(row.fitted_regret for row in constant) >= 0.0
     fits = [(row.model, row.epochs) for row in rows if not row.model.startswith("always ")]
     assert fits == [("frozen student", EPOCHS), ("frozen student", 2 * EPOCHS),
-                    ("student tuned", EPOCHS), ("student tuned", 2 * EPOCHS)]
+                    ("student tuned", EPOCHS), ("student tuned", 2 * EPOCHS),
+                    ("privileged state", EPOCHS), ("privileged state", 2 * EPOCHS)]
     for row in rows:
         assert row.fitted_regret >= 0.0 and row.held_out_regret >= 0.0
         assert 0.0 <= row.fitted_agreement <= 1.0 and 0.0 <= row.held_out_agreement <= 1.0
@@ -82,3 +107,8 @@ def test_kept_samples_are_read_back_and_the_frozen_only_probe_skips_the_tuned_fi
     assert [row for row in again if row.model.startswith("always ")] == constant
     with pytest.raises(ValueError, match="holds 4 envs' states, not --envs 8"):
         probe(tiny_run, iterations=1, held_out=1, rounds=1, seed=3, n_envs=8, samples_file=kept)
+    older = tmp_path / "older.pt"  # kept before the probe recorded the simulator's state
+    torch.save({key: value for key, value in torch.load(kept).items() if key != "kinematics"}, older)
+    with pytest.raises(ValueError, match="hold no simulator state .* collect them anew"):
+        probe(tiny_run, iterations=1, held_out=1, rounds=1, seed=3, n_envs=4, tuned=False, samples_file=older,
+              privileged=True)
