@@ -12,9 +12,9 @@ and labels every state; envs 0..B-held_out-1 are fitted, the last `held_out` env
   (`training.imitation_tunes_perception`);
 - privileged state (`--privileged`): an actor of the run's MLP on the simulator's exact kinematics instead
   of any camera (`kinematic_features`: the ego's pose and speed, and the nearest vehicles' positions,
-  velocities and headings in its frame), fitted the same way. What the imitation could reach if
-  perception were perfect: a floor it shares says the teacher's choices are not a function of what is
-  there to see, a lower one says the frames lose what they need.
+  velocities and headings in its frame), fitted the same way: the imitation with a perfect perception.
+  A held-out regret no lower than the frozen student's says the frames are not what limits the fit; a
+  lower one says they lose what the teacher plans with.
 
 Per fit, after every EPOCHS passes: mean regret (the teacher's value units) and agreement with the teacher's
 best action, on the fitted and on the held-out envs.
@@ -85,13 +85,13 @@ def kinematic_features(scenes: list[Scene], nearest: int = NEAREST) -> torch.Ten
         to_ego = np.array([[cos, sin], [-sin, cos]])  # world -> ego frame
         velocities = scene.speeds[:, None] * np.stack([np.cos(scene.headings), np.sin(scene.headings)], axis=1)
         offsets = (scene.positions[1:] - scene.positions[0]) @ to_ego.T  # (n, 2) [m]
-        closing = (velocities[1:] - velocities[0]) @ to_ego.T  # (n, 2) [m/s]
-        relative = scene.headings[1:] - heading
+        relative_velocities = (velocities[1:] - velocities[0]) @ to_ego.T  # (n, 2) [m/s]
+        relative_headings = scene.headings[1:] - heading  # (n,) [rad]
         order = np.argsort(np.hypot(offsets[:, 0], offsets[:, 1]))[:nearest]
         others = np.zeros((nearest, 7))
         others[: len(order)] = np.column_stack([
-            np.ones(len(order)), offsets[order] / POSITION_SCALE_M, closing[order] / SPEED_SCALE_M_S,
-            np.cos(relative[order]), np.sin(relative[order]),
+            np.ones(len(order)), offsets[order] / POSITION_SCALE_M, relative_velocities[order] / SPEED_SCALE_M_S,
+            np.cos(relative_headings[order]), np.sin(relative_headings[order]),
         ])
         ego = [*(scene.positions[0] / POSITION_SCALE_M), cos, sin, scene.speeds[0] / SPEED_SCALE_M_S]
         rows.append(np.concatenate([ego, others.ravel()]))
@@ -188,7 +188,8 @@ def privileged_rows(run_dir: Path, samples: ProbeSamples, held_out: int, rounds:
     width = samples.kinematics.shape[-1]
     policy = ActorCriticPolicy(
         spaces.Box(-np.inf, np.inf, (width,), np.float32), spaces.Discrete(len(samples.action_names)),
-        lambda _: 0.0, net_arch=list(config.policy.net_arch), activation_fn=activation_module(config.policy.activation),
+        lambda _: 0.0,  # its own optimizer is unused: the fit makes the imitation's (imitation_optimizer)
+        net_arch=list(config.policy.net_arch), activation_fn=activation_module(config.policy.activation),
     )
     return _fit_and_measure(policy, "privileged state", _split(samples.kinematics, held_out),
                             _split(samples.values, held_out), samples.action_names, rounds)
@@ -196,7 +197,8 @@ def privileged_rows(run_dir: Path, samples: ProbeSamples, held_out: int, rounds:
 
 def probe(run_dir: Path, iterations: int, held_out: int, rounds: int, seed: int, n_envs: int = 256,
           tuned: bool = True, samples_file: Path | None = None, privileged: bool = False) -> list[FitRow]:
-    """The constant policies' rows, then the frozen student's fit and (with `tuned`) the tuned one's.
+    """The constant policies' rows, then the frozen student's fit, with `tuned` the tuned one's, and with
+    `privileged` the fit on the simulator's exact state.
     `samples_file`: where the collected states are kept (torch.save) and, if it exists, read back
     instead of collecting, so that variants of the run's architecture (its config.yaml) share them."""
     if not (run_dir / "config.yaml").is_file():
