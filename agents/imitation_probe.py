@@ -100,23 +100,25 @@ def kinematic_features(scenes: list[Scene], nearest: int = NEAREST) -> torch.Ten
 
 def collect(run_dir: Path, iterations: int, seed: int, n_envs: int = 256) -> ProbeSamples:
     """The run's teacher (its training.teacher_* settings) drives `n_envs` fast envs of the run's scenario
-    for `iterations` x imitation_steps steps; every state's frames, student features and action values."""
+    for `iterations` x imitation_steps steps; every state's frames, student features, exact kinematics and
+    action values."""
     config = read_run_config(run_dir)
     training = config.training
     env = get_backend("fast").make_vec_env(config.scenario, n_envs)
     try:
         env.seed(seed)
         policy = build_agent(config, run_dir, env, "cpu", seed=seed).policy
-        teacher = teacher_for(privileged_simulator(env), training)
-        observations = env.reset()
         simulator = privileged_simulator(env)
+        teacher = teacher_for(simulator, training)
+        observations = env.reset()
+        rows = list(range(n_envs))
         frames, features, values, kinematics = [], [], [], []
         steps = range(iterations * training.imitation_steps)
         for _ in track(steps, "teacher labelling states", unit="steps"):  # each step: all envs
             frames.append(torch.as_tensor(observations).clone())
             with torch.no_grad():
                 features.append(policy.extract_features(frames[-1]))
-            kinematics.append(kinematic_features(simulator.scenes(list(range(n_envs)))))
+            kinematics.append(kinematic_features(simulator.scenes(rows)))
             values.append(teacher.action_values())
             observations, _, _, _ = env.step(best_actions(values[-1], teacher.action_names).numpy())
     finally:
