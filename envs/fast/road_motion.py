@@ -242,6 +242,10 @@ class ControlledVehicles:
         """A copy of the envs `rows`."""
         return ControlledVehicles(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
+    def vehicles_at(self, env: torch.Tensor, column: torch.Tensor) -> ControlledVehicles:
+        """A copy of the K vehicles (env[k], column[k]) as one env of K columns: (1, K) tensors."""
+        return ControlledVehicles(**{f.name: getattr(self, f.name)[env, column][None] for f in fields(self)})
+
     def clone(self) -> ControlledVehicles:
         return ControlledVehicles(**{f.name: getattr(self, f.name).clone() for f in fields(self)})
 
@@ -304,9 +308,13 @@ def follow_road(graph: LaneGraph, state: ControlledVehicles, mask: torch.Tensor 
     after_end = s > graph.length[target] - VEHICLE_LENGTH_M / 2
     if mask is not None:
         after_end = after_end & mask
-    new_target, cursor = next_lane(graph, state, target)
-    state.target_lane = torch.where(after_end, new_target, target)
-    state.route_cursor = torch.where(after_end, cursor, state.route_cursor)
+    env, column = after_end.nonzero(as_tuple=True)  # (K,) each: few vehicles reach a lane's end per sub-step
+    if env.numel() == 0:
+        return
+    # next_lane is per vehicle, so it runs on those K alone (a (1, K) env), not on all B x N
+    new_target, cursor = next_lane(graph, state.vehicles_at(env, column), target[env, column][None])
+    state.target_lane = target.index_put((env, column), new_target[0])  # new tensors, as torch.where made
+    state.route_cursor = state.route_cursor.index_put((env, column), cursor[0])
 
 
 def apply_action(
