@@ -296,16 +296,28 @@ class LaneGraph:
         between heading and the lane's heading at s, wrapped| [rad]; distance() if heading is None."""
         if heading is None:
             return self.distance(lane, x, y)
-        s, r = self.local_coordinates(lane, x, y)
+        return self._distance_with_heading(lane, *self.local_coordinates(lane, x, y), heading, heading_weight)
+
+    def _distance_with_heading(self, lane: torch.Tensor, s: torch.Tensor, r: torch.Tensor, heading: torch.Tensor,
+                               heading_weight: float = 1.0) -> torch.Tensor:
         angle = wrap_to_pi(heading - self.heading_at(lane, s)).abs()
         return self._distance(lane, s, r) + heading_weight * angle
 
-    def closest_lane(self, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor | None = None) -> torch.Tensor:
+    def closest_lane(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        heading: torch.Tensor | None = None,
+        coordinates: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """RoadNetwork.get_closest_lane_index((x, y), heading): lane id (int64, shape of x) of the
         smallest distance_with_heading over all L lanes; ties go to the lower id, as there.
-        Builds (L, ...) temporaries (lanes first: the reduction runs over the outer dimension)."""
+        Builds (L, ...) temporaries (lanes first: the reduction runs over the outer dimension).
+        coordinates: the point's (s, r) [m] on every lane, (L, ...) each, where already computed."""
         lanes = torch.arange(self.lanes_count, device=x.device).view(-1, *([1] * x.dim()))
-        return first_argmin(self.distance_with_heading(lanes, x, y, heading))
+        if coordinates is None or heading is None:
+            return first_argmin(self.distance_with_heading(lanes, x, y, heading))
+        return first_argmin(self._distance_with_heading(lanes, *coordinates, heading))
 
     def next_lane(self, lane: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """RoadNetwork.next_lane(lane, position=(x, y)) with no route: of `successors`, the one

@@ -642,14 +642,16 @@ def aborted_lane_changes(
 # Road.act and Road.step.
 
 
-def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
-    """Road.act(), in place: the ego's ControlledVehicle.act() and every IDMVehicle.act()."""
+def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules, coordinates: LaneCoordinates | None = None) -> None:
+    """Road.act(), in place: the ego's ControlledVehicle.act() and every IDMVehicle.act().
+    coordinates: the objects' LaneCoordinates at their current positions, if `step` gave them."""
     v, idm = traffic.vehicles, rules.idm
     ego, idm_vehicles = _columns(traffic)
     active = idm_vehicles & ~traffic.crashed  # IDMVehicle.act returns early once crashed
     before = v.target_lane.clone()
     follow_road(graph, v, ego | active)
-    coordinates = LaneCoordinates.of(graph, traffic)  # positions and lanes stay as they are during Road.act
+    if coordinates is None:  # positions and lanes stay as they are during Road.act
+        coordinates = LaneCoordinates.of(graph, traffic)
     inputs = IdmInputs.of(graph, traffic, coordinates)
     current = neighbour_vehicles(graph, traffic, v.lane, rules.connected_lanes, coordinates)
 
@@ -697,9 +699,10 @@ def act(graph: LaneGraph, traffic: RoadTraffic, rules: RoadRules) -> None:
     v.acceleration = torch.where(updates, acceleration, v.acceleration)
 
 
-def step(graph: LaneGraph, traffic: RoadTraffic, dt: float, rules: RoadRules) -> None:
+def step(graph: LaneGraph, traffic: RoadTraffic, dt: float, rules: RoadRules) -> LaneCoordinates:
     """Road.step(dt) (RegulatedRoad.step with rules.regulated), in place: every vehicle's
-    Vehicle.step, then the collision checks of every pair."""
+    Vehicle.step, then the collision checks of every pair. Returns the objects' LaneCoordinates at
+    their new positions (the closest lane reads them; so can the next Road.act)."""
     if rules.regulated:
         traffic.road_steps = traffic.road_steps + 1
         due = traffic.road_steps % int(1 / dt / RegulatedRoad.REGULATION_FREQUENCY) == 0
@@ -722,8 +725,10 @@ def step(graph: LaneGraph, traffic: RoadTraffic, dt: float, rules: RoadRules) ->
     traffic.impact_pending = traffic.impact_pending & ~moves
     v.x, v.y = torch.where(moves, x, v.x), torch.where(moves, y, v.y)
     v.heading, v.speed = torch.where(moves, heading, v.heading), torch.where(moves, speed, v.speed)
-    v.lane = torch.where(moves, graph.closest_lane(v.x, v.y, v.heading), v.lane)
+    coordinates = LaneCoordinates.of(graph, traffic)
+    v.lane = torch.where(moves, graph.closest_lane(v.x, v.y, v.heading, (coordinates.s, coordinates.r)), v.lane)
     handle_collisions(traffic, dt)
+    return coordinates
 
 
 def _footprints(x, y, heading, length, width) -> torch.Tensor:
@@ -988,8 +993,9 @@ def policy_step(
     used = traffic.columns_in_use()
     stepped = traffic.narrow(used) if used < traffic.present.shape[1] else traffic
     apply_action(graph, stepped.vehicles, action, target_speeds)
+    coordinates = None  # positions do not change between a sub-step's end and the next Road.act
     for _ in range(frames):
-        act(graph, stepped, rules)
-        step(graph, stepped, dt, rules)
+        act(graph, stepped, rules, coordinates)
+        coordinates = step(graph, stepped, dt, rules)
     if stepped is not traffic:
         traffic.take_columns(stepped)
