@@ -400,3 +400,48 @@ def test_collisions_equal_is_colliding():
         counts[0] += now
         counts[1] += soon and not now
     assert counts[0] >= 20 and counts[1] >= 5, counts
+
+
+def padded(traffic: RoadTraffic, extra: int) -> RoadTraffic:
+    """`traffic` with `extra` more columns, copies of its last one (which holds no object)."""
+    assert not bool(traffic.present[:, -1].any())
+
+    def widen(value: torch.Tensor) -> torch.Tensor:
+        return torch.cat([value] + [value[:, -1:]] * extra, dim=1)
+
+    vehicles = type(traffic.vehicles)(**{
+        name: widen(getattr(traffic.vehicles, name)) for name in traffic.vehicles.__dataclass_fields__
+    })
+    return RoadTraffic(vehicles=vehicles, **{
+        name: value if name == "road_steps" else widen(value) for name, value in traffic._tensors().items()
+    })
+
+
+def test_columns_no_env_uses_take_no_part():
+    """policy_step runs its sub-steps on the columns in use: a batch with 8 more empty columns steps
+    to the same states bit for bit, and the empty columns come back as they were."""
+    env_id = "intersection-v2"
+    graph, episodes = lane_graph(env_id), [episode(env_id, seed) for seed in SEEDS]
+    first = episodes[0]
+    traffic = stack([e.start for e in episodes])
+    wide = padded(traffic, 8)
+    used = traffic.columns_in_use()
+    assert used == int(traffic.present.sum(dim=1).max())  # highway-env's vehicles fill the first columns
+    assert wide.columns_in_use() == used < traffic.present.shape[1]
+    narrow = traffic.narrow(used)
+    assert narrow.present.shape == (len(SEEDS), used) and narrow.road_steps is traffic.road_steps
+    padding_before = [value[:, used:].clone() for value in (wide.vehicles.x, wide.vehicles.lane, wide.timer)]
+    ego_start = traffic.vehicles.y[:, 0].clone()
+    for k in range(4):
+        codes = torch.tensor([e.codes[k] for e in episodes])
+        for t in (traffic, wide):
+            policy_step(graph, t, codes, first.target_speeds, first.frames, first.dt, first.rules)
+        count = traffic.present.shape[1]
+        for name in traffic.vehicles.__dataclass_fields__:
+            assert torch.equal(getattr(wide.vehicles, name)[:, :count], getattr(traffic.vehicles, name)), (k, name)
+        for name, value in traffic._tensors().items():
+            assert torch.equal(getattr(wide, name) if name == "road_steps" else getattr(wide, name)[:, :count],
+                               value), (k, name)
+    assert bool(traffic.vehicles.y[:, 0].ne(ego_start).all())  # the egos drove (north, along y)
+    padding_after = [value[:, used:] for value in (wide.vehicles.x, wide.vehicles.lane, wide.timer)]
+    assert all(torch.equal(a, b) for a, b in zip(padding_before, padding_after))
