@@ -55,7 +55,7 @@ import torch
 from envs.fast import rng
 from envs.fast.road_motion import route_to
 from envs.fast.road_scenario import IDM_DELTA, IDM_DELTA_RANGE, RoadScenario, duration_steps, spawned_traffic
-from envs.fast.road_traffic import RoadTraffic, act, step
+from envs.fast.road_traffic import RoadTraffic, substeps
 from envs.fast.lanes import NO_LANE
 from envs.fast.spawn import SPAWN_STREAM, speed_to_index
 
@@ -253,10 +253,8 @@ def spawn_intersection(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:
     column = torch.empty(envs, dtype=torch.int64, device=device)
     for t, longitudinal in enumerate(np.linspace(0, WARM_UP_END_M, count)[:-1]):
         spawn_attempt(road64, traffic, draws[:, t], column.fill_(1 + t), float(longitudinal), WARM_UP_PROBABILITY)
-    dt = 1.0 / config["simulation_frequency"]
-    for _ in range(WARM_UP_S * int(config["simulation_frequency"])):
-        act(graph64, traffic, road.rules)
-        step(graph64, traffic, dt, road.rules)
+    frequency = int(config["simulation_frequency"])
+    substeps(graph64, traffic, WARM_UP_S * frequency, 1.0 / frequency, road.rules)
     spawn_attempt(road64, traffic, draws[:, count - 1], column.fill_(count), CHALLENGER_S_M, 1.0,
                   CHALLENGER_POSITION_DEVIATION_M, 0.0, go_straight=True)
     # the ego: MDPVehicle on ("o0", "ir0", 0), appended last

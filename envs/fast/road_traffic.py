@@ -66,8 +66,11 @@ a caller can write new vehicles into free columns with `set_columns` and clear `
 recover_from_stop (commented out in highway-env); other vehicle classes (LinearVehicle, ...);
 highway-fast's check_collisions=False; several egos.
 
-Cost: Road.act evaluates every object on every lane once ((L, B, N) LaneCoordinates) and each
-neighbour search gathers (N, B, N) pairs from it; collisions run a sphere pre-check on the
+Cost: policy_step runs its sub-steps on the columns some env uses (objects appear and leave only
+between policy steps; intersection's 24 columns hold ~8 vehicles on average). Each sub-step
+evaluates every object on every lane once ((L, B, N) LaneCoordinates, computed by Road.step's
+closest-lane search and read again by the next Road.act) and each neighbour search gathers
+(N, B, N) pairs from it; collisions run a sphere pre-check on the
 N (N - 1) / 2 column pairs and the separating-axis test on the near ones only: meant for the
 N <= ~30 of these scenarios. A few host syncs per sub-step decide whether MOBIL, the abort passes,
 the target lanes' search, impacts or a regulation step are needed at all, and in which envs (rows
@@ -984,15 +987,21 @@ def policy_step(
     rules: RoadRules,
 ) -> None:
     """AbstractEnv._simulate(action), in place: the ego's MDPVehicle.act(action) ((B,) codes, as
-    road_motion.apply_action), then `frames` sub-steps of Road.act() and Road.step(dt).
+    road_motion.apply_action), then `frames` sub-steps of Road.act() and Road.step(dt)."""
+    apply_action(graph, traffic.vehicles, action, target_speeds)
+    substeps(graph, traffic, frames, dt, rules)
 
-    Objects neither appear nor leave within a policy step, and a column that holds none in any env
-    takes part in nothing (every rule masks by `present`), so the sub-steps run on the columns in
-    use only: intersection fills ~8 of its 24 on average and ~17 at most (its pairwise rules cost
-    columns squared)."""
+
+def substeps(graph: LaneGraph, traffic: RoadTraffic, frames: int, dt: float, rules: RoadRules) -> None:
+    """`frames` sub-steps of Road.act() and Road.step(dt), in place.
+
+    Objects neither appear nor leave within them, and a column that holds none in any env takes
+    part in nothing (every rule masks by `present`), so they run on the columns in use only:
+    intersection fills ~8 of its 24 on average and ~17 at most (its pairwise rules cost columns
+    squared). Bit for bit the same states but for the last bit of some float results (vectorised
+    kernels round differently on tensors of other sizes)."""
     used = traffic.columns_in_use()
     stepped = traffic.narrow(used) if used < traffic.present.shape[1] else traffic
-    apply_action(graph, stepped.vehicles, action, target_speeds)
     coordinates = None  # positions do not change between a sub-step's end and the next Road.act
     for _ in range(frames):
         act(graph, stepped, rules, coordinates)
