@@ -226,11 +226,7 @@ def _reorder(traffic: RoadTraffic, order: torch.Tensor) -> RoadTraffic:
         index = order.view(*order.shape, *([1] * (t.dim() - 2))).expand(*order.shape, *t.shape[2:])
         return t.gather(1, index)
 
-    vehicles = type(traffic.vehicles)(**{f.name: take(getattr(traffic.vehicles, f.name))
-                                         for f in dataclasses.fields(traffic.vehicles)})
-    return RoadTraffic(vehicles=vehicles, road_steps=traffic.road_steps, **{
-        f.name: take(getattr(traffic, f.name)) for f in dataclasses.fields(traffic)
-        if f.name not in ("vehicles", "road_steps")})
+    return traffic.map(take, per_env=False)
 
 
 def spawn_intersection(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -238,16 +238,16 @@ class ControlledVehicles:
         edges, lanes = self.route_edge[b, n, start:].tolist(), self.route_lane[b, n, start:].tolist()
         return route_to_highway_env(graph, [(e, lane) for e, lane in zip(edges, lanes) if e != NO_LANE])
 
+    def map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> ControlledVehicles:
+        """`function` applied to every (B, N, ...) tensor: selections, copies, views of columns."""
+        return ControlledVehicles(**{f.name: function(getattr(self, f.name)) for f in fields(self)})
+
     def select(self, rows: torch.Tensor) -> ControlledVehicles:
         """A copy of the envs `rows`."""
-        return ControlledVehicles(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
-
-    def vehicles_at(self, env: torch.Tensor, column: torch.Tensor) -> ControlledVehicles:
-        """A copy of the K vehicles (env[k], column[k]) as one env of K columns: (1, K) tensors."""
-        return ControlledVehicles(**{f.name: getattr(self, f.name)[env, column][None] for f in fields(self)})
+        return self.map(lambda t: t[rows])
 
     def clone(self) -> ControlledVehicles:
-        return ControlledVehicles(**{f.name: getattr(self, f.name).clone() for f in fields(self)})
+        return self.map(torch.clone)
 
 
 # Lane following. The state's tensors are (B, N); everything is in place and loop-free.
@@ -312,7 +312,7 @@ def follow_road(graph: LaneGraph, state: ControlledVehicles, mask: torch.Tensor 
     if env.numel() == 0:
         return
     # next_lane is per vehicle, so it runs on those K alone (a (1, K) env), not on all B x N
-    new_target, cursor = next_lane(graph, state.vehicles_at(env, column), target[env, column][None])
+    new_target, cursor = next_lane(graph, state.map(lambda t: t[env, column][None]), target[env, column][None])
     state.target_lane = target.index_put((env, column), new_target[0])  # new tensors, as torch.where made
     state.route_cursor = state.route_cursor.index_put((env, column), cursor[0])
 

@@ -81,7 +81,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -255,12 +255,18 @@ class RoadTraffic:
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "vehicles"}
 
+    def map(self, function: Callable[[torch.Tensor], torch.Tensor], per_env: bool = True) -> RoadTraffic:
+        """`function` applied to every (B, N, ...) tensor, and to the (B,) road_steps if `per_env`
+        (else they are shared): selections, copies, views of columns."""
+        return RoadTraffic(vehicles=self.vehicles.map(function), **{
+            k: function(v) if per_env or k != "road_steps" else v for k, v in self._tensors().items()})
+
     def select(self, rows: torch.Tensor) -> RoadTraffic:
         """A copy of the envs `rows`."""
-        return RoadTraffic(vehicles=self.vehicles.select(rows), **{k: v[rows] for k, v in self._tensors().items()})
+        return self.map(lambda t: t[rows])
 
     def clone(self) -> RoadTraffic:
-        return RoadTraffic(vehicles=self.vehicles.clone(), **{k: v.clone() for k, v in self._tensors().items()})
+        return self.map(torch.clone)
 
     def columns_in_use(self) -> int:
         """1 + the last column that holds an object in any env (the ego's column at least)."""
@@ -269,10 +275,7 @@ class RoadTraffic:
 
     def narrow(self, count: int) -> RoadTraffic:
         """The first `count` columns of every env, as views (road_steps, per env, is shared)."""
-        vehicles = ControlledVehicles(**{f.name: getattr(self.vehicles, f.name)[:, :count]
-                                         for f in fields(self.vehicles)})
-        return RoadTraffic(vehicles=vehicles, **{k: v if k == "road_steps" else v[:, :count]
-                                                 for k, v in self._tensors().items()})
+        return self.map(lambda t: t[:, :count], per_env=False)
 
     def take_columns(self, narrowed: RoadTraffic) -> None:
         """Adopt `narrowed` (what narrow(count) gave, since stepped) as the first count columns, in
@@ -709,8 +712,7 @@ def step(graph: LaneGraph, traffic: RoadTraffic, dt: float, rules: RoadRules) ->
     if rules.regulated:
         traffic.road_steps = traffic.road_steps + 1
         due = traffic.road_steps % int(1 / dt / RegulatedRoad.REGULATION_FREQUENCY) == 0
-        if bool(due.any()):
-            enforce_road_rules(graph, traffic, due)
+        enforce_road_rules(graph, traffic, due)
     v = traffic.vehicles
     ego, idm_vehicles = _columns(traffic)
     moves = ego | idm_vehicles

@@ -35,6 +35,7 @@ from highway_env.vehicle.behavior import IDMVehicle
 from highway_env.vehicle.controller import MDPVehicle
 from highway_env.vehicle.objects import Obstacle
 
+from envs.fast import road_traffic
 from envs.fast.lanes import LaneGraph
 from envs.fast.road_motion import action_codes
 from envs.fast.road_traffic import (
@@ -417,9 +418,9 @@ def padded(traffic: RoadTraffic, extra: int) -> RoadTraffic:
     })
 
 
-def test_columns_no_env_uses_take_no_part():
-    """policy_step runs its sub-steps on the columns in use: a batch with 8 more empty columns steps
-    to the same states bit for bit, and the empty columns come back as they were."""
+def test_columns_no_env_uses_take_no_part(monkeypatch):
+    """policy_step runs its sub-steps on the columns in use: Road.act sees only those, a batch with 8
+    more empty columns steps to the same states bit for bit, and the empty columns come back as they were."""
     env_id = "intersection-v2"
     graph, episodes = lane_graph(env_id), [episode(env_id, seed) for seed in SEEDS]
     first = episodes[0]
@@ -432,6 +433,13 @@ def test_columns_no_env_uses_take_no_part():
     assert narrow.present.shape == (len(SEEDS), used) and narrow.road_steps is traffic.road_steps
     padding_before = [value[:, used:].clone() for value in (wide.vehicles.x, wide.vehicles.lane, wide.timer)]
     ego_start = traffic.vehicles.y[:, 0].clone()
+    seen_columns = []
+
+    def recording_act(graph, traffic, *args):
+        seen_columns.append(traffic.present.shape[1])
+        return act(graph, traffic, *args)
+
+    monkeypatch.setattr(road_traffic, "act", recording_act)
     for k in range(4):
         codes = torch.tensor([e.codes[k] for e in episodes])
         for t in (traffic, wide):
@@ -443,5 +451,6 @@ def test_columns_no_env_uses_take_no_part():
             assert torch.equal(getattr(wide, name) if name == "road_steps" else getattr(wide, name)[:, :count],
                                value), (k, name)
     assert bool(traffic.vehicles.y[:, 0].ne(ego_start).all())  # the egos drove (north, along y)
+    assert len(seen_columns) == 2 * 4 * first.frames and max(seen_columns) < traffic.present.shape[1]
     padding_after = [value[:, used:] for value in (wide.vehicles.x, wide.vehicles.lane, wide.timer)]
     assert all(torch.equal(a, b) for a, b in zip(padding_before, padding_after))
