@@ -283,13 +283,8 @@ def spawn_intersection(draws: torch.Tensor, road: RoadScenario) -> RoadTraffic:
     traffic.rank = torch.arange(columns, device=device).expand(envs, columns) - 1
     traffic.rank[:, 0] = others
     _absent_ranks(traffic)
-    dtype = road.graph.length.dtype
-    for holder in (traffic.vehicles, traffic):
-        for f in dataclasses.fields(holder):
-            value = getattr(holder, f.name)
-            if isinstance(value, torch.Tensor) and value.is_floating_point():
-                setattr(holder, f.name, value.to(dtype))
-    return traffic
+    dtype = road.graph.length.dtype  # warmed up in float64, stepped in the road's dtype
+    return traffic.map(lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
 def intersection_after_step(road: RoadScenario, traffic: RoadTraffic, draws: torch.Tensor) -> None:
