@@ -1,11 +1,14 @@
 """Recorded highway-env episodes of a road-network scenario, and their replay on FastRoad: the
 fidelity check every test_road_<scenario>.py runs. An episode is DrivingEnv reset with a seed,
 seeded actions (random, or a calm mix for the later seeds) to the episode's end, and everything
-each step produced; `replay_episodes` steps FastRoad through all of them as rows of one batch."""
+each step produced; `replay_episodes` steps FastRoad through all of them as rows of one batch.
+`RoadFidelityCase` bundles one scenario's seeds, policies and crawl settings with the cached
+FastRoads and DrivingEnv its module's tests share."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import zlib
 from typing import Callable
@@ -18,6 +21,7 @@ from envs import palette
 from envs.driving_env import DrivingEnv
 from envs.fast.road_sim import FastRoad
 from envs.fast.road_traffic import RoadTraffic
+from scenarios import Scenario, load_scenario
 from tests.envs.fast.test_camera_networks import MIN_REAL_EGO_IOU
 from tests.envs.test_fast_camera import (
     MAX_FRAME_MEAN_ABS_DIFF,
@@ -54,19 +58,19 @@ def objects(u) -> list:
     return [u.vehicle] + [o for o in u.road.vehicles + u.road.objects if o is not u.vehicle]
 
 
-def record_episode(env: DrivingEnv, seed: int, copy_road: Callable[[object], RoadTraffic], calm: bool,
-                   calm_policy: tuple[float, ...]) -> Episode:
-    """One episode of `env` from `seed`: random actions, or drawn from `calm_policy` (probabilities of
-    LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER) when `calm`; `copy_road(unwrapped env)` copies the
-    start into FastRoad's state."""
+def record_episode(env: DrivingEnv, seed: int, copy_road: Callable[[object], RoadTraffic],
+                   policy: tuple[float, ...] | None) -> Episode:
+    """One episode of `env` from `seed`: uniformly random actions when `policy` is None, else drawn
+    from it (probabilities of LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER); `copy_road(unwrapped
+    env)` copies the start into FastRoad's state."""
     _, info = env.reset(seed=seed)
     start = copy_road(env.sim)
     rng = np.random.default_rng(zlib.crc32(f"{env.scenario.name}/{seed}".encode()))
     actions, available, states, rewards, terms, terminated, truncated = [], [], [], [], [], [], []
     signals, frames, goals = [info["safety"]], [env.clean_frame.copy()], []
     while True:
-        if calm:
-            action = int(rng.choice(env.action_space.n, p=calm_policy))
+        if policy is not None:
+            action = int(rng.choice(env.action_space.n, p=policy))
         else:
             action = int(rng.integers(env.action_space.n))
         available.append(tuple(env.sim.action_type.get_available_actions()))
@@ -201,17 +205,6 @@ def replay_episodes(sim: FastRoad, episodes: list[Episode], seeds: tuple[int, ..
     return Replay(episodes, reset_stacks, frames, crawled)
 
 
-def check_frames_look_like_the_reference_camera(replay: Replay, stack_size: int, size: tuple[int, int]) -> None:
-    """The replay's frames: uint8 stacks of the scenario's `size` (H, W), the first frame `stack_size`
-    times at reset, and each fast frame like highway-env's (`check_frames_match`)."""
-    height, width = size
-    stacks = replay.reset_stacks
-    assert stacks.dtype == torch.uint8
-    assert stacks.shape == (len(replay.episodes), 3 * stack_size, height, width)
-    assert all(torch.equal(stacks[:, 3 * i: 3 * i + 3], stacks[:, :3]) for i in range(stack_size))
-    check_frames_match(replay.frames, [e.frames for e in replay.episodes], size)
-
-
 def check_frames_match(fast_frames: list, reference_frames: list, size: tuple[int, int]) -> None:
     """Per episode, the fast frames against highway-env's ((H, W, 3) uint8 each, `size` = (H, W)):
     tests/envs/test_fast_camera.py's tolerances on the mean difference and the vehicles' overlap."""
@@ -225,3 +218,72 @@ def check_frames_match(fast_frames: list, reference_frames: list, size: tuple[in
         mask = colour_mask(reference, colour)
         assert mask.sum() > 50
         assert iou(colour_mask(fast, colour), mask) >= least, colour
+
+
+# One scenario's fidelity case.
+
+
+class RoadScenario:
+    """A road scenario's float64 FastRoads and its DrivingEnv, built once per session and shared by
+    its module's tests (a FastRoad builds a lane graph and a camera raster, a DrivingEnv a highway-env
+    env)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @functools.lru_cache(maxsize=None)
+    def scenario(self) -> Scenario:
+        return load_scenario(self.name)
+
+    @functools.lru_cache(maxsize=None)
+    def simulator(self, batch: int, render: bool) -> FastRoad:
+        """float64: the fidelity checks compare with highway-env's doubles to EXACT."""
+        return FastRoad(self.scenario(), batch, dtype=torch.float64, render=render)
+
+    @functools.lru_cache(maxsize=None)
+    def driving_env(self) -> DrivingEnv:
+        return DrivingEnv(self.name)
+
+
+class RoadFidelityCase(RoadScenario):
+    """What a test_road_<scenario>.py replays: one episode per seed of `seeds`, its actions drawn
+    from `policy_of_seed(seed)` (None: uniformly random; see record_episode), all replayed as rows
+    of one FastRoad, within `crawl`'s tolerances where given (replay_episodes)."""
+
+    def __init__(self, name: str, seeds: tuple[int, ...],
+                 policy_of_seed: Callable[[int], tuple[float, ...] | None], crawl: Crawl | None = None) -> None:
+        super().__init__(name)
+        self.seeds, self.policy_of_seed, self.crawl = seeds, policy_of_seed, crawl
+
+    def episode(self, seed: int) -> Episode:
+        """highway-env's episode from `seed`, its start copied for the replay's FastRoad."""
+        sim = self.simulator(len(self.seeds), True)
+        return record_episode(self.driving_env(), seed, lambda u: copy_road(sim, u), self.policy_of_seed(seed))
+
+    def replay(self) -> Replay:
+        """Every seed's episode replayed and checked step by step. Not cached: a module-scoped
+        fixture holds it while the module's tests run (its frames take memory)."""
+        episodes = [self.episode(seed) for seed in self.seeds]
+        return replay_episodes(self.simulator(len(self.seeds), True), episodes, self.seeds, self.crawl)
+
+    def check_episode_ends(self, episodes: list[Episode], steps: int) -> None:
+        """Each episode ends by a crash (terminated) or at the scenario's `steps` policy steps
+        (truncated only), and the seeds end both ways: the replay covers both."""
+        ends = {"crash": 0, "time": 0}
+        for e in episodes:
+            assert e.terminated[-1] or e.truncated[-1]
+            ends["crash" if e.terminated[-1] else "time"] += 1
+            if e.truncated[-1] and not e.terminated[-1]:
+                assert len(e.actions) == self.scenario().episode_steps == steps
+        assert ends["crash"] > 0 and ends["time"] > 0, ends
+
+    def check_frames_look_like_the_reference_camera(self, replay: Replay) -> None:
+        """The replay's frames: uint8 stacks of the scenario's camera size (H, W), the first frame
+        `stack` times at reset, and each fast frame like highway-env's (`check_frames_match`)."""
+        stack_size, size = self.simulator(1, True).stack, self.scenario().camera.size
+        height, width = size
+        stacks = replay.reset_stacks
+        assert stacks.dtype == torch.uint8
+        assert stacks.shape == (len(replay.episodes), 3 * stack_size, height, width)
+        assert all(torch.equal(stacks[:, 3 * i: 3 * i + 3], stacks[:, :3]) for i in range(stack_size))
+        check_frames_match(replay.frames, [e.frames for e in replay.episodes], size)

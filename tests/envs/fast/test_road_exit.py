@@ -39,17 +39,7 @@ from envs.fast.road_exit import (
 from envs.fast.road_sim import FastRoad
 from envs.fast.simulator import UnsupportedScenario
 from envs.fast.simulators import simulator_class
-from scenarios import load_scenario
-from tests.envs.fast.road_episodes import (
-    EXACT,
-    Episode,
-    Replay,
-    check_frames_look_like_the_reference_camera,
-    check_same_traffic,
-    copy_road,
-    record_episode,
-    replay_episodes,
-)
+from tests.envs.fast.road_episodes import EXACT, Replay, RoadFidelityCase, check_same_traffic, copy_road
 
 SEEDS = tuple(range(14))
 # (LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER) per seed: uniform (None), calm (episodes that run to
@@ -64,44 +54,18 @@ SPAWN_SEEDS = 500
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
-
-@functools.lru_cache(maxsize=None)
-def scenario():
-    return load_scenario("exit")
-
-
-@functools.lru_cache(maxsize=None)
-def simulator(batch: int, render: bool) -> FastRoad:
-    return FastRoad(scenario(), batch, dtype=torch.float64, render=render)
-
-
-@functools.lru_cache(maxsize=None)
-def driving_env() -> DrivingEnv:
-    return DrivingEnv("exit")
-
-
-@functools.lru_cache(maxsize=None)
-def episode(seed: int) -> Episode:
-    sim, policy = simulator(len(SEEDS), True), POLICIES[seed]
-    return record_episode(driving_env(), seed, lambda u: copy_road(sim, u), calm=policy is not None,
-                          calm_policy=policy)
+EXIT = RoadFidelityCase("exit", SEEDS, lambda seed: POLICIES[seed])
 
 
 @pytest.fixture(scope="module")
 def replay() -> Replay:
-    return replay_episodes(simulator(len(SEEDS), True), [episode(seed) for seed in SEEDS], SEEDS)
+    return EXIT.replay()
 
 
 def test_a_copied_exit_road_steps_as_highway_env(replay):
     episodes = replay.episodes
-    ends = {"crash": 0, "time": 0}
-    for e in episodes:
-        assert e.terminated[-1] != e.truncated[-1] or e.terminated[-1]
-        ends["crash" if e.terminated[-1] else "time"] += 1
-        if e.truncated[-1] and not e.terminated[-1]:
-            assert len(e.actions) == scenario().episode_steps == 18  # duration 18 s at 1 Hz
-    # the seeds end both ways, reach the exit lane, use many lanes and several speeds
-    assert ends["crash"] > 0 and ends["time"] > 0, ends
+    EXIT.check_episode_ends(episodes, steps=18)  # by a crash or the 18 s duration at 1 Hz
+    # the seeds reach the exit lane, use many lanes and several speeds
     assert [SEEDS[b] for b, e in enumerate(episodes) if any(e.goals)] == [10, 13]
     assert {t["goal_reward"] for e in episodes for t in e.terms} == {0.0, 1.0}
     assert len({t["right_lane_reward"] for e in episodes for t in e.terms}) >= 4
@@ -111,7 +75,7 @@ def test_a_copied_exit_road_steps_as_highway_env(replay):
 
 
 def test_frames_look_like_the_reference_camera(replay):
-    check_frames_look_like_the_reference_camera(replay, simulator(1, True).stack, scenario().camera.size)
+    EXIT.check_frames_look_like_the_reference_camera(replay)
 
 
 @pytest.mark.parametrize("lane_index, s, reached", [
@@ -125,7 +89,7 @@ def test_the_goal_is_the_exit_lane(lane_index, s, reached):
     with the goal_reward term and the normalised reward clipped to 1, from an ego placed on a lane
     (traffic out of the way) and stepped on both."""
     env = DrivingEnv("exit")
-    sim = FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    sim = FastRoad(EXIT.scenario(), 1, dtype=torch.float64, render=False)
     env.reset(seed=1)
     u = env.sim
     for other in u.road.vehicles[1:]:
@@ -150,7 +114,7 @@ def test_the_goal_is_the_exit_lane(lane_index, s, reached):
 
 def test_other_vehicle_counts_are_refused():
     """exit_draws draws for ExitEnv's default twenty vehicles; other counts are refused by name."""
-    other = dataclasses.replace(scenario(), traffic={**scenario().traffic, "vehicles_count": 10})
+    other = dataclasses.replace(EXIT.scenario(), traffic={**EXIT.scenario().traffic, "vehicles_count": 10})
     for make in (lambda: FastRoad(other, 1, render=False), lambda: simulator_class(other)):
         with pytest.raises(UnsupportedScenario, match="vehicles_count is 10"):
             make()
@@ -161,7 +125,7 @@ def test_other_vehicle_counts_are_refused():
 
 @functools.lru_cache(maxsize=None)
 def highway_env_exit():
-    return gym.make("exit-v1", config=scenario().highway_env_config(), disable_env_checker=True)
+    return gym.make("exit-v1", config=EXIT.scenario().highway_env_config(), disable_env_checker=True)
 
 
 def replayed_draws(seed: int) -> tuple[np.ndarray, np.random.Generator]:
@@ -173,7 +137,7 @@ def replayed_draws(seed: int) -> tuple[np.ndarray, np.random.Generator]:
 def test_numpys_draws_are_one_double_each():
     """create_random's uniform(0.9, 1.1) and ExitEnv's choice(lanes, size=1, p) each take one double
     of the generator: low + (high - low) u, and searchsorted(cumsum(p) / its last, u, "right")."""
-    lanes = np.arange(scenario().traffic["lanes_count"])
+    lanes = np.arange(EXIT.scenario().traffic["lanes_count"])
     for seed in range(50):
         a, b = np.random.default_rng(seed), np.random.default_rng(seed)
         low, high = EXIT_GAP_RANGE
@@ -185,7 +149,7 @@ def test_numpys_draws_are_one_double_each():
 
 
 def test_spawn_is_exit_create_vehicles_given_its_draws():
-    sim, env = simulator(1, False), highway_env_exit()
+    sim, env = EXIT.simulator(1, False), highway_env_exit()
     for seed in range(10):
         env.reset(seed=seed)
         u = env.unwrapped
@@ -201,8 +165,8 @@ def test_spawn_is_exit_create_vehicles_given_its_draws():
 
 
 def test_spawn_has_highway_envs_distributions():
-    sim, env = simulator(1, False), highway_env_exit()
-    lanes = scenario().traffic["lanes_count"]
+    sim, env = EXIT.simulator(1, False), highway_env_exit()
+    lanes = EXIT.scenario().traffic["lanes_count"]
     reference = []
     for seed in range(SPAWN_SEEDS):
         env.reset(seed=seed)
@@ -240,7 +204,7 @@ def test_spawn_has_highway_envs_distributions():
 def placed_ego(lane_index: tuple[str, str, int], s: float, speed: float) -> FastRoad:
     """A float64 FastRoad whose ego drives on `lane_index` at `s` [m] and `speed` [m/s], the traffic
     1 km ahead (out of the way)."""
-    sim = FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    sim = FastRoad(EXIT.scenario(), 1, dtype=torch.float64, render=False)
     sim.reset(torch.zeros(1, dtype=torch.long), torch.tensor([5]))
     v, graph = sim.state.vehicles, sim.graph
     lane = graph.lane_id(lane_index)

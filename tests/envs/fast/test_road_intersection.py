@@ -52,13 +52,7 @@ from envs.fast.road_scenario import IDM_DELTA_RANGE
 from envs.fast.road_sim import FastRoad
 from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
-from scenarios import load_scenario
-from tests.envs.fast.road_episodes import (
-    check_frames_match,
-    check_signals,
-    copy_road,
-    stack,
-)
+from tests.envs.fast.road_episodes import RoadScenario, check_frames_match, check_signals, copy_road, stack
 
 SEEDS = tuple(range(12))
 CALM_FROM = 6  # seeds from here mostly keep or raise their speed (so that some arrive)
@@ -71,15 +65,7 @@ STEP_EPISODES = 1000
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
-
-@functools.lru_cache(maxsize=None)
-def scenario():
-    return load_scenario("intersection")
-
-
-@functools.lru_cache(maxsize=None)
-def simulator(batch: int, render: bool) -> FastRoad:
-    return FastRoad(scenario(), batch, dtype=torch.float64, render=render)
+INTERSECTION = RoadScenario("intersection")
 
 
 # highway-env's draws.
@@ -178,13 +164,8 @@ class Episode:
 
 
 @functools.lru_cache(maxsize=None)
-def driving_env() -> DrivingEnv:
-    return DrivingEnv("intersection")
-
-
-@functools.lru_cache(maxsize=None)
 def episode(seed: int) -> Episode:
-    env, sim = driving_env(), simulator(len(SEEDS), True)
+    env, sim = INTERSECTION.driving_env(), INTERSECTION.simulator(len(SEEDS), True)
     recorder = recorded_reset(env, seed)
     u = env.sim
     start = copy_road(sim, u)
@@ -229,7 +210,7 @@ def episode(seed: int) -> Episode:
 @pytest.fixture(scope="module")
 def replay():
     """All seeds' episodes replayed as rows of one FastRoad; per row, the fast frames it drew."""
-    sim = simulator(len(SEEDS), True)
+    sim = INTERSECTION.simulator(len(SEEDS), True)
     episodes = [episode(seed) for seed in SEEDS]
     rows = torch.arange(len(SEEDS))
     sim.load(rows, stack([e.start for e in episodes]), torch.tensor(SEEDS))
@@ -286,7 +267,7 @@ def test_a_copied_intersection_steps_as_highway_env(replay):
         if e.terminated[-1]:
             ends["arrived" if e.goals[-1] else "crash"] += 1
         else:
-            assert e.truncated[-1] and len(e.actions) == scenario().episode_steps == 13  # 13 s at 1 Hz
+            assert e.truncated[-1] and len(e.actions) == INTERSECTION.scenario().episode_steps == 13  # 13 s at 1 Hz
             ends["time"] += 1
     assert all(ends.values()), ends  # the seeds end all three ways
     # vehicles need ~13 s from their spawn to the last 20 m of an exit: test_leaving_vehicles_are_cleared
@@ -297,13 +278,13 @@ def test_a_copied_intersection_steps_as_highway_env(replay):
 
 def test_frames_look_like_the_reference_camera(replay):
     episodes, fast_frames, _ = replay
-    check_frames_match(fast_frames, [e.frames for e in episodes], scenario().camera.size)
+    check_frames_match(fast_frames, [e.frames for e in episodes], INTERSECTION.scenario().camera.size)
 
 
 def test_episodes_are_truncated_at_the_duration_and_the_reward_is_zero_off_the_road():
     assert "intersection-v2" in SUPPORTED_ROAD_ENV_IDS
-    assert simulator(2, False).max_steps == 13
-    env, sim = driving_env(), FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    assert INTERSECTION.simulator(2, False).max_steps == 13
+    env, sim = INTERSECTION.driving_env(), FastRoad(INTERSECTION.scenario(), 1, dtype=torch.float64, render=False)
     env.reset(seed=0)
     env.sim.vehicle.position[0] += 20.0  # off its lane (the approach runs along y)
     sim.load(torch.zeros(1, dtype=torch.long), copy_road(sim, env.sim))
@@ -317,7 +298,7 @@ def test_leaving_vehicles_are_cleared_as_highway_env_clears_them():
     """_clear_vehicles: two vehicles placed on exit lanes (s = 75 m and 50 m of 100 m), one step: the
     first passes s = 80 m and is cleared, the second is not; a spawn takes the first free column
     (the freed one), as in the replay above."""
-    env, sim = driving_env(), FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    env, sim = INTERSECTION.driving_env(), FastRoad(INTERSECTION.scenario(), 1, dtype=torch.float64, render=False)
     for seed in (3, 4):
         recorder = recorded_reset(env, seed)
         u = env.sim
@@ -358,7 +339,7 @@ def test_rules_use_intersections_idm_constants_and_leave_the_class_as_found():
         env.reset(seed=0)
         assert {name: getattr(IDMVehicle, name) for name in IDM_CLASS_DEFAULTS} == INTERSECTION_IDM_CONSTANTS
         restore_idm_class_defaults()
-        idm = FastRoad(scenario(), 1, render=False).road.rules.idm
+        idm = FastRoad(INTERSECTION.scenario(), 1, render=False).road.rules.idm
         assert (idm.distance_wanted, idm.comfort_acc_max, idm.comfort_acc_min) == (7.0, 6.0, -3.0)
         assert {name: getattr(IDMVehicle, name) for name in IDM_CLASS_DEFAULTS} == IDM_CLASS_DEFAULTS
     finally:
@@ -371,13 +352,13 @@ def test_rules_use_intersections_idm_constants_and_leave_the_class_as_found():
 
 @functools.lru_cache(maxsize=None)
 def highway_env_intersection():
-    return gym.make("intersection-v2", config=scenario().highway_env_config(), disable_env_checker=True)
+    return gym.make("intersection-v2", config=INTERSECTION.scenario().highway_env_config(), disable_env_checker=True)
 
 
 def test_spawn_is_make_vehicles_given_its_draws():
     """Warm-up spawns, 3 s of traffic (yields and route progress included), the challenger, the ego
     and the removal of vehicles near it, from highway-env's draws: the copied road to 1e-6."""
-    sim, env = simulator(1, False), highway_env_intersection()
+    sim, env = INTERSECTION.simulator(1, False), highway_env_intersection()
     removed = 0
     for seed in range(8):
         recorder = recorded_reset(env, seed)
@@ -404,7 +385,7 @@ def test_spawn_is_make_vehicles_given_its_draws():
 
 
 def test_spawn_has_highway_envs_distributions():
-    sim, env = simulator(1, False), highway_env_intersection()
+    sim, env = INTERSECTION.simulator(1, False), highway_env_intersection()
     count = 10
     reference, reference_draws = [], []
     for seed in range(SPAWN_SEEDS):
@@ -464,6 +445,6 @@ def test_step_spawns_have_highway_envs_rate_and_routes():
 
 def test_the_columns_never_fill():
     """(An episode depends on its seed only: test_road_scenarios.py.)"""
-    big = simulator(4, False)
+    big = INTERSECTION.simulator(4, False)
     # room for the reset's vehicles and one spawn per step of the longest episode
     assert intersection_columns(big.road) == big.columns == 1 + 10 + big.max_steps == 24

@@ -34,17 +34,13 @@ from envs.fast.road_roundabout import (
     spawn_roundabout,
 )
 from envs.fast.road_sim import FastRoad
-from scenarios import load_scenario
 from tests.envs.fast.road_episodes import (
     EXACT,
     Crawl,
-    Episode,
     Replay,
-    check_frames_look_like_the_reference_camera,
+    RoadFidelityCase,
     check_same_traffic,
     copy_road,
-    record_episode,
-    replay_episodes,
 )
 
 SEEDS = tuple(range(12))
@@ -64,47 +60,21 @@ SPAWN_SEEDS = 500
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
-
-@functools.lru_cache(maxsize=None)
-def scenario():
-    return load_scenario("roundabout")
-
-
-@functools.lru_cache(maxsize=None)
-def simulator(batch: int, render: bool) -> FastRoad:
-    return FastRoad(scenario(), batch, dtype=torch.float64, render=render)
-
-
-@functools.lru_cache(maxsize=None)
-def driving_env() -> DrivingEnv:
-    return DrivingEnv("roundabout")
-
-
-@functools.lru_cache(maxsize=None)
-def episode(seed: int) -> Episode:
-    sim = simulator(len(SEEDS), True)
-    return record_episode(driving_env(), seed, lambda u: copy_road(sim, u), calm=seed >= CALM_FROM,
-                          calm_policy=CALM_POLICY)
+ROUNDABOUT = RoadFidelityCase("roundabout", SEEDS, lambda seed: CALM_POLICY if seed >= CALM_FROM else None,
+                              Crawl(CRAWL_MPS, CRAWL_TOLERANCE, CRAWL_RELATIVE))
 
 
 @pytest.fixture(scope="module")
 def replay() -> Replay:
-    replay = replay_episodes(simulator(len(SEEDS), True), [episode(seed) for seed in SEEDS], SEEDS,
-                             Crawl(CRAWL_MPS, CRAWL_TOLERANCE, CRAWL_RELATIVE))
+    replay = ROUNDABOUT.replay()
     assert any(replay.crawled) and not all(replay.crawled), replay.crawled  # (SEEDS cover both)
     return replay
 
 
 def test_a_copied_roundabout_steps_as_highway_env(replay):
     episodes = replay.episodes
-    ends = {"crash": 0, "time": 0}
-    for e in episodes:
-        assert e.terminated[-1] != e.truncated[-1] or e.terminated[-1]
-        ends["crash" if e.terminated[-1] else "time"] += 1
-        if e.truncated[-1] and not e.terminated[-1]:
-            assert len(e.actions) == scenario().episode_steps == 11  # duration 11 s at 1 Hz
-    # the seeds end both ways, change lanes on the two-lane ring, and use every target speed
-    assert ends["crash"] > 0 and ends["time"] > 0, ends
+    ROUNDABOUT.check_episode_ends(episodes, steps=11)  # by a crash or the 11 s duration at 1 Hz
+    # the seeds change lanes on the two-lane ring and use every target speed
     assert any(t["lane_change_reward"] for e in episodes for t in e.terms)
     assert {t["high_speed_reward"] for e in episodes for t in e.terms} == {0.0, 0.5, 1.0}
     offered = {a for e in episodes for available in e.available for a in available}
@@ -112,14 +82,14 @@ def test_a_copied_roundabout_steps_as_highway_env(replay):
 
 
 def test_frames_look_like_the_reference_camera(replay):
-    check_frames_look_like_the_reference_camera(replay, simulator(1, True).stack, scenario().camera.size)
+    ROUNDABOUT.check_frames_look_like_the_reference_camera(replay)
 
 
 def test_the_reward_is_zero_off_the_road():
     """_reward multiplies by on_road_reward: an ego pushed 20 m off its lane earns nothing, as in
     highway-env (the same displaced state stepped on both)."""
     env = DrivingEnv("roundabout")
-    sim = FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    sim = FastRoad(ROUNDABOUT.scenario(), 1, dtype=torch.float64, render=False)
     env.reset(seed=0)
     env.sim.vehicle.position[0] += 20.0
     sim.load(torch.zeros(1, dtype=torch.long), copy_road(sim, env.sim))
@@ -138,7 +108,7 @@ def test_the_reward_is_zero_off_the_road():
 
 @functools.lru_cache(maxsize=None)
 def highway_env_roundabout():
-    return gym.make("roundabout-v1", config=scenario().highway_env_config(), disable_env_checker=True)
+    return gym.make("roundabout-v1", config=ROUNDABOUT.scenario().highway_env_config(), disable_env_checker=True)
 
 
 def recovered_draws(u) -> np.ndarray:
@@ -158,7 +128,7 @@ def test_spawn_is_roundabout_make_vehicles_given_its_draws():
     from highway_env.vehicle.behavior import IDMVehicle
 
     assert tuple(IDMVehicle.DELTA_RANGE) == IDM_DELTA_RANGE
-    sim, env = simulator(1, False), highway_env_roundabout()
+    sim, env = ROUNDABOUT.simulator(1, False), highway_env_roundabout()
     for seed in range(10):
         env.reset(seed=seed)
         u = env.unwrapped
@@ -177,7 +147,7 @@ def test_spawn_is_roundabout_make_vehicles_given_its_draws():
 
 
 def test_spawn_has_highway_envs_distributions():
-    sim, env = simulator(1, False), highway_env_roundabout()
+    sim, env = ROUNDABOUT.simulator(1, False), highway_env_roundabout()
     reference_draws, reference = [], []
     for seed in range(SPAWN_SEEDS):
         env.reset(seed=seed)

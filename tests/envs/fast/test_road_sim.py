@@ -24,21 +24,13 @@ import numpy as np
 import pytest
 import torch
 
-from envs.driving_env import DrivingEnv
 from envs.fast.road_merge import MERGE_TRAFFIC, spawn_merge
 from envs.fast.road_sim import FastRoad
 from envs.fast.road_tasks import SUPPORTED_ROAD_ENV_IDS
 from envs.fast.road_traffic import RoadTraffic
 from envs.fast.simulator import UnsupportedScenario
 from scenarios import load_scenario
-from tests.envs.fast.road_episodes import (
-    Episode,
-    Replay,
-    check_frames_look_like_the_reference_camera,
-    objects,
-    record_episode,
-    replay_episodes,
-)
+from tests.envs.fast.road_episodes import Replay, RoadFidelityCase, objects
 
 SEEDS = tuple(range(12))
 CALM_FROM = 6  # seeds from here drive mostly IDLE / FASTER (random actions crash early: few reach 370 m)
@@ -48,37 +40,12 @@ SPAWN_SEEDS = 500
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
-
-@functools.lru_cache(maxsize=None)
-def scenario():
-    return load_scenario("merge")
-
-
-@functools.lru_cache(maxsize=None)
-def simulator(batch: int, render: bool) -> FastRoad:
-    return FastRoad(scenario(), batch, dtype=torch.float64, render=render)
-
-
-@functools.lru_cache(maxsize=None)
-def driving_env() -> DrivingEnv:
-    return DrivingEnv("merge")
-
-
-def copy_road(sim: FastRoad, env: DrivingEnv) -> RoadTraffic:
-    u = env.sim
-    return RoadTraffic.from_highway_env(sim.graph, [u.road], [u.vehicle], COLUMNS, route_slots=0)
-
-
-@functools.lru_cache(maxsize=None)
-def episode(seed: int) -> Episode:
-    sim = simulator(len(SEEDS), True)
-    return record_episode(driving_env(), seed, lambda _: copy_road(sim, driving_env()), calm=seed >= CALM_FROM,
-                          calm_policy=CALM_POLICY)
+MERGE = RoadFidelityCase("merge", SEEDS, lambda seed: CALM_POLICY if seed >= CALM_FROM else None)
 
 
 @pytest.fixture(scope="module")
 def replay() -> Replay:
-    return replay_episodes(simulator(len(SEEDS), True), [episode(seed) for seed in SEEDS], SEEDS)
+    return MERGE.replay()
 
 
 def test_a_copied_road_steps_as_highway_env(replay):
@@ -94,17 +61,17 @@ def test_a_copied_road_steps_as_highway_env(replay):
 
 
 def test_frames_look_like_the_reference_camera(replay):
-    check_frames_look_like_the_reference_camera(replay, simulator(1, True).stack, scenario().camera.size)
+    MERGE.check_frames_look_like_the_reference_camera(replay)
 
 
 def test_the_reset_frame_is_the_cameras_render_of_the_state():
-    sim = simulator(3, True)
+    sim = MERGE.simulator(3, True)
     sim.reset(torch.arange(3), torch.tensor([11, 12, 13]))
     expected = sim.camera.render(*(t.float() for t in (sim.state.vehicles.x, sim.state.vehicles.y,
                                                        sim.state.vehicles.heading, sim.state.length,
                                                        sim.state.width)), sim.state.present)
     observation = sim.observation()
-    assert observation.dtype == torch.uint8 and observation.shape == (3, 3 * sim.stack, *scenario().camera.size)
+    assert observation.dtype == torch.uint8 and observation.shape == (3, 3 * sim.stack, *MERGE.scenario().camera.size)
     for i in range(sim.stack):
         assert torch.equal(observation[:, 3 * i: 3 * i + 3], expected)
     sim.step(torch.ones(3, dtype=torch.long))
@@ -129,11 +96,11 @@ def recovered_draws(env) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def highway_env_merge():
-    return gym.make("merge-v1", config=scenario().highway_env_config(), disable_env_checker=True)
+    return gym.make("merge-v1", config=MERGE.scenario().highway_env_config(), disable_env_checker=True)
 
 
 def test_spawn_is_merge_make_vehicles_given_its_draws():
-    sim, env = simulator(1, False), highway_env_merge()
+    sim, env = MERGE.simulator(1, False), highway_env_merge()
     for seed in range(8):
         env.reset(seed=seed)
         u = env.unwrapped
@@ -152,7 +119,7 @@ def test_spawn_is_merge_make_vehicles_given_its_draws():
 
 
 def test_spawn_has_highway_envs_distributions():
-    sim, env = simulator(1, False), highway_env_merge()
+    sim, env = MERGE.simulator(1, False), highway_env_merge()
     reference = []
     for seed in range(SPAWN_SEEDS):
         env.reset(seed=seed)
@@ -181,7 +148,7 @@ def test_spawn_has_highway_envs_distributions():
 
 
 def test_an_episode_depends_on_its_seed_only():
-    big, small = simulator(4, False), FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    big, small = MERGE.simulator(4, False), FastRoad(MERGE.scenario(), 1, dtype=torch.float64, render=False)
     big.reset(torch.arange(4), torch.tensor([5, 6, 7, 8]))
     big.reset(torch.tensor([2, 0]), torch.tensor([42, 7]))
     small.reset(torch.tensor([0]), torch.tensor([42]))
@@ -206,7 +173,7 @@ def test_other_scenarios_are_refused_naming_the_supported_ids(name, unsupported_
 
 
 def test_a_front_camera_merge_is_refused():
-    merge = scenario()
+    merge = MERGE.scenario()
     front = dataclasses.replace(merge, camera=dataclasses.replace(merge.camera, view="front"))
     with pytest.raises(UnsupportedScenario, match="only 'bev'"):
         FastRoad(front, 1, render=False)
@@ -225,7 +192,7 @@ def test_rules_use_highway_envs_idm_constants_whatever_another_env_wrote():
         env.reset(seed=0)
         rewritten = {name: getattr(IDMVehicle, name) for name in IDM_CLASS_DEFAULTS}
         assert rewritten != IDM_CLASS_DEFAULTS  # the hazard is real
-        assert FastRoad(scenario(), 1, render=False).road.rules.idm == IdmParams()
+        assert FastRoad(MERGE.scenario(), 1, render=False).road.rules.idm == IdmParams()
         assert {name: getattr(IDMVehicle, name) for name in IDM_CLASS_DEFAULTS} == rewritten
     finally:
         env.close()

@@ -29,17 +29,7 @@ import torch
 from envs.driving_env import DrivingEnv
 from envs.fast.road_sim import FastRoad
 from envs.fast.road_two_way import TWO_WAY_TRAFFIC, spawn_two_way, two_way_draws
-from scenarios import load_scenario
-from tests.envs.fast.road_episodes import (
-    EXACT,
-    Episode,
-    Replay,
-    check_frames_look_like_the_reference_camera,
-    check_same_traffic,
-    copy_road,
-    record_episode,
-    replay_episodes,
-)
+from tests.envs.fast.road_episodes import EXACT, Replay, RoadFidelityCase, check_same_traffic, copy_road
 
 # The ego cannot go below 20 m/s and the IDM traffic ahead brakes, so most episodes end in a crash:
 # 21 and 29 are seeds where the calm policy reaches the step limit.
@@ -51,44 +41,18 @@ SPAWN_SEEDS = 500
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
-
-@functools.lru_cache(maxsize=None)
-def scenario():
-    return load_scenario("two-way")
-
-
-@functools.lru_cache(maxsize=None)
-def simulator(batch: int, render: bool) -> FastRoad:
-    return FastRoad(scenario(), batch, dtype=torch.float64, render=render)
-
-
-@functools.lru_cache(maxsize=None)
-def driving_env() -> DrivingEnv:
-    return DrivingEnv("two-way")
-
-
-@functools.lru_cache(maxsize=None)
-def episode(seed: int) -> Episode:
-    sim = simulator(len(SEEDS), True)
-    return record_episode(driving_env(), seed, lambda u: copy_road(sim, u), calm=seed >= CALM_FROM,
-                          calm_policy=CALM_POLICY)
+TWO_WAY = RoadFidelityCase("two-way", SEEDS, lambda seed: CALM_POLICY if seed >= CALM_FROM else None)
 
 
 @pytest.fixture(scope="module")
 def replay() -> Replay:
-    return replay_episodes(simulator(len(SEEDS), True), [episode(seed) for seed in SEEDS], SEEDS)
+    return TWO_WAY.replay()
 
 
 def test_a_copied_two_way_road_steps_as_highway_env(replay):
     episodes = replay.episodes
-    ends = {"crash": 0, "steps": 0}
-    for e in episodes:
-        assert e.terminated[-1] != e.truncated[-1] or e.terminated[-1]
-        ends["crash" if e.terminated[-1] else "steps"] += 1
-        if e.truncated[-1] and not e.terminated[-1]:
-            assert len(e.actions) == scenario().episode_steps == 20  # max_episode_steps (no duration)
-    # the seeds end both ways, use both lanes and every target speed
-    assert ends["crash"] > 0 and ends["steps"] > 0, ends
+    TWO_WAY.check_episode_ends(episodes, steps=20)  # by a crash or max_episode_steps (no duration)
+    # the seeds use both lanes and every target speed
     assert {t["left_lane_reward"] for e in episodes for t in e.terms} == {0.0, 1.0}
     assert {t["high_speed_reward"] for e in episodes for t in e.terms} == {0.0, 0.5, 1.0}
     offered = {a for e in episodes for available in e.available for a in available}
@@ -96,14 +60,14 @@ def test_a_copied_two_way_road_steps_as_highway_env(replay):
 
 
 def test_frames_look_like_the_reference_camera(replay):
-    check_frames_look_like_the_reference_camera(replay, simulator(1, True).stack, scenario().camera.size)
+    TWO_WAY.check_frames_look_like_the_reference_camera(replay)
 
 
 def test_the_reward_is_not_zeroed_off_the_road():
     """TwoWayEnv._reward has no on-road factor: an ego pushed 20 m off its lane earns as on it, as
     in highway-env (the same displaced state stepped on both)."""
     env = DrivingEnv("two-way")
-    sim = FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    sim = FastRoad(TWO_WAY.scenario(), 1, dtype=torch.float64, render=False)
     env.reset(seed=0)
     env.sim.vehicle.position[1] += 20.0
     sim.load(torch.zeros(1, dtype=torch.long), copy_road(sim, env.sim))
@@ -122,7 +86,7 @@ def test_the_reward_is_not_zeroed_off_the_road():
 
 @functools.lru_cache(maxsize=None)
 def highway_env_two_way():
-    return gym.make("two-way-v0", config=scenario().highway_env_config(), disable_env_checker=True)
+    return gym.make("two-way-v0", config=TWO_WAY.scenario().highway_env_config(), disable_env_checker=True)
 
 
 def recovered_draws(u) -> np.ndarray:
@@ -136,7 +100,7 @@ def recovered_draws(u) -> np.ndarray:
 
 
 def test_spawn_is_two_way_make_vehicles_given_its_draws():
-    sim, env = simulator(1, False), highway_env_two_way()
+    sim, env = TWO_WAY.simulator(1, False), highway_env_two_way()
     for seed in range(10):
         env.reset(seed=seed)
         u = env.unwrapped
@@ -155,7 +119,7 @@ def test_spawn_is_two_way_make_vehicles_given_its_draws():
 
 
 def test_spawn_has_highway_envs_distributions():
-    sim, env = simulator(1, False), highway_env_two_way()
+    sim, env = TWO_WAY.simulator(1, False), highway_env_two_way()
     reference_draws, reference = [], []
     for seed in range(SPAWN_SEEDS):
         env.reset(seed=seed)

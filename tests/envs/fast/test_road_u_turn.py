@@ -39,17 +39,13 @@ from envs.fast.road_u_turn import (
     spawn_u_turn,
     u_turn_draws,
 )
-from scenarios import load_scenario
 from tests.envs.fast.road_episodes import (
     EXACT,
     Crawl,
-    Episode,
     Replay,
-    check_frames_look_like_the_reference_camera,
+    RoadFidelityCase,
     check_same_traffic,
     copy_road,
-    record_episode,
-    replay_episodes,
 )
 
 SEEDS = tuple(range(12))
@@ -68,47 +64,21 @@ SPAWN_SEEDS = 500
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
-
-@functools.lru_cache(maxsize=None)
-def scenario():
-    return load_scenario("u-turn")
-
-
-@functools.lru_cache(maxsize=None)
-def simulator(batch: int, render: bool) -> FastRoad:
-    return FastRoad(scenario(), batch, dtype=torch.float64, render=render)
-
-
-@functools.lru_cache(maxsize=None)
-def driving_env() -> DrivingEnv:
-    return DrivingEnv("u-turn")
-
-
-@functools.lru_cache(maxsize=None)
-def episode(seed: int) -> Episode:
-    sim = simulator(len(SEEDS), True)
-    return record_episode(driving_env(), seed, lambda u: copy_road(sim, u), calm=seed >= CALM_FROM,
-                          calm_policy=CALM_POLICY)
+U_TURN = RoadFidelityCase("u-turn", SEEDS, lambda seed: CALM_POLICY if seed >= CALM_FROM else None,
+                          Crawl(CRAWL_MPS, any_vehicle=True))
 
 
 @pytest.fixture(scope="module")
 def replay() -> Replay:
-    replay = replay_episodes(simulator(len(SEEDS), True), [episode(seed) for seed in SEEDS], SEEDS,
-                             Crawl(CRAWL_MPS, any_vehicle=True))
+    replay = U_TURN.replay()
     assert any(replay.crawled) and not all(replay.crawled), replay.crawled  # (SEEDS cover both)
     return replay
 
 
 def test_a_copied_u_turn_road_steps_as_highway_env(replay):
     episodes = replay.episodes
-    ends = {"crash": 0, "time": 0}
-    for e in episodes:
-        assert e.terminated[-1] != e.truncated[-1] or e.terminated[-1]
-        ends["crash" if e.terminated[-1] else "time"] += 1
-        if e.truncated[-1] and not e.terminated[-1]:
-            assert len(e.actions) == scenario().episode_steps == 10  # duration 10 s at 1 Hz
-    # the seeds end both ways, use both lanes and several speeds
-    assert ends["crash"] > 0 and ends["time"] > 0, ends
+    U_TURN.check_episode_ends(episodes, steps=10)  # by a crash or the 10 s duration at 1 Hz
+    # the seeds use both lanes and several speeds
     assert {t["left_lane_reward"] for e in episodes for t in e.terms} == {0.0, 1.0}
     assert len({t["high_speed_reward"] for e in episodes for t in e.terms}) > 10
     offered = {a for e in episodes for available in e.available for a in available}
@@ -116,14 +86,14 @@ def test_a_copied_u_turn_road_steps_as_highway_env(replay):
 
 
 def test_frames_look_like_the_reference_camera(replay):
-    check_frames_look_like_the_reference_camera(replay, simulator(1, True).stack, scenario().camera.size)
+    U_TURN.check_frames_look_like_the_reference_camera(replay)
 
 
 def test_the_reward_is_zero_off_the_road():
     """_reward multiplies by on_road_reward: an ego pushed 20 m off its lane earns nothing, as in
     highway-env (the same displaced state stepped on both)."""
     env = DrivingEnv("u-turn")
-    sim = FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    sim = FastRoad(U_TURN.scenario(), 1, dtype=torch.float64, render=False)
     env.reset(seed=0)
     env.sim.vehicle.position[1] += 20.0
     sim.load(torch.zeros(1, dtype=torch.long), copy_road(sim, env.sim))
@@ -143,7 +113,7 @@ def test_the_goal_is_the_straight_after_the_turn():
     recorded episodes never get there (191 m from the start to the straight, at 8-24 m/s behind
     blocking traffic), so the ego is placed on the straight and on the turn and stepped on both."""
     env = DrivingEnv("u-turn")
-    sim = FastRoad(scenario(), 1, dtype=torch.float64, render=False)
+    sim = FastRoad(U_TURN.scenario(), 1, dtype=torch.float64, render=False)
     for lane_index, s, reached in ((("c", "d", 1), 60.0, True), (("b", "c", 0), 20.0, False)):
         env.reset(seed=1)
         u = env.sim
@@ -164,7 +134,7 @@ def test_the_goal_is_the_straight_after_the_turn():
 
 @functools.lru_cache(maxsize=None)
 def highway_env_u_turn():
-    return gym.make("u-turn-v1", config=scenario().highway_env_config(), disable_env_checker=True)
+    return gym.make("u-turn-v1", config=U_TURN.scenario().highway_env_config(), disable_env_checker=True)
 
 
 def recovered_draws(u) -> np.ndarray:
@@ -181,7 +151,7 @@ def recovered_draws(u) -> np.ndarray:
 
 
 def test_spawn_is_u_turn_make_vehicles_given_its_draws():
-    sim, env = simulator(1, False), highway_env_u_turn()
+    sim, env = U_TURN.simulator(1, False), highway_env_u_turn()
     for seed in range(10):
         env.reset(seed=seed)
         u = env.unwrapped
@@ -203,7 +173,7 @@ def test_spawn_is_u_turn_make_vehicles_given_its_draws():
 
 
 def test_spawn_has_highway_envs_distributions():
-    sim, env = simulator(1, False), highway_env_u_turn()
+    sim, env = U_TURN.simulator(1, False), highway_env_u_turn()
     reference_draws, reference = [], []
     for seed in range(SPAWN_SEEDS):
         env.reset(seed=seed)
