@@ -42,12 +42,16 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from agents.config import RunConfig, parse_run_config
 from envs.files import atomic_write
+from scenarios.schema import TRAINING_SEED_LIMIT
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.vec_env import VecEnv
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +353,17 @@ def build_agent(config: RunConfig, run_dir: Path, env, device: str, seed: int | 
         PerceptionPolicy, env, policy_kwargs=policy_kwargs(config, perception),
         seed=config.seed if seed is None else seed, device=device, verbose=0, **params,
     )
+    seed_episodes(model.get_env(), model.seed)
     return model
+
+
+def seed_episodes(env: VecEnv | None, seed: int | None) -> None:
+    """Env i's episodes start from seed * num_envs + i. SB3 seeds env i with seed + i, so runs of
+    seeds 0 and 1 on 256 envs would share 255 of their 256 episode streams (the seeds would differ
+    only in the policy's initialisation); seed 0 keeps SB3's seeds 0 .. num_envs - 1. Wrapped below
+    the evaluation seeds (a resume's seed adds its step count), so no run trains on them."""
+    if env is not None and seed is not None:
+        env.seed(seed * env.num_envs % (TRAINING_SEED_LIMIT - env.num_envs))
 
 
 def check_spaces(config: RunConfig, run_dir: Path, observation_space, action_space, scenario: str) -> None:

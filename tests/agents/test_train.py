@@ -329,6 +329,49 @@ def test_training_on_the_fast_backend_and_evaluating_on_both(tiny, monkeypatch):
     assert reference.backend == "highway-env" and reference.episodes == 2 and path.name == "evaluation-short.json"
 
 
+def test_training_seeds_start_apart_episodes(tiny, monkeypatch):
+    """SB3 seeds env i with seed + i, so runs of seeds 0 and 1 would share all but one env's stream of
+    episodes; env i of seed s starts from s * n_envs + i (agents.runs.seed_episodes), seed 0 as before."""
+    from envs.backends import FastBackend
+
+    first_episodes: dict[int, list[int]] = {}
+    original = FastBackend.make_vec_env
+
+    def spy(*args):
+        env = original(*args)
+        fast, reset = env.venv, env.venv.reset
+
+        def reset_and_record():
+            observations = reset()
+            first_episodes.setdefault(seed, [info["episode_seed"] for info in fast.reset_infos])
+            return observations
+
+        fast.reset = reset_and_record
+        return env
+
+    monkeypatch.setattr(FastBackend, "make_vec_env", spy)
+    for seed in (0, 1, 2):
+        train(options(tiny, backend="fast", n_envs=4, timesteps=64, seed=seed, name=f"seed-{seed}"))
+    assert first_episodes == {0: [0, 1, 2, 3], 1: [4, 5, 6, 7], 2: [8, 9, 10, 11]}
+
+
+def test_a_resumes_large_seed_stays_below_the_evaluation_seeds(tiny):
+    """A resume seeds its envs with the run's seed plus its step count: times num_envs, that can pass
+    TRAINING_SEED_LIMIT, where the evaluation episodes are; seed_episodes wraps it below."""
+    from agents.runs import seed_episodes
+    from envs.backends import get_backend
+    from scenarios.schema import TRAINING_SEED_LIMIT
+
+    env = get_backend("fast").make_vec_env(str(tiny.scenario), 4)
+    try:
+        seed_episodes(env, 5_000_000 * 256)
+        env.reset()
+        seeds = [info["episode_seed"] for info in env.venv.reset_infos]
+    finally:
+        env.close()
+    assert seeds == list(range(seeds[0], seeds[0] + 4)) and seeds[-1] < TRAINING_SEED_LIMIT
+
+
 def test_fast_backend_refuses_an_unsupported_scenario_before_making_a_run(tiny, unsupported_scenario):
     from envs.fast.simulator import UnsupportedScenario
 
