@@ -360,9 +360,9 @@ def build_agent(config: RunConfig, run_dir: Path, env, device: str, seed: int | 
 def seed_episodes(env: VecEnv | None, seed: int | None) -> None:
     """Env i's episodes start from seed * num_envs + i. SB3 seeds env i with seed + i, so runs of
     seeds 0 and 1 on 256 envs would share 255 of their 256 episode streams (differing in the policy's
-    initialisation and what follows from it, not in where episodes start); seed 0 keeps SB3's seeds 0 ..
-    num_envs - 1. Wrapped below
-    the evaluation seeds (a resume's seed adds its step count), so no run trains on them."""
+    initialisation and what follows from it, not in where episodes start); seed 0 keeps SB3's seeds
+    0 .. num_envs - 1. Wrapped below the evaluation seeds (a resume's seed adds its step count), so no
+    run trains on them."""
     if env is not None and seed is not None:
         env.seed(seed * env.num_envs % (TRAINING_SEED_LIMIT - env.num_envs))
 
