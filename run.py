@@ -663,7 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--timesteps", type=positive_int, default=None, help="total env steps (default: from the config)")
     train.add_argument("--n-envs", type=positive_int, default=None,
                        help="parallel envs (default: the number of cores on highway-env, 256 on fast)")
-    train.add_argument("--seed", type=non_negative_int, default=None, help="seed of the run (default: 0)")
+    train.add_argument("--seed", type=non_negative_int, default=None,
+                       help="seed of the run (default: 0): the policy's initialisation, and env i starts at "
+                            "episode seed x n_envs + i")
     train.add_argument("--backend", choices=BACKEND_NAMES, default=None,
                        help="simulator (default: fast for the scenarios it reproduces: every shipped one; "
                             "highway-env for scenario files it cannot reproduce)")
