@@ -355,7 +355,7 @@ def test_training_seeds_start_apart_episodes(tiny, monkeypatch):
     assert first_episodes == {0: [0, 1, 2, 3], 1: [4, 5, 6, 7], 2: [8, 9, 10, 11]}
 
 
-def test_a_resumes_large_seed_stays_below_the_evaluation_seeds(tiny):
+def test_a_resumed_runs_large_seed_stays_below_the_evaluation_seeds(tiny):
     """A resume seeds its envs with the run's seed plus its step count: times num_envs, that can pass
     TRAINING_SEED_LIMIT, where the evaluation episodes are; seed_episodes wraps it below."""
     from agents.runs import seed_episodes
