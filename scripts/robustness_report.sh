@@ -11,7 +11,7 @@
 # robustness` resumes per setting from each run's evaluation JSON. So the command can be stopped and run again.
 # Logs: $RUNS/logs/.
 #
-#   scripts/robustness_report.sh                     # all of it: ~2 h of training, ~8 h of attacks on 2 cores
+#   scripts/robustness_report.sh                     # all of it, on 2 cores: ~1 h of training, ~3.5 h of attacks
 #   RUNS=/tmp/rr SEEDS="0" TIMESTEPS=2000 N_ENVS=8 CLEAN_FRAMES=300 CLEAN_SHARD_FRAMES=100 EPISODES=4 ATTACKS=pgd EPS=3/255 STEPS=2 \
 #       CORRUPTIONS=none OUT=/tmp/rr/report scripts/robustness_report.sh   # a dry run, minutes
 set -euo pipefail
